@@ -1,0 +1,213 @@
+"""Model runtime operations used by the registry and (later) the serving path."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from django.conf import settings
+
+from inference.datatypes import NUMPY_DTYPES, TORCH_DTYPES, datatype_of_tensor, is_floating
+from inference.runtimes import ModelLoadError, ModelRuntime, runtime_for
+
+logger = logging.getLogger(__name__)
+
+# Sizes used for -1 dimensions when no example input is given.
+PROBE_BATCH = 1
+PROBE_SEQUENCE = 8
+LATENCY_RUNS = 20
+LATENCY_BUDGET_SECONDS = 2.0
+
+
+class ProbeFailed(Exception):
+    """The model cannot serve its signature; the message is shown to the uploader."""
+
+
+@dataclass
+class ProbeResult:
+    """What validation learned about a model by loading and running it."""
+
+    outputs: list[dict[str, Any]]
+    parameter_count: int
+    load_seconds: float
+    latency_ms: dict[str, float]
+    device: str
+    batching: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "parameter_count": self.parameter_count,
+            "load_seconds": round(self.load_seconds, 4),
+            "latency_ms": self.latency_ms,
+            "device": self.device,
+            "batching": self.batching,
+            "torch_version": torch.__version__,
+            **self.extra,
+        }
+
+
+def device_select(preference: str | None = None) -> torch.device:
+    """`cuda` when available (or asked for), else `cpu`; INFERENCE_DEVICE overrides."""
+    preference = preference or settings.INFERENCE_DEVICE
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"INFERENCE_DEVICE={preference} but CUDA is not available on this worker")
+    return device
+
+
+def _random_tensor(spec: dict[str, Any], batch: int, sequence: int) -> torch.Tensor:
+    shape = [batch if i == 0 and d == -1 else (sequence if d == -1 else d) for i, d in enumerate(spec["shape"])]
+    dtype = TORCH_DTYPES[spec["datatype"]]
+    if is_floating(spec["datatype"]):
+        return torch.randn(shape).to(dtype)
+    if spec["datatype"] == "BOOL":
+        return torch.rand(shape) > 0.5
+    # Small non-negative integers are valid token ids / class indices for any model.
+    return torch.randint(0, 2, shape).to(dtype)
+
+
+def _example_tensors(example: list[dict[str, Any]], order: list[str], repeat: int) -> list[torch.Tensor]:
+    by_name = {tensor["name"]: tensor for tensor in example}
+    tensors = []
+    for name in order:
+        array = np.asarray(by_name[name]["data"], dtype=NUMPY_DTYPES[by_name[name]["datatype"]])
+        tensor = torch.from_numpy(array)
+        tensors.append(torch.cat([tensor] * repeat) if repeat > 1 and tensor.dim() else tensor)
+    return tensors
+
+
+def _output_specs(
+    first: list[tuple[str | None, torch.Tensor]],
+    second: list[tuple[str | None, torch.Tensor]] | None,
+    declared: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Output signature from one or two probe runs: dims that changed between runs are -1."""
+    if declared and len(declared) != len(first):
+        raise ProbeFailed(f"the signature declares {len(declared)} output(s) but the model returned {len(first)}")
+    specs = []
+    for index, (name, tensor) in enumerate(first):
+        shape = list(tensor.shape)
+        if second is not None:
+            other = second[index][1]
+            if other.dim() != tensor.dim():
+                raise ProbeFailed(f"output {index} changes rank with the batch size")
+            shape = [a if a == b else -1 for a, b in zip(tensor.shape, other.shape, strict=True)]
+        try:
+            datatype = datatype_of_tensor(tensor)
+        except ValueError as exc:
+            raise ProbeFailed(str(exc)) from None
+        spec_name = name or f"output__{index}"
+        if declared:
+            want = declared[index]
+            spec_name = want["name"]
+            if want["datatype"] != datatype:
+                raise ProbeFailed(f"output {spec_name} is {datatype}, the signature says {want['datatype']}")
+            if len(want["shape"]) != len(shape) or any(
+                w != -1 and w != s for w, s in zip(want["shape"], shape, strict=True)
+            ):
+                raise ProbeFailed(f"output {spec_name} has shape {shape}, the signature says {want['shape']}")
+            shape = want["shape"]
+        specs.append({"name": spec_name, "datatype": datatype, "shape": shape})
+    return specs
+
+
+def model_load(path: Path, format_name: str, device: torch.device | None = None) -> ModelRuntime:
+    """Load an artifact with its format's runtime (ModelLoadError when it is not a model)."""
+    return runtime_for(format_name).load(path, device or device_select())
+
+
+def model_probe(
+    path: Path,
+    format_name: str,
+    signature: dict[str, Any],
+    example: list[dict[str, Any]] | None = None,
+    labels: list[str] | None = None,
+) -> ProbeResult:
+    """Load a model and run it on inputs built from its signature; ProbeFailed says why not.
+
+    With a variable first dimension the model is also run on a batch of two, which both
+    proves it can be batched and shows which output dimensions follow the batch.
+    """
+    device = device_select()
+    started = time.perf_counter()
+    try:
+        runtime = model_load(path, format_name, device)
+    except ModelLoadError as exc:
+        raise ProbeFailed(str(exc)) from exc
+    load_seconds = time.perf_counter() - started
+    specs = signature["inputs"]
+    order = [spec["name"] for spec in specs]
+    batching = all(spec["shape"] and spec["shape"][0] == -1 for spec in specs)
+
+    def build(batch: int, sequence: int) -> list[torch.Tensor]:
+        if example:
+            return _example_tensors(example, order, batch)
+        return [_random_tensor(spec, batch, sequence) for spec in specs]
+
+    probe_inputs = build(PROBE_BATCH, PROBE_SEQUENCE)
+    try:
+        first = runtime.predict(probe_inputs)
+    except Exception as exc:
+        raise ProbeFailed(f"the forward pass failed on an input built from the signature: {_short(exc)}") from exc
+    second = None
+    if batching:
+        try:
+            second = runtime.predict(build(2, PROBE_SEQUENCE + 3 if not example else PROBE_SEQUENCE))
+        except Exception as exc:
+            raise ProbeFailed(
+                "the signature's first dimension is -1 (batch) but the model failed on a batch of 2: "
+                f"{_short(exc)}. Declare a fixed first dimension if the model cannot batch."
+            ) from exc
+    try:
+        outputs = _output_specs(first, second, signature.get("outputs") or [])
+    except TypeError as exc:
+        raise ProbeFailed(str(exc)) from exc
+    if labels:
+        last = outputs[0]["shape"][-1] if outputs[0]["shape"] else None
+        if last != len(labels):
+            raise ProbeFailed(
+                f"{len(labels)} labels were given but the first output ({outputs[0]['name']}) has {last} values per row"
+            )
+    return ProbeResult(
+        outputs=outputs,
+        parameter_count=runtime.parameter_count(),
+        load_seconds=load_seconds,
+        latency_ms=_latency(runtime, probe_inputs),
+        device=str(device),
+        batching=batching,
+    )
+
+
+def _latency(runtime: ModelRuntime, inputs: list[torch.Tensor]) -> dict[str, float]:
+    """Median and mean forward time at the probe batch, after warm-up."""
+    for _ in range(3):
+        runtime.predict(inputs)
+    samples: list[float] = []
+    deadline = time.perf_counter() + LATENCY_BUDGET_SECONDS
+    while len(samples) < LATENCY_RUNS and time.perf_counter() < deadline:
+        started = time.perf_counter()
+        runtime.predict(inputs)
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        samples.append((time.perf_counter() - started) * 1000)
+    return {
+        "p50": round(statistics.median(samples), 4),
+        "mean": round(statistics.fmean(samples), 4),
+        "runs": len(samples),
+        "batch": PROBE_BATCH,
+    }
+
+
+def _short(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {text[:400]}"

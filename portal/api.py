@@ -1,0 +1,64 @@
+"""Cross-cutting pieces of the REST API: the error shape and pagination."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from portal.errors import PortalError
+
+
+class PagePagination(PageNumberPagination):
+    """`?page=N&page_size=M` (at most 200 a page)."""
+
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+def _flatten(detail: Any, prefix: str = "") -> list[str]:
+    """DRF's nested validation errors as 'field: message' lines."""
+    if isinstance(detail, dict):
+        lines: list[str] = []
+        for key, value in detail.items():
+            name = key if key != "non_field_errors" else ""
+            lines += _flatten(value, f"{prefix}.{name}" if prefix and name else name or prefix)
+        return lines
+    if isinstance(detail, list):
+        return [line for item in detail for line in _flatten(item, prefix)]
+    return [f"{prefix}: {detail}" if prefix else str(detail)]
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Every API error as `{"error": message, "code": ..., "fields": {...}}`.
+
+    `error` is one sentence a person can act on; `fields` keeps DRF's per-field detail
+    for programs that want it.
+    """
+    if isinstance(exc, PortalError):
+        body: dict[str, Any] = {"error": exc.message, "code": exc.code}
+        if exc.field:
+            body["fields"] = {exc.field: [exc.message]}
+        return Response(body, status=exc.status_code)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "Not found.")
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        body = {"error": "; ".join(_flatten(exc.detail)), "code": "invalid", "fields": exc.detail}
+        response.status_code = status.HTTP_400_BAD_REQUEST
+    elif isinstance(exc, exceptions.APIException):
+        codes = exc.get_codes()
+        body = {"error": str(exc.detail), "code": codes if isinstance(codes, str) else "error"}
+    else:  # pragma: no cover - DRF only returns responses for APIException
+        body = {"error": str(exc), "code": "error"}
+    response.data = body
+    return response

@@ -1,0 +1,58 @@
+"""Errors that services raise, each carrying the HTTP status an interface should answer.
+
+Services stay free of HTTP frameworks; the REST exception handler, browser views and
+management commands translate these into a JSON error, a form message or an exit code.
+"""
+
+from __future__ import annotations
+
+
+class PortalError(Exception):
+    """Base class: `message` is meant for a person and names what is wrong."""
+
+    status_code = 400
+    code = "invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(PortalError):
+    """The request is well-formed but its content is not acceptable."""
+
+
+class NotFound(PortalError):
+    """The object does not exist, or the caller may not know that it does."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class PermissionDenied(PortalError):
+    """The caller can see the object but may not do this to it."""
+
+    status_code = 403
+    code = "permission_denied"
+
+
+class Conflict(PortalError):
+    """The request clashes with the current state (a duplicate name, a busy object)."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(PortalError):
+    """A body or file over the configured limit."""
+
+    status_code = 413
+    code = "too_large"
+
+
+class ServiceUnavailable(PortalError):
+    """A dependency (broker, worker) is not answering; the caller may retry later."""
+
+    status_code = 503
+    code = "unavailable"

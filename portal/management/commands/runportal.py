@@ -1,0 +1,119 @@
+"""manage.py runportal: everything a single machine needs, in one command.
+
+Starts the embedded Redis (unless a broker is configured), migrates, seeds the demo,
+then runs a Celery worker and the web server as child processes until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from portal.embedded import embedded_redis_start
+
+
+def uses_embedded_broker() -> bool:
+    return f"redis+socket://{settings.EMBEDDED_REDIS_SOCKET}" == settings.CELERY_BROKER_URL
+
+
+class Command(BaseCommand):
+    help = "Run the portal (web server, worker and, by default, an embedded Redis) with demo data."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=os.environ.get("PORTAL_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORTAL_PORT", "8000")))
+        parser.add_argument("--concurrency", type=int, default=1, help="Worker processes for Celery.")
+        parser.add_argument("--no-seed", action="store_true", help="Skip the demo user and model.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        children: list[subprocess.Popen[bytes]] = []
+        if uses_embedded_broker():
+            redis = embedded_redis_start(settings.EMBEDDED_REDIS_SOCKET)
+            if redis is not None:
+                children.append(redis)
+            self.stdout.write(f"Embedded Redis on {settings.EMBEDDED_REDIS_SOCKET}")
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+            if not options["no_seed"]:
+                call_command("seed_demo", stdout=self.stdout)
+            python = sys.executable
+            children.append(
+                subprocess.Popen(
+                    [
+                        python,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "portal",
+                        "worker",
+                        "--queues",
+                        "default,inference",
+                        "--concurrency",
+                        str(options["concurrency"]),
+                        "--loglevel",
+                        "INFO",
+                        "--hostname",
+                        "portal@%h",
+                    ]
+                )
+            )
+            web = subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "portal.asgi:application",
+                    "--host",
+                    options["host"],
+                    "--port",
+                    str(options["port"]),
+                    "--no-access-log",
+                    "--lifespan",
+                    "off",
+                ]
+            )
+            children.append(web)
+            url = f"http://{options['host']}:{options['port']}/"
+            self._wait_for(url + "healthz", web)
+            self.stdout.write(self.style.SUCCESS(f"\nMaaS Portal is running at {url}"))
+            if not options["no_seed"]:
+                self.stdout.write(f"  Log in as {settings.DEMO_USERNAME} / {settings.DEMO_PASSWORD}")
+            self.stdout.write(f"  API docs: {url}api/v1/docs/   Admin: {url}admin/\n  Press Ctrl-C to stop.\n")
+            while all(child.poll() is None for child in children):
+                time.sleep(0.5)
+            failed = next(child for child in children if child.poll() is not None)
+            raise CommandError(
+                f"{failed.args[0] if isinstance(failed.args, list) else failed.args} exited with {failed.returncode}"
+            )
+        except KeyboardInterrupt:
+            self.stdout.write("Stopping…")
+        finally:
+            for child in reversed(children):
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            for child in reversed(children):
+                try:
+                    child.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+
+    def _wait_for(self, url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise CommandError(f"The web server exited with {process.returncode} (is the port in use?)")
+            try:
+                with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - our own http:// URL
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise CommandError(f"The web server did not answer on {url} within {timeout:.0f}s")

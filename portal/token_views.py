@@ -1,0 +1,106 @@
+"""API tokens: REST endpoints and the browser page where people create them."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from portal import services
+from portal.errors import PortalError
+from portal.models import ApiToken, TokenScope
+
+
+class TokenSerializer(serializers.ModelSerializer):
+    state = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "prefix", "scopes", "state", "created_at", "expires_at", "last_used_at", "revoked_at"]
+        read_only_fields = fields
+
+
+class TokenCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=TokenScope.choices), required=False)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class TokenCreatedSerializer(TokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="The secret; shown only in this response.")
+
+    class Meta(TokenSerializer.Meta):
+        fields = [*TokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Your API tokens"),
+    create=extend_schema(
+        summary="Create a token (its secret is shown once)",
+        request=TokenCreateSerializer,
+        responses={201: TokenCreatedSerializer},
+    ),
+    destroy=extend_schema(
+        summary="Revoke a token", responses={204: None, 404: OpenApiResponse(description="Unknown token")}
+    ),
+)
+class TokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = TokenSerializer
+    queryset = ApiToken.objects.none()
+
+    def get_queryset(self) -> QuerySet[ApiToken]:
+        return ApiToken.objects.filter(user=self.request.user)
+
+    def create(self, request: Request) -> Response:
+        serializer = TokenCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        token, secret = services.token_create(user=request.user, **serializer.validated_data)
+        data = TokenSerializer(token).data | {"token": secret}
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        services.token_revoke(user=request.user, token_id=int(pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@login_required
+def token_list(request: HttpRequest) -> HttpResponse:
+    """The tokens page; a new token's secret is shown once, right after creation."""
+    if request.method == "POST":
+        try:
+            _, secret = services.token_create(
+                user=request.user,
+                name=request.POST.get("name", ""),
+                scopes=request.POST.getlist("scopes") or None,
+            )
+        except PortalError as exc:
+            messages.error(request, exc.message)
+        else:
+            request.session["new_token"] = secret
+        return redirect("token-list")
+    context = {
+        "tokens": ApiToken.objects.filter(user=request.user),
+        "new_token": request.session.pop("new_token", None),
+        "scopes": TokenScope.values,
+    }
+    return render(request, "portal/tokens.html", context)
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    try:
+        token = services.token_revoke(user=request.user, token_id=token_id)
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Token {token.name} revoked.")
+    return redirect("token-list")

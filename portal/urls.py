@@ -1,0 +1,36 @@
+"""URL map: browser pages, the REST API under /api/v1/, its schema and docs, the admin."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from portal import token_views
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness of the web process (no dependencies checked)."""
+    return JsonResponse({"status": "ok"})
+
+
+api_patterns = [
+    path("", include("registry.api.urls")),
+    path("tokens/", token_views.TokenViewSet.as_view({"get": "list", "post": "create"}), name="token-list"),
+    path("tokens/<int:pk>/", token_views.TokenViewSet.as_view({"delete": "destroy"}), name="token-detail"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/v1/", include((api_patterns, "api"))),
+    path("tokens/", token_views.token_list, name="token-list"),
+    path("tokens/<int:token_id>/revoke/", token_views.token_revoke, name="token-revoke"),
+    path("healthz", healthz, name="healthz"),
+    path("", include("registry.urls")),
+]

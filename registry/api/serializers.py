@@ -1,0 +1,171 @@
+"""Serializers of the registry API: shapes of requests and responses, no rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+from rest_framework.fields import empty
+
+from registry.models import AuditEvent, ModelAlias, ModelFormat, ModelVersion, RegisteredModel, Visibility
+
+
+@extend_schema_field({"type": "array", "items": {"type": "string"}})
+class TagsField(serializers.Field):
+    """Tags as a JSON list, or a comma-separated string (handy in multipart forms)."""
+
+    def get_value(self, dictionary: Any) -> Any:
+        if hasattr(dictionary, "getlist") and self.field_name in dictionary:
+            values = dictionary.getlist(self.field_name)
+            return values[0] if len(values) == 1 else values
+        return dictionary.get(self.field_name, empty)
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, (str, list)):
+            raise serializers.ValidationError("Give tags as a list of strings or a comma-separated string.")
+        return data
+
+    def to_representation(self, value: Any) -> list[str]:
+        return sorted(tag.name for tag in value.all())
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    tags = TagsField(required=False)
+    aliases = serializers.SerializerMethodField()
+    latest_version = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RegisteredModel
+        fields = [
+            "name",
+            "description",
+            "owner",
+            "visibility",
+            "tags",
+            "aliases",
+            "latest_version",
+            "created_at",
+            "updated_at",
+            "url",
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+        extra_kwargs = {"name": {"validators": []}}
+
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": "integer"}})
+    def get_aliases(self, obj: RegisteredModel) -> dict[str, int]:
+        return {alias.name: alias.version.version for alias in obj.aliases.all()}
+
+    def get_latest_version(self, obj: RegisteredModel) -> int | None:
+        return obj.last_version_number or None
+
+    def get_url(self, obj: RegisteredModel) -> str:
+        return reverse("registry:model-detail", args=[obj.name])
+
+
+class ModelUpdateSerializer(serializers.Serializer):
+    description = serializers.CharField(required=False, allow_blank=True)
+    tags = TagsField(required=False)
+    visibility = serializers.ChoiceField(choices=Visibility.choices, required=False)
+
+
+class TensorSpecSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    datatype = serializers.CharField()
+    shape = serializers.ListField(child=serializers.IntegerField())
+
+
+class SignatureSerializer(serializers.Serializer):
+    inputs = TensorSpecSerializer(many=True)
+    outputs = TensorSpecSerializer(many=True)
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name", read_only=True)
+    tags = TagsField(read_only=True)
+    signature = SignatureSerializer(read_only=True)
+    parent = serializers.IntegerField(source="parent.version", read_only=True, allow_null=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
+    aliases = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "model",
+            "version",
+            "status",
+            "status_reason",
+            "format",
+            "sha256",
+            "size_bytes",
+            "original_filename",
+            "signature",
+            "signature_source",
+            "labels",
+            "description",
+            "tags",
+            "validation",
+            "aliases",
+            "parent",
+            "created_by",
+            "created_at",
+            "validated_at",
+            "download_url",
+        ]
+        read_only_fields = fields
+
+    def get_download_url(self, obj: ModelVersion) -> str:
+        return reverse("api:version-download", args=[obj.model.name, obj.version])
+
+
+class VersionUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(allow_empty_file=True, help_text="TorchScript (.pt) or torch.export (.pt2) archive.")
+    format = serializers.ChoiceField(
+        choices=ModelFormat.choices, required=False, help_text="Checked against the file; detected when left out."
+    )
+    signature = serializers.JSONField(
+        binary=True, required=False, help_text='{"inputs": [{"name", "datatype", "shape"}], "outputs": [...]}'
+    )
+    example_input = serializers.JSONField(
+        binary=True, required=False, help_text='{"inputs": [{"name", "datatype", "data"}]}: infers the signature.'
+    )
+    labels = serializers.JSONField(binary=True, required=False, help_text="Class names, in output order.")
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    tags = TagsField(required=False)
+    parent = serializers.IntegerField(required=False, min_value=1, help_text="Version this one derives from.")
+
+
+class VersionUpdateSerializer(serializers.Serializer):
+    description = serializers.CharField(required=False, allow_blank=True)
+    tags = TagsField(required=False)
+
+
+class AliasSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.version")
+    updated_by = serializers.CharField(source="updated_by.username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = ModelAlias
+        fields = ["name", "version", "updated_by", "updated_at"]
+        read_only_fields = fields
+
+
+class AliasSetSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_name", read_only=True)
+    model = serializers.CharField(source="model_name", read_only=True)
+    object = serializers.CharField(source="object_repr", read_only=True)
+    before = serializers.JSONField(read_only=True)
+    after = serializers.JSONField(read_only=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "created_at", "actor", "action", "model", "object_type", "object", "before", "after"]
+        read_only_fields = fields

@@ -1,0 +1,285 @@
+"""REST endpoints of the registry: declarations that call selectors and services."""
+
+from __future__ import annotations
+
+import os
+
+from django.db.models import QuerySet
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from registry import selectors, services
+from registry.api.filters import AuditEventFilter, ModelFilter
+from registry.api.serializers import (
+    AliasSerializer,
+    AliasSetSerializer,
+    AuditEventSerializer,
+    ModelSerializer,
+    ModelUpdateSerializer,
+    VersionSerializer,
+    VersionUpdateSerializer,
+    VersionUploadSerializer,
+)
+from registry.artifacts import artifact_storage
+from registry.models import AuditEvent, ModelAlias, ModelVersion, RegisteredModel
+
+ERROR = OpenApiResponse(
+    response={"type": "object", "properties": {"error": {"type": "string"}, "code": {"type": "string"}}},
+    description="An error with a message naming the problem.",
+)
+MODEL_NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Model name.")
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List the models you can see"),
+    create=extend_schema(summary="Register a model", responses={201: ModelSerializer, 400: ERROR, 409: ERROR}),
+    retrieve=extend_schema(summary="Get a model", responses={200: ModelSerializer, 404: ERROR}),
+    partial_update=extend_schema(
+        summary="Change description, tags or visibility",
+        request=ModelUpdateSerializer,
+        responses={200: ModelSerializer, 404: ERROR},
+    ),
+    destroy=extend_schema(summary="Delete a model, its versions and artifacts", responses={204: None, 404: ERROR}),
+)
+class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = ModelSerializer
+    filterset_class = ModelFilter
+    lookup_field = "name"
+    lookup_value_regex = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+    queryset = RegisteredModel.objects.none()
+
+    def get_queryset(self) -> QuerySet[RegisteredModel]:
+        return (
+            selectors.models_visible_to(self.request.user)
+            .select_related("owner")
+            .prefetch_related("tags", "aliases__version")
+            .distinct()
+        )
+
+    def create(self, request: Request) -> Response:
+        serializer = ModelSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        model = services.model_create(actor=request.user, **serializer.validated_data)
+        return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
+
+    def retrieve(self, request: Request, name: str) -> Response:
+        return Response(ModelSerializer(selectors.model_get(request.user, name)).data)
+
+    def partial_update(self, request: Request, name: str) -> Response:
+        model = selectors.model_get(request.user, name, for_change=True)
+        serializer = ModelUpdateSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        services.model_update(actor=request.user, model=model, **serializer.validated_data)
+        return Response(ModelSerializer(model).data)
+
+    def destroy(self, request: Request, name: str) -> Response:
+        services.model_delete(actor=request.user, model=selectors.model_get(request.user, name, for_change=True))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+VERSION = OpenApiParameter("version", int, OpenApiParameter.PATH, description="Version number.")
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List a model's versions", parameters=[MODEL_NAME]),
+    retrieve=extend_schema(
+        summary="Get a version", parameters=[MODEL_NAME, VERSION], responses={200: VersionSerializer, 404: ERROR}
+    ),
+    partial_update=extend_schema(
+        summary="Change a version's description or tags",
+        parameters=[MODEL_NAME, VERSION],
+        request=VersionUpdateSerializer,
+        responses={200: VersionSerializer, 404: ERROR},
+    ),
+    destroy=extend_schema(
+        summary="Delete a version and its artifact", parameters=[MODEL_NAME, VERSION], responses={204: None, 404: ERROR}
+    ),
+)
+class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = VersionSerializer
+    lookup_field = "version"
+    lookup_value_regex = r"[0-9]+"
+    queryset = ModelVersion.objects.none()
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    def get_queryset(self) -> QuerySet[ModelVersion]:
+        model = selectors.model_get(self.request.user, self.kwargs["name"])
+        return model.versions.select_related("model", "created_by", "parent").prefetch_related("tags", "aliases")
+
+    @extend_schema(
+        summary="Upload a new version (multipart)",
+        parameters=[MODEL_NAME],
+        request={"multipart/form-data": VersionUploadSerializer},
+        responses={201: VersionSerializer, 400: ERROR, 404: ERROR, 413: ERROR},
+    )
+    def create(self, request: Request, name: str) -> Response:
+        model = selectors.model_get(request.user, name, for_change=True)
+        serializer = VersionUploadSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        upload = data.pop("file")
+        version = services.version_upload(
+            actor=request.user,
+            model=model,
+            file=upload,
+            filename=upload.name,
+            parent_version=data.pop("parent", None),
+            **data,
+        )
+        return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+    def retrieve(self, request: Request, name: str, version: str) -> Response:
+        return Response(VersionSerializer(selectors.version_get(request.user, name, version)).data)
+
+    def partial_update(self, request: Request, name: str, version: str) -> Response:
+        obj = selectors.version_get(request.user, name, version, for_change=True)
+        serializer = VersionUpdateSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        services.version_update(actor=request.user, version=obj, **serializer.validated_data)
+        return Response(VersionSerializer(obj).data)
+
+    def destroy(self, request: Request, name: str, version: str) -> Response:
+        services.version_delete(
+            actor=request.user, version=selectors.version_get(request.user, name, version, for_change=True)
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary="Archive a version (drops its aliases)",
+        parameters=[MODEL_NAME, VERSION],
+        request=None,
+        responses={200: VersionSerializer, 404: ERROR, 409: ERROR},
+    )
+    @action(detail=True, methods=["post"])
+    def archive(self, request: Request, name: str, version: str) -> Response:
+        obj = services.version_archive(
+            actor=request.user, version=selectors.version_get(request.user, name, version, for_change=True)
+        )
+        return Response(VersionSerializer(obj).data)
+
+    @extend_schema(
+        summary="Restore an archived version (validated again)",
+        parameters=[MODEL_NAME, VERSION],
+        request=None,
+        responses={200: VersionSerializer, 404: ERROR, 409: ERROR},
+    )
+    @action(detail=True, methods=["post"])
+    def restore(self, request: Request, name: str, version: str) -> Response:
+        obj = services.version_restore(
+            actor=request.user, version=selectors.version_get(request.user, name, version, for_change=True)
+        )
+        return Response(VersionSerializer(obj).data)
+
+    @extend_schema(
+        summary="Validate a failed version again",
+        parameters=[MODEL_NAME, VERSION],
+        request=None,
+        responses={200: VersionSerializer, 404: ERROR, 409: ERROR},
+    )
+    @action(detail=True, methods=["post"])
+    def validate(self, request: Request, name: str, version: str) -> Response:
+        obj = services.version_revalidate(
+            actor=request.user, version=selectors.version_get(request.user, name, version, for_change=True)
+        )
+        return Response(VersionSerializer(obj).data)
+
+    @extend_schema(
+        summary="Download the artifact",
+        parameters=[MODEL_NAME, VERSION],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 404: ERROR},
+    )
+    @action(detail=True, methods=["get"])
+    def download(self, request: Request, name: str, version: str) -> FileResponse:
+        obj = selectors.version_get(request.user, name, version)
+        extension = ".pt2" if obj.format == "exported_program" else ".pt"
+        stored_name = os.path.splitext(obj.original_filename)[0] or obj.model.name
+        response = FileResponse(
+            artifact_storage().open(obj.artifact, "rb"),
+            as_attachment=True,
+            filename=f"{stored_name}-v{obj.version}{extension}",
+            content_type="application/octet-stream",
+        )
+        response["X-Checksum-SHA256"] = obj.sha256
+        return response
+
+
+ALIAS = OpenApiParameter("alias", str, OpenApiParameter.PATH, description="Alias name, e.g. production.")
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List a model's aliases", parameters=[MODEL_NAME]),
+)
+class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = AliasSerializer
+    lookup_field = "alias"
+    lookup_value_regex = r"[a-z][a-z0-9_-]*"
+    queryset = ModelAlias.objects.none()
+    pagination_class = None
+
+    def get_queryset(self) -> QuerySet[ModelAlias]:
+        model = selectors.model_get(self.request.user, self.kwargs["name"])
+        return model.aliases.select_related("version", "updated_by")
+
+    @extend_schema(summary="Get an alias", parameters=[MODEL_NAME, ALIAS], responses={200: AliasSerializer, 404: ERROR})
+    def retrieve(self, request: Request, name: str, alias: str) -> Response:
+        model = selectors.model_get(request.user, name)
+        return Response(AliasSerializer(selectors.alias_get(model, alias)).data)
+
+    @extend_schema(
+        summary="Set or move an alias to a ready version",
+        parameters=[MODEL_NAME, ALIAS],
+        request=AliasSetSerializer,
+        responses={200: AliasSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
+    )
+    def update(self, request: Request, name: str, alias: str) -> Response:
+        model = selectors.model_get(request.user, name, for_change=True)
+        serializer = AliasSetSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        obj = services.alias_set(
+            actor=request.user, model=model, name=alias, version_number=serializer.validated_data["version"]
+        )
+        return Response(AliasSerializer(obj).data)
+
+    @extend_schema(summary="Delete an alias", parameters=[MODEL_NAME, ALIAS], responses={204: None, 404: ERROR})
+    def destroy(self, request: Request, name: str, alias: str) -> Response:
+        services.alias_delete(
+            actor=request.user, model=selectors.model_get(request.user, name, for_change=True), name=alias
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary="Move the alias back to its previous version",
+        parameters=[MODEL_NAME, ALIAS],
+        request=None,
+        responses={200: AliasSerializer, 404: ERROR, 409: ERROR},
+    )
+    @action(detail=True, methods=["post"])
+    def rollback(self, request: Request, name: str, alias: str) -> Response:
+        model = selectors.model_get(request.user, name, for_change=True)
+        return Response(AliasSerializer(services.alias_rollback(actor=request.user, model=model, name=alias)).data)
+
+    @extend_schema(
+        summary="Moves of this alias, newest first",
+        parameters=[MODEL_NAME, ALIAS],
+        responses={200: AuditEventSerializer(many=True), 404: ERROR},
+    )
+    @action(detail=True, methods=["get"])
+    def history(self, request: Request, name: str, alias: str) -> Response:
+        model = selectors.model_get(request.user, name)
+        return Response(AuditEventSerializer(selectors.alias_history(model, alias)[:500], many=True).data)
+
+
+@extend_schema_view(list=extend_schema(summary="Audit events about models you can see"))
+class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = AuditEventSerializer
+    filterset_class = AuditEventFilter
+    queryset = AuditEvent.objects.none()
+
+    def get_queryset(self) -> QuerySet[AuditEvent]:
+        return selectors.audit_events_visible_to(self.request.user)

@@ -1,0 +1,160 @@
+"""Model artifacts: recognising formats, storing, verifying and fetching them.
+
+Artifacts go through Django's storage API (the "artifacts" storage), so a local
+directory and an S3-compatible bucket behave the same. Workers fetch an artifact into a
+local cache keyed by sha256 and refuse bytes that no longer match the recorded hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import Storage, storages
+from django.utils.text import get_valid_filename
+
+from portal.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+HINT = "Save a TorchScript module with torch.jit.save(...) or an exported program with torch.export.save(...)."
+
+
+class ArtifactIntegrityError(Exception):
+    """The stored bytes differ from the sha256 recorded at upload."""
+
+
+def artifact_storage() -> Storage:
+    return storages["artifacts"]
+
+
+def sha256_of(stream: IO[bytes]) -> str:
+    """Hex sha256 of a binary stream, read in chunks from its current position."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unsafe_member(name: str) -> bool:
+    path = PurePosixPath(name.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
+
+
+def archive_check(stream: IO[bytes]) -> str:
+    """The format of a model archive, or InvalidInput saying what the file is instead.
+
+    Reads only the zip directory; loading the model is the worker's job.
+    """
+    stream.seek(0)
+    if not stream.read(4):
+        raise InvalidInput("The uploaded file is empty.", field="file")
+    stream.seek(0)
+    try:
+        archive = zipfile.ZipFile(stream)
+        names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise InvalidInput(
+            "The file is not a PyTorch model archive (not a readable zip file; it may be corrupt or truncated). "
+            + HINT,
+            field="file",
+        ) from None
+    finally:
+        stream.seek(0)
+    unsafe = next((name for name in names if _unsafe_member(name)), None)
+    if unsafe is not None:
+        raise InvalidInput(
+            f"The archive contains an unsafe path {unsafe!r} ('..' or absolute); it was refused.", field="file"
+        )
+    roots = {name.split("/", 1)[0] for name in names}
+    if len(roots) != 1:
+        raise InvalidInput(
+            f"The archive has {len(roots)} top-level folders; a PyTorch archive has one. {HINT}", field="file"
+        )
+    members = {name.split("/", 1)[1] for name in names if "/" in name}
+    if "data.pkl" in members and any(name.startswith("code/") for name in members):
+        return "torchscript"
+    if "archive_format" in members or any(name.startswith("models/") and name.endswith(".json") for name in members):
+        return "exported_program"
+    if "data.pkl" in members:
+        raise InvalidInput(
+            f"The file is a torch.save checkpoint (weights only), which cannot be served without its code. {HINT}",
+            field="file",
+        )
+    raise InvalidInput(f"The zip file is not a TorchScript or torch.export archive. {HINT}", field="file")
+
+
+def artifact_store(model_id: int, filename: str, content: File) -> str:
+    """Save an uploaded file to artifact storage under a fresh, unguessable path."""
+    safe = get_valid_filename(os.path.basename(filename or "model")) or "model"
+    name = f"models/{model_id}/{uuid.uuid4().hex}/{safe}"
+    content.seek(0)
+    return artifact_storage().save(name, content)
+
+
+def artifact_delete(path: str) -> None:
+    """Remove an artifact; a file already gone is not an error."""
+    storage = artifact_storage()
+    try:
+        storage.delete(path)
+    except FileNotFoundError:
+        return
+    # Remove the per-upload folder the file lived in, when the storage has folders.
+    if hasattr(storage, "path"):
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.rmdir(Path(storage.path(path)).parent)
+
+
+def _cache_dir() -> Path:
+    path = settings.DATA_DIR / "artifact-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def artifact_fetch(path: str, sha256: str) -> Path:
+    """A local file holding the artifact, verified against `sha256`.
+
+    Local storage is read in place and verified each time; remote storage is downloaded
+    once into a cache named by the hash (written to a temporary name, then renamed).
+    """
+    storage = artifact_storage()
+    try:
+        local = Path(storage.path(path))
+    except NotImplementedError:
+        local = None
+    if local is not None:
+        if not local.exists():
+            raise ArtifactIntegrityError(f"the artifact {path} is missing from storage")
+        with local.open("rb") as stream:
+            actual = sha256_of(stream)
+        if actual != sha256:
+            raise ArtifactIntegrityError(
+                f"the stored artifact does not match its sha256 (expected {sha256[:12]}…, found {actual[:12]}…); "
+                "it was modified or corrupted after upload"
+            )
+        return local
+    cached = _cache_dir() / sha256
+    if cached.exists():
+        return cached
+    digest = hashlib.sha256()
+    with storage.open(path, "rb") as source, tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as target:
+        for chunk in iter(lambda: source.read(CHUNK), b""):
+            digest.update(chunk)
+            target.write(chunk)
+    if digest.hexdigest() != sha256:
+        os.unlink(target.name)
+        raise ArtifactIntegrityError(
+            f"the stored artifact does not match its sha256 (expected {sha256[:12]}…, found {digest.hexdigest()[:12]}…)"
+        )
+    os.replace(target.name, cached)
+    return cached

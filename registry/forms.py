@@ -1,0 +1,41 @@
+"""Browser forms of the registry; rules stay in services."""
+
+from __future__ import annotations
+
+from django import forms
+
+from registry.models import ModelFormat, Visibility
+
+
+class ModelCreateForm(forms.Form):
+    name = forms.CharField(max_length=64, help_text="Letters, digits, '.', '_' or '-'. Used in URLs.")
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    tags = forms.CharField(required=False, help_text="Comma-separated.")
+    visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PRIVATE)
+
+
+class VersionUploadForm(forms.Form):
+    file = forms.FileField(help_text="TorchScript (torch.jit.save, .pt) or torch.export (torch.export.save, .pt2).")
+    format = forms.ChoiceField(choices=[("", "detect from the file"), *ModelFormat.choices], required=False)
+    signature = forms.CharField(
+        widget=forms.Textarea(
+            attrs={"rows": 4, "placeholder": '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]}'}
+        ),
+        required=False,
+        help_text="Inputs (and optionally outputs) with name, datatype and shape; -1 marks a variable size.",
+    )
+    example_input = forms.CharField(
+        widget=forms.Textarea(
+            attrs={"rows": 3, "placeholder": '{"inputs": [{"name": "x", "datatype": "FP32", "data": [[0.1, 0.2]]}]}'}
+        ),
+        required=False,
+        help_text="Or an example input to infer the signature from (its first dimension becomes the batch).",
+    )
+    labels = forms.CharField(required=False, help_text="Class names in output order, comma-separated (optional).")
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    tags = forms.CharField(required=False, help_text="Comma-separated.")
+
+
+class AliasSetForm(forms.Form):
+    alias = forms.CharField(max_length=32)
+    version = forms.IntegerField(min_value=1)

@@ -1,0 +1,79 @@
+"""Reads of the registry that check who is asking.
+
+Every lookup of a model goes through here, so a model the caller may not see is
+answered exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from portal.errors import NotFound, PermissionDenied
+from registry.models import AuditEvent, ModelAlias, ModelVersion, RegisteredModel, Visibility
+
+
+def _is_admin(user: Any) -> bool:
+    return bool(user.is_active and (user.is_staff or user.is_superuser))
+
+
+def models_visible_to(user: Any) -> QuerySet[RegisteredModel]:
+    """Models the user may see: their own, internal ones, or all for staff."""
+    if not user.is_authenticated:
+        return RegisteredModel.objects.none()
+    queryset = RegisteredModel.objects.all()
+    if _is_admin(user):
+        return queryset
+    return queryset.filter(Q(owner=user) | Q(visibility=Visibility.INTERNAL))
+
+
+def model_can_change(user: Any, model: RegisteredModel) -> bool:
+    """Owner or staff may upload, move aliases, archive and delete."""
+    return _is_admin(user) or model.owner_id == user.pk
+
+
+def model_get(user: Any, name: str, *, for_change: bool = False) -> RegisteredModel:
+    """The named model if the user may see it (and change it, when asked)."""
+    model = models_visible_to(user).select_related("owner").filter(name=name).first()
+    if model is None:
+        raise NotFound(f"Model {name!r} not found.")
+    if for_change and not model_can_change(user, model):
+        raise PermissionDenied(f"You may view model {name!r} but not change it; ask its owner ({model.owner}).")
+    return model
+
+
+def version_get(user: Any, model_name: str, number: int | str, *, for_change: bool = False) -> ModelVersion:
+    """A version of a visible model by number."""
+    model = model_get(user, model_name, for_change=for_change)
+    try:
+        number = int(number)
+    except (TypeError, ValueError):
+        raise NotFound(f"Version {number!r} of model {model_name!r} not found.") from None
+    version = model.versions.select_related("model", "created_by").filter(version=number).first()
+    if version is None:
+        raise NotFound(f"Version {number} of model {model_name!r} not found.")
+    return version
+
+
+def alias_get(model: RegisteredModel, name: str) -> ModelAlias:
+    alias = model.aliases.select_related("version").filter(name=name).first()
+    if alias is None:
+        raise NotFound(f"Model {model.name!r} has no alias {name!r}.")
+    return alias
+
+
+def alias_history(model: RegisteredModel, name: str | None = None) -> QuerySet[AuditEvent]:
+    """Alias moves of a model, newest first; one alias when `name` is given."""
+    events = AuditEvent.objects.filter(model=model, object_type="alias").select_related("actor")
+    if name is not None:
+        events = events.filter(object_repr=name)
+    return events
+
+
+def audit_events_visible_to(user: Any) -> QuerySet[AuditEvent]:
+    """Audit events about models the user may see; staff see everything."""
+    events = AuditEvent.objects.select_related("actor")
+    if _is_admin(user):
+        return events
+    return events.filter(model__in=models_visible_to(user))

@@ -1,0 +1,22 @@
+"""Browser routes of the registry."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from registry import views
+
+app_name = "registry"
+M = "models/<str:name>"
+
+urlpatterns = [
+    path("", views.model_list, name="model-list"),
+    path("models/new/", views.model_create, name="model-create"),
+    path(f"{M}/", views.model_detail, name="model-detail"),
+    path(f"{M}/delete/", views.model_delete, name="model-delete"),
+    path(f"{M}/upload/", views.version_upload, name="version-upload"),
+    path(f"{M}/versions/<int:version>/", views.version_detail, name="version-detail"),
+    path(f"{M}/versions/<int:version>/<slug:action>/", views.version_action, name="version-action"),
+    path(f"{M}/aliases/", views.alias_set, name="alias-set"),
+    path(f"{M}/aliases/<slug:alias>/<slug:action>/", views.alias_action, name="alias-action"),
+]

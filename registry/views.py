@@ -1,0 +1,228 @@
+"""Browser pages of the registry: thin views over selectors and services."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count, Prefetch, Q
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from portal.errors import NotFound, PortalError
+from registry import selectors, services
+from registry.forms import AliasSetForm, ModelCreateForm, VersionUploadForm
+from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, VersionStatus
+
+
+def _json_or_none(raw: str, field: str) -> Any:
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise PortalError(
+            f"{field} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).", field=field
+        ) from None
+
+
+def _or_404(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+
+
+@login_required
+def model_list(request: HttpRequest) -> HttpResponse:
+    """All models the user can see, with search and tag filter."""
+    query = request.GET.get("q", "").strip()
+    tag = request.GET.get("tag", "").strip()
+    models = (
+        selectors.models_visible_to(request.user)
+        .select_related("owner")
+        .prefetch_related("tags", Prefetch("aliases", queryset=ModelAlias.objects.select_related("version")))
+        .annotate(version_count=Count("versions", distinct=True))
+    )
+    for word in query.split():
+        models = models.filter(Q(name__icontains=word) | Q(description__icontains=word))
+    if tag:
+        models = models.filter(tags__name=tag)
+    page = Paginator(models.distinct().order_by("name"), 25).get_page(request.GET.get("page"))
+    return render(request, "registry/model_list.html", {"page": page, "query": query, "tag": tag})
+
+
+@login_required
+def model_create(request: HttpRequest) -> HttpResponse:
+    form = ModelCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            model = services.model_create(actor=request.user, **form.cleaned_data)
+        except PortalError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            messages.success(request, f"Model {model.name} created. Upload its first version.")
+            return redirect("registry:version-upload", name=model.name)
+    return render(request, "registry/model_create.html", {"form": form})
+
+
+@login_required
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    """The model page: aliases, versions, alias history, promote and roll back."""
+    model = _or_404(lambda: selectors.model_get(request.user, name))
+    versions = model.versions.select_related("created_by").prefetch_related("aliases", "tags")
+    aliases = list(model.aliases.select_related("version", "updated_by"))
+    rollback_targets = {alias.name: services.alias_previous_version(model, alias.name) for alias in aliases}
+    context = {
+        "model": model,
+        "versions": versions,
+        "aliases": [(alias, rollback_targets[alias.name]) for alias in aliases],
+        "history": selectors.alias_history(model)[:50],
+        "ready_versions": [v.version for v in versions if v.status == VersionStatus.READY],
+        "can_change": selectors.model_can_change(request.user, model),
+        "production": PRODUCTION_ALIAS,
+        "alias_form": AliasSetForm(),
+    }
+    return render(request, "registry/model_detail.html", context)
+
+
+@login_required
+@require_POST
+def model_delete(request: HttpRequest, name: str) -> HttpResponse:
+    try:
+        model = selectors.model_get(request.user, name, for_change=True)
+        services.model_delete(actor=request.user, model=model)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    except PortalError as exc:
+        messages.error(request, exc.message)
+        return redirect("registry:model-detail", name=name)
+    messages.success(request, f"Model {name} and all its versions were deleted.")
+    return redirect("registry:model-list")
+
+
+@login_required
+def version_upload(request: HttpRequest, name: str) -> HttpResponse:
+    """Upload page. With JavaScript the form posts to the REST API with a progress bar;
+    without it, this view takes the same form."""
+    model = _or_404(lambda: selectors.model_get(request.user, name))
+    form = VersionUploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST":
+        try:
+            selectors.model_get(request.user, name, for_change=True)
+            if form.is_valid():
+                data = form.cleaned_data
+                version = services.version_upload(
+                    actor=request.user,
+                    model=model,
+                    file=data["file"],
+                    filename=data["file"].name,
+                    format=data["format"] or None,
+                    signature=_json_or_none(data["signature"], "signature"),
+                    example_input=_json_or_none(data["example_input"], "example_input"),
+                    labels=data["labels"] or None,
+                    description=data["description"],
+                    tags=data["tags"],
+                )
+                messages.success(request, f"Uploaded version {version.version}; validation is running.")
+                return redirect("registry:version-detail", name=name, version=version.version)
+        except PortalError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+    context = {
+        "model": model,
+        "form": form,
+        "api_url": reverse("api:version-list", args=[model.name]),
+        "formats": ModelFormat.choices,
+    }
+    return render(request, "registry/version_upload.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+def version_detail(request: HttpRequest, name: str, version: int) -> HttpResponse:
+    obj = _or_404(lambda: selectors.version_get(request.user, name, version))
+    context = {
+        "model": obj.model,
+        "version": obj,
+        "aliases": list(obj.aliases.all()),
+        "tags": list(obj.tags.all()),
+        "can_change": selectors.model_can_change(request.user, obj.model),
+        "api_url": reverse("api:version-detail", args=[name, version]),
+        "settled": obj.status not in (VersionStatus.PENDING, VersionStatus.VALIDATING),
+        "production": PRODUCTION_ALIAS,
+    }
+    return render(request, "registry/version_detail.html", context)
+
+
+VERSION_ACTIONS = {
+    "archive": (services.version_archive, "Version {v} archived."),
+    "restore": (services.version_restore, "Version {v} restored; it is being validated again."),
+    "validate": (services.version_revalidate, "Validation of version {v} queued again."),
+}
+
+
+@login_required
+@require_POST
+def version_action(request: HttpRequest, name: str, version: int, action: str) -> HttpResponse:
+    """Archive, restore, validate again or delete a version from a button."""
+    try:
+        obj = selectors.version_get(request.user, name, version, for_change=True)
+        if action == "delete":
+            services.version_delete(actor=request.user, version=obj)
+            messages.success(request, f"Version {version} deleted.")
+            return redirect("registry:model-detail", name=name)
+        if action not in VERSION_ACTIONS:
+            raise Http404(f"Unknown action {action!r}.")
+        service, message = VERSION_ACTIONS[action]
+        service(actor=request.user, version=obj)
+        messages.success(request, message.format(v=version))
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect("registry:version-detail", name=name, version=version)
+
+
+@login_required
+@require_POST
+def alias_set(request: HttpRequest, name: str) -> HttpResponse:
+    """Set or move an alias (the promote button posts alias=production)."""
+    form = AliasSetForm(request.POST)
+    try:
+        model = selectors.model_get(request.user, name, for_change=True)
+        if not form.is_valid():
+            raise PortalError("Choose an alias name and a version number.")
+        alias = form.cleaned_data["alias"].strip().lower()
+        services.alias_set(actor=request.user, model=model, name=alias, version_number=form.cleaned_data["version"])
+        messages.success(request, f"{alias} now points at version {form.cleaned_data['version']}.")
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect(request.POST.get("next") or reverse("registry:model-detail", args=[name]))
+
+
+@login_required
+@require_POST
+def alias_action(request: HttpRequest, name: str, alias: str, action: str) -> HttpResponse:
+    """Roll back or delete an alias."""
+    try:
+        model = selectors.model_get(request.user, name, for_change=True)
+        if action == "rollback":
+            moved = services.alias_rollback(actor=request.user, model=model, name=alias)
+            messages.success(request, f"{alias} rolled back to version {moved.version.version}.")
+        elif action == "delete":
+            services.alias_delete(actor=request.user, model=model, name=alias)
+            messages.success(request, f"Alias {alias} deleted.")
+        else:
+            raise Http404(f"Unknown action {action!r}.")
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect("registry:model-detail", name=name)

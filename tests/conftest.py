@@ -1,0 +1,130 @@
+"""Fixtures shared by every test: three actors, tiny real models, an isolated artifact store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from django.core.files import File
+from rest_framework.test import APIClient
+
+from portal import demo
+from portal.celery import app as celery_app
+from registry import services
+from registry.models import ModelVersion, RegisteredModel, VersionStatus
+
+SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_storage(settings: Any, tmp_path: Path) -> None:
+    """Artifacts and caches of each test live in its own temporary directory."""
+    settings.DATA_DIR = tmp_path / "data"
+    settings.DATA_DIR.mkdir()
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "artifacts")},
+        },
+    }
+
+
+@pytest.fixture(autouse=True)
+def _eager_celery(request: pytest.FixtureRequest) -> Any:
+    """Unit tests run tasks in-process; integration tests use a real worker instead."""
+    eager = request.node.get_closest_marker("integration") is None
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = eager
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def owner(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("olivia", password="owner-pass-123")
+
+
+@pytest.fixture
+def member(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("mark", password="member-pass-123")
+
+
+@pytest.fixture
+def outsider(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("oscar", password="outsider-pass-123")
+
+
+@pytest.fixture
+def api() -> Callable[[Any], APIClient]:
+    """An API client authenticated as the given user (or anonymous with None)."""
+
+    def make(user: Any = None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            client.force_authenticate(user)
+        return client
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real model archives, built once: TorchScript, torch.export, and look-alikes that are not models."""
+    root = tmp_path_factory.mktemp("model-files")
+    net = demo.iris_classifier(hidden=8, steps=5)
+    files = {
+        "torchscript": demo.save_torchscript(net, root / "iris.pt"),
+        "exported_program": demo.save_exported_program(net, (torch.randn(2, 4),), root / "iris.pt2"),
+    }
+    torch.save(net.state_dict(), root / "weights.pt")
+    files["state_dict"] = root / "weights.pt"
+    (root / "notes.txt").write_text("this is not a model\n" * 10)
+    files["text"] = root / "notes.txt"
+    files["truncated"] = root / "truncated.pt"
+    files["truncated"].write_bytes(files["torchscript"].read_bytes()[:1500])
+    return files
+
+
+@pytest.fixture
+def registered_model(owner: Any) -> RegisteredModel:
+    return services.model_create(actor=owner, name="iris", description="test model")
+
+
+def upload_file(actor: Any, model: RegisteredModel, path: Path, **fields: Any) -> ModelVersion:
+    """Upload through the service, as the API and the management command do."""
+    fields.setdefault("signature", SIGNATURE)
+    with path.open("rb") as stream:
+        return services.version_upload(
+            actor=actor, model=model, file=File(stream, name=path.name), filename=path.name, **fields
+        )
+
+
+@pytest.fixture
+def ready_version(
+    owner: Any, registered_model: RegisteredModel, model_files: dict[str, Path]
+) -> Callable[..., ModelVersion]:
+    """Upload and validate (in-process) a version; returns it ready."""
+
+    def make(format: str = "torchscript", **fields: Any) -> ModelVersion:
+        version = upload_file(owner, registered_model, model_files[format], enqueue=False, **fields)
+        assert services.version_validate(version.pk) == VersionStatus.READY, ModelVersion.objects.get(
+            pk=version.pk
+        ).status_reason
+        version.refresh_from_db()
+        return version
+
+    return make
+
+
+def multipart(path: Path, **fields: Any) -> dict[str, Any]:
+    """Form fields for an upload request; dicts and lists are sent as JSON strings."""
+    data: dict[str, Any] = {
+        key: json.dumps(value) if isinstance(value, (dict, list)) else value for key, value in fields.items()
+    }
+    data["file"] = path.open("rb")
+    return data
