@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ class ProbeResult:
             "device": self.device,
             "batching": self.batching,
             "torch_version": torch.__version__,
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
             **self.extra,
         }
 

@@ -20,16 +20,26 @@ from registry.models import ModelVersion, RegisteredModel, VersionStatus
 SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]}
 
 
+pytest_plugins = ["tests.worker"]
+
+
 @pytest.fixture(autouse=True)
-def _isolated_storage(settings: Any, tmp_path: Path) -> None:
-    """Artifacts and caches of each test live in its own temporary directory."""
-    settings.DATA_DIR = tmp_path / "data"
-    settings.DATA_DIR.mkdir()
+def _isolated_storage(request: pytest.FixtureRequest, settings: Any, tmp_path: Path) -> None:
+    """Artifacts and caches of each test live in its own temporary directory.
+
+    Tests with a worker process share one directory with it instead (see tests/worker.py).
+    """
+    shared = request.node.get_closest_marker("integration") or request.node.get_closest_marker("e2e")
+    root = request.getfixturevalue("shared_data_dir") if shared else tmp_path
+    settings.DATA_DIR = root / "data"
+    settings.DATA_DIR.mkdir(exist_ok=True)
     settings.STORAGES = {
         **settings.STORAGES,
+        # Production settings expect collectstatic's manifest; tests serve from the source tree.
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
         "artifacts": {
             "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path / "artifacts")},
+            "OPTIONS": {"location": str(root / "artifacts")},
         },
     }
 
@@ -37,7 +47,7 @@ def _isolated_storage(settings: Any, tmp_path: Path) -> None:
 @pytest.fixture(autouse=True)
 def _eager_celery(request: pytest.FixtureRequest) -> Any:
     """Unit tests run tasks in-process; integration tests use a real worker instead."""
-    eager = request.node.get_closest_marker("integration") is None
+    eager = request.node.get_closest_marker("integration") is None and request.node.get_closest_marker("e2e") is None
     previous = celery_app.conf.task_always_eager
     celery_app.conf.task_always_eager = eager
     yield

@@ -1,0 +1,124 @@
+"""Browser pages of the registry, through Django's test client."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from registry import services
+from registry.models import ModelAlias, ModelVersion
+from tests.conftest import upload_file
+
+pytestmark = pytest.mark.django_db
+
+
+def test_pages_require_login(client, registered_model):
+    for url in ["/", "/models/iris/", "/models/iris/upload/", "/models/iris/versions/1/", "/tokens/", "/models/new/"]:
+        response = client.get(url)
+        assert response.status_code == 302, url
+        assert response["Location"].startswith(reverse("login")), url
+
+
+def test_model_list_search_and_tags(client, owner, registered_model):
+    services.model_create(actor=owner, name="resnet", description="image classifier", tags=["vision"])
+    client.force_login(owner)
+    page = client.get("/").content.decode()
+    assert "iris" in page and "resnet" in page
+    page = client.get("/?q=image").content.decode()
+    assert "resnet" in page and ">iris<" not in page
+    page = client.get("/?tag=vision").content.decode()
+    assert "resnet" in page and ">iris<" not in page
+
+
+def test_model_list_query_count_does_not_grow_with_models(client, owner, django_assert_max_num_queries):
+    for i in range(15):
+        services.model_create(actor=owner, name=f"m{i}", tags=["t"])
+    client.force_login(owner)
+    with django_assert_max_num_queries(10):
+        assert client.get("/").status_code == 200
+
+
+def test_create_model_page(client, owner):
+    client.force_login(owner)
+    response = client.post("/models/new/", {"name": "churn", "visibility": "private", "tags": "a,b"})
+    assert response.status_code == 302 and response["Location"] == "/models/churn/upload/"
+    response = client.post("/models/new/", {"name": "churn", "visibility": "private"})
+    assert "already exists" in response.content.decode()
+
+
+def test_model_page_shows_versions_aliases_history_and_rollback(client, owner, registered_model, ready_version):
+    ready_version(), ready_version()
+    services.alias_set(actor=owner, model=registered_model, name="production", version_number=1)
+    services.alias_set(actor=owner, model=registered_model, name="production", version_number=2)
+    client.force_login(owner)
+    page = client.get("/models/iris/").content.decode()
+    assert "Roll back to v1" in page
+    assert "Promote to production" in page
+    assert page.count('data-version="') == 2
+    assert 'id="alias-history"' in page
+
+
+def test_promote_and_rollback_buttons(client, owner, registered_model, ready_version):
+    ready_version(), ready_version()
+    client.force_login(owner)
+    client.post("/models/iris/aliases/", {"alias": "production", "version": 1})
+    client.post("/models/iris/aliases/", {"alias": "production", "version": 2})
+    assert ModelAlias.objects.get(name="production").version.version == 2
+    response = client.post("/models/iris/aliases/production/rollback/", follow=True)
+    assert "rolled back to version 1" in response.content.decode()
+    assert ModelAlias.objects.get(name="production").version.version == 1
+
+
+def test_upload_form_without_javascript(client, owner, registered_model, model_files):
+    client.force_login(owner)
+    with model_files["torchscript"].open("rb") as stream:
+        response = client.post(
+            "/models/iris/upload/", {"file": stream, "signature": '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}'}
+        )
+    assert response.status_code == 302 and response["Location"] == "/models/iris/versions/1/"
+    with model_files["text"].open("rb") as stream:
+        response = client.post("/models/iris/upload/", {"file": stream, "signature": "{}"})
+    assert response.status_code == 400
+    assert "not a PyTorch model archive" in response.content.decode()
+    assert ModelVersion.objects.count() == 1
+
+
+def test_upload_page_over_limit_is_413_page(client, owner, registered_model, model_files, settings):
+    settings.MODEL_UPLOAD_MAX_BYTES = 1000
+    client.force_login(owner)
+    with model_files["torchscript"].open("rb") as stream:
+        response = client.post("/models/iris/upload/", {"file": stream, "signature": "{}"})
+    assert response.status_code == 413
+    assert "larger than the limit" in response.content.decode()
+    assert not ModelVersion.objects.exists()
+
+
+def test_version_page_shows_signature_figures_and_failure_reason(client, owner, registered_model, ready_version, model_files):
+    ready_version(labels=["a", "b", "c"])
+    client.force_login(owner)
+    page = client.get("/models/iris/versions/1/").content.decode()
+    assert "output__0" in page and "Parameters" in page and "a, b, c" in page
+    bad = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 9]}]}
+
+    version = upload_file(owner, registered_model, model_files["torchscript"], signature=bad, enqueue=False)
+    services.version_validate(version.pk)
+    page = client.get("/models/iris/versions/2/").content.decode()
+    assert "forward pass failed" in page and "Validate again" in page
+
+
+def test_outsider_gets_404_for_private_model_pages(client, outsider, registered_model):
+    client.force_login(outsider)
+    assert client.get("/models/iris/").status_code == 404
+    assert client.post("/models/iris/aliases/", {"alias": "production", "version": 1}).status_code == 404
+    assert client.post("/models/iris/delete/").status_code == 404
+
+
+def test_version_actions_archive_and_delete(client, owner, registered_model, ready_version):
+    ready_version()
+    client.force_login(owner)
+    client.post("/models/iris/versions/1/archive/")
+    assert ModelVersion.objects.get().status == "archived"
+    client.post("/models/iris/versions/1/delete/")
+    assert not ModelVersion.objects.exists()
+
+
