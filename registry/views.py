@@ -83,6 +83,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "model": model,
         "versions": versions,
         "aliases": [(alias, rollback_targets[alias.name]) for alias in aliases],
+        "production_version": next((a.version.version for a in aliases if a.name == PRODUCTION_ALIAS), None),
         "history": selectors.alias_history(model)[:50],
         "ready_versions": [v.version for v in versions if v.status == VersionStatus.READY],
         "can_change": selectors.model_can_change(request.user, model),
@@ -146,10 +147,12 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 def version_detail(request: HttpRequest, name: str, version: int) -> HttpResponse:
     obj = _or_404(lambda: selectors.version_get(request.user, name, version))
+    aliases = list(obj.aliases.all())
     context = {
         "model": obj.model,
         "version": obj,
-        "aliases": list(obj.aliases.all()),
+        "aliases": aliases,
+        "is_production": any(alias.name == PRODUCTION_ALIAS for alias in aliases),
         "tags": list(obj.tags.all()),
         "can_change": selectors.model_can_change(request.user, obj.model),
         "api_url": reverse("api:version-detail", args=[name, version]),

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 from django.core.files import File
+from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from portal import demo
@@ -136,5 +137,5 @@ def multipart(path: Path, **fields: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         key: json.dumps(value) if isinstance(value, (dict, list)) else value for key, value in fields.items()
     }
-    data["file"] = path.open("rb")
+    data["file"] = SimpleUploadedFile(path.name, path.read_bytes())
     return data

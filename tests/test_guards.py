@@ -28,7 +28,8 @@ def test_openapi_schema_is_valid_without_warnings(tmp_path):
     target = tmp_path / "schema.yaml"
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
     text = target.read_text()
-    for path in ["/api/v1/models/{name}/versions/", "/api/v1/models/{name}/aliases/{alias}/rollback/", "/api/v1/tokens/"]:
+    expected = ["/api/v1/models/{name}/versions/", "/api/v1/models/{name}/aliases/{alias}/rollback/", "/api/v1/tokens/"]
+    for path in expected:
         assert path in text
 
 
@@ -45,7 +46,12 @@ def test_deploy_check_is_clean_under_production_settings(tmp_path):
     }
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
@@ -55,20 +61,30 @@ def test_production_settings_refuse_to_start_without_secret_key(tmp_path):
     environment = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "SECRET_KEY_FILE")}
     environment |= {"DATABASE_URL": "postgres://portal@db/portal", "PORTAL_DATA_DIR": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=ROOT, env=environment, capture_output=True, text=True,
-        timeout=120, check=False,
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode != 0
     assert "SECRET_KEY (or SECRET_KEY_FILE) must be set" in result.stderr
 
 
 @pytest.mark.parametrize(
-    ("helper", "raw", "expected"),
-    [(env.env_bool, "yes", True), (env.env_bool, "OFF", False), (env.env_int, "42", 42), (env.env_list, "a, b,,c", ["a", "b", "c"])],
+    ("read", "raw", "expected"),
+    [
+        (lambda name: env.env_bool(name), "yes", True),
+        (lambda name: env.env_bool(name, True), "OFF", False),
+        (lambda name: env.env_int(name, 0), "42", 42),
+        (lambda name: env.env_list(name), "a, b,,c", ["a", "b", "c"]),
+    ],
 )
-def test_env_helpers_parse(monkeypatch, helper, raw, expected):
+def test_env_helpers_parse(monkeypatch, read, raw, expected):
     monkeypatch.setenv("PORTAL_TEST_VALUE", raw)
-    assert helper("PORTAL_TEST_VALUE", *(() if helper is env.env_list else (None,) if helper is env.env_bool else (0,))) == expected
+    assert read("PORTAL_TEST_VALUE") == expected
 
 
 @pytest.mark.parametrize(("helper", "raw"), [(env.env_bool, "maybe"), (env.env_int, "ten"), (env.env_float, "fast")])

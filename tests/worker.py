@@ -85,9 +85,28 @@ def start_worker(environment: dict[str, str], log: Path, queues: str = "default,
     name = f"test-{uuid.uuid4().hex[:8]}@%h"
     stream = log.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "portal", "worker", "--queues", queues, "--concurrency", "1",
-         "--hostname", name, "--without-mingle", "--without-gossip", "--loglevel", "INFO"],
-        cwd=ROOT, env=environment, stdout=stream, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "portal",
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            "1",
+            "--hostname",
+            name,
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=environment,
+        stdout=stream,
+        stderr=subprocess.STDOUT,
     )
     worker = Worker(process, log, name)
     deadline = time.monotonic() + WORKER_START_TIMEOUT

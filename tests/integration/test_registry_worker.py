@@ -34,8 +34,12 @@ def upload(http: requests.Session, model: str, path: Path, **fields: Any) -> req
 
     data = {key: json.dumps(value) if isinstance(value, (dict, list)) else value for key, value in fields.items()}
     with path.open("rb") as stream:
-        return http.post(f"{http.base_url}/api/v1/models/{model}/versions/", files={"file": (path.name, stream)},
-                         data=data, timeout=60)
+        return http.post(
+            f"{http.base_url}/api/v1/models/{model}/versions/",
+            files={"file": (path.name, stream)},
+            data=data,
+            timeout=60,
+        )
 
 
 def wait_settled(http: requests.Session, model: str, version: int, timeout: float = 60) -> dict[str, Any]:
@@ -62,8 +66,12 @@ def test_upload_is_validated_by_a_separate_worker_process(http, registered_model
 
 def test_exported_program_and_failed_validation_over_the_worker(http, registered_model, model_files):
     ok = upload(http, "iris", model_files["exported_program"], signature=SIGNATURE)
-    bad = upload(http, "iris", model_files["torchscript"],
-                 signature={"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 5]}]})
+    bad = upload(
+        http,
+        "iris",
+        model_files["torchscript"],
+        signature={"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 5]}]},
+    )
     assert wait_settled(http, "iris", ok.json()["version"])["status"] == "ready"
     failed = wait_settled(http, "iris", bad.json()["version"])
     assert failed["status"] == "failed"
@@ -74,7 +82,8 @@ def test_promote_and_roll_back_over_http(http, registered_model, model_files):
     for _ in range(2):
         version = upload(http, "iris", model_files["torchscript"], signature=SIGNATURE).json()["version"]
         assert wait_settled(http, "iris", version)["status"] == "ready"
-        moved = http.put(f"{http.base_url}/api/v1/models/iris/aliases/production/", json={"version": version}, timeout=10)
+        url = f"{http.base_url}/api/v1/models/iris/aliases/production/"
+        moved = http.put(url, json={"version": version}, timeout=10)
         assert moved.status_code == 200, moved.text
     rolled = http.post(f"{http.base_url}/api/v1/models/iris/aliases/production/rollback/", timeout=10)
     assert rolled.json()["version"] == 1
@@ -83,7 +92,9 @@ def test_promote_and_roll_back_over_http(http, registered_model, model_files):
 
 def test_concurrent_uploads_get_distinct_version_numbers(http, registered_model, model_files):
     with ThreadPoolExecutor(max_workers=10) as pool:
-        responses = list(pool.map(lambda _: upload(http, "iris", model_files["torchscript"], signature=SIGNATURE), range(20)))
+        responses = list(
+            pool.map(lambda _: upload(http, "iris", model_files["torchscript"], signature=SIGNATURE), range(20))
+        )
     assert [r.status_code for r in responses] == [201] * 20, [r.text for r in responses if r.status_code != 201]
     assert sorted(r.json()["version"] for r in responses) == list(range(1, 21))
     assert ModelVersion.objects.filter(model=registered_model).count() == 20
@@ -92,9 +103,19 @@ def test_concurrent_uploads_get_distinct_version_numbers(http, registered_model,
 
 
 def test_management_command_uploads_and_waits_for_the_worker(owner, registered_model, model_files, worker, capsys):
-    call_command("upload_model", "iris", str(model_files["torchscript"]), "--user", owner.username,
-                 "--signature", '{"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]}',
-                 "--alias", "staging", "--timeout", "60")
+    call_command(
+        "upload_model",
+        "iris",
+        str(model_files["torchscript"]),
+        "--user",
+        owner.username,
+        "--signature",
+        '{"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]}',
+        "--alias",
+        "staging",
+        "--timeout",
+        "60",
+    )
     out = capsys.readouterr().out
     assert "Uploaded iris v1" in out and "v1 is ready" in out and "staging → v1" in out
     assert registered_model.aliases.get(name="staging").version.version == 1
@@ -107,5 +128,3 @@ def test_bad_upload_over_http_leaves_nothing(http, registered_model, model_files
     assert "torch.save checkpoint" in response.json()["error"]
     assert not ModelVersion.objects.exists()
     assert sorted(p for p in (shared_data_dir / "artifacts").rglob("*") if p.is_file()) == before
-
-
