@@ -48,11 +48,18 @@ def broker_url() -> Iterator[str]:
         socket_dir = Path(tempfile.mkdtemp(prefix="maas-"))
         process = embedded_redis_start(socket_dir / "redis.sock")
         url = f"redis+socket://{socket_dir / 'redis.sock'}"
-    previous = celery_app.conf.broker_url, celery_app.conf.result_backend
-    celery_app.conf.broker_url = url
-    celery_app.conf.result_backend = os.environ.get("CELERY_RESULT_BACKEND", url)
+    # Celery reads CELERY_BROKER_URL from the environment before its own configuration,
+    # so the environment is the one place that reliably redirects this process's publishing.
+    saved = {key: os.environ.get(key) for key in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
+    os.environ["CELERY_BROKER_URL"] = url
+    os.environ.setdefault("CELERY_RESULT_BACKEND", url)
+    celery_app.conf.result_backend = os.environ["CELERY_RESULT_BACKEND"]
     yield url
-    celery_app.conf.broker_url, celery_app.conf.result_backend = previous
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     if process is not None:
         process.terminate()
         process.wait(timeout=10)

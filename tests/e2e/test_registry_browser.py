@@ -22,8 +22,17 @@ def upload_version(page: Any, model: str, path: Path) -> int:
     page.set_input_files("input[name=file]", str(path))
     page.fill("textarea[name=signature]", json.dumps(SIGNATURE))
     page.fill("input[name=labels]", "setosa, versicolor, virginica")
+    # Remember what the progress label showed; the page navigates away once the upload ends.
+    page.evaluate(
+        """() => {
+            const label = document.getElementById("upload-percent");
+            new MutationObserver(() => sessionStorage.setItem("uploadShown", label.textContent))
+                .observe(label, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
     page.click("#upload-submit")
     page.wait_for_url(re.compile(rf"/models/{model}/versions/\d+/$"))
+    assert page.evaluate("sessionStorage.getItem('uploadShown')") == "100%"
     # The page polls the API and reloads once the worker has validated the version.
     expect(page.locator("h1 .status")).to_have_text("ready", timeout=60_000)
     return int(re.search(r"/versions/(\d+)/$", page.url).group(1))

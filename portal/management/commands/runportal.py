@@ -25,6 +25,10 @@ def uses_embedded_broker() -> bool:
     return f"redis+socket://{settings.EMBEDDED_REDIS_SOCKET}" == settings.CELERY_BROKER_URL
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 class Command(BaseCommand):
     help = "Run the portal (web server, worker and, by default, an embedded Redis) with demo data."
 
@@ -35,6 +39,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-seed", action="store_true", help="Skip the demo user and model.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Stop the children on SIGTERM too (systemd, `timeout`, a container stop), not only Ctrl-C.
+        signal.signal(signal.SIGTERM, _interrupt)
         children: list[subprocess.Popen[bytes]] = []
         if uses_embedded_broker():
             redis = embedded_redis_start(settings.EMBEDDED_REDIS_SOCKET)
