@@ -35,7 +35,7 @@ bench: install
 	$(PY) bench/embedded_broker.py
 
 screenshot: install
-	$(PY) scripts/screenshot.py docs/screenshot.png http://127.0.0.1:8000  # with `make run` going
+	PYTHONPATH=. $(PY) scripts/screenshot.py docs/screenshot.png http://127.0.0.1:8000  # with `make run` going
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from django.db.models import QuerySet
 from django.http import FileResponse
@@ -150,6 +151,11 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    def _change(self, request: Request, name: str, version: str, service: Callable[..., ModelVersion]) -> Response:
+        """Apply a state-changing service to a version the caller may change."""
+        obj = selectors.version_get(request.user, name, version, for_change=True)
+        return Response(VersionSerializer(service(actor=request.user, version=obj)).data)
+
     @extend_schema(
         summary="Archive a version (drops its aliases)",
         parameters=[MODEL_NAME, VERSION],
@@ -158,10 +164,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"])
     def archive(self, request: Request, name: str, version: str) -> Response:
-        obj = services.version_archive(
-            actor=request.user, version=selectors.version_get(request.user, name, version, for_change=True)
-        )
-        return Response(VersionSerializer(obj).data)
+        return self._change(request, name, version, services.version_archive)
 
     @extend_schema(
         summary="Restore an archived version (validated again)",
@@ -171,10 +174,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"])
     def restore(self, request: Request, name: str, version: str) -> Response:
-        obj = services.version_restore(
-            actor=request.user, version=selectors.version_get(request.user, name, version, for_change=True)
-        )
-        return Response(VersionSerializer(obj).data)
+        return self._change(request, name, version, services.version_restore)
 
     @extend_schema(
         summary="Validate a failed version again",
@@ -184,10 +184,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"])
     def validate(self, request: Request, name: str, version: str) -> Response:
-        obj = services.version_revalidate(
-            actor=request.user, version=selectors.version_get(request.user, name, version, for_change=True)
-        )
-        return Response(VersionSerializer(obj).data)
+        return self._change(request, name, version, services.version_revalidate)
 
     @extend_schema(
         summary="Download the artifact",

@@ -256,3 +256,18 @@ def test_audit_events_filter(api, owner, registered_model, ready_version):
     services.alias_set(actor=owner, model=registered_model, name="staging", version_number=1)
     events = api(owner).get("/api/v1/audit-events/?model=iris&action=alias.move").json()["results"]
     assert [(e["actor"], e["object"], e["after"]) for e in events] == [("olivia", "staging", {"version": 1})]
+
+
+def test_list_endpoints_use_a_bounded_number_of_queries(
+    api, owner, registered_model, ready_version, django_assert_max_num_queries
+):
+    for i in range(12):
+        services.model_create(actor=owner, name=f"m{i}", tags=["a", "b"])
+    for _ in range(4):
+        ready_version()
+    services.alias_set(actor=owner, model=registered_model, name="production", version_number=1)
+    client = api(owner)
+    with django_assert_max_num_queries(6):
+        assert len(client.get(MODELS).json()["results"]) == 13
+    with django_assert_max_num_queries(8):
+        assert len(client.get(f"{MODELS}iris/versions/").json()["results"]) == 4
