@@ -35,7 +35,9 @@ def test_openapi_schema_is_valid_without_warnings(tmp_path):
 
 def test_deploy_check_is_clean_under_production_settings(tmp_path):
     # Production defaults only: drop the plain-HTTP overrides the CI test run sets.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("SECURE_", "SESSION_", "CSRF_"))}
+    inherited = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SECURE_", "SESSION_", "CSRF_", "DJANGO_ALLOW_ASYNC"))
+    }
     environment = {
         **inherited,
         "DATABASE_URL": "postgres://portal@db.internal:5432/portal",

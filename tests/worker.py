@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,7 +55,9 @@ def broker_url() -> Iterator[str]:
     os.environ["CELERY_BROKER_URL"] = url
     os.environ.setdefault("CELERY_RESULT_BACKEND", url)
     celery_app.conf.result_backend = os.environ["CELERY_RESULT_BACKEND"]
+    _forget_connections()
     yield url
+    _forget_connections()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -63,6 +66,18 @@ def broker_url() -> Iterator[str]:
     if process is not None:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _forget_connections() -> None:
+    """Drop Celery's cached broker pools and result backends so the next call uses the current URLs.
+
+    Even eager tasks acquire a producer and a result backend, so earlier unit tests leave
+    both bound to the default broker behind (the backend cached per thread).
+    """
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+    celery_app._backend_cache = None
+    celery_app._local = threading.local()
 
 
 def _database_environment() -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from portal.asgi import BodySizeLimit
@@ -23,7 +24,9 @@ def run(app: BodySizeLimit, headers: list[tuple[bytes, bytes]]) -> tuple[list[di
         sent.append(message)
 
     app.app = inner
-    asyncio.run(app({"type": "http", "headers": headers}, receive, send))
+    # A thread of its own: another test's browser may keep an event loop in this one.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, app({"type": "http", "headers": headers}, receive, send)).result()
     return sent, reached
 
 
