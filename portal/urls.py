@@ -18,6 +18,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 api_patterns = [
     path("", include("registry.api.urls")),
+    path("", include("inference.api.urls")),
     path("tokens/", token_views.TokenViewSet.as_view({"get": "list", "post": "create"}), name="token-list"),
     path("tokens/<int:pk>/", token_views.TokenViewSet.as_view({"delete": "destroy"}), name="token-detail"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -32,5 +33,6 @@ urlpatterns = [
     path("tokens/", token_views.token_list, name="token-list"),
     path("tokens/<int:token_id>/revoke/", token_views.token_revoke, name="token-revoke"),
     path("healthz", healthz, name="healthz"),
+    path("", include("inference.urls")),
     path("", include("registry.urls")),
 ]

@@ -48,6 +48,11 @@ class RegisteredModel(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="registered_models")
     visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.PRIVATE)
     tags = models.ManyToManyField(Tag, blank=True, related_name="models")
+    # Workers listening on this queue serve the model: "inference" (all GPU workers) unless
+    # a deployment dedicates workers to it.
+    serving_queue = models.CharField(
+        max_length=64, default="inference", validators=[RegexValidator(r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+    )
     # Highest version number handed out so far; bumped under a row lock so that
     # concurrent uploads get distinct numbers and a deleted number is never reused.
     last_version_number = models.PositiveIntegerField(default=0, editable=False)
@@ -98,6 +103,10 @@ class ModelVersion(models.Model):
     validation_attempts = models.PositiveSmallIntegerField(default=0, editable=False)
     validation_started_at = models.DateTimeField(null=True, blank=True)
     validated_at = models.DateTimeField(null=True, blank=True)
+    # Dynamic batching: concurrent requests are stacked into one forward of at most this many rows.
+    max_batch_size = models.PositiveIntegerField(default=32)
+    # How long the gateway may hold a request to fill a batch (0: send what is there now).
+    max_batch_delay_ms = models.PositiveIntegerField(default=0)
     parent = models.ForeignKey(
         "self",
         null=True,

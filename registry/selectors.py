@@ -10,8 +10,8 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from portal.errors import NotFound, PermissionDenied
-from registry.models import AuditEvent, ModelAlias, ModelVersion, RegisteredModel, Visibility
+from portal.errors import InvalidInput, NotFound, PermissionDenied
+from registry.models import PRODUCTION_ALIAS, AuditEvent, ModelAlias, ModelVersion, RegisteredModel, Visibility
 
 
 def _is_admin(user: Any) -> bool:
@@ -77,3 +77,27 @@ def audit_events_visible_to(user: Any) -> QuerySet[AuditEvent]:
     if _is_admin(user):
         return events
     return events.filter(model__in=models_visible_to(user))
+
+
+def version_for_serving(version_id: int) -> ModelVersion:
+    """A version row for a worker about to load it (no access check: the caller was checked)."""
+    version = ModelVersion.objects.select_related("model").filter(pk=version_id).first()
+    if version is None:
+        raise NotFound(f"Model version {version_id} no longer exists.")
+    return version
+
+
+def version_resolve(
+    user: Any, model_name: str, *, version: int | str | None = None, alias: str | None = None
+) -> ModelVersion:
+    """The version a caller addresses: a number, an alias, or by default the `production` alias."""
+    if version is not None and alias is not None:
+        raise InvalidInput("Give a version or an alias, not both.")
+    if version is not None:
+        return version_get(user, model_name, version)
+    model = model_get(user, model_name)
+    name = alias or PRODUCTION_ALIAS
+    holder = model.aliases.select_related("version__model").filter(name=name).first()
+    if holder is None:
+        raise NotFound(f"Model {model_name!r} has no alias {name!r}; pin a version or set the alias.")
+    return holder.version

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -395,6 +396,11 @@ def _validation_finish(version: ModelVersion, status: str, reason: str, **fields
     if updated:
         logger.info("validated %s: %s %s", version, status, reason)
     return status
+
+
+def version_artifact_path(version: ModelVersion) -> Path:
+    """A local, sha256-verified copy of a version's artifact (for workers)."""
+    return artifact_fetch(version.artifact, version.sha256)
 
 
 def version_update(

@@ -1,0 +1,162 @@
+"""The per-process model cache of a worker: LRU, bounded by a memory budget.
+
+A worker keeps the models it serves resident, on CUDA when the worker has a GPU. Each
+model is loaded from storage with its sha256 verified, warmed up with one forward pass,
+and evicted least-recently-used first when the budget would be exceeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from django.conf import settings
+
+from inference.datatypes import NUMPY_DTYPES
+from inference.runtimes import ModelRuntime
+from inference.services import PROBE_SEQUENCE, _random_tensor, device_select, model_load
+
+logger = logging.getLogger(__name__)
+
+
+class ModelUnavailable(Exception):
+    """The version cannot be served by this worker (gone, not ready, fails to load)."""
+
+
+@dataclass
+class LoadedModel:
+    """A model resident in a worker, with what serving needs to know about it."""
+
+    version_id: int
+    model_name: str
+    version: int
+    signature: dict[str, Any]
+    runtime: ModelRuntime
+    size_bytes: int
+    batching: bool
+    max_batch_size: int
+    loaded_at: float = field(default_factory=time.time)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec["name"] for spec in self.signature["inputs"]]
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+        """One forward pass; inputs by name, outputs as (name, datatype, array) in signature order."""
+        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in self.input_names]
+        # One forward at a time per model: TorchScript and exported modules are not re-entrant
+        # on every backend, and the batcher already gives each pass the whole batch.
+        with self.lock:
+            results = self.runtime.predict(tensors)
+        outputs = []
+        for spec, (_, tensor) in zip(self.signature["outputs"], results, strict=True):
+            array = tensor.detach().to("cpu").numpy()
+            outputs.append((spec["name"], spec["datatype"], array.astype(NUMPY_DTYPES[spec["datatype"]], copy=False)))
+        return outputs
+
+
+def _model_bytes(runtime: ModelRuntime) -> int:
+    module = runtime.module
+    tensors = [*module.parameters(), *module.buffers()] if hasattr(module, "buffers") else list(module.parameters())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """One forward on inputs built from the signature, so the first request pays no setup."""
+    tensors = {spec["name"]: _random_tensor(spec, 1, PROBE_SEQUENCE).numpy() for spec in model.signature["inputs"]}
+    model.predict(tensors)
+
+
+class ModelCache:
+    """Loaded models keyed by version id, least recently used first out."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self._models: OrderedDict[int, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, version_id: int) -> LoadedModel:
+        """The loaded model for a version, loading (and evicting) as needed."""
+        with self._lock:
+            model = self._models.get(version_id)
+            if model is not None:
+                self._models.move_to_end(version_id)
+                return model
+        model = self._load(version_id)
+        with self._lock:
+            self._models[version_id] = model
+            self._models.move_to_end(version_id)
+            self._evict(keep=version_id)
+        return model
+
+    def _load(self, version_id: int) -> LoadedModel:
+        from registry import selectors, services
+
+        try:
+            version = selectors.version_for_serving(version_id)
+        except Exception as exc:
+            raise ModelUnavailable(str(exc)) from exc
+        if version.status != "ready":
+            raise ModelUnavailable(f"{version} is {version.status}, not ready")
+        started = time.perf_counter()
+        try:
+            path = services.version_artifact_path(version)
+            runtime = model_load(path, version.format, device_select())
+        except Exception as exc:
+            raise ModelUnavailable(f"{version} could not be loaded: {exc}") from exc
+        model = LoadedModel(
+            version_id=version.pk,
+            model_name=version.model.name,
+            version=version.version,
+            signature=version.signature,
+            runtime=runtime,
+            size_bytes=_model_bytes(runtime),
+            batching=bool(version.validation.get("batching")),
+            max_batch_size=version.max_batch_size,
+        )
+        _warm_up(model)
+        logger.info("loaded %s (%.1f MB) in %.3fs", version, model.size_bytes / 1e6, time.perf_counter() - started)
+        return model
+
+    def _evict(self, keep: int) -> None:
+        while len(self._models) > 1 and sum(m.size_bytes for m in self._models.values()) > self.budget_bytes:
+            version_id, model = next((k, m) for k, m in self._models.items() if k != keep)
+            del self._models[version_id]
+            logger.info("evicted %s v%s from the model cache", model.model_name, model.version)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._models.values())
+
+    def discard(self, version_id: int) -> None:
+        with self._lock:
+            self._models.pop(version_id, None)
+
+    def reset(self) -> None:
+        """Forget every model (tests, and a worker told to reload)."""
+        with self._lock:
+            self._models.clear()
+
+
+_cache: ModelCache | None = None
+
+
+def model_cache() -> ModelCache:
+    """This process's cache (created on first use with INFERENCE_CACHE_BYTES)."""
+    global _cache
+    if _cache is None:
+        _cache = ModelCache(settings.INFERENCE_CACHE_BYTES)
+    return _cache
+
+
+__all__ = ["LoadedModel", "ModelCache", "ModelUnavailable", "model_cache"]
