@@ -16,17 +16,19 @@ PAGES = [
     "/admin/registry/auditevent/?action=alias.move",
     "/admin/registry/tag/",
     "/admin/portal/apitoken/",
-    "/admin/registry/registeredmodel/1/change/",
-    "/admin/registry/modelversion/1/change/",
 ]
 
 
 def test_admin_pages_render_for_staff(client, admin_user, owner, registered_model, ready_version):
-    ready_version()
+    version = ready_version()
     services.alias_set(actor=owner, model=registered_model, name="production", version_number=1)
     token_services.token_create(user=owner, name="ci")
     client.force_login(admin_user)
-    for url in PAGES:
+    detail = [
+        f"/admin/registry/registeredmodel/{registered_model.pk}/change/",
+        f"/admin/registry/modelversion/{version.pk}/change/",
+    ]
+    for url in [*PAGES, *detail]:
         response = client.get(url)
         assert response.status_code == 200, url
     assert "alias.move" in client.get("/admin/registry/auditevent/").content.decode()
