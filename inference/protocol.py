@@ -439,6 +439,7 @@ def encode_response(
     request_id: str | None,
     outputs: list[tuple[str, str, np.ndarray]],
     binary: set[str],
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers of an inference response; outputs named in `binary` go after the JSON as raw bytes."""
     document: dict[str, Any] = {"model_name": model_name}
@@ -446,6 +447,8 @@ def encode_response(
         document["model_version"] = model_version
     if request_id is not None:
         document["id"] = request_id
+    if parameters:
+        document["parameters"] = parameters
     entries, chunks = [], []
     for name, datatype, array in outputs:
         entry, chunk = _encode_output(name, datatype, np.asarray(array), name in binary)

@@ -50,17 +50,30 @@ class BodySizeLimit:
         await self.app(scope, receive, send)
 
 
+class PredictionRouter:
+    """Sends /v2 (the Open Inference Protocol) to the prediction gateway, the rest to Django."""
+
+    def __init__(self, gateway: ASGIApp, django_app: ASGIApp) -> None:
+        self.gateway = gateway
+        self.django_app = django_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["path"] == "/v2" or scope["path"].startswith("/v2/")):
+            await self.gateway(scope, receive, send)
+        else:
+            await self.django_app(scope, receive, send)
+
+
 def _build() -> ASGIApp:
     django_app = get_asgi_application()
     from django.conf import settings
 
+    from inference.gateway import gateway
     from registry.uploads import FORM_OVERHEAD_BYTES, too_large_message
 
-    return BodySizeLimit(
-        django_app,
-        settings.MODEL_UPLOAD_MAX_BYTES + FORM_OVERHEAD_BYTES,
-        too_large_message(settings.MODEL_UPLOAD_MAX_BYTES),
-    )
+    limit = settings.MODEL_UPLOAD_MAX_BYTES + FORM_OVERHEAD_BYTES
+    guarded = BodySizeLimit(django_app, limit, too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
+    return PredictionRouter(gateway, guarded)
 
 
 application = _build()

@@ -51,3 +51,86 @@ def save_exported_program(
     program = torch.export.export(model.eval(), example, dynamic_shapes=dynamic)
     torch.export.save(program, str(path))
     return path
+
+
+class HousePrice(nn.Module):
+    """Linear regression: price from rooms, age and distance (weights set, not trained)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.tensor([[25.0, -0.8, -3.5]]))
+            self.linear.bias.fill_(120.0)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+
+HOUSE_SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 3]}]}
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    """The benchmark MLP: FP32 [N, 64] → 256 → 256 → 10."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)).eval()
+
+
+MLP_SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]}
+
+
+class SmallCNN(nn.Module):
+    """The benchmark CNN: FP32 [N, 3, 64, 64] → three conv layers (32/64/128) with pooling → 10 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        )  # fmt: skip
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(image).flatten(1))
+
+
+def cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return SmallCNN().eval()
+
+
+CNN_SIGNATURE = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 64, 64]}]}
+CNN_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class TinyEncoder(nn.Module):
+    """A one-layer transformer encoder over INT64 token ids of any length → two classes."""
+
+    def __init__(self, vocabulary: int = 1000, width: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, width)
+        layer = nn.TransformerEncoderLayer(width, nhead=2, dim_feedforward=64, batch_first=True, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(tokens)).mean(dim=1))
+
+
+def tiny_encoder(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return TinyEncoder().eval()
+
+
+ENCODER_SIGNATURE = {"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}]}
+
+
+def save_encoder(model: nn.Module, path: Path) -> Path:
+    """torch.export the encoder with dynamic batch and sequence length."""
+    batch, length = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("length", min=2, max=512)
+    program = torch.export.export(
+        model.eval(), (torch.randint(0, 1000, (2, 8)),), dynamic_shapes=({0: batch, 1: length},)
+    )
+    torch.export.save(program, str(path))
+    return path

@@ -185,6 +185,21 @@ CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT",
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
 
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "auto")
+# --- Online predictions (the data plane) ---------------------------------------------------
+# Requests and replies cross this Redis as lists (one message per coalesced batch).
+INFERENCE_REDIS_URL = env_str(
+    "INFERENCE_REDIS_URL",
+    next((url for url in (CELERY_BROKER_URL, CELERY_RESULT_BACKEND) if url.startswith(("redis", "unix"))), ""),
+)
+# A prediction waits at most this long for a worker before it is answered 504.
+INFERENCE_TIMEOUT_SECONDS = env_float("INFERENCE_TIMEOUT_SECONDS", 30.0, minimum=0.1)
+INFERENCE_MAX_BODY_BYTES = env_int("INFERENCE_MAX_BODY_BYTES", 64 * 1024**2, minimum=1024)
+INFERENCE_MAX_ELEMENTS = env_int("INFERENCE_MAX_ELEMENTS", 16 * 1024**2, minimum=1)
+# Batches of one model version a gateway process keeps in flight at once; requests that
+# arrive meanwhile are coalesced into the next batch.
+INFERENCE_MAX_IN_FLIGHT = env_int("INFERENCE_MAX_IN_FLIGHT", 2, minimum=1)
+# A worker is live while its heartbeat is younger than this.
+INFERENCE_WORKER_TTL_SECONDS = env_float("INFERENCE_WORKER_TTL_SECONDS", 10.0, minimum=1.0)
 # Memory a worker may fill with resident models before it evicts the least recently used.
 INFERENCE_CACHE_BYTES = env_int("INFERENCE_CACHE_BYTES", 4 * 1024**3, minimum=1)
 

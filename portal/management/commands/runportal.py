@@ -36,7 +36,7 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("PORTAL_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORTAL_PORT", "8000")))
         parser.add_argument("--concurrency", type=int, default=1, help="Worker processes for Celery.")
-        parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes.")
+        parser.add_argument("--web-workers", type=int, default=2, help="Web (uvicorn) worker processes.")
         parser.add_argument("--no-seed", action="store_true", help="Skip the demo user and model.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -56,11 +56,12 @@ class Command(BaseCommand):
             worker = [python, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference"]
             worker += ["--concurrency", str(options["concurrency"]), "--loglevel", "INFO", "--hostname", "portal@%h"]
             children.append(subprocess.Popen(worker))
-            # gunicorn (WSGI) streams uploads straight to the upload handler, so an oversized
-            # file is refused from Content-Length and an accepted one is written to disk once.
+            # One ASGI app serves both planes: Django (pages, REST API) and the prediction
+            # gateway under /v2 (portal/asgi.py).
             web = subprocess.Popen([
-                python, "-m", "gunicorn", "portal.wsgi", "--bind", f"{options['host']}:{options['port']}",
-                "--workers", str(options["web_workers"]), "--threads", "4", "--timeout", "600",
+                python, "-m", "uvicorn", "portal.asgi:application", "--host", options["host"],
+                "--port", str(options["port"]), "--workers", str(options["web_workers"]),
+                "--no-access-log", "--lifespan", "off",
             ])  # fmt: skip
             children.append(web)
             url = f"http://{options['host']}:{options['port']}/"

@@ -1,0 +1,399 @@
+"""The prediction gateway: Open Inference Protocol v2 over HTTP, as a lean ASGI app.
+
+Predictions stay out of Django's request cycle. Each gateway process authorises a
+request and resolves its model version from in-process caches (filled from the
+database on a miss, dropped when the rows change), decodes and checks the tensors, and
+coalesces the requests that arrive together for one model version into one message to
+the workers. While at most INFERENCE_MAX_IN_FLIGHT batches of a version are in flight,
+new requests wait for the next batch; nothing waits on a timer unless the version asks
+for a batching delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from inference import protocol, wire
+from portal.errors import PortalError
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+SERVER_NAME = "maas-portal"
+SERVER_VERSION = "0.1.0"
+# Cached authorisations and routes are also dropped on this timer, in case an
+# invalidation message was missed while Redis was away.
+CACHE_TTL_SECONDS = 30.0
+MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/ready|/infer)?/?$")
+PLATFORMS = {"torchscript": "pytorch_torchscript", "exported_program": "pytorch_exported_program"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model version as the gateway routes it."""
+
+    version_id: int
+    model_name: str
+    version: int
+    status: str
+    format: str
+    signature: dict[str, Any]
+    queue: str
+    max_batch_size: int
+    max_batch_delay_ms: int
+    ready_versions: tuple[int, ...]
+
+
+def _resolve(user: Any, name: str, version: str | None) -> Target:
+    """Access-checked lookup of what a path addresses (runs in a thread: it queries the database)."""
+    from registry import selectors
+
+    if version is None or version.isdigit():
+        found = selectors.version_resolve(user, name, version=version)
+    else:
+        found = selectors.version_resolve(user, name, alias=version)
+    model = found.model
+    ready = model.versions.filter(status="ready").order_by("version").values_list("version", flat=True)
+    return Target(
+        version_id=found.pk, model_name=model.name, version=found.version, status=found.status,
+        format=found.format, signature=found.signature, queue=model.serving_queue,
+        max_batch_size=found.max_batch_size, max_batch_delay_ms=found.max_batch_delay_ms,
+        ready_versions=tuple(ready),
+    )  # fmt: skip
+
+
+def _authenticate(raw: str) -> Any:
+    from portal.services import token_authenticate
+
+    token = token_authenticate(raw)
+    return token.user if token else None
+
+
+class Coalescer:
+    """Requests for one model version waiting to be sent together."""
+
+    def __init__(self, gateway: Gateway, target: Target) -> None:
+        self.gateway = gateway
+        self.target = target
+        self.waiting: list[tuple[wire.Tensors, asyncio.Future[dict[str, Any]]]] = []
+        self.in_flight = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def submit(self, tensors: wire.Tensors) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting.append((tensors, future))
+        if self.target.max_batch_delay_ms and self.timer is None and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
+            self.timer = asyncio.get_running_loop().call_later(self.target.max_batch_delay_ms / 1000, self._timer_fired)
+        elif not self.target.max_batch_delay_ms:
+            self.flush()
+        return future
+
+    def _timer_fired(self) -> None:
+        self.timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        while self.waiting and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
+            batch, rows = [], 0
+            while self.waiting and (not batch or rows + _rows(self.waiting[0][0]) <= self.target.max_batch_size):
+                item = self.waiting.pop(0)
+                rows += _rows(item[0])
+                batch.append(item)
+            self.in_flight += 1
+            asyncio.get_running_loop().create_task(self._send(batch))
+
+    async def _send(self, batch: list[tuple[wire.Tensors, asyncio.Future[dict[str, Any]]]]) -> None:
+        try:
+            reply = await self.gateway.exchange(self.target, [tensors for tensors, _ in batch])
+            for (_, future), answer in zip(batch, reply["o"], strict=True):
+                if not future.done():
+                    future.set_result(answer | {"timing": {k: reply[k] for k in ("qt", "ct", "bs", "w")}})
+        except HttpError as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            self.in_flight -= 1
+            self.flush()
+
+
+def _rows(tensors: wire.Tensors) -> int:
+    first = next(iter(tensors.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+class Gateway:
+    """One per process: the Redis connections, caches and coalescers of this process."""
+
+    def __init__(self) -> None:
+        self.reply_key = f"{wire.REPLY_PREFIX}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.redis: aioredis.Redis | None = None
+        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.coalescers: dict[int, Coalescer] = {}
+        self.users: dict[str, tuple[float, Any]] = {}
+        self.targets: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
+        self.workers: tuple[float, dict[str, Any]] = (0.0, {})
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _connect(self) -> aioredis.Redis:
+        if self.redis is None:
+            if not settings.INFERENCE_REDIS_URL:
+                raise HttpError(503, "Online predictions need a Redis (INFERENCE_REDIS_URL) and none is configured.")
+            self.redis = aioredis.Redis.from_url(wire.redis_url(), socket_connect_timeout=1, socket_timeout=5)
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._read_replies()), loop.create_task(self._listen_invalidations())]
+        return self.redis
+
+    async def _read_replies(self) -> None:
+        reader = aioredis.Redis.from_url(wire.redis_url(), socket_connect_timeout=1, socket_timeout=None)
+        while True:
+            try:
+                item = await reader.brpop([self.reply_key], timeout=1)
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("gateway lost Redis while reading replies: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if item is None:
+                continue
+            reply = wire.unpack(item[1])
+            future = self.pending.pop(reply["b"], None)
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    async def _listen_invalidations(self) -> None:
+        while True:
+            try:
+                pubsub = aioredis.Redis.from_url(wire.redis_url(), socket_connect_timeout=1).pubsub()
+                await pubsub.subscribe(wire.INVALIDATE_CHANNEL)
+                # Anything may have changed while we were not listening.
+                self.forget()
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        self.forget()
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("gateway lost the invalidation channel: %s", exc)
+                await asyncio.sleep(1)
+
+    def forget(self) -> None:
+        """Drop cached users and routes (tokens revoked, aliases moved, models changed)."""
+        self.users.clear()
+        self.targets.clear()
+
+    async def exchange(self, target: Target, requests: list[wire.Tensors]) -> dict[str, Any]:
+        """Send one batch to the workers of the target's queue and wait for its reply."""
+        client = self._connect()
+        batch_id = uuid.uuid4().hex
+        now = time.time()
+        timeout = settings.INFERENCE_TIMEOUT_SECONDS
+        message = {"b": batch_id, "r": self.reply_key, "v": target.version_id, "s": now, "d": now + timeout,
+                   "q": [wire.pack_tensors(tensors) for tensors in requests]}  # fmt: skip
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[batch_id] = future
+        try:
+            await client.lpush(wire.queue_key(target.queue), wire.pack(message))
+        except (redis.RedisError, OSError) as exc:
+            self.pending.pop(batch_id, None)
+            raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.pending.pop(batch_id, None)
+            raise HttpError(
+                504,
+                f"No worker answered for model {target.model_name!r} v{target.version} within {timeout:g}s "
+                "(workers busy, stopped, or one died while running the batch).",
+            ) from None
+
+    # -- lookups -------------------------------------------------------------------------
+    async def user(self, headers: dict[bytes, bytes]) -> Any:
+        raw = headers.get(b"authorization", b"").decode("latin-1")
+        keyword, _, token = raw.partition(" ")
+        if keyword.lower() != "bearer" or not token.strip():
+            raise HttpError(401, "Authentication required: send 'Authorization: Bearer <API token>'.")
+        key = hashlib.sha256(token.strip().encode()).hexdigest()
+        cached = self.users.get(key)
+        if cached and time.monotonic() - cached[0] < CACHE_TTL_SECONDS:
+            return cached[1]
+        self._connect()
+        user = await sync_to_async(_authenticate, thread_sensitive=False)(token.strip())
+        if user is None:
+            raise HttpError(401, "The API token is invalid, expired or revoked.")
+        self.users[key] = (time.monotonic(), user)
+        return user
+
+    async def target(self, user: Any, name: str, version: str | None) -> Target:
+        key = (user.pk, name, version)
+        cached = self.targets.get(key)
+        if cached and time.monotonic() - cached[0] < CACHE_TTL_SECONDS:
+            return cached[1]
+        try:
+            target = await sync_to_async(_resolve, thread_sensitive=False)(user, name, version)
+        except PortalError as exc:
+            raise HttpError(exc.status_code, exc.message) from None
+        if target.status == "ready":
+            # Only ready routes are cached: a pending version must be seen turning ready.
+            self.targets[key] = (time.monotonic(), target)
+        return target
+
+    async def live_queues(self) -> set[str]:
+        """Prediction queues with at least one live worker (heartbeats, cached for a second)."""
+        fetched, workers = self.workers
+        if time.monotonic() - fetched > 1.0:
+            try:
+                raw = await self._connect().hgetall(wire.WORKERS_KEY)
+            except (redis.RedisError, OSError) as exc:
+                raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
+            workers = {key.decode(): wire.unpack(value) for key, value in raw.items()}
+            self.workers = (time.monotonic(), workers)
+        horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
+        return {queue for info in workers.values() if info["t"] > horizon for queue in info["q"]}
+
+    # -- HTTP ----------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            status, body, headers = await self.route(scope, receive)
+        except HttpError as exc:
+            status, body, headers = exc.status, protocol.error_body(exc.message), {"Content-Type": "application/json"}
+        except PortalError as exc:
+            status, body, headers = (
+                exc.status_code,
+                protocol.error_body(exc.message),
+                {"Content-Type": "application/json"},
+            )
+        except Exception:
+            logger.exception("prediction gateway error")
+            status, body = 500, protocol.error_body("Internal error in the prediction gateway.")
+            headers = {"Content-Type": "application/json"}
+        raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        raw_headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
+        path, method = scope["path"], scope["method"]
+        if path in ("/v2", "/v2/") and method == "GET":
+            return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+        if path == "/v2/health/live" and method == "GET":
+            return 200, b"", {}
+        if path == "/v2/health/ready" and method == "GET":
+            await self.live_queues()
+            return 200, b"", {}
+        match = MODEL_PATH.match(path)
+        if match is None:
+            raise HttpError(404, f"No such endpoint: {method} {path}")
+        headers = dict(scope.get("headers") or [])
+        user = await self.user(headers)
+        target = await self.target(user, match["name"], match["version"])
+        tail = match["tail"]
+        if tail is None and method == "GET":
+            return _json(_metadata(target))
+        if tail == "/ready" and method == "GET":
+            if target.status != "ready":
+                raise HttpError(400, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready.")
+            if target.queue not in await self.live_queues():
+                raise HttpError(400, f"No live worker serves queue {target.queue!r} for model {target.model_name!r}.")
+            return 200, b"", {}
+        if tail == "/infer" and method == "POST":
+            return await self.infer(target, headers, receive)
+        raise HttpError(405, f"Method {method} is not allowed on {path}")
+
+    async def infer(
+        self, target: Target, headers: dict[bytes, bytes], receive: Receive
+    ) -> tuple[int, bytes, dict[str, str]]:
+        if target.status != "ready":
+            raise HttpError(
+                503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
+            )
+        body = await _read_body(headers, receive)
+        header_length = headers.get(protocol.HEADER_LENGTH_HEADER.lower().encode())
+        request = protocol.decode_request(
+            body, int(header_length) if header_length and header_length.isdigit() else None,
+            target.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS,
+        )  # fmt: skip
+        coalescer = self.coalescers.get(target.version_id)
+        if coalescer is None or coalescer.target != target:
+            coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
+        answer = await coalescer.submit(request.inputs)
+        if "err" in answer:
+            raise HttpError(answer["s"], answer["err"])
+        outputs = wire.unpack_tensors(answer["ok"])
+        specs = {spec["name"]: spec["datatype"] for spec in target.signature["outputs"]}
+        names = list(specs) if request.requested_outputs is None else [name for name, _ in request.requested_outputs]
+        selected = [(name, specs[name], outputs[name]) for name in names]
+        timing = answer["timing"]
+        # Where the time went, for clients and dashboards: queue wait and compute on the
+        # worker, and how many rows shared the forward pass.
+        parameters = {"queue_ms": round(timing["qt"], 3), "compute_ms": round(timing["ct"], 3),
+                      "batch_size": timing["bs"], "worker": timing["w"]}  # fmt: skip
+        body, response_headers = protocol.encode_response(
+            target.model_name, str(target.version), request.id, selected, request.binary_output_names(names), parameters
+        )
+        return 200, body, response_headers
+
+
+async def _read_body(headers: dict[bytes, bytes], receive: Receive) -> bytes:
+    limit = settings.INFERENCE_MAX_BODY_BYTES
+    declared = headers.get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, f"The request body is larger than the limit of {limit} bytes (INFERENCE_MAX_BODY_BYTES).")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(
+                413, f"The request body is larger than the limit of {limit} bytes (INFERENCE_MAX_BODY_BYTES)."
+            )
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _metadata(target: Target) -> dict[str, Any]:
+    return {
+        "name": target.model_name,
+        "versions": [str(v) for v in target.ready_versions],
+        "platform": PLATFORMS.get(target.format, target.format),
+        "inputs": target.signature["inputs"],
+        "outputs": target.signature["outputs"],
+    }
+
+
+def _json(data: dict[str, Any], status: int = 200) -> tuple[int, bytes, dict[str, str]]:
+    return status, json.dumps(data).encode(), {"Content-Type": "application/json"}
+
+
+gateway = Gateway()
+
+
+__all__ = ["Gateway", "HttpError", "Target", "gateway"]
