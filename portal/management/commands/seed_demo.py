@@ -2,7 +2,7 @@
 
 - iris-classifier: an MLP classifier with class labels, two versions (roll back ready to press)
 - house-price: a linear regressor
-- image-classifier: a small CNN on 3×64×64 images
+- image-classifier: a small CNN on 3x64x64 images
 - sentiment: a tiny transformer encoder over INT64 token ids of any length
 """
 
@@ -42,10 +42,10 @@ DEMOS: list[tuple[str, str, list[str], dict[str, Any], list[str], list[tuple[str
     (
         "house-price", "Linear regression: price (k€) from rooms, age (years) and distance to the centre (km).",
         ["demo", "regression"], demo.HOUSE_SIGNATURE, [],
-        [("house.pt", lambda p: demo.save_torchscript(demo.HousePrice(), p), "price = 25·rooms − 0.8·age − 3.5·km + 120")],
+        [("house.pt", lambda p: demo.save_torchscript(demo.HousePrice(), p), "price = 25*rooms - 0.8*age - 3.5*km + 120")],
     ),
     (
-        "image-classifier", "A small CNN over 3×64×64 images, ten classes (untrained weights: for serving demos).",
+        "image-classifier", "A small CNN over 3x64x64 images, ten classes (untrained weights: for serving demos).",
         ["demo", "vision"], demo.CNN_SIGNATURE, demo.CNN_LABELS,
         [("cnn.pt", lambda p: demo.save_torchscript(demo.cnn(), p), "Three conv layers (32/64/128) with pooling.")],
     ),
