@@ -42,7 +42,7 @@ DEMOS: list[tuple[str, str, list[str], dict[str, Any], list[str], list[tuple[str
     (
         "house-price", "Linear regression: price (k€) from rooms, age (years) and distance to the centre (km).",
         ["demo", "regression"], demo.HOUSE_SIGNATURE, [],
-        [("house.pt", lambda p: demo.save_torchscript(demo.HousePrice(), p), "price = 25*rooms - 0.8*age - 3.5*km + 120")],
+        [("house.pt", lambda p: demo.save_torchscript(demo.HousePrice(), p), "25*rooms - 0.8*age - 3.5*km + 120")],
     ),
     (
         "image-classifier", "A small CNN over 3x64x64 images, ten classes (untrained weights: for serving demos).",
