@@ -9,6 +9,7 @@ or the SQLite test file) and the shared artifact directory through its environme
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,8 +22,11 @@ from typing import Any
 
 import pytest
 import redis
+import requests
+from django.conf import settings
 from django.db import connection
 
+from inference import invalidation
 from portal.celery import app as celery_app
 from portal.embedded import embedded_redis_start
 
@@ -55,8 +59,12 @@ def broker_url() -> Iterator[str]:
     os.environ["CELERY_BROKER_URL"] = url
     os.environ.setdefault("CELERY_RESULT_BACKEND", url)
     celery_app.conf.result_backend = os.environ["CELERY_RESULT_BACKEND"]
+    # Online predictions and cache invalidations ride the same Redis in tests.
+    previous_inference = settings.INFERENCE_REDIS_URL
+    settings.INFERENCE_REDIS_URL = url if url.startswith(("redis", "unix")) else os.environ["CELERY_RESULT_BACKEND"]
     _forget_connections()
     yield url
+    settings.INFERENCE_REDIS_URL = previous_inference
     _forget_connections()
     for key, value in saved.items():
         if value is None:
@@ -78,6 +86,7 @@ def _forget_connections() -> None:
     celery_app.amqp._producer_pool = None
     celery_app._backend_cache = None
     celery_app._local = threading.local()
+    invalidation._client = None
 
 
 def _database_environment() -> dict[str, str]:
@@ -143,22 +152,64 @@ def start_worker(environment: dict[str, str], log: Path, queues: str = "default,
 
 
 @pytest.fixture(scope="session")
-def worker(django_db_setup: Any, django_db_blocker: Any, broker_url: str, shared_data_dir: Path) -> Iterator[Worker]:
-    """One worker process for the session, on the test database and the shared artifact store."""
+def service_environment(
+    django_db_setup: Any, django_db_blocker: Any, broker_url: str, shared_data_dir: Path
+) -> dict[str, str]:
+    """Environment for worker and gateway processes: the test database, broker and artifact store."""
     with django_db_blocker.unblock():
         database = _database_environment()
-    environment = {
+    return {
         **os.environ,
         **database,
         "PORTAL_DATA_DIR": str(shared_data_dir / "data"),
         "ARTIFACT_ROOT": str(shared_data_dir / "artifacts"),
         "CELERY_BROKER_URL": broker_url,
         "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND", broker_url),
+        "INFERENCE_REDIS_URL": settings.INFERENCE_REDIS_URL,
+        # Short enough that timeout tests finish quickly.
+        "INFERENCE_TIMEOUT_SECONDS": "4",
+        "INFERENCE_MAX_BODY_BYTES": str(1024 * 1024),
+        "INFERENCE_MAX_ELEMENTS": "100000",
+        "OMP_NUM_THREADS": "1",
     }
-    running = start_worker(environment, shared_data_dir / "worker.log")
-    yield running
-    running.process.terminate()
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
     try:
-        running.process.wait(timeout=20)
+        process.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        running.process.kill()
+        process.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(service_environment: dict[str, str], shared_data_dir: Path) -> Iterator[Worker]:
+    """One worker process for the session, on the test database and the shared artifact store."""
+    running = start_worker(service_environment, shared_data_dir / "worker.log")
+    yield running
+    stop(running.process)
+
+
+@pytest.fixture(scope="session")
+def gateway_url(service_environment: dict[str, str], shared_data_dir: Path, worker: Worker) -> Iterator[str]:
+    """The portal's ASGI app (Django + the /v2 prediction gateway) under uvicorn."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (shared_data_dir / "gateway.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--lifespan", "off", "--no-access-log"],
+        cwd=ROOT, env=service_environment, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (shared_data_dir / "gateway.log").read_text()
+        try:
+            if requests.get(f"{url}/v2/health/live", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    yield url
+    stop(process)
