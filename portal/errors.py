@@ -56,3 +56,17 @@ class ServiceUnavailable(PortalError):
 
     status_code = 503
     code = "unavailable"
+
+
+class Unprocessable(PortalError):
+    """The input fits the signature but the model could not compute on it."""
+
+    status_code = 422
+    code = "model_error"
+
+
+class GatewayTimeout(PortalError):
+    """No worker answered in time."""
+
+    status_code = 504
+    code = "timeout"

@@ -8,6 +8,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from inference.api.predict import PredictView
 from portal import token_views
 
 
@@ -19,6 +20,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 api_patterns = [
     path("", include("registry.api.urls")),
     path("", include("inference.api.urls")),
+    path("models/<str:name>/predict/", PredictView.as_view(), name="model-predict"),
     path("tokens/", token_views.TokenViewSet.as_view({"get": "list", "post": "create"}), name="token-list"),
     path("tokens/<int:pk>/", token_views.TokenViewSet.as_view({"delete": "destroy"}), name="token-detail"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

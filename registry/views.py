@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -18,7 +19,7 @@ from django.views.decorators.http import require_POST
 from portal.errors import NotFound, PortalError
 from registry import selectors, services
 from registry.forms import AliasSetForm, ModelCreateForm, VersionUploadForm
-from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, VersionStatus
+from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, ModelVersion, VersionStatus
 
 
 def _json_or_none(raw: str, field: str) -> Any:
@@ -158,8 +159,56 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
         "api_url": reverse("api:version-detail", args=[name, version]),
         "settled": obj.status not in (VersionStatus.PENDING, VersionStatus.VALIDATING),
         "production": PRODUCTION_ALIAS,
+        "try_it": json.dumps(_example_inputs(obj)),
+        "snippets": _snippets(obj, request.build_absolute_uri("/").rstrip("/")),
     }
     return render(request, "registry/version_detail.html", context)
+
+
+def _example_inputs(version: ModelVersion) -> dict[str, Any]:
+    """One example per input for the try-it form: the uploader's example, else zeros of the right shape."""
+    if version.example_input:
+        return {
+            tensor["name"]: tensor["data"][0] if tensor["shape"] else tensor["data"] for tensor in version.example_input
+        }
+    example = {}
+    for spec in version.inputs:
+        dims = spec["shape"][1:] if spec["shape"][:1] == [-1] else spec["shape"]
+        fill: Any = False if spec["datatype"] == "BOOL" else (0.0 if spec["datatype"].startswith("FP") else 0)
+        example[spec["name"]] = _filled([8 if d == -1 else d for d in dims], fill)
+    return example
+
+
+def _filled(shape: list[int], value: Any) -> Any:
+    return value if not shape else [_filled(shape[1:], value) for _ in range(shape[0])]
+
+
+NUMPY_NAMES = {"BOOL": "bool_", "FP16": "float16", "FP32": "float32", "FP64": "float64"}
+
+
+def _snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
+    """Copy-paste curl (small inputs only) and Python (tritonclient) calls of the v2 endpoint."""
+    url = f"{base_url}/v2/models/{version.model.name}/versions/{version.version}/infer"
+    lines = ["import numpy as np", "import tritonclient.http as httpclient", "",
+             f'client = httpclient.InferenceServerClient("{base_url.split("://", 1)[-1]}")',
+             'headers = {"Authorization": "Bearer <your API token>"}', "inputs = []"]  # fmt: skip
+    tensors = []
+    for name, data in _example_inputs(version).items():
+        spec = next(s for s in version.inputs if s["name"] == name)
+        array = np.asarray(data)
+        shape = ([1] if spec["shape"][:1] == [-1] else []) + list(array.shape)
+        dtype = NUMPY_NAMES.get(spec["datatype"], spec["datatype"].lower())
+        lines += [f'tensor = httpclient.InferInput("{name}", {shape}, "{spec["datatype"]}")',
+                  f"tensor.set_data_from_numpy(np.zeros({shape}, dtype=np.{dtype}), binary_data=True)",
+                  "inputs.append(tensor)"]  # fmt: skip
+        tensors.append({"name": name, "shape": shape, "datatype": spec["datatype"], "data": array.ravel().tolist()})
+    call = f'client.infer("{version.model.name}", inputs, model_version="{version.version}", headers=headers)'
+    lines += [f"result = {call}", *[f'print(result.as_numpy("{o["name"]}"))' for o in version.outputs]]
+    snippets = {"python": "\n".join(lines)}
+    if sum(len(t["data"]) for t in tensors) <= 64:
+        body = json.dumps({"inputs": tensors})
+        snippets["curl"] = f"curl -s {url} \\\n  -H 'Authorization: Bearer <your API token>' \\\n  -d '{body}'"
+    return snippets
 
 
 VERSION_ACTIONS = {

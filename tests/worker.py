@@ -26,7 +26,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 
-from inference import invalidation
+from inference import invalidation, predict
 from portal.celery import app as celery_app
 from portal.embedded import embedded_redis_start
 
@@ -87,6 +87,7 @@ def _forget_connections() -> None:
     celery_app._backend_cache = None
     celery_app._local = threading.local()
     invalidation._client = None
+    predict._client = None
 
 
 def _database_environment() -> dict[str, str]:

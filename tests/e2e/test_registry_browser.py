@@ -73,3 +73,18 @@ def test_upload_error_is_shown_without_leaving_the_page(page, owner, registered_
     page.click("#upload-submit")
     expect(page.locator("#upload-error")).to_contain_text("not a PyTorch model archive")
     assert page.url.endswith("/models/iris/upload/")
+
+
+def test_try_it_form_predicts_on_the_version_page(page, owner, registered_model, ready_version, worker):
+    ready_version(labels=["setosa", "versicolor", "virginica"])
+    login(page, "olivia", "owner-pass-123")
+    page.goto("/models/iris/versions/1/")
+    page.fill("#try-it-inputs", '{"features": [5.1, 3.5, 1.4, 0.2]}')
+    page.click("#try-it-submit")
+    expect(page.locator("#try-it-labels")).to_contain_text("Predicted: ")
+    expect(page.locator("#try-it-outputs")).to_contain_text("output__0")
+    expect(page.locator("#snippet-python")).to_contain_text('client.infer("iris"')
+    expect(page.locator("#snippet-curl")).to_contain_text("/v2/models/iris/versions/1/infer")
+    page.fill("#try-it-inputs", '{"features": [1, 2]}')
+    page.click("#try-it-submit")
+    expect(page.locator("#try-it-error")).to_contain_text("features")

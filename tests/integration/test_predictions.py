@@ -20,7 +20,7 @@ from portal import demo
 from portal import services as token_services
 from registry import services
 from registry.models import RegisteredModel
-from tests.conftest import SIGNATURE, upload_file
+from tests.conftest import upload_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

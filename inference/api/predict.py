@@ -1,0 +1,62 @@
+"""The friendly prediction endpoint: nested lists in, nested lists out."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from inference import predict
+from registry import selectors
+
+
+class PredictRequestSerializer(serializers.Serializer):
+    inputs = serializers.JSONField(help_text='{"<input name>": nested list}; one example may leave out the batch dim.')
+
+
+class PredictResponseSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    version = serializers.IntegerField()
+    outputs = serializers.DictField(child=serializers.JSONField())
+    labels = serializers.ListField(child=serializers.CharField(), required=False)
+    timing = serializers.DictField(child=serializers.JSONField())
+
+
+ERROR = OpenApiResponse(response={"type": "object", "properties": {"error": {"type": "string"}}})
+
+
+class PredictView(APIView):
+    """POST /api/v1/models/{name}/predict/ — the same workers and checks as /v2, friendlier shapes."""
+
+    @extend_schema(
+        summary="Predict with nested lists (the friendly alternative to /v2/.../infer)",
+        parameters=[
+            OpenApiParameter("name", str, OpenApiParameter.PATH, description="Model name."),
+            OpenApiParameter("version", int, description="Pin a version number."),
+            OpenApiParameter("alias", str, description="Use an alias (default: production)."),
+        ],
+        request=PredictRequestSerializer,
+        responses={200: PredictResponseSerializer, 400: ERROR, 404: ERROR, 413: ERROR, 422: ERROR, 503: ERROR,
+                   504: ERROR},
+        examples=[OpenApiExample("iris", value={"inputs": {"features": [5.1, 3.5, 1.4, 0.2]}}, request_only=True)],
+    )  # fmt: skip
+    def post(self, request: Request, name: str) -> Response:
+        version = selectors.version_resolve(
+            request.user, name, version=request.query_params.get("version"), alias=request.query_params.get("alias")
+        )
+        serializer = PredictRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tensors = predict.friendly_to_tensors(version, serializer.validated_data["inputs"])
+        outputs, timing = predict.predict(version, tensors)
+        body = {
+            "model": version.model.name,
+            "version": version.version,
+            "outputs": {name: array.tolist() for name, array in outputs.items()},
+            "timing": timing,
+        }
+        labels = predict.labels_for(version, outputs)
+        if labels is not None:
+            body["labels"] = labels
+        return Response(body)

@@ -1,0 +1,102 @@
+"""Predictions from inside Django: the friendly REST endpoint and the browser's try-it form.
+
+They share the Open Inference Protocol's checks (inference.protocol) and the workers'
+wire format and serving loop with the /v2 gateway; only the transport differs: one
+request, one message, a private reply list, no coalescing (this path is for people and
+scripts, the gateway is for throughput).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import redis
+from django.conf import settings
+
+from inference import protocol, wire
+from portal.errors import GatewayTimeout, InvalidInput, PortalError, ServiceUnavailable, Unprocessable
+from registry.models import ModelVersion
+
+_client: redis.Redis | None = None
+STATUS_ERRORS: dict[int, type[PortalError]] = {422: Unprocessable, 503: ServiceUnavailable, 504: GatewayTimeout}
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None:
+        if not settings.INFERENCE_REDIS_URL:
+            raise ServiceUnavailable("Online predictions need a Redis (INFERENCE_REDIS_URL) and none is configured.")
+        _client = redis.Redis.from_url(wire.redis_url(), socket_connect_timeout=1, socket_timeout=None)
+    return _client
+
+
+def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndarray]:
+    """`{"<input>": nested list}` checked against the signature (a single example gets its batch dim)."""
+    if not isinstance(inputs, dict):
+        raise InvalidInput('inputs must be an object: {"<input name>": nested list of values}.', field="inputs")
+    tensors = []
+    for spec in version.inputs:
+        if spec["name"] not in inputs:
+            raise InvalidInput(f"Missing input {spec['name']!r}.", field="inputs")
+        data = inputs[spec["name"]]
+        try:
+            shape = list(np.shape(data))
+        except ValueError:
+            raise InvalidInput(
+                f"Input {spec['name']!r} is ragged: every row needs the same length.", field="inputs"
+            ) from None
+        if spec["shape"] and spec["shape"][0] == -1 and len(shape) == len(spec["shape"]) - 1:
+            data, shape = [data], [1, *shape]
+        tensors.append({"name": spec["name"], "datatype": spec["datatype"], "shape": shape, "data": data})
+    unknown = sorted(set(inputs) - {spec["name"] for spec in version.inputs})
+    if unknown:
+        raise InvalidInput(f"Unknown input(s) {', '.join(map(repr, unknown))}; the model takes "
+                           f"{', '.join(repr(s['name']) for s in version.inputs)}.", field="inputs")  # fmt: skip
+    body = json.dumps({"inputs": tensors}, allow_nan=True).encode()
+    request = protocol.decode_request(body, None, version.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS)
+    return request.inputs
+
+
+def predict(version: ModelVersion, tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Run one request on a worker of the model's queue; outputs by name and the timing of the hop."""
+    if version.status != "ready":
+        raise ServiceUnavailable(
+            f"Model {version.model.name!r} v{version.version} is {version.status}, not ready to serve."
+        )
+    client = _redis()
+    reply_key = f"{wire.REPLY_PREFIX}sync:{uuid.uuid4().hex}"
+    now = time.time()
+    timeout = settings.INFERENCE_TIMEOUT_SECONDS
+    message = {"b": uuid.uuid4().hex, "r": reply_key, "v": version.pk, "s": now, "d": now + timeout,
+               "q": [wire.pack_tensors(tensors)]}  # fmt: skip
+    started = time.perf_counter()
+    try:
+        client.lpush(wire.queue_key(version.model.serving_queue), wire.pack(message))
+        item = client.brpop([reply_key], timeout=max(1, round(timeout)))
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"The prediction broker is unavailable: {exc}") from None
+    if item is None:
+        raise GatewayTimeout(
+            f"No worker answered for model {version.model.name!r} v{version.version} within {timeout:g}s."
+        )
+    reply = wire.unpack(item[1])
+    answer = reply["o"][0]
+    if "err" in answer:
+        raise STATUS_ERRORS.get(answer["s"], Unprocessable)(answer["err"])
+    timing = {"total_ms": round((time.perf_counter() - started) * 1000, 3), "queue_ms": round(reply["qt"], 3),
+              "compute_ms": round(reply["ct"], 3), "worker": reply["w"]}  # fmt: skip
+    return wire.unpack_tensors(answer["ok"]), timing
+
+
+def labels_for(version: ModelVersion, outputs: dict[str, np.ndarray]) -> list[str] | None:
+    """Class names of the first output's argmax, when the version has labels and a 2-D first output."""
+    if not version.labels or not version.outputs:
+        return None
+    first = outputs.get(version.outputs[0]["name"])
+    if first is None or first.ndim != 2 or first.shape[1] != len(version.labels):
+        return None
+    return [version.labels[int(i)] for i in first.argmax(axis=1)]
