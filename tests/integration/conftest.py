@@ -1,0 +1,63 @@
+"""Fixtures and helpers shared by the prediction integration tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import requests
+import torch
+import tritonclient.http as triton
+
+from inference import wire
+from portal import services as token_services
+from registry import services
+from registry.models import RegisteredModel
+
+FEATURES = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+
+
+@pytest.fixture
+def token(owner: Any, gateway_url: str) -> str:
+    # Earlier tests' rows are gone (flushed without signals): make every gateway forget them.
+    redis.Redis.from_url(wire.redis_url()).publish(wire.INVALIDATE_CHANNEL, "test")
+    return token_services.token_create(user=owner, name="predict")[1]
+
+
+@pytest.fixture
+def served(owner: Any, registered_model: RegisteredModel, ready_version: Any) -> Any:
+    version = ready_version(labels=["setosa", "versicolor", "virginica"])
+    services.alias_set(actor=owner, model=registered_model, name="production", version_number=version.version)
+    return version
+
+
+@pytest.fixture
+def client(gateway_url: str, token: str) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(
+        url=gateway_url.removeprefix("http://"), connection_timeout=10, network_timeout=20
+    )
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def expected(model_files: dict[str, Path], features: np.ndarray) -> np.ndarray:
+    module = torch.jit.load(str(model_files["torchscript"]))
+    with torch.inference_mode():
+        return module(torch.from_numpy(features)).numpy()
+
+
+def infer_json(gateway_url: str, token: str, path: str, body: Any, **kwargs: Any) -> requests.Response:
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    headers = auth(token) | kwargs.pop("headers", {})
+    return requests.post(f"{gateway_url}/v2/models/{path}/infer", data=data, headers=headers, timeout=30, **kwargs)
+
+
+def request_body(features: np.ndarray, **extra: Any) -> dict[str, Any]:
+    tensor = {"name": "features", "shape": list(features.shape), "datatype": "FP32", "data": features.ravel().tolist()}
+    return {"inputs": [tensor], **extra}
