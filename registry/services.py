@@ -404,27 +404,42 @@ def version_artifact_path(version: ModelVersion) -> Path:
 
 
 def version_update(
-    *, actor: Any, version: ModelVersion, description: str | None = None, tags: Any = None
+    *,
+    actor: Any,
+    version: ModelVersion,
+    description: str | None = None,
+    tags: Any = None,
+    max_batch_size: int | None = None,
+    max_batch_delay_ms: int | None = None,
 ) -> ModelVersion:
-    """Change a version's description or tags (the artifact and signature are immutable)."""
+    """Change a version's description, tags or batching (the artifact and signature are immutable)."""
+
+    def snapshot() -> dict[str, Any]:
+        return {"description": version.description, "tags": sorted(version.tags.values_list("name", flat=True)),
+                "max_batch_size": version.max_batch_size, "max_batch_delay_ms": version.max_batch_delay_ms}  # fmt: skip
+
+    if max_batch_size is not None and not 1 <= max_batch_size <= 4096:
+        raise InvalidInput("max_batch_size must be between 1 and 4096.", field="max_batch_size")
+    if max_batch_delay_ms is not None and not 0 <= max_batch_delay_ms <= 1000:
+        raise InvalidInput("max_batch_delay_ms must be between 0 and 1000.", field="max_batch_delay_ms")
     with transaction.atomic():
-        before = {"description": version.description, "tags": sorted(version.tags.values_list("name", flat=True))}
-        if description is not None:
-            version.description = description
-            version.save(update_fields=["description", "updated_at"])
+        before = snapshot()
+        fields = {
+            "description": description,
+            "max_batch_size": max_batch_size,
+            "max_batch_delay_ms": max_batch_delay_ms,
+        }
+        changed = [name for name, value in fields.items() if value is not None]
+        for name in changed:
+            setattr(version, name, fields[name])
+        if changed:
+            version.save(update_fields=[*changed, "updated_at"])
         if tags is not None:
             _tags_set(version, tags_parse(tags))
-        after = {"description": version.description, "tags": sorted(version.tags.values_list("name", flat=True))}
+        after = snapshot()
         if before != after:
-            audit_record(
-                actor,
-                "version.update",
-                model=version.model,
-                object_type="version",
-                object_repr=f"v{version.version}",
-                before=before,
-                after=after,
-            )
+            audit_record(actor, "version.update", model=version.model, object_type="version",
+                         object_repr=f"v{version.version}", before=before, after=after)  # fmt: skip
     return version
 
 

@@ -103,6 +103,8 @@ class VersionSerializer(serializers.ModelSerializer):
             "sha256",
             "size_bytes",
             "original_filename",
+            "max_batch_size",
+            "max_batch_delay_ms",
             "signature",
             "signature_source",
             "labels",
@@ -142,6 +144,10 @@ class VersionUploadSerializer(serializers.Serializer):
 class VersionUpdateSerializer(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True)
     tags = TagsField(required=False)
+    max_batch_size = serializers.IntegerField(required=False, help_text="Rows stacked into one forward pass (1-4096).")
+    max_batch_delay_ms = serializers.IntegerField(
+        required=False, help_text="How long the gateway may hold a request to fill a batch (0-1000 ms)."
+    )
 
 
 class AliasSerializer(serializers.ModelSerializer):

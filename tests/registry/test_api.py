@@ -271,3 +271,15 @@ def test_list_endpoints_use_a_bounded_number_of_queries(
         assert len(client.get(MODELS).json()["results"]) == 13
     with django_assert_max_num_queries(8):
         assert len(client.get(f"{MODELS}iris/versions/").json()["results"]) == 4
+
+
+def test_batching_settings_are_changed_per_version_and_checked(api, owner, registered_model, ready_version):
+    ready_version()
+    client = api(owner)
+    response = client.patch(f"{MODELS}iris/versions/1/", {"max_batch_size": 8, "max_batch_delay_ms": 2}, format="json")
+    assert response.status_code == 200
+    assert (response.json()["max_batch_size"], response.json()["max_batch_delay_ms"]) == (8, 2)
+    assert_error(client.patch(f"{MODELS}iris/versions/1/", {"max_batch_size": 0}, format="json"), 400, "max_batch_size")
+    assert_error(client.patch(f"{MODELS}iris/versions/1/", {"max_batch_delay_ms": 5000}, format="json"), 400, "delay")
+    event = AuditEvent.objects.filter(action="version.update").latest("id")
+    assert (event.before["max_batch_size"], event.after["max_batch_size"]) == (32, 8)
