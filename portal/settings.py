@@ -150,6 +150,8 @@ STORAGES = {
 # Model files stream to a temporary file while their sha256 is computed; nothing larger
 # than FILE_UPLOAD_MAX_MEMORY_SIZE is ever held in memory.
 MODEL_UPLOAD_MAX_BYTES = env_int("MODEL_UPLOAD_MAX_BYTES", 2 * 1024**3, minimum=1)
+# Input files of batch prediction jobs are checked in the web process: keep them moderate.
+BATCH_INPUT_MAX_BYTES = env_int("BATCH_INPUT_MAX_BYTES", 256 * 1024**2, minimum=1)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
 FILE_UPLOAD_HANDLERS = ["registry.uploads.ModelUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR") or None
@@ -169,7 +171,11 @@ CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Model loading and forward passes go to workers that listen on the inference queue
 # (GPU hosts); anything else stays on "default".
-CELERY_TASK_ROUTES = {"registry.tasks.version_validate": {"queue": "inference"}}
+CELERY_TASK_ROUTES = {
+    "registry.tasks.version_validate": {"queue": "inference"},
+    # Batch jobs are sent to their model's serving queue; this is the fallback.
+    "inference.tasks.batch_job_run": {"queue": "inference"},
+}
 # A job survives a worker that dies mid-task: acknowledged only when done, redelivered
 # if the worker is lost; one task prefetched at a time so long jobs don't queue behind.
 CELERY_TASK_ACKS_LATE = True

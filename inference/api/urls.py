@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
-from django.urls import URLPattern
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list[URLPattern] = []
+from inference.api import views
+
+router = SimpleRouter()
+router.register("jobs", views.BatchJobViewSet, basename="job")
+
+urlpatterns = router.urls

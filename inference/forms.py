@@ -1,0 +1,35 @@
+"""Browser forms of batch jobs; rules stay in the jobs services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from inference.jobs import MAX_CHUNK_SIZE
+from inference.models import DataFormat
+from registry import selectors
+
+
+class BatchJobForm(forms.Form):
+    model = forms.ChoiceField(help_text="Models you can see.")
+    version = forms.IntegerField(min_value=1, required=False, help_text="A version number, or leave empty.")
+    alias = forms.CharField(
+        max_length=32, required=False, help_text="Used when no version is given; default: production."
+    )
+    file = forms.FileField(
+        help_text=".npz with one array per input (rows first), or JSON lines with one object "
+        '{"<input name>": [...]} per example.'
+    )
+    result_format = forms.ChoiceField(choices=[("", "same as the input"), *DataFormat.choices], required=False)
+    chunk_size = forms.IntegerField(
+        min_value=1,
+        max_value=MAX_CHUNK_SIZE,
+        required=False,
+        help_text="Rows per forward pass; default: the version's batch size.",
+    )
+
+    def __init__(self, user: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        names = selectors.models_visible_to(user).order_by("name").values_list("name", flat=True)
+        self.fields["model"].choices = [(name, name) for name in names]

@@ -1,0 +1,642 @@
+"""Batch prediction jobs: services, the worker task (run in-process), the API, pages and admin."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+from inference import jobs, tasks
+from inference.cache import model_cache
+from inference.models import BatchJob, JobStatus
+from portal.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from registry import services
+from tests.conftest import upload_file
+
+pytestmark = pytest.mark.django_db
+
+JOBS = "/api/v1/jobs/"
+LABELS = ["setosa", "versicolor", "virginica"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_model_cache() -> Any:
+    # Version ids are reused after each test's rollback; a cached model must not outlive its test.
+    model_cache().reset()
+    yield
+    model_cache().reset()
+
+
+@pytest.fixture
+def version(ready_version: Any) -> Any:
+    return ready_version(labels=LABELS)
+
+
+@pytest.fixture
+def net(model_files: dict[str, Path]) -> Any:
+    return torch.jit.load(str(model_files["torchscript"]))
+
+
+def rows(n: int = 10, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).normal(size=(n, 4)) + 5).astype(np.float32)
+
+
+def forward(net: Any, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy()
+
+
+def npz_bytes(**arrays: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def jsonl_bytes(x: np.ndarray, name: str = "features") -> bytes:
+    return b"".join(json.dumps({name: row.tolist()}).encode() + b"\n" for row in x)
+
+
+def submit(actor: Any, content: bytes, filename: str = "inputs.npz", **fields: Any) -> BatchJob:
+    fields.setdefault("version", 1)
+    return jobs.job_submit(
+        actor=actor, model_name="iris", file=SimpleUploadedFile(filename, content), filename=filename, **fields
+    )
+
+
+def run(job: BatchJob) -> BatchJob:
+    tasks.batch_job_run(str(job.pk))
+    job.refresh_from_db()
+    return job
+
+
+def stored_job_files() -> list[Path]:
+    root = Path(settings.STORAGES["artifacts"]["OPTIONS"]["location"]) / "jobs"
+    return sorted(path for path in root.rglob("*") if path.is_file()) if root.exists() else []
+
+
+def result_npz(job: BatchJob) -> dict[str, np.ndarray]:
+    with jobs.job_result_open(job) as stream, np.load(stream, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def result_lines(job: BatchJob) -> list[dict[str, Any]]:
+    with jobs.job_result_open(job) as stream:
+        return [json.loads(line) for line in stream.read().splitlines()]
+
+
+# --- running jobs ---------------------------------------------------------------------------
+
+
+def test_npz_job_runs_in_chunks_and_matches_a_direct_forward(owner, version, net):
+    x = rows(10)
+    job = submit(owner, npz_bytes(features=x), chunk_size=3)
+    assert (job.status, job.total_rows, job.input_format, job.result_format) == ("queued", 10, "npz", "npz")
+    assert job.progress == 0.0
+    job = run(job)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert (job.rows_done, job.progress, job.attempts, job.parts) == (10, 100.0, 1, [])
+    assert job.started_at and job.finished_at
+    result = result_npz(job)
+    expected = forward(net, x)
+    np.testing.assert_allclose(result["output__0"], expected, rtol=1e-5, atol=1e-5)
+    assert result["label"].tolist() == [LABELS[i] for i in expected.argmax(axis=1)]
+    # The normalised input and the result remain; the parts are gone.
+    assert [path.name for path in stored_job_files()] == ["input.npz", "result.npz"]
+
+
+def test_jsonl_job_writes_one_line_per_input_with_its_label(owner, version, net):
+    x = rows(5, seed=1)
+    job = run(submit(owner, jsonl_bytes(x), filename="inputs.jsonl"))
+    assert (job.status, job.input_format, job.result_format) == ("succeeded", "jsonl", "jsonl")
+    lines = result_lines(job)
+    expected = forward(net, x)
+    assert len(lines) == 5
+    np.testing.assert_allclose(np.array([line["output__0"] for line in lines]), expected, rtol=1e-5, atol=1e-5)
+    assert [line["label"] for line in lines] == [LABELS[i] for i in expected.argmax(axis=1)]
+
+
+def test_result_format_may_differ_from_the_input(owner, version, net):
+    x = rows(4)
+    job = run(submit(owner, npz_bytes(features=x), result_format="jsonl", alias=None))
+    assert job.result_format == "jsonl"
+    np.testing.assert_allclose([line["output__0"] for line in result_lines(job)], forward(net, x), atol=1e-5)
+    job = run(submit(owner, jsonl_bytes(x), filename="x.jsonl", result_format="npz"))
+    np.testing.assert_allclose(result_npz(job)["output__0"], forward(net, x), atol=1e-5)
+
+
+def test_alias_and_integer_inputs_are_accepted(owner, registered_model, version, net):
+    services.alias_set(actor=owner, model=registered_model, name="production", version_number=1)
+    x = np.arange(12, dtype=np.int64).reshape(3, 4)
+    job = run(submit(owner, npz_bytes(features=x), version=None))
+    assert job.version_number == 1
+    np.testing.assert_allclose(result_npz(job)["output__0"], forward(net, x.astype(np.float32)), atol=1e-5)
+
+
+def test_model_without_a_batch_dimension_gets_one_example_at_a_time(owner, ready_version, net):
+    ready_version(signature={"inputs": [{"name": "features", "datatype": "FP32", "shape": [4]}]})
+    x = rows(6)
+    job = run(submit(owner, npz_bytes(features=x), chunk_size=4))
+    assert job.status == "succeeded", job.error
+    np.testing.assert_allclose(result_npz(job)["output__0"], forward(net, x), atol=1e-5)
+    job = run(submit(owner, jsonl_bytes(x[:2]), filename="two.jsonl"))
+    assert len(result_lines(job)) == 2
+
+
+def test_submit_enqueues_on_the_models_queue_after_commit(
+    owner, version, monkeypatch, django_capture_on_commit_callbacks
+):
+    sent = []
+    monkeypatch.setattr(tasks.batch_job_run, "apply_async", lambda **kwargs: sent.append(kwargs))
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        job = submit(owner, npz_bytes(features=rows(2)))
+    assert sent == []
+    callbacks[0]()
+    assert sent == [{"args": [str(job.pk)], "queue": "inference"}]
+
+
+def test_eager_submit_runs_the_whole_job(owner, version, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        job = submit(owner, npz_bytes(features=rows(7)))
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+
+
+def test_broker_error_at_enqueue_fails_the_job_saying_so(
+    owner, version, monkeypatch, django_capture_on_commit_callbacks
+):
+    def refuse(**kwargs: Any) -> None:
+        raise OperationalError("Connection refused")
+
+    monkeypatch.setattr(tasks.batch_job_run, "apply_async", refuse)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = submit(owner, npz_bytes(features=rows(2)))
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert "could not be queued" in job.error and "Connection refused" in job.error
+
+
+def test_a_long_job_hands_over_to_fresh_tasks_and_resumes_from_saved_parts(owner, version, net, monkeypatch):
+    monkeypatch.setattr(tasks, "_segment_seconds", lambda: 0.0)
+    x = rows(10)
+    job = submit(owner, npz_bytes(features=x), chunk_size=4)
+    job = run(job)
+    assert (job.status, job.rows_saved, job.rows_done, job.attempts, len(job.parts)) == ("queued", 4, 4, 0, 1)
+    job = run(job)
+    assert (job.status, job.rows_saved, len(job.parts)) == ("queued", 8, 2)
+    job = run(job)
+    assert job.status == "succeeded"
+    np.testing.assert_allclose(result_npz(job)["output__0"], forward(net, x), atol=1e-5)
+    assert [path.name for path in stored_job_files()] == ["input.npz", "result.npz"]
+
+
+# --- cancel, worker death, failures ---------------------------------------------------------
+
+
+def test_cancel_a_queued_job_at_once(owner, version):
+    job = submit(owner, npz_bytes(features=rows(3)))
+    job = jobs.job_cancel(actor=owner, job=job)
+    assert (job.status, job.cancel_requested) == ("cancelled", True)
+    assert job.finished_at is not None
+    assert run(job).status == "cancelled"  # the message that still arrives does nothing
+    assert not job.result_path
+    with pytest.raises(Conflict, match="already cancelled"):
+        jobs.job_cancel(actor=owner, job=job)
+
+
+def test_cancel_a_running_job_stops_it_between_chunks(owner, version, monkeypatch):
+    monkeypatch.setattr(tasks, "PROGRESS_SECONDS", 0.0)
+    job = submit(owner, npz_bytes(features=rows(20)), chunk_size=2)
+    loaded = model_cache().get(job.version_id)
+    original, calls = loaded.predict, []
+
+    def predict(inputs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            running = BatchJob.objects.get(pk=job.pk)
+            assert running.status == "running"
+            assert jobs.job_cancel(actor=owner, job=running).status == "running"  # running: only flagged
+        return original(inputs)
+
+    monkeypatch.setattr(loaded, "predict", predict)
+    job = run(job)
+    assert job.status == "cancelled"
+    assert 0 < job.rows_done < 20 and len(calls) < 10
+    assert not job.result_path
+    assert [path.name for path in stored_job_files()] == ["input.npz"]
+
+
+def test_a_job_whose_worker_died_is_resumed_then_failed_after_three_attempts(owner, version):
+    job = submit(owner, npz_bytes(features=rows(3)))
+    # A redelivered message finds the job running: one interrupted attempt so far.
+    BatchJob.objects.filter(pk=job.pk).update(status="running", attempts=1)
+    job = run(job)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+
+    job = submit(owner, npz_bytes(features=rows(3)))
+    BatchJob.objects.filter(pk=job.pk).update(status="running", attempts=3)
+    job = run(job)
+    assert job.status == "failed"
+    assert "interrupted 3 times" in job.error and "not retried" in job.error
+
+
+def test_a_running_job_nobody_reports_on_is_failed_not_left_running(owner, version):
+    job = submit(owner, npz_bytes(features=rows(3)))
+    BatchJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=timezone.now() - timedelta(days=1))
+    fresh = submit(owner, npz_bytes(features=rows(3)))
+    BatchJob.objects.filter(pk=fresh.pk).update(status="running", heartbeat_at=timezone.now())
+    assert jobs.jobs_expire_stale() == 1
+    job.refresh_from_db()
+    assert job.status == "failed" and "stopped reporting" in job.error
+    assert BatchJob.objects.get(pk=fresh.pk).status == "running"
+
+
+def test_model_failure_fails_the_job_naming_the_rows(owner, version, monkeypatch):
+    job = submit(owner, npz_bytes(features=rows(6)), chunk_size=4)
+    loaded = model_cache().get(job.version_id)
+
+    def broken(inputs: Any) -> Any:
+        raise RuntimeError("shape mismatch inside the model")
+
+    monkeypatch.setattr(loaded, "predict", broken)
+    job = run(job)
+    assert job.status == "failed"
+    assert job.error.startswith("Rows 1 to 4: the model failed: RuntimeError: shape mismatch")
+
+
+def test_version_deleted_before_the_job_ran(owner, version):
+    job = submit(owner, npz_bytes(features=rows(3)))
+    services.version_delete(actor=owner, version=version)
+    job = run(job)
+    assert (job.status, job.version_id, job.model_name, job.version_number) == ("failed", None, "iris", 1)
+    assert "deleted" in job.error
+
+
+def test_archived_version_fails_with_the_reason(owner, version):
+    job = submit(owner, npz_bytes(features=rows(3)))
+    services.version_archive(actor=owner, version=version)
+    job = run(job)
+    assert job.status == "failed" and "archived" in job.error
+
+
+# --- bad input: a clear 4xx and nothing written ---------------------------------------------
+
+
+def object_npz() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, features=np.array([{"a": 1}, None], dtype=object))
+    return buffer.getvalue()
+
+
+BAD_INPUTS = [
+    ("wrong name", "in.npz", npz_bytes(inputs=rows(3)), "has no array named 'features'"),
+    ("extra array", "in.npz", npz_bytes(features=rows(3), extra=rows(3)), "unexpected array 'extra'"),
+    ("wrong shape", "in.npz", npz_bytes(features=np.ones((3, 5), np.float32)), "has shape [3, 5]"),
+    ("no rows axis", "in.npz", npz_bytes(features=np.float32(1.0)), "has shape []"),
+    ("wrong dtype", "in.npz", npz_bytes(features=np.full((2, 4), "a")), "holds strings"),
+    ("complex", "in.npz", npz_bytes(features=np.ones((2, 4), np.complex64)), "complex numbers"),
+    ("empty rows", "in.npz", npz_bytes(features=np.ones((0, 4), np.float32)), "no rows"),
+    ("object array", "in.npz", object_npz(), "object array (pickled Python objects)"),
+    ("corrupt npz", "in.npz", npz_bytes(features=rows(3))[:100], "not a readable .npz"),
+    ("not a zip", "in.npz", b"hello, not numpy", "not a readable .npz"),
+    ("npy", "in.npy", b"\x93NUMPY\x01\x00v\x00{'descr'", "This is a .npy file"),
+    ("empty file", "in.jsonl", b"", "The uploaded file is empty"),
+    ("blank lines", "in.jsonl", b"\n  \n", "no rows"),
+    (
+        "bad json line",
+        "in.jsonl",
+        b'{"features": [1, 2, 3, 4]}\n\n{"features": [1, 2, 3, 4]\n',
+        "Line 3 is not valid JSON",
+    ),
+    ("wrong key", "in.jsonl", b'{"x": [1, 2, 3, 4]}\n', "Line 1 must be a JSON object with exactly the keys"),
+    ("not an object", "in.jsonl", b"[1, 2, 3, 4]\n", "Line 1 must be a JSON object"),
+    ("ragged", "in.jsonl", b'{"features": [[1, 2], [3]]}\n', "Line 1: input 'features' is ragged"),
+    (
+        "row shape",
+        "in.jsonl",
+        b'{"features": [1, 2, 3, 4]}\n{"features": [1, 2, 3]}\n',
+        "Line 2: input 'features' has shape [3]",
+    ),
+    ("with batch dim", "in.jsonl", b'{"features": [[1, 2, 3, 4]]}\n', "no batch dimension"),
+    ("strings", "in.jsonl", b'{"features": ["a", "b", "c", "d"]}\n', "Line 1: input 'features' holds strings"),
+    ("nulls", "in.jsonl", b'{"features": [1, null, 3, 4]}\n', "Python objects"),
+]
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "message"), [case[1:] for case in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_is_refused_naming_the_problem_and_leaves_nothing(owner, version, filename, content, message):
+    with pytest.raises(InvalidInput) as caught:
+        submit(owner, content, filename=filename)
+    assert message in caught.value.message
+    assert caught.value.status_code == 400
+    assert not BatchJob.objects.exists()
+    assert stored_job_files() == []
+
+
+def test_inputs_need_the_same_number_of_rows_and_fitting_types():
+    signature = {
+        "inputs": [
+            {"name": "ids", "datatype": "INT8", "shape": [-1, 2]},
+            {"name": "mask", "datatype": "BOOL", "shape": [-1, 2]},
+        ]
+    }
+
+    def read(**arrays: Any) -> Any:
+        return jobs.input_read(SimpleUploadedFile("x.npz", npz_bytes(**arrays)), "x.npz", signature)
+
+    ids, mask = np.ones((3, 2), np.int64), np.ones((3, 2), bool)
+    assert read(ids=ids, mask=mask)[1]["ids"].dtype == np.int8
+    with pytest.raises(InvalidInput, match=r"different numbers of rows \{'ids': 3, 'mask': 2\}"):
+        read(ids=ids, mask=mask[:2])
+    with pytest.raises(InvalidInput, match="outside the range of INT8"):
+        read(ids=ids * 1000, mask=mask)
+    with pytest.raises(
+        InvalidInput, match=r"input 'ids' holds floating-point numbers \(float64\); the model expects INT8"
+    ):
+        read(ids=ids * 0.5, mask=mask)
+    with pytest.raises(InvalidInput, match="input 'mask' holds integers"):
+        read(ids=ids, mask=ids)
+
+
+def test_over_the_size_limit_is_413_and_leaves_nothing(owner, version, settings):
+    settings.BATCH_INPUT_MAX_BYTES = 1000
+    with pytest.raises(PayloadTooLarge, match="larger than the limit of 1000"):
+        submit(owner, npz_bytes(features=rows(100)))
+    compressed = io.BytesIO()
+    np.savez_compressed(compressed, features=np.zeros((1000, 4), np.float32))
+    with pytest.raises(PayloadTooLarge, match="expands to"):
+        submit(owner, compressed.getvalue())
+    assert not BatchJob.objects.exists() and stored_job_files() == []
+
+
+def test_unknown_or_invisible_model_is_404_and_non_ready_version_409(
+    owner, outsider, registered_model, version, model_files
+):
+    data = npz_bytes(features=rows(2))
+    with pytest.raises(NotFound, match="'nope' not found"):
+        jobs.job_submit(actor=owner, model_name="nope", file=SimpleUploadedFile("x.npz", data))
+    with pytest.raises(NotFound, match="'iris' not found"):
+        submit(outsider, data)
+    with pytest.raises(NotFound, match="Version 7 of model 'iris' not found"):
+        submit(owner, data, version=7)
+    with pytest.raises(NotFound, match="no alias 'production'"):
+        submit(owner, data, version=None)
+    upload_file(owner, registered_model, model_files["torchscript"], enqueue=False)
+    with pytest.raises(Conflict, match="Version 2 of 'iris' is pending; only ready versions run jobs"):
+        submit(owner, data, version=2)
+    with pytest.raises(InvalidInput, match="not both"):
+        submit(owner, data, version=1, alias="production")
+    with pytest.raises(InvalidInput, match="chunk_size"):
+        submit(owner, data, chunk_size=0)
+    assert not BatchJob.objects.exists() and stored_job_files() == []
+
+
+def test_delete_removes_the_row_and_every_file_but_not_while_running(
+    owner, version, django_capture_on_commit_callbacks
+):
+    job = run(submit(owner, npz_bytes(features=rows(3))))
+    assert len(stored_job_files()) == 2
+    running = submit(owner, npz_bytes(features=rows(3)))
+    BatchJob.objects.filter(pk=running.pk).update(status="running")
+    with pytest.raises(Conflict, match="is running; cancel it"):
+        jobs.job_delete(actor=owner, job=running)
+    BatchJob.objects.filter(pk=running.pk).update(status="failed")
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs.job_delete(actor=owner, job=job)
+        jobs.job_delete(actor=owner, job=running)
+    assert not BatchJob.objects.exists()
+    assert stored_job_files() == []
+
+
+# --- REST API ---------------------------------------------------------------------------------
+
+
+def assert_error(response: Any, status: int, fragment: str) -> None:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) >= {"error", "code"}
+    assert fragment in body["error"], body
+
+
+def post_job(client: Any, content: bytes, filename: str = "inputs.npz", **fields: Any) -> Any:
+    fields.setdefault("model", "iris")
+    fields.setdefault("version", 1)
+    return client.post(JOBS, {**fields, "file": SimpleUploadedFile(filename, content)}, format="multipart")
+
+
+def download(client: Any, url: str) -> tuple[Any, bytes]:
+    response = client.get(url)
+    assert response.status_code == 200, response.content
+    return response, b"".join(response.streaming_content)
+
+
+def test_api_submit_poll_download_and_delete(api, owner, version, net):
+    client = api(owner)
+    x = rows(6)
+    response = post_job(client, npz_bytes(features=x), chunk_size=4)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    job_id = body["id"]
+    assert body | {"id": None, "created_at": None} == {
+        "id": None,
+        "model": "iris",
+        "version": 1,
+        "status": "queued",
+        "progress": 0.0,
+        "rows_done": 0,
+        "total_rows": 6,
+        "chunk_size": 4,
+        "input_format": "npz",
+        "result_format": "npz",
+        "input_filename": "inputs.npz",
+        "cancel_requested": False,
+        "attempts": 0,
+        "error": "",
+        "created_by": "olivia",
+        "created_at": None,
+        "started_at": None,
+        "finished_at": None,
+        "url": f"/jobs/{job_id}/",
+        "result_url": None,
+    }
+    assert_error(client.get(f"{JOBS}{job_id}/result/"), 409, "once it has succeeded")
+    tasks.batch_job_run(job_id)
+    body = client.get(f"{JOBS}{job_id}/").json()
+    assert (body["status"], body["progress"], body["rows_done"]) == ("succeeded", 100.0, 6)
+    response, content = download(client, body["result_url"])
+    assert response["Content-Disposition"] == f'attachment; filename="iris-v1-{job_id[:8]}-result.npz"'
+    with np.load(io.BytesIO(content), allow_pickle=False) as npz:
+        np.testing.assert_allclose(npz["output__0"], forward(net, x), atol=1e-5)
+    assert client.delete(f"{JOBS}{job_id}/").status_code == 204
+    assert_error(client.get(f"{JOBS}{job_id}/"), 404, "not found")
+
+
+def test_api_jsonl_result_download(api, owner, version, net):
+    client = api(owner)
+    x = rows(3)
+    job_id = post_job(client, jsonl_bytes(x), filename="x.jsonl").json()["id"]
+    tasks.batch_job_run(job_id)
+    response, content = download(client, f"{JOBS}{job_id}/result/")
+    assert response["Content-Type"] == "application/jsonl"
+    lines = [json.loads(line) for line in content.splitlines()]
+    np.testing.assert_allclose([line["output__0"] for line in lines], forward(net, x), atol=1e-5)
+
+
+def test_api_errors_name_the_problem(api, owner, registered_model, version, model_files, settings):
+    client = api(owner)
+    assert_error(post_job(client, npz_bytes(wrong=rows(2))), 400, "no array named 'features'")
+    assert_error(post_job(client, b'{"features": [1, 2, 3, 4]}\n{"features": [1, 2\n', "x.jsonl"), 400, "Line 2")
+    assert_error(post_job(client, npz_bytes(features=rows(2)), model="nope"), 404, "'nope' not found")
+    assert_error(post_job(client, npz_bytes(features=rows(2)), result_format="csv"), 400, "result_format")
+    upload_file(owner, registered_model, model_files["torchscript"], enqueue=False)
+    assert_error(post_job(client, npz_bytes(features=rows(2)), version=2), 409, "is pending")
+    settings.BATCH_INPUT_MAX_BYTES = 1000
+    assert_error(post_job(client, npz_bytes(features=rows(100))), 413, "larger than")
+    big = SimpleUploadedFile("x.npz", b"0" * 3 * 1024 * 1024)
+    response = client.post(JOBS, {"model": "iris", "file": big}, format="multipart")
+    assert_error(response, 413, "BATCH_INPUT_MAX_BYTES")
+    assert not BatchJob.objects.exists() and stored_job_files() == []
+
+
+def test_api_lists_own_jobs_staff_see_all_others_get_404(api, owner, member, admin_user, registered_model, version):
+    services.model_update(actor=owner, model=registered_model, visibility="internal")
+    mine = post_job(api(owner), npz_bytes(features=rows(2))).json()["id"]
+    theirs = post_job(api(member), npz_bytes(features=rows(2))).json()["id"]
+    tasks.batch_job_run(theirs)
+
+    def ids(user: Any, query: str = "") -> list[str]:
+        response = api(user).get(JOBS + query)
+        assert response.status_code == 200, response.content
+        return [job["id"] for job in response.json()["results"]]
+
+    assert ids(owner) == [mine]
+    assert ids(member) == [theirs]
+    assert sorted(ids(admin_user)) == sorted([mine, theirs])
+    assert ids(admin_user, "?status=succeeded") == [theirs]
+    assert ids(admin_user, "?model=iris&status=queued") == [mine]
+    assert ids(admin_user, "?model=other") == []
+    intruder = api(member)
+    for method, url in [
+        ("get", f"{JOBS}{mine}/"),
+        ("post", f"{JOBS}{mine}/cancel/"),
+        ("get", f"{JOBS}{mine}/result/"),
+        ("delete", f"{JOBS}{mine}/"),
+    ]:
+        assert_error(getattr(intruder, method)(url), 404, "not found")
+    assert api(admin_user).get(f"{JOBS}{mine}/").status_code == 200
+    assert_error(api(owner).get(f"{JOBS}not-a-job-id/"), 404, "not found")
+    assert BatchJob.objects.count() == 2
+    for method, url in [("get", JOBS), ("post", JOBS), ("get", f"{JOBS}{mine}/")]:
+        assert getattr(api(), method)(url).status_code in (401, 403)
+
+
+def test_api_cancel(api, owner, version):
+    client = api(owner)
+    job_id = post_job(client, npz_bytes(features=rows(2))).json()["id"]
+    response = client.post(f"{JOBS}{job_id}/cancel/")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert_error(client.post(f"{JOBS}{job_id}/cancel/"), 409, "already cancelled")
+    assert_error(client.get(f"{JOBS}{job_id}/result/"), 409, "is cancelled")
+
+
+# --- browser pages and admin ----------------------------------------------------------------------
+
+
+def test_job_pages_require_login(client):
+    for url in ["/jobs/", "/jobs/new/", "/jobs/00000000-0000-0000-0000-000000000000/"]:
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/accounts/login/"), url
+
+
+def test_submit_page_follow_progress_and_download(client, owner, version):
+    client.force_login(owner)
+    page = client.get("/jobs/new/?model=iris").content.decode()
+    assert '<option value="iris" selected>iris</option>' in page
+    response = client.post(
+        "/jobs/new/",
+        {"model": "iris", "version": "1", "file": SimpleUploadedFile("x.jsonl", jsonl_bytes(rows(3))), "chunk_size": 2},
+    )
+    job = BatchJob.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
+    page = client.get(response["Location"]).content.decode()
+    assert f'data-job-api="/api/v1/jobs/{job.pk}/"' in page and 'data-status="queued"' in page
+    assert "<progress" in page and 'id="job-cancel"' in page and "inference/jobs.js" in page
+    assert 'id="job-download"' not in page
+    run(job)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'href="/api/v1/jobs/{job.pk}/result/"' in page and 'id="job-cancel"' not in page
+    listing = client.get("/jobs/").content.decode()
+    assert job.short_id in listing and 'value="100.0"' in listing and ">Jobs</a>" in listing
+
+
+def test_submit_page_shows_what_is_wrong(client, owner, version, settings):
+    client.force_login(owner)
+    response = client.post("/jobs/new/", {"model": "iris", "file": SimpleUploadedFile("x.npz", npz_bytes(x=rows(2)))})
+    assert response.status_code == 404  # no production alias: NotFound, shown on the form
+    assert "no alias &#x27;production&#x27;" in response.content.decode()
+    response = client.post(
+        "/jobs/new/", {"model": "iris", "version": "1", "file": SimpleUploadedFile("x.npz", npz_bytes(x=rows(2)))}
+    )
+    assert response.status_code == 400 and "no array named &#x27;features&#x27;" in response.content.decode()
+    settings.BATCH_INPUT_MAX_BYTES = 1000
+    response = client.post(
+        "/jobs/new/", {"model": "iris", "version": "1", "file": SimpleUploadedFile("x.npz", npz_bytes(x=rows(100)))}
+    )
+    assert response.status_code == 413 and "larger than the limit" in response.content.decode()
+    assert not BatchJob.objects.exists()
+
+
+def test_cancel_and_delete_buttons_and_other_users(client, owner, member, version, django_capture_on_commit_callbacks):
+    job = submit(owner, npz_bytes(features=rows(2)))
+    client.force_login(member)
+    assert client.get(f"/jobs/{job.pk}/").status_code == 404
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 404
+    client.force_login(owner)
+    response = client.post(f"/jobs/{job.pk}/cancel/", follow=True)
+    assert "cancelled" in response.content.decode()
+    assert BatchJob.objects.get().status == "cancelled"
+    response = client.post(f"/jobs/{job.pk}/cancel/", follow=True)
+    assert "already cancelled" in response.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/jobs/{job.pk}/delete/")
+    assert response.status_code == 302 and response["Location"] == "/jobs/"
+    assert not BatchJob.objects.exists() and stored_job_files() == []
+
+
+def test_job_list_query_count_does_not_grow_with_jobs(client, owner, version, django_assert_max_num_queries):
+    for _ in range(12):
+        submit(owner, npz_bytes(features=rows(2)))
+    client.force_login(owner)
+    with django_assert_max_num_queries(8):
+        assert client.get("/jobs/").status_code == 200
+
+
+def test_admin_lists_filters_and_deletes_jobs_with_their_files(
+    client, admin_user, owner, version, django_capture_on_commit_callbacks
+):
+    job = run(submit(owner, npz_bytes(features=rows(2))))
+    client.force_login(admin_user)
+    for url in [
+        "/admin/inference/batchjob/",
+        "/admin/inference/batchjob/?status__exact=succeeded",
+        "/admin/inference/batchjob/?q=iris",
+        f"/admin/inference/batchjob/{job.pk}/change/",
+    ]:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert job.short_id in response.content.decode() or "change" in url
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/admin/inference/batchjob/{job.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not BatchJob.objects.exists() and stored_job_files() == []
