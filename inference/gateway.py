@@ -305,7 +305,8 @@ class Gateway:
         if path == "/v2/health/live" and method == "GET":
             return 200, b"", {}
         if path == "/v2/health/ready" and method == "GET":
-            await self.live_queues()
+            if not await self.live_queues():
+                raise HttpError(503, "No live prediction worker: start one with `celery -A portal worker -Q inference`.")
             return 200, b"", {}
         match = MODEL_PATH.match(path)
         if match is None:
