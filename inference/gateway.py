@@ -306,7 +306,7 @@ class Gateway:
             return 200, b"", {}
         if path == "/v2/health/ready" and method == "GET":
             if not await self.live_queues():
-                raise HttpError(503, "No live prediction worker: start one with `celery -A portal worker -Q inference`.")
+                raise HttpError(503, "No live prediction worker (start one: celery -A portal worker -Q inference).")
             return 200, b"", {}
         match = MODEL_PATH.match(path)
         if match is None:
