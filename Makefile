@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-integration lint format bench screenshot clean
+.PHONY: install run test lint format bench bench-broker bench-upload screenshot clean
 
 install: $(STAMP)
 
@@ -31,8 +31,16 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Serving throughput and latency against in-process torch, a plain Django view and a raw
+# ASGI app, on the embedded default and PostgreSQL + Redis (about 5 minutes).
 bench: install
+	$(PY) bench/serving.py
+
+bench-broker: install
 	$(PY) bench/embedded_broker.py
+
+bench-upload: install
+	$(PY) bench/upload_large.py
 
 screenshot: install
 	PYTHONPATH=. $(PY) scripts/screenshot.py docs/screenshot.png http://127.0.0.1:8000  # with `make run` going

@@ -49,7 +49,9 @@ def unpack_tensors(packed: dict[str, list[Any]]) -> Tensors:
     tensors = {}
     for name, (datatype, shape, raw) in packed.items():
         dtype = NUMPY_DTYPES[datatype].newbyteorder("<")
-        tensors[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).astype(NUMPY_DTYPES[datatype], copy=False)
+        # bytearray: a writable buffer, so torch.from_numpy can share it without a warning.
+        array = np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+        tensors[name] = array.astype(NUMPY_DTYPES[datatype], copy=False)
     return tensors
 
 
