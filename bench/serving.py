@@ -300,7 +300,9 @@ def wrk_run(port: int, model: str, body: Body, token: str | None, connections: i
         "BENCH_BODY_FILE": str(body.path), "BENCH_CONTENT_TYPE": body.content_type, "BENCH_TOKEN": token or "",
         "BENCH_HEADER_LENGTH": "" if body.header_length is None else str(body.header_length),
     }  # fmt: skip
-    argv = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", WRK_TIMEOUT,
+    # wrk takes whole seconds only.
+    duration = f"-d{max(1, round(seconds))}s"
+    argv = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", duration, "--timeout", WRK_TIMEOUT,
             "--latency", "-s", str(LUA), f"http://127.0.0.1:{port}/v2/models/{model}/infer"]  # fmt: skip
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if done.returncode != 0:
@@ -639,27 +641,29 @@ class Bench:
         print("\nTarget checks")
         for backend in self.args.backends:
             label = f"portal {backend}"
-            mlp_ref, cnn_ref = self._find("mlp", "(c) raw ASGI", 32), self._find("cnn", "(c) raw ASGI", 32)
             mlp32, mlp1 = self._find("mlp", f"{label} JSON", 32), self._find("mlp", f"{label} JSON", 1)
             cnn_json, cnn_bin = self._find("cnn", f"{label} JSON", 32), self._find("cnn", f"{label} binary", 32)
             checks: list[tuple[str, bool | None, str]] = []
-            if mlp32 and mlp_ref:
-                ratio = mlp32.rps / mlp_ref.rps
-                checks.append((
-                    f"MLP c=32 JSON >= 0.6x (c), no errors, p99 <= 30 ms [{backend}]",
-                    ratio >= 0.6 and mlp32.errors == 0 and mlp32.p99_ms <= 30,
-                    f"{ratio:.2f}x, {mlp32.errors} errors, p99 {mlp32.p99_ms:.2f} ms",
-                ))  # fmt: skip
-            else:
-                checks.append((f"MLP c=32 JSON >= 0.6x (c), no errors, p99 <= 30 ms [{backend}]", None, "not measured"))
             checks.append((f"MLP c=1 p50 <= 2 ms (JSON) [{backend}]", mlp1.p50_ms <= 2 if mlp1 else None,
                            f"p50 {mlp1.p50_ms:.2f} ms" if mlp1 else "not measured"))  # fmt: skip
-            for encoding, result in (("JSON", cnn_json), ("binary", cnn_bin)):
-                if result and cnn_ref:
-                    ratio = result.rps / cnn_ref.rps
-                    checks.append((f"CNN c=32 {encoding} >= 1.2x (c) [{backend}]", ratio >= 1.2, f"{ratio:.2f}x"))
+            # Ratios against both references: the raw ASGI app is the strict ceiling of Python
+            # HTTP here; Starlette is the reference the issue's targets were calibrated on.
+            for reference, short in (("(c) raw ASGI", "raw ASGI"), ("(c') Starlette", "Starlette")):
+                mlp_ref, cnn_ref = self._find("mlp", reference, 32), self._find("cnn", reference, 32)
+                name = f"MLP c=32 JSON >= 0.6x {short}, no errors, p99 <= 30 ms [{backend}]"
+                if mlp32 and mlp_ref:
+                    ratio = mlp32.rps / mlp_ref.rps
+                    checks.append((name, ratio >= 0.6 and mlp32.errors == 0 and mlp32.p99_ms <= 30,
+                                   f"{ratio:.2f}x, {mlp32.errors} errors, p99 {mlp32.p99_ms:.2f} ms"))  # fmt: skip
                 else:
-                    checks.append((f"CNN c=32 {encoding} >= 1.2x (c) [{backend}]", None, "not measured"))
+                    checks.append((name, None, "not measured"))
+                for encoding, result in (("JSON", cnn_json), ("binary", cnn_bin)):
+                    name = f"CNN c=32 {encoding} >= 1.2x {short} [{backend}]"
+                    if result and cnn_ref:
+                        ratio = result.rps / cnn_ref.rps
+                        checks.append((name, ratio >= 1.2, f"{ratio:.2f}x"))
+                    else:
+                        checks.append((name, None, "not measured"))
             if cnn_json and cnn_bin:
                 ratio = cnn_bin.rps / cnn_json.rps
                 checks.append((f"CNN c=32 binary >= 1.5x CNN c=32 JSON [{backend}]", ratio >= 1.5, f"{ratio:.2f}x"))
@@ -812,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_references:
                 bench.run_reference("(b) Django view", "bench.reference_django:application")
                 bench.run_reference("(c) raw ASGI", "bench.reference_asgi:application")
+                bench.run_reference("(c') Starlette", "bench.reference_starlette:application")
             for index, backend in enumerate(args.backends):
                 bench.run_portal(backend, profile=args.profile and index == 0 and "mlp" in args.models)
     except KeyboardInterrupt:

@@ -203,7 +203,7 @@ INFERENCE_MAX_BODY_BYTES = env_int("INFERENCE_MAX_BODY_BYTES", 64 * 1024**2, min
 INFERENCE_MAX_ELEMENTS = env_int("INFERENCE_MAX_ELEMENTS", 16 * 1024**2, minimum=1)
 # Batches of one model version a gateway process keeps in flight at once; requests that
 # arrive meanwhile are coalesced into the next batch.
-INFERENCE_MAX_IN_FLIGHT = env_int("INFERENCE_MAX_IN_FLIGHT", 2, minimum=1)
+INFERENCE_MAX_IN_FLIGHT = env_int("INFERENCE_MAX_IN_FLIGHT", 1, minimum=1)
 # A worker is live while its heartbeat is younger than this.
 INFERENCE_WORKER_TTL_SECONDS = env_float("INFERENCE_WORKER_TTL_SECONDS", 10.0, minimum=1.0)
 # Memory a worker may fill with resident models before it evicts the least recently used.

@@ -554,7 +554,8 @@ def test_json_data_errors(data, fragment):
         ("INT32", [1, False], "input 't': INT32 data must be integers, found boolean"),
         ("UINT8", [0, 256], "input 't': value 256 is out of range for UINT8"),
         ("UINT64", [-1, 0], "input 't': value -1 is out of range for UINT64"),
-        ("UINT64", [0, 2**64], "input 't': value 18446744073709551616 is out of range for UINT64"),
+        # orjson reads integers past 64 bits as floats, so this is refused as a non-integer.
+        ("UINT64", [0, 2**64], "input 't': UINT64 data must be integers"),
         ("INT8", [-129, 0], "input 't': value -129 is out of range for INT8"),
         ("INT64", [0, 2**63], "input 't': value 9223372036854775808 is out of range for INT64"),
         ("BOOL", [True, 1], "input 't': BOOL data must be true or false, found integer"),
