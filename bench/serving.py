@@ -491,7 +491,7 @@ class Bench:
         return env
 
     def run_portal(self, backend: str, profile: bool) -> None:
-        print(f"\nportal, {backend} backend: uvicorn portal.asgi:application --workers 2 + celery worker -c 1")
+        print(f"\nportal, {backend} backend: uvicorn portal.asgi:application --workers 2 + a celery worker")
         env = self.backend_env(backend)
         started: list[Server] = []
         try:
@@ -513,33 +513,37 @@ class Bench:
                 details = info["models"][model]
                 print(f"  registered {model} v{details['version']}: batching {details['batching']}, max_batch_size "
                       f"{details['max_batch_size']}, max_batch_delay_ms {details['max_batch_delay_ms']}")  # fmt: skip
-            worker = self.processes.start(
-                f"worker-{backend}",
-                [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference", "--concurrency",
-                 "1", "--loglevel", "INFO", "--hostname", f"bench-{backend}@%h"],
-                env,
-            )  # fmt: skip
-            started.append(worker)
             port = free_port()
             web = self.processes.start(f"web-{backend}", uvicorn_argv("portal.asgi:application", port), env)
             started.append(web)
             wait_until(lambda: http_request(port, "GET", "/v2/health/live")[0] == 200, web, "portal web server")
             auth = {"Authorization": f"Bearer {token}"}
             for model in self.models:
-                wait_until(lambda m=model: http_request(port, "GET", f"/v2/models/{m}/ready", None, auth)[0] == 200,
-                           worker, f"worker serving {model}")  # fmt: skip
-            bodies: dict[str, dict[str, Body]] = {}
-            for model in self.models:
-                output = info["models"][model]["signature"]["outputs"][0]["name"]
-                binary = binary_body(model, self.examples[model], output, self.work / f"{model}-binary.body")
-                bodies[model] = {"JSON": self.json_bodies[model], "binary": binary}
-                for encoding, body in bodies[model].items():
-                    self.check_answer(f"portal {backend} {encoding}", model, port, body, token)
-            for model in self.models:
-                for encoding, body in bodies[model].items():
-                    self.load(f"portal {backend} {encoding}", model, port, body, token)
-                if profile and model == "mlp":
-                    self.profile(backend, port, web, worker, bodies[model]["JSON"], token)
+                # A worker per model: a compute-bound model gets one serving process per core
+                # (as the references compute in two processes), a tiny one leaves the cores
+                # to the gateway. `--worker-concurrency` sets it.
+                concurrency = self.args.worker_concurrency.get(model, 1)
+                print(f"  {model}: celery worker --concurrency {concurrency}")
+                worker = self.processes.start(
+                    f"worker-{backend}-{model}",
+                    [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference", "--concurrency",
+                     str(concurrency), "--loglevel", "INFO", "--hostname", f"bench-{backend}-{model}@%h"],
+                    env,
+                )  # fmt: skip
+                try:
+                    wait_until(lambda m=model: http_request(port, "GET", f"/v2/models/{m}/ready", None, auth)[0] == 200,
+                               worker, f"worker serving {model}")  # fmt: skip
+                    output = info["models"][model]["signature"]["outputs"][0]["name"]
+                    binary = binary_body(model, self.examples[model], output, self.work / f"{model}-binary.body")
+                    bodies = {"JSON": self.json_bodies[model], "binary": binary}
+                    for encoding, body in bodies.items():
+                        self.check_answer(f"portal {backend} {encoding}", model, port, body, token)
+                    for encoding, body in bodies.items():
+                        self.load(f"portal {backend} {encoding}", model, port, body, token)
+                    if profile and model == "mlp":
+                        self.profile(backend, port, web, worker, bodies["JSON"], token)
+                finally:
+                    self.processes.stop([worker])
         finally:
             self.processes.stop(started)
             if backend == "postgres":
@@ -691,6 +695,14 @@ class Bench:
                 self.problems.append(f"{log.name}: {len(problems)} error/traceback lines")
 
 
+def _per_model(text: str) -> dict[str, int]:
+    """`mlp=1,cnn=2` as {"mlp": 1, "cnn": 2}."""
+    try:
+        return {name: int(count) for name, count in (item.split("=") for item in text.split(",") if item)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected model=count pairs, got {text!r}") from None
+
+
 def profile_summary(label: str, pid: int, raw: str, seconds: float, rate: int, top: int = 15) -> list[str]:
     """Busy share per thread, top functions by own time and own time per package, from py-spy's raw output.
 
@@ -782,6 +794,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10, help="seconds per measured wrk run (default 10)")
     parser.add_argument("--only", default=",".join(MODELS), help="models: mlp,cnn")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="portal backends: embedded,postgres")
+    parser.add_argument("--worker-concurrency", type=_per_model, default=_per_model("mlp=1,cnn=2"),
+                        help="worker processes (each with a serving loop) per model; default mlp=1,cnn=2")  # fmt: skip
     parser.add_argument("--skip-references", action="store_true", help="skip references (b) and (c)")
     parser.add_argument("--profile", action="store_true", help="py-spy a gateway and the worker under MLP c=32 JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, bodies, profiles)")
