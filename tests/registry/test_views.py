@@ -131,3 +131,13 @@ def test_api_docs_page_is_served_locally(client, owner):
     assert "swagger-ui" in page
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in page
     assert "cdn" not in page.lower()
+
+
+def test_model_list_pages_keep_the_search(client, owner):
+    for i in range(30):
+        services.model_create(actor=owner, name=f"net-{i:02d}", description="vision")
+    client.force_login(owner)
+    page = client.get("/?q=vision").content.decode()
+    assert "Page 1 of 2" in page
+    assert 'href="?q=vision&amp;page=2"' in page
+    assert "net-29" in client.get("/?q=vision&page=2").content.decode()
