@@ -21,7 +21,7 @@ from django.conf import settings
 
 from inference.datatypes import NUMPY_DTYPES
 from inference.runtimes import ModelRuntime
-from inference.services import PROBE_SEQUENCE, _random_tensor, device_select, model_load
+from inference.services import PROBE_SEQUENCE, random_tensor, device_select, model_load
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _model_bytes(runtime: ModelRuntime) -> int:
 
 def _warm_up(model: LoadedModel) -> None:
     """One forward on inputs built from the signature, so the first request pays no setup."""
-    tensors = {spec["name"]: _random_tensor(spec, 1, PROBE_SEQUENCE).numpy() for spec in model.signature["inputs"]}
+    tensors = {spec["name"]: random_tensor(spec, 1, PROBE_SEQUENCE).numpy() for spec in model.signature["inputs"]}
     model.predict(tensors)
 
 

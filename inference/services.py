@@ -67,7 +67,8 @@ def device_select(preference: str | None = None) -> torch.device:
     return device
 
 
-def _random_tensor(spec: dict[str, Any], batch: int, sequence: int) -> torch.Tensor:
+def random_tensor(spec: dict[str, Any], batch: int, sequence: int) -> torch.Tensor:
+    """A tensor that fits a signature entry: -1 dims become `batch` (first) or `sequence` (others)."""
     shape = [batch if i == 0 and d == -1 else (sequence if d == -1 else d) for i, d in enumerate(spec["shape"])]
     dtype = TORCH_DTYPES[spec["datatype"]]
     if is_floating(spec["datatype"]):
@@ -154,7 +155,7 @@ def model_probe(
     def build(batch: int, sequence: int) -> list[torch.Tensor]:
         if example:
             return _example_tensors(example, order, batch)
-        return [_random_tensor(spec, batch, sequence) for spec in specs]
+        return [random_tensor(spec, batch, sequence) for spec in specs]
 
     probe_inputs = build(PROBE_BATCH, PROBE_SEQUENCE)
     try:

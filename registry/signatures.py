@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.datatypes import DATATYPES, NUMPY_DTYPES, datatype_of_array
+from inference.datatypes import DATATYPES, NUMPY_DTYPES
 from portal.errors import InvalidInput
 
 TENSOR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,63}$")
@@ -174,11 +174,3 @@ def labels_parse(raw: Any) -> list[str]:
     if len(set(raw)) != len(raw):
         raise InvalidInput("labels must be distinct.", field="labels")
     return [x.strip() for x in raw]
-
-
-def array_datatype(array: np.ndarray) -> str:
-    """Datatype name of an array, as an InvalidInput when unsupported."""
-    try:
-        return datatype_of_array(array)
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
