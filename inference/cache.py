@@ -21,7 +21,7 @@ from django.conf import settings
 
 from inference.datatypes import NUMPY_DTYPES
 from inference.runtimes import ModelRuntime
-from inference.services import PROBE_SEQUENCE, random_tensor, device_select, model_load
+from inference.services import PROBE_SEQUENCE, device_select, model_load, random_tensor
 
 logger = logging.getLogger(__name__)
 
