@@ -20,7 +20,6 @@ import numpy as np
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.core.exceptions import ObjectDoesNotExist
 from django.core.files import File
 from django.db import transaction
 from django.db.models import QuerySet
@@ -86,10 +85,8 @@ def _claim(job_id: str) -> _Run | str:
         job.status, job.heartbeat_at, job.rows_done = JobStatus.RUNNING, now, job.rows_saved
         job.started_at = job.started_at or now
         job.save(update_fields=["attempts", "status", "heartbeat_at", "rows_done", "started_at"])
-    try:
-        labels = list(job.version.labels)
-    except ObjectDoesNotExist:  # deleted since: loading the model says so
-        labels = []
+    # The version may have been deleted since (the job keeps its name): loading says so.
+    labels = list(job.version.labels) if job.version is not None else []
     return _Run(job, job.attempts, labels, list(job.parts), pending_from=job.rows_saved)
 
 
@@ -186,13 +183,15 @@ def _segment_seconds() -> float:
 
 def job_run(job_id: str) -> str:
     """Run a job's rows through its model on this worker, chunk by chunk; returns the status it ends in."""
-    from inference.cache import model_cache
+    from inference.cache import ModelUnavailable, model_cache
 
     claimed = _claim(job_id)
     if isinstance(claimed, str):
         return claimed
     run, job = claimed, claimed.job
     try:
+        if job.version_id is None:
+            raise ModelUnavailable("The model version was deleted after the job was submitted.")
         loaded = model_cache().get(job.version_id)
         arrays = npz_load(job.input_path)
     except Exception as exc:  # ModelUnavailable, storage errors: the job cannot run; say why
@@ -234,8 +233,9 @@ def job_run(job_id: str) -> str:
     except Exception as exc:  # a part or the result could not be joined or written
         logger.exception("%s: saving outputs failed", job)
         return _fail(run, f"The outputs could not be saved: {_short(exc)}")
-    now = timezone.now()
-    done = {"rows_done": job.total_rows, "result_path": path, "finished_at": now, "heartbeat_at": now, "parts": []}
+    finished = timezone.now()
+    done = {"rows_done": job.total_rows, "result_path": path, "finished_at": finished, "heartbeat_at": finished,
+            "parts": []}  # fmt: skip
     if not run.owned().update(status=JobStatus.SUCCEEDED, **done):
         paths_delete([path])
         return _stopped(run)
