@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 
@@ -32,4 +32,4 @@ class BatchJobForm(forms.Form):
     def __init__(self, user: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         names = selectors.models_visible_to(user).order_by("name").values_list("name", flat=True)
-        self.fields["model"].choices = [(name, name) for name in names]
+        cast(forms.ChoiceField, self.fields["model"]).choices = [(name, name) for name in names]

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -120,7 +120,8 @@ class Coalescer:
 
     def flush(self) -> None:
         while self.waiting and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
-            batch, rows = [], 0
+            batch: list[tuple[wire.Tensors, asyncio.Future[dict[str, Any]]]] = []
+            rows = 0
             while self.waiting and (not batch or rows + _rows(self.waiting[0][0]) <= self.target.max_batch_size):
                 item = self.waiting.pop(0)
                 rows += _rows(item[0])
@@ -182,7 +183,7 @@ class Gateway:
                 continue
             if item is None:
                 continue
-            reply = wire.unpack(item[1])
+            reply = wire.unpack(cast(bytes, item[1]))
             future = self.pending.pop(reply["b"], None)
             if future is not None and not future.done():
                 future.set_result(reply)
@@ -270,7 +271,7 @@ class Gateway:
                 raw = await self._connect().hgetall(wire.WORKERS_KEY)
             except (redis.RedisError, OSError) as exc:
                 raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
-            workers = {key.decode(): wire.unpack(value) for key, value in raw.items()}
+            workers = {cast(bytes, key).decode(): wire.unpack(cast(bytes, value)) for key, value in raw.items()}
             self.workers = (time.monotonic(), workers)
         horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
         return {queue for info in workers.values() if info["t"] > horizon for queue in info["q"]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -83,7 +83,7 @@ def predict(version: ModelVersion, tensors: dict[str, np.ndarray]) -> tuple[dict
         raise GatewayTimeout(
             f"No worker answered for model {version.model.name!r} v{version.version} within {timeout:g}s."
         )
-    reply = wire.unpack(item[1])
+    reply = wire.unpack(cast(bytes, item[1]))
     answer = reply["o"][0]
     if "err" in answer:
         raise STATUS_ERRORS.get(answer["s"], Unprocessable)(answer["err"])

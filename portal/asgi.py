@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 from django.core.asgi import get_asgi_application
 
@@ -72,7 +72,7 @@ def _build() -> ASGIApp:
     from registry.uploads import FORM_OVERHEAD_BYTES, too_large_message
 
     limit = settings.MODEL_UPLOAD_MAX_BYTES + FORM_OVERHEAD_BYTES
-    guarded = BodySizeLimit(django_app, limit, too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
+    guarded = BodySizeLimit(cast(ASGIApp, django_app), limit, too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
     return PredictionRouter(gateway, guarded)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -22,7 +22,7 @@ LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 def token_create(
     *,
-    user: AbstractBaseUser,
+    user: Any,
     name: str,
     scopes: list[str] | None = None,
     expires_at: dt.datetime | None = None,
@@ -56,7 +56,7 @@ def token_create(
     return token, f"{TOKEN_MARKER}_{token.prefix}_{secret}"
 
 
-def token_revoke(*, user: AbstractBaseUser, token_id: int) -> ApiToken:
+def token_revoke(*, user: Any, token_id: int) -> ApiToken:
     """Revoke one of the user's tokens; it stops working at once."""
     token = ApiToken.objects.filter(user=user, pk=token_id).first()
     if token is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -89,6 +90,7 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------
+DATABASES: dict[str, Any]
 if EMBEDDED:
     DATABASES = {
         "default": {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import QuerySet
@@ -57,7 +59,7 @@ class TokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     queryset = ApiToken.objects.none()
 
     def get_queryset(self) -> QuerySet[ApiToken]:
-        return ApiToken.objects.filter(user=self.request.user)
+        return ApiToken.objects.filter(user=cast(Any, self.request.user))
 
     def create(self, request: Request) -> Response:
         serializer = TokenCreateSerializer(data=request.data)
@@ -87,7 +89,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
             request.session["new_token"] = secret
         return redirect("token-list")
     context = {
-        "tokens": ApiToken.objects.filter(user=request.user),
+        "tokens": ApiToken.objects.filter(user=cast(Any, request.user)),
         "new_token": request.session.pop("new_token", None),
         "scopes": TokenScope.values,
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, JsonResponse
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from inference.api.predict import PredictView
@@ -17,7 +17,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-api_patterns = [
+api_patterns: list[URLPattern | URLResolver] = [
     path("", include("registry.api.urls")),
     path("", include("inference.api.urls")),
     path("models/<str:name>/predict/", PredictView.as_view(), name="model-predict"),

@@ -14,7 +14,7 @@ class AliasInline(admin.TabularInline):
     model = ModelAlias
     extra = 0
     fields = ["name", "version", "updated_by", "updated_at"]
-    readonly_fields = fields
+    readonly_fields = ["name", "version", "updated_by", "updated_at"]
     can_delete = False
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -208,7 +208,12 @@ def model_delete(*, actor: Any, model: RegisteredModel) -> None:
         )
         # Earlier events keep the name but lose the link, which the delete would null anyway.
         model.delete()
-        transaction.on_commit(lambda: [artifact_delete(path) for path in paths])
+
+        def delete_artifacts() -> None:
+            for path in paths:
+                artifact_delete(path)
+
+        transaction.on_commit(delete_artifacts)
 
 
 # --- versions -----------------------------------------------------------------------------

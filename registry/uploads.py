@@ -48,7 +48,8 @@ class ModelUploadHandler(TemporaryFileUploadHandler):
         self._digest.update(raw_data)
         return super().receive_data_chunk(raw_data, start)
 
-    def file_complete(self, file_size: int) -> TemporaryUploadedFile:
+    def file_complete(self, file_size: int) -> TemporaryUploadedFile | None:
         uploaded = super().file_complete(file_size)
-        uploaded.sha256 = self._digest.hexdigest()  # type: ignore[attr-defined]
-        return uploaded
+        if uploaded is not None:
+            uploaded.sha256 = self._digest.hexdigest()  # type: ignore[attr-defined]
+        return uploaded  # type: ignore[return-value]

@@ -125,5 +125,5 @@ class BatchJobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             stream,
             as_attachment=True,
             filename=f"{job.model_name}-v{job.version_number}-{job.short_id}-result.{job.result_format}",
-            content_type=CONTENT_TYPES[job.result_format],
+            content_type=CONTENT_TYPES[DataFormat(job.result_format)],
         )

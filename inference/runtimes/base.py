@@ -43,6 +43,7 @@ def flatten_outputs(result: Any) -> list[tuple[str | None, torch.Tensor]]:
     """A model's return value (tensor, tuple/list of tensors, or dict of tensors) as a list."""
     if isinstance(result, torch.Tensor):
         return [(None, result)]
+    items: list[tuple[str | None, Any]]
     if isinstance(result, Mapping):
         items = [(str(key), value) for key, value in result.items()]
     elif isinstance(result, (tuple, list)):

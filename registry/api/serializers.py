@@ -53,7 +53,7 @@ class ModelSerializer(serializers.ModelSerializer):
             "url",
         ]
         read_only_fields = ["created_at", "updated_at"]
-        extra_kwargs = {"name": {"validators": []}}
+        extra_kwargs: dict[str, dict[str, Any]] = {"name": {"validators": []}}
 
     @extend_schema_field({"type": "object", "additionalProperties": {"type": "integer"}})
     def get_aliases(self, obj: RegisteredModel) -> dict[str, int]:
@@ -87,9 +87,10 @@ class VersionSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name", read_only=True)
     tags = TagsField(read_only=True)
     signature = SignatureSerializer(read_only=True)
-    parent = serializers.IntegerField(source="parent.version", read_only=True, allow_null=True)
+    # "parent" is also Field's attribute for the enclosing serializer; DRF's metaclass keeps them apart.
+    parent = serializers.IntegerField(source="parent.version", read_only=True, allow_null=True)  # type: ignore[assignment]
     created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
-    aliases = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+    aliases = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)  # type: ignore[var-annotated]
     download_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -138,7 +139,9 @@ class VersionUploadSerializer(serializers.Serializer):
     labels = serializers.JSONField(binary=True, required=False, help_text="Class names, in output order.")
     description = serializers.CharField(required=False, allow_blank=True, default="")
     tags = TagsField(required=False)
-    parent = serializers.IntegerField(required=False, min_value=1, help_text="Version this one derives from.")
+    parent = serializers.IntegerField(  # type: ignore[assignment]
+        required=False, min_value=1, help_text="Version this one derives from."
+    )
 
 
 class VersionUpdateSerializer(serializers.Serializer):

@@ -74,7 +74,7 @@ class Command(BaseCommand):
                 time.sleep(0.5)
             failed = next(child for child in children if child.poll() is not None)
             raise CommandError(
-                f"{failed.args[0] if isinstance(failed.args, list) else failed.args} exited with {failed.returncode}"
+                f"{failed.args[0] if isinstance(failed.args, list) else failed.args!r} exited with {failed.returncode}"
             )
         except KeyboardInterrupt:
             self.stdout.write("Stopping…")
