@@ -122,9 +122,9 @@ class Coalescer:
         while self.waiting and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
             batch: list[tuple[wire.Tensors, asyncio.Future[dict[str, Any]]]] = []
             rows = 0
-            while self.waiting and (not batch or rows + _rows(self.waiting[0][0]) <= self.target.max_batch_size):
+            while self.waiting and (not batch or rows + wire.rows(self.waiting[0][0]) <= self.target.max_batch_size):
                 item = self.waiting.pop(0)
-                rows += _rows(item[0])
+                rows += wire.rows(item[0])
                 batch.append(item)
             self.in_flight += 1
             asyncio.get_running_loop().create_task(self._send(batch))
@@ -142,11 +142,6 @@ class Coalescer:
         finally:
             self.in_flight -= 1
             self.flush()
-
-
-def _rows(tensors: wire.Tensors) -> int:
-    first = next(iter(tensors.values()))
-    return int(first.shape[0]) if first.ndim else 1
 
 
 class Gateway:

@@ -161,7 +161,9 @@ def model_probe(
     try:
         first = runtime.predict(probe_inputs)
     except Exception as exc:
-        raise ProbeFailed(f"the forward pass failed on an input built from the signature: {_short(exc)}") from exc
+        raise ProbeFailed(
+            f"the forward pass failed on an input built from the signature: {exception_summary(exc)}"
+        ) from exc
     second = None
     if batching:
         try:
@@ -169,7 +171,7 @@ def model_probe(
         except Exception as exc:
             raise ProbeFailed(
                 "the signature's first dimension is -1 (batch) but the model failed on a batch of 2: "
-                f"{_short(exc)}. Declare a fixed first dimension if the model cannot batch."
+                f"{exception_summary(exc)}. Declare a fixed first dimension if the model cannot batch."
             ) from exc
     try:
         outputs = _output_specs(first, second, signature.get("outputs") or [])
@@ -211,7 +213,7 @@ def _latency(runtime: ModelRuntime, inputs: list[torch.Tensor]) -> dict[str, flo
     }
 
 
-def _short(exc: BaseException) -> str:
+def exception_summary(exc: BaseException) -> str:
+    """`Type: last line of the message` (at most 400 characters), for reasons shown to people."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else type(exc).__name__
-    return f"{type(exc).__name__}: {text[:400]}"
+    return f"{type(exc).__name__}: {lines[-1][:400]}" if lines else type(exc).__name__

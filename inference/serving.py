@@ -128,18 +128,18 @@ class ServingLoop(threading.Thread):
     def _predict(self, model: LoadedModel, requests: list[wire.Tensors]) -> tuple[list[dict[str, Any]], int]:
         """Outputs for each request: stacked into batches of at most max_batch_size rows when the model batches."""
         if not model.batching or len(requests) == 1:
-            return [self._one(model, request) for request in requests], max(_rows(r) for r in requests)
+            return [self._one(model, request) for request in requests], max(wire.rows(r) for r in requests)
         answers: list[dict[str, Any]] = []
         chunk: list[wire.Tensors] = []
         largest = 0
         for request in requests:
-            if chunk and sum(_rows(r) for r in chunk) + _rows(request) > model.max_batch_size:
+            if chunk and sum(wire.rows(r) for r in chunk) + wire.rows(request) > model.max_batch_size:
                 answers += self._stacked(model, chunk)
-                largest = max(largest, sum(_rows(r) for r in chunk))
+                largest = max(largest, sum(wire.rows(r) for r in chunk))
                 chunk = []
             chunk.append(request)
         answers += self._stacked(model, chunk)
-        return answers, max(largest, sum(_rows(r) for r in chunk))
+        return answers, max(largest, sum(wire.rows(r) for r in chunk))
 
     def _stacked(self, model: LoadedModel, chunk: list[wire.Tensors]) -> list[dict[str, Any]]:
         if len(chunk) == 1:
@@ -153,7 +153,7 @@ class ServingLoop(threading.Thread):
             return [self._one(model, request) for request in chunk]
         answers, start = [], 0
         for request in chunk:
-            end = start + _rows(request)
+            end = start + wire.rows(request)
             answers.append({"ok": wire.pack_tensors({name: array[start:end] for name, _, array in outputs})})
             start = end
         return answers
@@ -169,11 +169,6 @@ class ServingLoop(threading.Thread):
                 "s": 422,
             }
         return {"ok": wire.pack_tensors({name: array for name, _, array in outputs})}
-
-
-def _rows(tensors: wire.Tensors) -> int:
-    first = next(iter(tensors.values()))
-    return int(first.shape[0]) if first.ndim else 1
 
 
 def serving_start(queues: list[str]) -> None:

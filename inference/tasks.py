@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from inference.jobs import batched_layout, job_enqueue, npz_load, npz_save, paths_delete
 from inference.models import ACTIVE_STATUSES, BatchJob, DataFormat, JobStatus
+from inference.services import exception_summary
 from registry.artifacts import artifact_storage
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def job_run(job_id: str) -> str:
         loaded = model_cache().get(job.version_id)
         arrays = npz_load(job.input_path)
     except Exception as exc:  # ModelUnavailable, storage errors: the job cannot run; say why
-        return _fail(run, f"The job could not start: {_short(exc)}")
+        return _fail(run, f"The job could not start: {exception_summary(exc)}")
     batched = batched_layout(loaded.signature)
     step = job.chunk_size if batched and loaded.batching else 1
     start = job.rows_saved
@@ -209,7 +210,7 @@ def job_run(job_id: str) -> str:
             except SoftTimeLimitExceeded:
                 raise
             except Exception as exc:
-                return _fail(run, f"Rows {start + 1} to {stop}: the model failed: {_short(exc)}")
+                return _fail(run, f"Rows {start + 1} to {stop}: the model failed: {exception_summary(exc)}")
             for name, array in outputs:
                 run.pending.setdefault(name, []).append(array)
             start, now = stop, time.monotonic()
@@ -232,7 +233,7 @@ def job_run(job_id: str) -> str:
         return _fail(run, f"A chunk after row {start} ran past the task time limit; use a smaller chunk_size.")
     except Exception as exc:  # a part or the result could not be joined or written
         logger.exception("%s: saving outputs failed", job)
-        return _fail(run, f"The outputs could not be saved: {_short(exc)}")
+        return _fail(run, f"The outputs could not be saved: {exception_summary(exc)}")
     finished = timezone.now()
     done = {"rows_done": job.total_rows, "result_path": path, "finished_at": finished, "heartbeat_at": finished,
             "parts": []}  # fmt: skip
@@ -242,8 +243,3 @@ def job_run(job_id: str) -> str:
     paths_delete(run.parts)
     logger.info("%s succeeded: %s rows", job, job.total_rows)
     return JobStatus.SUCCEEDED
-
-
-def _short(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {(lines[-1] if lines else '')[:400]}"

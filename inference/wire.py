@@ -55,6 +55,12 @@ def unpack_tensors(packed: dict[str, list[Any]]) -> Tensors:
     return tensors
 
 
+def rows(tensors: Tensors) -> int:
+    """Rows in a request: the first dimension of its first input (1 for a scalar)."""
+    first = next(iter(tensors.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
 def pack(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
