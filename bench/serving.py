@@ -61,7 +61,7 @@ ITEM_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (64,), "cnn": (3, 64, 64)}
 INPUT_NAMES = {"mlp": "x", "cnn": "image"}
 PG_DATABASE = "maas_bench"
 PG_URL = f"postgres://postgres@127.0.0.1:5432/{PG_DATABASE}"
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = "redis://127.0.0.1:6379/11"
 ATOL = 1e-4
 WRK_TIMEOUT = "5s"
 # Environment the portal reads; cleared so that the shell running the benchmark cannot leak

@@ -457,13 +457,19 @@ def encode_response(
     if parameters:
         document["parameters"] = parameters
     entries, chunks = [], []
+    finite = True
     for name, datatype, array in outputs:
-        entry, chunk = _encode_output(name, datatype, np.asarray(array), name in binary)
+        array = np.asarray(array)
+        entry, chunk = _encode_output(name, datatype, array, name in binary)
         entries.append(entry)
         if chunk is not None:
             chunks.append(chunk)
+        elif array.dtype.kind in "fc" and array.size and not np.isfinite(array).all():
+            finite = False
     document["outputs"] = entries
-    header = json.dumps(document, separators=(",", ":")).encode()
+    # orjson is ~20x faster but writes NaN and Infinity as null; the standard encoder keeps
+    # the tokens Triton's clients read, so it takes the (rare) answers that hold them.
+    header = orjson.dumps(document) if finite else json.dumps(document, separators=(",", ":")).encode()
     if not chunks:
         return header, {"Content-Type": JSON_CONTENT_TYPE}
     headers = {"Content-Type": BINARY_CONTENT_TYPE, HEADER_LENGTH_HEADER: str(len(header))}

@@ -9,6 +9,7 @@ reply list of the gateway process that asked.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -55,21 +56,43 @@ class ServingLoop(threading.Thread):
 
     def run(self) -> None:
         logger.info("serving predictions from %s as %s", ", ".join(self.queues), self.identity)
+        # Replies of the last batch ride in the same round trip as the next pop, so a busy
+        # worker pays one Redis round trip per cycle; an idle one blocks in BRPOP.
+        unsent: list[tuple[dict[str, Any], dict[str, Any]]] = []
         while not self.stopping.is_set():
             try:
                 self._heartbeat()
-                item = self.redis.brpop(self.keys, timeout=1)
-                if item is None:
-                    continue
-                key, first = item
-                more = self.redis.rpop(key, MAX_DRAIN) or []
-                self.handle([wire.unpack(raw) for raw in [first, *more]])
+                messages = self._exchange(unsent)
+                unsent = []
+                if not messages:
+                    item = self.redis.brpop(self.keys, timeout=1)
+                    if item is None:
+                        continue
+                    messages = [item[1]]
+                unsent = self.handle([wire.unpack(raw) for raw in messages])
             except redis.RedisError as exc:
                 logger.warning("serving loop lost Redis (%s); retrying", exc)
                 time.sleep(1)
             except Exception:  # the loop must outlive any single bad batch
                 logger.exception("serving loop error")
-        self.redis.hdel(wire.WORKERS_KEY, self.identity)
+        with contextlib.suppress(redis.RedisError):
+            self._exchange(unsent, pop=False)
+            self.redis.hdel(wire.WORKERS_KEY, self.identity)
+
+    def _exchange(self, replies: list[tuple[dict[str, Any], dict[str, Any]]], *, pop: bool = True) -> list[bytes]:
+        """Push replies to their askers and pop what waits on our queues, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for message, reply in replies:
+            pipe.lpush(message["r"], wire.pack(reply))
+            pipe.expire(message["r"], wire.REPLY_TTL_SECONDS)
+        if pop:
+            for key in self.keys:
+                pipe.rpop(key, MAX_DRAIN)
+        if not pipe:
+            return []
+        results = pipe.execute()
+        popped = results[2 * len(replies) :]
+        return [raw for batch in popped if batch for raw in batch]
 
     def _heartbeat(self) -> None:
         now = time.time()
@@ -79,19 +102,23 @@ class ServingLoop(threading.Thread):
         self.redis.hset(wire.WORKERS_KEY, self.identity, wire.pack({"q": self.queues, "t": now, "m": loaded}))
         self._last_heartbeat = now
 
-    def handle(self, messages: list[dict[str, Any]]) -> None:
-        """Answer a set of messages, one forward per model version where it can batch."""
+    def handle(self, messages: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Answer a set of messages, one forward per model version where it can batch.
+
+        Replies of every version but the last are pushed at once; the last ones are
+        returned for the caller to push with its next pop.
+        """
         received = time.time()
         by_version: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for message in messages:
             by_version[message["v"]].append(message)
+        answered: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for version_id, group in by_version.items():
+            if answered:
+                self._exchange(answered, pop=False)
             replies = self._run_version(version_id, group, received)
-            pipe = self.redis.pipeline(transaction=False)
-            for message, reply in zip(group, replies, strict=True):
-                pipe.lpush(message["r"], wire.pack(reply))
-                pipe.expire(message["r"], wire.REPLY_TTL_SECONDS)
-            pipe.execute()
+            answered = list(zip(group, replies, strict=True))
+        return answered
 
     def _run_version(self, version_id: int, group: list[dict[str, Any]], received: float) -> list[dict[str, Any]]:
         waits = [max(0.0, received - message["s"]) * 1000 for message in group]

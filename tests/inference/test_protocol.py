@@ -185,6 +185,28 @@ def test_nan_and_infinity_tokens_pass_through_both_ways():
     assert data[1:3] == [math.inf, -math.inf]
 
 
+def test_finite_json_answer_decodes_to_the_exact_values():
+    outputs = [
+        ("y", "FP32", np.array([[0.1, -2.5e-8, 3.0]], dtype=np.float32)),
+        ("i", "INT64", np.array([-(2**62), 7], dtype=np.int64)),
+        ("b", "BOOL", np.array([True, False])),
+        ("s", "BYTES", np.array([b"\xc3\xa9"], dtype=object)),
+    ]
+    parameters = {"queue_ms": 0.25, "batch_size": 3, "worker": "w:1"}
+    out, headers = encode_response("m", "1", "req-1", outputs, set(), parameters)
+    document = json.loads(out)
+    assert document == {
+        "model_name": "m", "model_version": "1", "id": "req-1", "parameters": parameters,
+        "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [1, 3], "data": [float(v) for v in outputs[0][2].ravel()]},
+            {"name": "i", "datatype": "INT64", "shape": [2], "data": [-(2**62), 7]},
+            {"name": "b", "datatype": "BOOL", "shape": [2], "data": [True, False]},
+            {"name": "s", "datatype": "BYTES", "shape": [1], "data": ["é"]},
+        ],
+    }  # fmt: skip
+    assert headers == {"Content-Type": "application/json"}
+
+
 def test_nan_passes_for_fp16_and_fp64():
     sig = signature(("h", "FP16", [2]), ("d", "FP64", [2]))
     body = b'{"inputs": [{"name": "h", "datatype": "FP16", "shape": [2], "data": [NaN, -Infinity]},'
