@@ -17,7 +17,12 @@ one request per model first, compared with an in-process forward (atol 1e-4).
 Run from the repository root (about 5-7 minutes at --duration 8)::
 
     .venv/bin/python bench/serving.py [--duration 10] [--only mlp,cnn] [--backends embedded,postgres]
-                                      [--skip-references] [--profile] [--keep]
+                                      [--skip-references] [--skip-fault] [--profile] [--keep]
+
+After the MLP loads of each backend, one serving process is SIGKILLed under a c=32 load
+(the portal runs with INFERENCE_TIMEOUT_SECONDS=5 here): the requests it held must fail
+within that timeout with a clear error, none may hang, and throughput must come back once
+Celery has replaced the process.
 
 `--profile` samples one gateway process and the worker process with py-spy during an extra
 (unmeasured) MLP c=32 JSON load and prints the functions with the most own time.
@@ -40,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -64,6 +70,10 @@ PG_URL = f"postgres://postgres@127.0.0.1:5432/{PG_DATABASE}"
 REDIS_URL = "redis://127.0.0.1:6379/11"
 ATOL = 1e-4
 WRK_TIMEOUT = "5s"
+# The portal's INFERENCE_TIMEOUT_SECONDS here: short, so the worker-death phase is short too.
+FAULT_TIMEOUT_SECONDS = 5
+FAULT_LOAD_SECONDS = 10
+FAULT_KILL_AFTER_SECONDS = 2.0
 # Environment the portal reads; cleared so that the shell running the benchmark cannot leak
 # another configuration into the servers.
 PORTAL_ENV = (
@@ -73,6 +83,8 @@ PORTAL_ENV = (
 )  # fmt: skip
 LOG_PROBLEM = re.compile(r"Traceback|\bERROR\b|CRITICAL|Exception|Error:")
 LOG_WARNING = re.compile(r"\bWARNING\b|Warning:")
+# The worker-death phase kills a pool process on purpose; Celery logging that is expected.
+LOG_EXPECTED = re.compile(r"exited with 'signal 9 \(SIGKILL\)'")
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -257,6 +269,7 @@ class WrkResult:
     requests: int
     non_2xx: int
     socket_errors: dict[str, int] = field(default_factory=dict)
+    max_ms: float = 0.0
 
     @property
     def errors(self) -> int:
@@ -288,22 +301,31 @@ def wrk_parse(text: str) -> WrkResult:
     errors = (
         dict(zip(("connect", "read", "write", "timeout"), map(int, sockets.groups()), strict=True)) if sockets else {}
     )
+    latency = re.search(r"^\s*Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s|m)", text, re.MULTILINE)
     return WrkResult(
         rps=float(rps[1]), p50_ms=_latency_ms(text, "50"), p99_ms=_latency_ms(text, "99"), requests=int(total[1]),
         non_2xx=int(non_2xx[1]) if non_2xx else 0, socket_errors=errors,
+        max_ms=float(latency[1]) * _UNITS_MS[latency[2]] if latency else 0.0,
     )  # fmt: skip
 
 
-def wrk_run(port: int, model: str, body: Body, token: str | None, connections: int, seconds: float) -> WrkResult:
-    """`wrk -t2 -cC -dD --latency` (one thread at c=1: wrk needs a connection per thread)."""
+def wrk_command(
+    port: int, model: str, body: Body, token: str | None, connections: int, seconds: float, timeout: str = WRK_TIMEOUT
+) -> tuple[list[str], dict[str, str]]:
+    """`wrk -t2 -cC -dD --latency` (one thread at c=1: wrk needs a connection per thread) and its environment."""
     env = os.environ | {
         "BENCH_BODY_FILE": str(body.path), "BENCH_CONTENT_TYPE": body.content_type, "BENCH_TOKEN": token or "",
         "BENCH_HEADER_LENGTH": "" if body.header_length is None else str(body.header_length),
     }  # fmt: skip
     # wrk takes whole seconds only.
     duration = f"-d{max(1, round(seconds))}s"
-    argv = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", duration, "--timeout", WRK_TIMEOUT,
+    argv = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", duration, "--timeout", timeout,
             "--latency", "-s", str(LUA), f"http://127.0.0.1:{port}/v2/models/{model}/infer"]  # fmt: skip
+    return argv, env
+
+
+def wrk_run(port: int, model: str, body: Body, token: str | None, connections: int, seconds: float) -> WrkResult:
+    argv, env = wrk_command(port, model, body, token, connections, seconds)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
@@ -381,6 +403,17 @@ def cpu_meter(groups: set[int]) -> Iterator[dict[str, float]]:
 
 
 @dataclass
+class Fault:
+    """A serving process SIGKILLed under load: before, during and after, and what a probe client saw."""
+
+    before: WrkResult
+    during: WrkResult
+    after: WrkResult
+    recovered_seconds: float | None
+    first_error: str
+
+
+@dataclass
 class Bench:
     """State of one benchmark run: inputs, expected outputs, results and problems seen."""
 
@@ -396,6 +429,7 @@ class Bench:
     limits: dict[str, tuple[float, float]] = field(default_factory=dict)
     rows: dict[str, list[Row]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    faults: dict[str, Fault] = field(default_factory=dict)
     profile_text: list[str] = field(default_factory=list)
 
     # -- preparation ---------------------------------------------------------------------
@@ -482,7 +516,7 @@ class Bench:
     def backend_env(self, backend: str) -> dict[str, str]:
         data = self.work / backend
         data.mkdir(exist_ok=True)
-        env = base_env() | {"PORTAL_DATA_DIR": str(data)}
+        env = base_env() | {"PORTAL_DATA_DIR": str(data), "INFERENCE_TIMEOUT_SECONDS": str(FAULT_TIMEOUT_SECONDS)}
         if backend == "postgres":
             env |= {
                 "DATABASE_URL": PG_URL, "CELERY_BROKER_URL": REDIS_URL, "SECRET_KEY": secrets.token_urlsafe(40)[:50],
@@ -542,6 +576,8 @@ class Bench:
                         self.load(f"portal {backend} {encoding}", model, port, body, token)
                     if profile and model == "mlp":
                         self.profile(backend, port, web, worker, bodies["JSON"], token)
+                    if model == "mlp" and not self.args.skip_fault:
+                        self.fault(backend, model, port, worker, bodies["JSON"], token)
                 finally:
                     self.processes.stop([worker])
         finally:
@@ -549,6 +585,57 @@ class Bench:
             if backend == "postgres":
                 with contextlib.suppress(Exception):
                     _redis_flush()
+
+    def fault(self, backend: str, model: str, port: int, worker: Server, body: Body, token: str) -> None:
+        """SIGKILL the serving process under load: in-flight requests must fail within the timeout, then recover."""
+        print(f"  worker killed under load: {model} JSON c=32, SIGKILL of a serving process "
+              f"{FAULT_KILL_AFTER_SECONDS:g} s into {FAULT_LOAD_SECONDS} s (INFERENCE_TIMEOUT_SECONDS="
+              f"{FAULT_TIMEOUT_SECONDS})")  # fmt: skip
+        before = wrk_run(port, model, body, token, 32, 4)
+        (victim, *_) = children(worker.process.pid)
+        wrk_timeout = f"{3 * FAULT_TIMEOUT_SECONDS}s"  # longer than the portal's: a hang would show as a timeout
+        argv, env = wrk_command(port, model, body, token, 32, FAULT_LOAD_SECONDS, timeout=wrk_timeout)
+        load = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen: dict[str, Any] = {}
+        stop = threading.Event()
+
+        def probe() -> None:
+            # One more client beside wrk: keeps the first error it gets and when a new process answers.
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    status, headers, content = http_request(port, "POST", f"/v2/models/{model}/infer", body.content,
+                                                            body.headers(token))  # fmt: skip
+                except (OSError, http.client.HTTPException) as exc:
+                    seen.setdefault("error", f"connection failed: {exc}")
+                    continue
+                if status != 200:
+                    seen.setdefault("error", f"HTTP {status} after {time.monotonic() - started:.1f} s: "
+                                             f"{content[:200].decode(errors='replace')}")  # fmt: skip
+                elif "killed" in seen and "recovered" not in seen:
+                    answered_by = output_of(headers, content)[1].get("worker", "")
+                    if not answered_by.endswith(f":{victim}"):
+                        seen["recovered"] = time.monotonic() - seen["killed"]
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        time.sleep(FAULT_KILL_AFTER_SECONDS)
+        os.kill(victim, signal.SIGKILL)
+        seen["killed"] = time.monotonic()
+        out, err = load.communicate(timeout=FAULT_LOAD_SECONDS + 60)
+        stop.set()
+        prober.join(timeout=3 * FAULT_TIMEOUT_SECONDS)
+        if load.returncode != 0:
+            raise RuntimeError(f"wrk failed ({load.returncode}): {err or out}")
+        during = wrk_parse(out)
+        after = wrk_run(port, model, body, token, 32, 4)
+        fault = Fault(before, during, after, seen.get("recovered"), seen.get("error", "none seen by the probe"))
+        self.faults[backend] = fault
+        recovered = f"{fault.recovered_seconds:.1f} s" if fault.recovered_seconds is not None else "not seen"
+        print(f"    before {before.rps:,.0f} req/s; during {during.rps:,.0f} req/s, {during.non_2xx} non-2xx, "
+              f"socket errors {sum(during.socket_errors.values())}, max latency {during.max_ms:,.0f} ms; "
+              f"a new process answered {recovered} after the kill; after {after.rps:,.0f} req/s")  # fmt: skip
+        print(f"    first error the probe got: {fault.first_error}")
 
     def _embedded_redis(self, env: dict[str, str]) -> Server:
         """The portal's embedded Redis (portal.embedded, as runportal starts it) in its own process group."""
@@ -673,6 +760,17 @@ class Bench:
                 checks.append((f"CNN c=32 binary >= 1.5x CNN c=32 JSON [{backend}]", ratio >= 1.5, f"{ratio:.2f}x"))
             else:
                 checks.append((f"CNN c=32 binary >= 1.5x CNN c=32 JSON [{backend}]", None, "not measured"))
+            fault = self.faults.get(backend)
+            name = f"worker killed under load: fails within the timeout, none hangs, throughput recovers [{backend}]"
+            if fault:
+                limit_ms = (FAULT_TIMEOUT_SECONDS + 1) * 1000
+                recovered = fault.after.rps >= 0.8 * fault.before.rps
+                passed = fault.during.max_ms <= limit_ms and not sum(fault.during.socket_errors.values()) and recovered
+                checks.append((name, passed, f"max latency {fault.during.max_ms:,.0f} ms (limit {limit_ms:,} ms), "
+                               f"{fault.during.non_2xx} failed cleanly, after/before "
+                               f"{fault.after.rps / fault.before.rps:.2f}"))  # fmt: skip
+            else:
+                checks.append((name, None, "not measured"))
             for name, passed, detail in checks:
                 verdict = "n/a " if passed is None else ("PASS" if passed else "FAIL")
                 print(f"  {verdict}  {name}: {detail}")
@@ -683,7 +781,7 @@ class Bench:
         logs = sorted({s.log for s in self.processes.finished} | set((self.work / "logs").glob("setup-*.log")))
         for log in logs:
             lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-            problems = [line for line in lines if LOG_PROBLEM.search(line)]
+            problems = [line for line in lines if LOG_PROBLEM.search(line) and not LOG_EXPECTED.search(line)]
             warnings = [line for line in lines if LOG_WARNING.search(line) and line not in problems]
             if not problems and not warnings:
                 print(f"  {log.name}: clean ({len(lines)} lines)")
@@ -797,6 +895,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-concurrency", type=_per_model, default=_per_model("mlp=1,cnn=2"),
                         help="worker processes (each with a serving loop) per model; default mlp=1,cnn=2")  # fmt: skip
     parser.add_argument("--skip-references", action="store_true", help="skip references (b) and (c)")
+    parser.add_argument("--skip-fault", action="store_true", help="skip killing a worker under load")
     parser.add_argument("--profile", action="store_true", help="py-spy a gateway and the worker under MLP c=32 JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, bodies, profiles)")
     args = parser.parse_args(argv)
