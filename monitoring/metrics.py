@@ -29,7 +29,9 @@ from django.conf import settings
 
 # Multiprocess mode is chosen when prometheus_client creates its first value, from the
 # environment: set the directory before anything below imports it.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+# A directory given from outside may be shared with processes we did not start.
+OWN_DIRECTORY = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if OWN_DIRECTORY:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(settings.DATA_DIR) / "prometheus")
 Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
@@ -120,7 +122,12 @@ def exposition() -> tuple[bytes, str]:
 
 
 def multiprocess_dir_reset() -> None:
-    """Remove the value files of earlier runs (call once before a fleet of processes starts)."""
+    """Remove the value files of earlier runs (call once before a fleet of processes starts).
+
+    Only a directory this process chose: one set in the environment is left to its owner.
+    """
+    if not OWN_DIRECTORY:
+        return
     for path in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
         path.unlink(missing_ok=True)
 

@@ -11,6 +11,7 @@ import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from portal import demo
+from tests.e2e.conftest import chromium, page  # noqa: F401 - the browser fixtures, for test_browser.py
 
 
 def npz_file(name: str = "data.npz", **arrays: Any) -> SimpleUploadedFile:
