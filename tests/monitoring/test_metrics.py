@@ -102,3 +102,17 @@ def test_vendored_plotly_is_the_pinned_packages_bundle():
     shipped = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     vendored = Path(__file__).resolve().parents[2] / "static" / "vendor" / "plotly.min.js"
     assert vendored.read_bytes() == shipped.read_bytes()
+
+
+def test_grafana_dashboard_queries_only_metrics_the_portal_exports():
+    import json
+    import re
+
+    path = Path(__file__).resolve().parents[2] / "monitoring" / "grafana" / "maas-portal-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    exported = {m._name for m in (metrics.REQUESTS, metrics.LATENCY, metrics.QUEUE, metrics.COMPUTE, metrics.BATCH,
+                                  metrics.PAYLOAD, metrics.MODELS_LOADED, metrics.WORKER_MEMORY, metrics.GPU_MEMORY,
+                                  metrics.GPU_UTILISATION)}  # fmt: skip
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"maas_[a-z_]+", target["expr"])}  # fmt: skip
+    assert used and all(re.sub(r"_(bucket|total|count|sum)$", "", name) in exported for name in used), used
