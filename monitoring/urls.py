@@ -16,5 +16,6 @@ urlpatterns = [
     path(f"{M}/charts/", views.model_charts_data, name="model-charts"),
     path(f"{M}/datasets/new/", views.dataset_upload, name="dataset-upload"),
     path(f"{M}/evaluate/", views.evaluation_create, name="evaluation-create"),
+    path(f"{M}/gate/", views.gate_update, name="gate-update"),
     path("evaluations/<uuid:run_id>/", views.run_detail, name="run-detail"),
 ]

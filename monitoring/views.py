@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from monitoring import charts, metrics, services
-from monitoring.models import EvaluationRun, PromotionGate, TaskType
+from monitoring.models import EvaluationRun, GateMetric, PromotionGate, TaskType
 from portal.errors import NotFound, PortalError
 from registry import selectors
 from registry.models import PRODUCTION_ALIAS, ModelVersion, RegisteredModel
@@ -116,6 +116,7 @@ def model_compare(request: HttpRequest, name: str) -> HttpResponse:
         "datasets": model.eval_datasets.all(), "ready_versions": model.versions.filter(status="ready"),
         "runs": EvaluationRun.objects.filter(version__model=model).select_related("version", "dataset")[:20],
         "gate": PromotionGate.objects.filter(model=model).select_related("dataset").first(),
+        "gate_metrics": GateMetric.choices,
     })  # fmt: skip
     return render(request, "monitoring/compare.html", context)
 
@@ -165,6 +166,44 @@ def dataset_upload(request: HttpRequest, name: str) -> HttpResponse:
     except NotFound as exc:
         raise Http404(exc.message) from None
     except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect("monitoring:model-compare", name=name)
+
+
+def _number(raw: str | None, name: str) -> float | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise PortalError(f"{name} must be a number; got {raw!r}.") from None
+
+
+@login_required
+@require_POST
+def gate_update(request: HttpRequest, name: str) -> HttpResponse:
+    """Set, change or remove the promotion gate from the comparison page."""
+    try:
+        model = selectors.model_get(request.user, name, for_change=True)
+        if request.POST.get("remove"):
+            services.gate_delete(actor=request.user, model=model)
+            messages.success(request, "Promotion gate removed.")
+        else:
+            dataset = services.dataset_get(model, request.POST.get("dataset", ""))
+            services.gate_set(
+                actor=request.user,
+                model=model,
+                dataset=dataset,
+                metric=request.POST.get("metric", "accuracy"),
+                tolerance=_number(request.POST.get("tolerance"), "tolerance") or 0.0,
+                min_value=_number(request.POST.get("min_value"), "min_value"),
+                max_p95_ms=_number(request.POST.get("max_p95_ms"), "max_p95_ms"),
+                enabled=bool(request.POST.get("enabled")),
+            )
+            messages.success(request, "Promotion gate saved.")
+    except PortalError as exc:
+        if isinstance(exc, NotFound) and exc.field is None:
+            raise Http404(exc.message) from None
         messages.error(request, exc.message)
     return redirect("monitoring:model-compare", name=name)
 

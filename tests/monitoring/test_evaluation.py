@@ -7,7 +7,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from monitoring import scoring, services
-from monitoring.models import EvaluationDataset, EvaluationRun, RunStatus
+from monitoring.models import EvaluationDataset, EvaluationRun, PromotionGate, RunStatus
 from registry import services as registry_services
 from registry.models import AuditEvent
 from tests.monitoring.conftest import direct_outputs, npz_file
@@ -227,3 +227,21 @@ def test_gate_api_validates_its_settings(api, owner, gated, member):
     assert client.get("/api/v1/models/iris/gate/").json()["dataset"] == "gate"
     assert client.delete("/api/v1/models/iris/gate/").status_code == 204
     assert client.get("/api/v1/models/iris/gate/").status_code == 404
+
+
+def test_gate_form_on_the_comparison_page_sets_and_removes_the_gate(client, owner, production, iris_data):
+    services.dataset_create(actor=owner, model=production.model, name="d", filename="d.npz",
+                            file=npz_file(features=iris_data[0], labels=iris_data[1]))  # fmt: skip
+    client.force_login(owner)
+    page = client.get("/models/iris/compare/")
+    assert page.status_code == 200 and b"gate-form" in page.content
+    response = client.post("/models/iris/gate/", {"dataset": "d", "metric": "accuracy", "tolerance": "0.05",
+                                                  "max_p95_ms": "abc", "enabled": "on"})  # fmt: skip
+    assert response.status_code == 302 and not PromotionGate.objects.exists()
+    assert "max_p95_ms must be a number" in client.get("/models/iris/compare/").content.decode()
+    client.post("/models/iris/gate/", {"dataset": "d", "metric": "accuracy", "tolerance": "0.05", "enabled": "on"})
+    gate = production.model.promotion_gate
+    assert gate.tolerance == 0.05 and gate.enabled
+    assert AuditEvent.objects.filter(action="gate.set").exists()
+    client.post("/models/iris/gate/", {"remove": "1"})
+    assert not PromotionGate.objects.filter(model=production.model).exists()
