@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 Figure = dict[str, Any]
+HEAT = [[0, "#eff6ff"], [1, "#1e40af"]]
 COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#be185d"]
 
 
@@ -28,11 +29,14 @@ def _line(name: str, x: list[str], y: list[Any], colour: str, dash: str = "solid
             "line": {"color": colour, "dash": dash, "width": 2}, "marker": {"size": 4}}  # fmt: skip
 
 
-def traffic_figures(series: dict[str, Any]) -> dict[str, Figure]:
-    """Requests/s, error rate, p50/p95/p99 latency and queue vs compute time over a window."""
+def traffic_figures(series: dict[str, Any], *, per_version: bool = False) -> dict[str, Figure]:
+    """Requests/s, error rate, p50/p95/p99 latency and queue vs compute time over a window.
+
+    With `per_version` (series split by version) latency is one p95 line per version.
+    """
     times = series["times"]
     lines = series["series"]
-    many = len(lines) > 1
+    many = per_version or len(lines) > 1
     latency = []
     for i, line in enumerate(lines):
         colour = COLOURS[i % len(COLOURS)]
@@ -102,7 +106,7 @@ def confusion_figure(matrix: list[list[int]], labels: list[str], title: str) -> 
     """A confusion matrix as a heatmap (rows: true class, columns: predicted)."""
     names = labels if labels and len(labels) == len(matrix) else [str(i) for i in range(len(matrix))]
     return {
-        "data": [{"type": "heatmap", "z": matrix, "x": names, "y": names, "colorscale": "Blues", "showscale": True,
+        "data": [{"type": "heatmap", "z": matrix, "x": names, "y": names, "colorscale": HEAT, "showscale": True,
                   "text": matrix, "texttemplate": "%{text}", "hovertemplate": "true %{y}, predicted %{x}: %{z}"}],
         "layout": _layout(title, "true class", xaxis={"title": {"text": "predicted class"}},
                           yaxis={"title": {"text": "true class"}, "autorange": "reversed"}, height=320),

@@ -73,7 +73,7 @@ def dashboard_data(request: HttpRequest) -> JsonResponse:
     series = services.series(window, _visible_versions(request))
     split = services.series(window, _visible_versions(request), split=True)
     figures = charts.traffic_figures(series)
-    figures["latency_versions"] = charts.traffic_figures(split)["latency"]
+    figures["latency_versions"] = charts.traffic_figures(split, per_version=True)["latency"]
     figures["batch_sizes"] = charts.batch_size_figure(series["totals"]["batch_size"]["histogram"])
     return JsonResponse({"window": window, "totals": series["totals"], "figures": figures})
 
@@ -110,7 +110,7 @@ def model_compare(request: HttpRequest, name: str) -> HttpResponse:
     services.evaluations_expire_stale()
     context = _comparison(model)
     split = services.series("day", model.versions.all(), split=True)
-    context["figures"]["traffic"] = charts.traffic_figures(split)["rps"]
+    context["figures"]["traffic"] = charts.traffic_figures(split, per_version=True)["rps"]
     context.update({
         "model": model, "can_change": selectors.model_can_change(request.user, model),
         "datasets": model.eval_datasets.all(), "ready_versions": model.versions.filter(status="ready"),
@@ -127,7 +127,7 @@ def model_charts_data(request: HttpRequest, name: str) -> JsonResponse:
     model = _model_or_404(request, name)
     window = _window(request)
     split = services.series(window, model.versions.all(), split=True)
-    traffic = charts.traffic_figures(split)
+    traffic = charts.traffic_figures(split, per_version=True)
     figures = {"rps": traffic["rps"], "latency": traffic["latency"], "errors": traffic["errors"],
                **_comparison(model)["figures"]}  # fmt: skip
     return JsonResponse({"window": window, "figures": figures})
