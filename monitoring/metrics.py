@@ -183,6 +183,7 @@ class Recorder:
         # Tests switch the thread off and flush by hand.
         self.background = True
         self.process = ""
+        self._pruned = 0.0
 
     def record(
         self,
@@ -298,6 +299,9 @@ class Recorder:
         """Merge the recorded cells into this process's MetricBucket rows; returns rows written."""
         from django.db import DatabaseError
 
+        if time.monotonic() - self._pruned > PRUNE_SECONDS:
+            self._pruned = time.monotonic()
+            buckets_prune()
         cells = self.take()
         if not cells:
             return 0
@@ -319,6 +323,22 @@ class Recorder:
     def reset(self) -> None:
         """Drop everything recorded and not yet flushed (tests)."""
         self.take()
+
+
+PRUNE_SECONDS = 3600.0
+
+
+def buckets_prune() -> int:
+    """Delete aggregates older than METRICS_RETENTION_DAYS (any process may; it is idempotent)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from monitoring.models import MetricBucket
+
+    days = float(getattr(settings, "METRICS_RETENTION_DAYS", 30))
+    deleted, _ = MetricBucket.objects.filter(minute__lt=timezone.now() - timedelta(days=days)).delete()
+    return deleted
 
 
 def _cell_merge(into: Cell, other: Cell) -> Cell:

@@ -116,3 +116,17 @@ def test_grafana_dashboard_queries_only_metrics_the_portal_exports():
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
             for name in re.findall(r"maas_[a-z_]+", target["expr"])}  # fmt: skip
     assert used and all(re.sub(r"_(bucket|total|count|sum)$", "", name) in exported for name in used), used
+
+
+def test_aggregates_older_than_the_retention_are_pruned(ready_version, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    version = ready_version()
+    old = MetricBucket.objects.create(version=version, minute=timezone.now() - timedelta(days=40), source="v2",
+                                      process="p", count=1)  # fmt: skip
+    recent = MetricBucket.objects.create(version=version, minute=timezone.now(), source="v2", process="p", count=1)
+    settings.METRICS_RETENTION_DAYS = 30
+    assert metrics.buckets_prune() == 1
+    assert list(MetricBucket.objects.values_list("pk", flat=True)) == [recent.pk] and old.pk != recent.pk
