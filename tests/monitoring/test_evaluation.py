@@ -245,3 +245,17 @@ def test_gate_form_on_the_comparison_page_sets_and_removes_the_gate(client, owne
     assert AuditEvent.objects.filter(action="gate.set").exists()
     client.post("/models/iris/gate/", {"remove": "1"})
     assert not PromotionGate.objects.filter(model=production.model).exists()
+
+
+def test_a_running_evaluation_whose_worker_went_silent_is_failed_with_a_reason(api, owner, production, iris_data):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    dataset = services.dataset_create(actor=owner, model=production.model, name="d", filename="d.npz",
+                                      file=npz_file(features=iris_data[0], labels=iris_data[1]))  # fmt: skip
+    run = services.evaluation_start(actor=owner, version=production, dataset=dataset)
+    EvaluationRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING,
+                                                   heartbeat_at=timezone.now() - timedelta(days=1))  # fmt: skip
+    body = api(owner).get(f"/api/v1/evaluations/{run.pk}/").json()
+    assert body["status"] == "failed" and "stopped reporting" in body["error"]
