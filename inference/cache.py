@@ -82,6 +82,9 @@ class ModelCache:
         self.budget_bytes = budget_bytes
         self._models: OrderedDict[int, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
+        # One load at a time per process: torch.export.load is not thread-safe (the serving
+        # thread and a job or evaluation task may load at once), and a version loads only once.
+        self._loading = threading.Lock()
 
     def get(self, version_id: int) -> LoadedModel:
         """The loaded model for a version, loading (and evicting) as needed."""
@@ -90,7 +93,11 @@ class ModelCache:
             if model is not None:
                 self._models.move_to_end(version_id)
                 return model
-        model = self._load(version_id)
+        with self._loading:
+            with self._lock:
+                model = self._models.get(version_id)
+            if model is None:
+                model = self._load(version_id)
         with self._lock:
             self._models[version_id] = model
             self._models.move_to_end(version_id)

@@ -30,6 +30,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from inference import protocol, wire
+from monitoring import metrics
 from portal.errors import PortalError
 
 logger = logging.getLogger(__name__)
@@ -320,17 +321,26 @@ class Gateway:
                 raise HttpError(400, f"No live worker serves queue {target.queue!r} for model {target.model_name!r}.")
             return 200, b"", {}
         if tail == "/infer" and method == "POST":
-            return await self.infer(target, headers, receive)
+            sample = metrics.Sample(target.version_id, target.model_name, target.version, match["version"])
+            try:
+                response = await self.infer(target, headers, receive, sample)
+            except Exception as exc:
+                sample.failed(exc)
+                raise
+            sample.done(200)
+            return response
         raise HttpError(405, f"Method {method} is not allowed on {path}")
 
     async def infer(
-        self, target: Target, headers: dict[bytes, bytes], receive: Receive
+        self, target: Target, headers: dict[bytes, bytes], receive: Receive, sample: metrics.Sample | None = None
     ) -> tuple[int, bytes, dict[str, str]]:
         if target.status != "ready":
             raise HttpError(
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
         body = await _read_body(headers, receive)
+        if sample is not None:
+            sample.payload = len(body)
         header_length = headers.get(protocol.HEADER_LENGTH_HEADER.lower().encode())
         request = protocol.decode_request(
             body, int(header_length) if header_length and header_length.isdigit() else None,
@@ -347,6 +357,8 @@ class Gateway:
         names = list(specs) if request.requested_outputs is None else [name for name, _ in request.requested_outputs]
         selected = [(name, specs[name], outputs[name]) for name in names]
         timing = answer["timing"]
+        if sample is not None:
+            sample.timing = timing
         # Where the time went, for clients and dashboards: queue wait and compute on the
         # worker, and how many rows shared the forward pass.
         parameters = {"queue_ms": round(timing["qt"], 3), "compute_ms": round(timing["ct"], 3),

@@ -18,6 +18,7 @@ import redis
 from django.conf import settings
 
 from inference import protocol, wire
+from monitoring import metrics
 from portal.errors import GatewayTimeout, InvalidInput, PortalError, ServiceUnavailable, Unprocessable
 from registry.models import ModelVersion
 
@@ -61,8 +62,28 @@ def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndar
     return request.inputs
 
 
-def predict(version: ModelVersion, tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Run one request on a worker of the model's queue; outputs by name and the timing of the hop."""
+def predict(
+    version: ModelVersion, tensors: dict[str, np.ndarray], addressed: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Run one request on a worker of the model's queue; outputs by name and the timing of the hop.
+
+    `addressed` is the version number or alias the caller named (None: the production alias);
+    serving metrics record it.
+    """
+    sample = metrics.Sample(version.pk, version.model.name, version.version, addressed, source="native")
+    sample.payload = sum(array.nbytes for array in tensors.values())
+    try:
+        outputs, timing = _exchange(version, tensors, sample)
+    except Exception as exc:
+        sample.failed(exc)
+        raise
+    sample.done(200)
+    return outputs, timing
+
+
+def _exchange(
+    version: ModelVersion, tensors: dict[str, np.ndarray], sample: metrics.Sample
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if version.status != "ready":
         raise ServiceUnavailable(
             f"Model {version.model.name!r} v{version.version} is {version.status}, not ready to serve."
@@ -85,6 +106,7 @@ def predict(version: ModelVersion, tensors: dict[str, np.ndarray]) -> tuple[dict
         )
     reply = wire.unpack(cast(bytes, item[1]))
     answer = reply["o"][0]
+    sample.timing = reply
     if "err" in answer:
         raise STATUS_ERRORS.get(answer["s"], Unprocessable)(answer["err"])
     timing = {"total_ms": round((time.perf_counter() - started) * 1000, 3), "queue_ms": round(reply["qt"], 3),

@@ -28,6 +28,7 @@ from django.utils import timezone
 from inference.jobs import batched_layout, job_enqueue, npz_load, npz_save, paths_delete
 from inference.models import ACTIVE_STATUSES, BatchJob, DataFormat, JobStatus
 from inference.services import exception_summary
+from monitoring import metrics
 from registry.artifacts import artifact_storage
 
 logger = logging.getLogger(__name__)
@@ -205,12 +206,15 @@ def job_run(job_id: str) -> str:
     try:
         while start < job.total_rows:
             stop = min(start + step, job.total_rows)
+            began = time.perf_counter()
             try:
                 outputs = _forward(loaded, arrays, start, stop, batched)
             except SoftTimeLimitExceeded:
                 raise
             except Exception as exc:
+                metrics.job_chunk(job, stop - start, began, ok=False)
                 return _fail(run, f"Rows {start + 1} to {stop}: the model failed: {exception_summary(exc)}")
+            metrics.job_chunk(job, stop - start, began, ok=True)
             for name, array in outputs:
                 run.pending.setdefault(name, []).append(array)
             start, now = stop, time.monotonic()

@@ -44,6 +44,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         body: dict[str, Any] = {"error": exc.message, "code": exc.code}
         if exc.field:
             body["fields"] = {exc.field: [exc.message]}
+        figures = getattr(exc, "figures", None)
+        if figures:
+            body["figures"] = figures  # e.g. what the promotion gate compared
         return Response(body, status=exc.status_code)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")

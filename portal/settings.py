@@ -285,3 +285,12 @@ LOGGING = {
 # --- Demo -----------------------------------------------------------------------------
 DEMO_USERNAME = env_str("DEMO_USERNAME", "admin")
 DEMO_PASSWORD = env_secret("DEMO_PASSWORD", "admin")
+
+# --- Monitoring -------------------------------------------------------------------------
+# Each process merges its serving aggregates into the database this often (0: never in the background).
+METRICS_FLUSH_SECONDS = env_float("METRICS_FLUSH_SECONDS", 5.0, minimum=0.0)
+# Serving aggregates older than this are deleted (the dashboard shows a week at most).
+METRICS_RETENTION_DAYS = env_float("METRICS_RETENTION_DAYS", 30.0, minimum=1.0)
+# /metrics answers loopback clients and staff; a scraper elsewhere sends this bearer token.
+METRICS_TOKEN = env_secret("METRICS_TOKEN", "")
+EVALUATION_DATASET_MAX_BYTES = env_int("EVALUATION_DATASET_MAX_BYTES", 256 * 1024**2, minimum=1)

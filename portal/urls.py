@@ -9,6 +9,7 @@ from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from inference.api.predict import PredictView
+from monitoring import views as monitoring_views
 from portal import token_views
 
 
@@ -20,6 +21,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 api_patterns: list[URLPattern | URLResolver] = [
     path("", include("registry.api.urls")),
     path("", include("inference.api.urls")),
+    path("", include("monitoring.api.urls")),
     path("models/<str:name>/predict/", PredictView.as_view(), name="model-predict"),
     path("tokens/", token_views.TokenViewSet.as_view({"get": "list", "post": "create"}), name="token-list"),
     path("tokens/<int:pk>/", token_views.TokenViewSet.as_view({"delete": "destroy"}), name="token-detail"),
@@ -35,6 +37,8 @@ urlpatterns = [
     path("tokens/", token_views.token_list, name="token-list"),
     path("tokens/<int:token_id>/revoke/", token_views.token_revoke, name="token-revoke"),
     path("healthz", healthz, name="healthz"),
+    path("metrics", monitoring_views.prometheus_metrics, name="metrics"),
+    path("", include("monitoring.urls")),
     path("", include("inference.urls")),
     path("", include("registry.urls")),
 ]

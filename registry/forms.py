@@ -39,3 +39,4 @@ class VersionUploadForm(forms.Form):
 class AliasSetForm(forms.Form):
     alias = forms.CharField(max_length=32)
     version = forms.IntegerField(min_value=1)
+    force = forms.BooleanField(required=False)

@@ -532,10 +532,23 @@ def version_delete(*, actor: Any, version: ModelVersion) -> None:
 
 
 def alias_set(
-    *, actor: Any, model: RegisteredModel, name: str, version_number: int, action: str = "alias.move"
+    *,
+    actor: Any,
+    model: RegisteredModel,
+    name: str,
+    version_number: int,
+    action: str = "alias.move",
+    force: bool = False,
 ) -> ModelAlias:
-    """Point an alias at a ready version (creating the alias if needed), in one transaction."""
+    """Point an alias at a ready version (creating the alias if needed), in one transaction.
+
+    A model's promotion gate (monitoring) may refuse the move; `force` overrides it for a
+    user with that right, and the override is audited.
+    """
+    from monitoring.services import gate_check, gate_override_record
+
     alias_name_check(name)
+    forced = gate_check(actor=actor, model=model, alias=name, version_number=version_number, force=force, action=action)
     with transaction.atomic():
         # Lock the model row: moves of one model's aliases are serialised, so the
         # "previous holder" written to the audit trail is always the real one.
@@ -566,6 +579,8 @@ def alias_set(
                 before={"version": previous},
                 after={"version": version_number},
             )
+            if forced is not None:
+                gate_override_record(actor, locked, name, forced)
     return alias
 
 

@@ -250,7 +250,13 @@ def alias_set(request: HttpRequest, name: str) -> HttpResponse:
         if not form.is_valid():
             raise PortalError("Choose an alias name and a version number.")
         alias = form.cleaned_data["alias"].strip().lower()
-        services.alias_set(actor=request.user, model=model, name=alias, version_number=form.cleaned_data["version"])
+        services.alias_set(
+            actor=request.user,
+            model=model,
+            name=alias,
+            version_number=form.cleaned_data["version"],
+            force=form.cleaned_data["force"],
+        )
         messages.success(request, f"{alias} now points at version {form.cleaned_data['version']}.")
     except NotFound as exc:
         raise Http404(exc.message) from None

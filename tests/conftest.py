@@ -45,6 +45,14 @@ def _isolated_storage(request: pytest.FixtureRequest, settings: Any, tmp_path: P
     }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _metrics_flushed_by_hand() -> None:
+    """No background flush of serving metrics in the test process: tests flush when they assert."""
+    from monitoring import metrics
+
+    metrics.recorder.background = False
+
+
 @pytest.fixture(autouse=True)
 def _eager_celery(request: pytest.FixtureRequest) -> Any:
     """Unit tests run tasks in-process; integration tests use a real worker instead."""

@@ -172,6 +172,8 @@ def service_environment(
         "INFERENCE_MAX_BODY_BYTES": str(1024 * 1024),
         "INFERENCE_MAX_ELEMENTS": "100000",
         "OMP_NUM_THREADS": "1",
+        # Serving aggregates reach the database within a second.
+        "METRICS_FLUSH_SECONDS": "1",
     }
 
 

@@ -49,7 +49,8 @@ class PredictView(APIView):
         serializer = PredictRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         tensors = predict.friendly_to_tensors(version, serializer.validated_data["inputs"])
-        outputs, timing = predict.predict(version, tensors)
+        addressed = request.query_params.get("version") or request.query_params.get("alias")
+        outputs, timing = predict.predict(version, tensors, addressed=addressed)
         body = {
             "model": version.model.name,
             "version": version.version,

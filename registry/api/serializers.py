@@ -165,6 +165,9 @@ class AliasSerializer(serializers.ModelSerializer):
 
 class AliasSetSerializer(serializers.Serializer):
     version = serializers.IntegerField(min_value=1)
+    force = serializers.BooleanField(
+        default=False, help_text="Move past a failing promotion gate (needs the right to override; audited)."
+    )
 
 
 class AuditEventSerializer(serializers.ModelSerializer):

@@ -239,7 +239,11 @@ class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         serializer = AliasSetSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         obj = services.alias_set(
-            actor=request.user, model=model, name=alias, version_number=serializer.validated_data["version"]
+            actor=request.user,
+            model=model,
+            name=alias,
+            version_number=serializer.validated_data["version"],
+            force=serializer.validated_data["force"],
         )
         return Response(AliasSerializer(obj).data)
 

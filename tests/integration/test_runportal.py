@@ -87,6 +87,16 @@ def test_runportal_starts_everything_seeds_the_demo_and_prints_url_and_login(tmp
             time.sleep(0.3)
             status = session.get(f"{base}/api/v1/models/iris-classifier/versions/3/", timeout=10).json()["status"]
         assert status == "ready"
+        # The demo queued one evaluation and sends some traffic: charts have data at once.
+        runs: list = []
+        served = 0
+        while time.monotonic() < deadline and not (served and runs and runs[0]["status"] == "succeeded"):
+            time.sleep(0.5)
+            runs = session.get(f"{base}/api/v1/evaluations/?model=iris-classifier", timeout=10).json()
+            stats = session.get(f"{base}/api/v1/models/iris-classifier/stats/", timeout=10).json()
+            served = sum(entry["count"] for entry in stats["model_stats"])
+        assert runs and runs[0]["status"] == "succeeded" and runs[0]["metrics"]["accuracy"] > 0.8, runs
+        assert served > 0
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:

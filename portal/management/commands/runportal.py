@@ -10,14 +10,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from monitoring import metrics
+from monitoring.demo import demo_traffic
 from portal.embedded import embedded_redis_start
 
 
@@ -52,6 +56,8 @@ class Command(BaseCommand):
             call_command("migrate", interactive=False, verbosity=0)
             if not options["no_seed"]:
                 call_command("seed_demo", stdout=self.stdout)
+            # Prometheus value files of an earlier run would be summed with this one's.
+            metrics.multiprocess_dir_reset()
             python = sys.executable
             worker = [python, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference"]
             worker += ["--concurrency", str(options["concurrency"]), "--loglevel", "INFO", "--hostname", "portal@%h"]
@@ -66,6 +72,9 @@ class Command(BaseCommand):
             children.append(web)
             url = f"http://{options['host']}:{options['port']}/"
             self._wait_for(url + "healthz", web)
+            if not options["no_seed"]:
+                admin = get_user_model().objects.get(username=settings.DEMO_USERNAME)
+                threading.Thread(target=demo_traffic, args=(url, admin), daemon=True).start()
             self.stdout.write(self.style.SUCCESS(f"\nMaaS Portal is running at {url}"))
             if not options["no_seed"]:
                 self.stdout.write(f"  Log in as {settings.DEMO_USERNAME} / {settings.DEMO_PASSWORD}")

@@ -19,6 +19,7 @@ from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
 
+from monitoring.demo import demo_evaluation_seed
 from portal import demo
 from registry import services
 from registry.models import RegisteredModel, VersionStatus, Visibility
@@ -77,6 +78,8 @@ class Command(BaseCommand):
                     services.alias_set(actor=user, model=model, name="production", version_number=number)
                 services.alias_set(actor=user, model=model, name="staging", version_number=numbers[-1])
                 self.stdout.write(f"Seeded {name}: {', '.join(f'v{n}' for n in numbers)}; production → v{numbers[-1]}")
+        if demo_evaluation_seed(user) is not None:
+            self.stdout.write("Queued an evaluation of iris-classifier on iris-holdout.")
 
     def _admin(self) -> Any:
         users = get_user_model()

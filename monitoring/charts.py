@@ -1,0 +1,122 @@
+"""Plotly figures as plain dicts, built from the aggregates (pure functions: no request, no database).
+
+Pages embed them as JSON and one small script per page draws them with the vendored
+plotly.min.js (static/vendor/), so charts work with no internet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Figure = dict[str, Any]
+HEAT = [[0, "#eff6ff"], [1, "#1e40af"]]
+COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#be185d"]
+
+
+def _layout(title: str, y_title: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "title": {"text": title, "font": {"size": 14}},
+        "margin": {"l": 55, "r": 15, "t": 40, "b": 40},
+        "height": 280,
+        "yaxis": {"title": {"text": y_title}, "rangemode": "tozero"},
+        "legend": {"orientation": "h", "y": -0.2},
+        **extra,
+    }
+
+
+def _line(name: str, x: list[str], y: list[Any], colour: str, dash: str = "solid") -> dict[str, Any]:
+    return {"type": "scatter", "mode": "lines+markers", "name": name, "x": x, "y": y, "connectgaps": False,
+            "line": {"color": colour, "dash": dash, "width": 2}, "marker": {"size": 4}}  # fmt: skip
+
+
+def traffic_figures(series: dict[str, Any], *, per_version: bool = False) -> dict[str, Figure]:
+    """Requests/s, error rate, p50/p95/p99 latency and queue vs compute time over a window.
+
+    With `per_version` (series split by version) latency is one p95 line per version.
+    """
+    times = series["times"]
+    lines = series["series"]
+    many = per_version or len(lines) > 1
+    latency = []
+    for i, line in enumerate(lines):
+        colour = COLOURS[i % len(COLOURS)]
+        prefix = f"{line['name']} " if many else ""
+        if many:
+            latency.append(_line(f"{prefix}p95", times, line["p95"], colour))
+        else:
+            latency += [_line("p50", times, line["p50"], COLOURS[0]), _line("p95", times, line["p95"], COLOURS[4]),
+                        _line("p99", times, line["p99"], COLOURS[1])]  # fmt: skip
+    queue_compute = []
+    for i, line in enumerate(lines):
+        colour = COLOURS[i % len(COLOURS)]
+        prefix = f"{line['name']} " if many else ""
+        queue_compute += [_line(f"{prefix}queue", times, line["queue_ms"], colour, "dot"),
+                          _line(f"{prefix}compute", times, line["compute_ms"], colour)]  # fmt: skip
+    return {
+        "rps": {"data": [_line(line["name"], times, line["rps"], COLOURS[i % len(COLOURS)])
+                         for i, line in enumerate(lines)],
+                "layout": _layout("Requests per second", "req/s")},
+        "errors": {"data": [_line(line["name"], times, line["error_rate"], COLOURS[i % len(COLOURS)])
+                            for i, line in enumerate(lines)],
+                   "layout": _layout("Error rate", "share of requests", yaxis={"tickformat": ".0%",
+                                                                              "rangemode": "tozero"})},
+        "latency": {"data": latency, "layout": _layout("Latency" + (" p95 per version" if many else " p50 / p95 / p99"),
+                                                       "ms")},
+        "queue_compute": {"data": queue_compute, "layout": _layout("Queue wait vs compute (mean)", "ms")},
+    }  # fmt: skip
+
+
+def batch_size_figure(histogram: dict[str, int]) -> Figure:
+    """How many predictions rode in batches of each size."""
+    return {
+        "data": [{"type": "bar", "x": list(histogram), "y": list(histogram.values()), "marker": {"color": COLOURS[0]},
+                  "name": "predictions"}],
+        "layout": _layout("Batch size distribution", "predictions", xaxis={"title": {"text": "rows in the batch"},
+                                                                            "type": "category"}),
+    }  # fmt: skip
+
+
+def version_latency_figure(stats: list[dict[str, Any]]) -> Figure:
+    """p50/p95/p99 serving latency of each version side by side."""
+    names = [f"v{s['version']}" for s in stats if s["count"]]
+    picked = [s for s in stats if s["count"]]
+    return {
+        "data": [{"type": "bar", "name": q, "x": names, "y": [s["latency_ms"][q] for s in picked],
+                  "marker": {"color": colour}}
+                 for q, colour in (("p50", COLOURS[0]), ("p95", COLOURS[4]), ("p99", COLOURS[1]))],
+        "layout": _layout("Serving latency by version", "ms", barmode="group"),
+    }  # fmt: skip
+
+
+def accuracy_figure(rows: list[dict[str, Any]], metric: str, production: int | None) -> Figure:
+    """One evaluation metric of every version (latest run per dataset), production marked."""
+    datasets = sorted({r["dataset"] for r in rows})
+    data = []
+    for i, dataset in enumerate(datasets):
+        mine = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["version"])
+        data.append({
+            "type": "bar", "name": dataset,
+            "x": [f"v{r['version']}" + (" (production)" if r["version"] == production else "") for r in mine],
+            "y": [r["metrics"].get(metric) for r in mine], "marker": {"color": COLOURS[i % len(COLOURS)]},
+        })  # fmt: skip
+    return {"data": data, "layout": _layout(f"{metric} across versions", metric, barmode="group")}
+
+
+def confusion_figure(matrix: list[list[int]], labels: list[str], title: str) -> Figure:
+    """A confusion matrix as a heatmap (rows: true class, columns: predicted)."""
+    names = labels if labels and len(labels) == len(matrix) else [str(i) for i in range(len(matrix))]
+    return {
+        "data": [{"type": "heatmap", "z": matrix, "x": names, "y": names, "colorscale": HEAT, "showscale": True,
+                  "text": matrix, "texttemplate": "%{text}", "hovertemplate": "true %{y}, predicted %{x}: %{z}"}],
+        "layout": _layout(title, "true class", xaxis={"title": {"text": "predicted class"}},
+                          yaxis={"title": {"text": "true class"}, "autorange": "reversed"}, height=320),
+    }  # fmt: skip
+
+
+def has_data(figure: Figure) -> bool:
+    """True when some trace has a value (what the pages show instead of an empty chart)."""
+    for trace in figure.get("data", []):
+        values = trace.get("y") if trace.get("type") != "heatmap" else trace.get("z")
+        if values and any(v is not None and v != 0 for v in values):
+            return True
+    return False

@@ -1,0 +1,171 @@
+"""Serving metrics (per-minute aggregates), evaluation datasets and runs, promotion gates."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Source(models.TextChoices):
+    V2 = "v2", "Open Inference Protocol v2"
+    NATIVE = "native", "native REST / try-it"
+    JOB = "job", "batch job"
+
+
+class MetricBucket(models.Model):
+    """One minute of one version's traffic as seen by one process (never a row per request).
+
+    Each web or worker process merges what it recorded into its own rows (keyed by
+    `process`), so flushes from many processes never contend on a row; reads sum them.
+    `latency_hist` counts requests per log-spaced latency bucket (see monitoring.metrics)
+    and `batch_hist` per batch-size bucket (powers of two).
+    """
+
+    version = models.ForeignKey("registry.ModelVersion", on_delete=models.CASCADE, related_name="metric_buckets")
+    minute = models.DateTimeField(db_index=True)
+    source = models.CharField(max_length=8, choices=Source.choices)
+    alias = models.CharField(max_length=32, blank=True, help_text="Alias the caller used; blank for a pinned version.")
+    process = models.CharField(max_length=80)
+    count = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    latency_sum_ms = models.FloatField(default=0.0)
+    queue_sum_ms = models.FloatField(default=0.0)
+    compute_sum_ms = models.FloatField(default=0.0)
+    batch_size_sum = models.PositiveBigIntegerField(default=0)
+    payload_bytes = models.PositiveBigIntegerField(default=0)
+    latency_hist = models.JSONField(default=dict)
+    batch_hist = models.JSONField(default=dict)
+    status_counts = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "minute", "source", "alias", "process"], name="metric_bucket_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version_id}@{self.minute:%Y-%m-%d %H:%M} {self.source} ({self.count})"
+
+
+class TaskType(models.TextChoices):
+    CLASSIFICATION = "classification", "classification"
+    REGRESSION = "regression", "regression"
+
+
+class DatasetFormat(models.TextChoices):
+    NPZ = "npz", ".npz (named input arrays + labels/targets)"
+    CSV = "csv", "CSV (feature columns + label/target)"
+
+
+class EvaluationDataset(models.Model):
+    """Labelled data for a model, checked against its signature and stored normalised to .npz."""
+
+    model = models.ForeignKey("registry.RegisteredModel", on_delete=models.CASCADE, related_name="eval_datasets")
+    name = models.CharField(max_length=64)
+    description = models.TextField(blank=True)
+    task = models.CharField(max_length=16, choices=TaskType.choices)
+    source_format = models.CharField(max_length=8, choices=DatasetFormat.choices)
+    filename = models.CharField(max_length=255, blank=True)
+    path = models.CharField(max_length=500, help_text="Normalised .npz in the artifact storage.")
+    rows = models.PositiveIntegerField()
+    size_bytes = models.PositiveBigIntegerField()
+    num_classes = models.PositiveIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model", "name"]
+        constraints = [models.UniqueConstraint(fields=["model", "name"], name="eval_dataset_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}/{self.name}"
+
+    @property
+    def target_key(self) -> str:
+        return "labels" if self.task == TaskType.CLASSIFICATION else "targets"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+
+
+RUN_ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class EvaluationRun(models.Model):
+    """One version evaluated on one dataset by a worker; its state lives here."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    version = models.ForeignKey("registry.ModelVersion", on_delete=models.CASCADE, related_name="eval_runs")
+    dataset = models.ForeignKey(EvaluationDataset, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    error = models.TextField(blank=True)
+    batch_size = models.PositiveIntegerField()
+    total_rows = models.PositiveIntegerField()
+    rows_done = models.PositiveIntegerField(default=0)
+    # Claims by a worker; a worker that keeps dying on this run must not get it for ever.
+    attempts = models.PositiveSmallIntegerField(default=0, editable=False)
+    metrics = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"]), models.Index(fields=["version", "dataset"])]
+
+    def __str__(self) -> str:
+        return f"evaluation {self.short_id} ({self.version} on {self.dataset.name}, {self.status})"
+
+    @property
+    def short_id(self) -> str:
+        return self.id.hex[:8]
+
+    @property
+    def progress(self) -> float:
+        """Percentage of rows done, 0 to 100."""
+        if self.status == RunStatus.SUCCEEDED:
+            return 100.0
+        return round(100.0 * min(self.rows_done, self.total_rows) / self.total_rows, 1) if self.total_rows else 0.0
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in RUN_ACTIVE
+
+
+class GateMetric(models.TextChoices):
+    ACCURACY = "accuracy", "accuracy (higher is better)"
+    MACRO_F1 = "macro_f1", "macro F1 (higher is better)"
+    R2 = "r2", "R² (higher is better)"
+    MAE = "mae", "MAE (lower is better)"
+    RMSE = "rmse", "RMSE (lower is better)"
+
+
+LOWER_IS_BETTER = {GateMetric.MAE, GateMetric.RMSE}
+
+
+class PromotionGate(models.Model):
+    """Before `alias` moves to a new version, that version must pass an evaluation on `dataset`."""
+
+    model = models.OneToOneField("registry.RegisteredModel", on_delete=models.CASCADE, related_name="promotion_gate")
+    enabled = models.BooleanField(default=True)
+    alias = models.CharField(max_length=32, default="production")
+    dataset = models.ForeignKey(EvaluationDataset, on_delete=models.PROTECT, related_name="gates")
+    metric = models.CharField(max_length=16, choices=GateMetric.choices, default=GateMetric.ACCURACY)
+    # The candidate may be at most this much worse than the alias's current holder.
+    tolerance = models.FloatField(default=0.0)
+    min_value = models.FloatField(null=True, blank=True, help_text="Absolute floor (ceiling for lower-is-better).")
+    max_p95_ms = models.FloatField(null=True, blank=True, help_text="Bound on the run's p95 batch latency.")
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"gate on {self.model.name}:{self.alias} ({self.metric} on {self.dataset.name})"

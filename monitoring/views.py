@@ -1,0 +1,225 @@
+"""Browser pages of monitoring (dashboard, version comparison, evaluation runs) and /metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from monitoring import charts, metrics, services
+from monitoring.models import EvaluationRun, GateMetric, PromotionGate, TaskType
+from portal.errors import NotFound, PortalError
+from registry import selectors
+from registry.models import PRODUCTION_ALIAS, ModelVersion, RegisteredModel
+
+
+def _model_or_404(request: HttpRequest, name: str) -> RegisteredModel:
+    try:
+        return selectors.model_get(request.user, name)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+
+
+def _window(request: HttpRequest) -> str:
+    try:
+        return services.window_parse(request.GET.get("window"))
+    except PortalError:
+        return "hour"
+
+
+def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition of every process on this host (loopback, staff, or METRICS_TOKEN)."""
+    token = settings.METRICS_TOKEN
+    header = request.headers.get("Authorization", "")
+    if token:
+        allowed = secrets.compare_digest(header.removeprefix("Bearer ").strip(), token)
+    else:
+        try:
+            local = ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+        except ValueError:
+            local = False
+        allowed = local or bool(request.user.is_authenticated and request.user.is_staff)
+    if not allowed:
+        return JsonResponse({"error": "Metrics need METRICS_TOKEN as a bearer token (or a loopback client)."},
+                            status=401 if token else 403)  # fmt: skip
+    body, content_type = metrics.exposition()
+    return HttpResponse(body, content_type=content_type)
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Live serving charts of every model the user can see."""
+    return render(request, "monitoring/dashboard.html", {"window": _window(request), "windows": list(services.WINDOWS),
+                                                         "data_url": reverse("monitoring:dashboard-data")})  # fmt: skip
+
+
+def _visible_versions(request: HttpRequest) -> Any:
+    return ModelVersion.objects.filter(model__in=selectors.models_visible_to(request.user))
+
+
+@login_required
+def dashboard_data(request: HttpRequest) -> JsonResponse:
+    """The dashboard's figures for a window (polled by static/monitoring/charts.js)."""
+    window = _window(request)
+    series = services.series(window, _visible_versions(request))
+    split = services.series(window, _visible_versions(request), split=True)
+    figures = charts.traffic_figures(series)
+    figures["latency_versions"] = charts.traffic_figures(split, per_version=True)["latency"]
+    figures["batch_sizes"] = charts.batch_size_figure(series["totals"]["batch_size"]["histogram"])
+    return JsonResponse({"window": window, "totals": series["totals"], "figures": figures})
+
+
+def _comparison(model: RegisteredModel) -> dict[str, Any]:
+    """Every version's serving figures and latest evaluation per dataset, production marked."""
+    stats = services.version_stats(model, "day")["model_stats"]
+    latest = services.latest_runs(model)
+    production = model.aliases.filter(name=PRODUCTION_ALIAS).values_list("version__version", flat=True).first()
+    evaluations = [{"version": run.version.version, "dataset": run.dataset.name, "task": run.dataset.task,
+                    "metrics": run.metrics, "run": run} for run in latest.values()]  # fmt: skip
+    by_version: dict[int, list[dict[str, Any]]] = {}
+    for row in evaluations:
+        by_version.setdefault(row["version"], []).append(row)
+    rows = [{"stats": s, "evaluations": sorted(by_version.get(int(s["version"]), []), key=lambda r: r["dataset"]),
+             "production": int(s["version"]) == production} for s in stats]  # fmt: skip
+    classification = any(r["task"] == TaskType.CLASSIFICATION for r in evaluations)
+    metric = "accuracy" if classification or not evaluations else "r2"
+    figures = {"accuracy": charts.accuracy_figure(evaluations, metric, production),
+               "latency_versions": charts.version_latency_figure(stats)}  # fmt: skip
+    newest = max((r for r in evaluations if "confusion_matrix" in r["metrics"]), key=lambda r: r["run"].finished_at,
+                 default=None)  # fmt: skip
+    if newest is not None:
+        labels = list(newest["run"].version.labels or [])
+        title = f"Confusion matrix: v{newest['version']} on {newest['dataset']}"
+        figures["confusion"] = charts.confusion_figure(newest["metrics"]["confusion_matrix"], labels, title)
+    return {"rows": rows, "production": production, "figures": figures, "metric": metric}
+
+
+@login_required
+def model_compare(request: HttpRequest, name: str) -> HttpResponse:
+    """All versions of a model side by side: serving latency, errors and evaluation metrics."""
+    model = _model_or_404(request, name)
+    services.evaluations_expire_stale()
+    context = _comparison(model)
+    split = services.series("day", model.versions.all(), split=True)
+    context["figures"]["traffic"] = charts.traffic_figures(split, per_version=True)["rps"]
+    context.update({
+        "model": model, "can_change": selectors.model_can_change(request.user, model),
+        "datasets": model.eval_datasets.all(), "ready_versions": model.versions.filter(status="ready"),
+        "runs": EvaluationRun.objects.filter(version__model=model).select_related("version", "dataset")[:20],
+        "gate": PromotionGate.objects.filter(model=model).select_related("dataset").first(),
+        "gate_metrics": GateMetric.choices,
+    })  # fmt: skip
+    return render(request, "monitoring/compare.html", context)
+
+
+@login_required
+def model_charts_data(request: HttpRequest, name: str) -> JsonResponse:
+    """The model page's figures: traffic and latency per version, accuracy, confusion matrix."""
+    model = _model_or_404(request, name)
+    window = _window(request)
+    split = services.series(window, model.versions.all(), split=True)
+    traffic = charts.traffic_figures(split, per_version=True)
+    figures = {"rps": traffic["rps"], "latency": traffic["latency"], "errors": traffic["errors"],
+               **_comparison(model)["figures"]}  # fmt: skip
+    return JsonResponse({"window": window, "figures": figures})
+
+
+@login_required
+def run_detail(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
+    services.evaluations_expire_stale()
+    try:
+        run = services.run_get(request.user, run_id)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    figures = {}
+    if run.metrics.get("confusion_matrix"):
+        figures["confusion"] = charts.confusion_figure(run.metrics["confusion_matrix"], list(run.version.labels or []),
+                                                       "Confusion matrix")  # fmt: skip
+    if run.metrics.get("batch_ms"):
+        ms = run.metrics["batch_ms"]
+        figures["batches"] = {"data": [{"type": "bar", "x": list(range(1, len(ms) + 1)), "y": ms, "name": "ms"}],
+                              "layout": charts._layout("Latency per batch", "ms")}  # fmt: skip
+    api_url = reverse("api:evaluation-detail", args=[run.pk])
+    return render(request, "monitoring/run_detail.html", {"run": run, "figures": figures, "api_url": api_url})
+
+
+@login_required
+@require_POST
+def dataset_upload(request: HttpRequest, name: str) -> HttpResponse:
+    try:
+        model = selectors.model_get(request.user, name, for_change=True)
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise PortalError("Choose a file (.npz or CSV).")
+        dataset = services.dataset_create(actor=request.user, model=model, name=request.POST.get("name", ""),
+                                          file=upload, filename=upload.name or "")  # fmt: skip
+        messages.success(request, f"Dataset {dataset.name} added: {dataset.rows} rows ({dataset.task}).")
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect("monitoring:model-compare", name=name)
+
+
+def _number(raw: str | None, name: str) -> float | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise PortalError(f"{name} must be a number; got {raw!r}.") from None
+
+
+@login_required
+@require_POST
+def gate_update(request: HttpRequest, name: str) -> HttpResponse:
+    """Set, change or remove the promotion gate from the comparison page."""
+    try:
+        model = selectors.model_get(request.user, name, for_change=True)
+        if request.POST.get("remove"):
+            services.gate_delete(actor=request.user, model=model)
+            messages.success(request, "Promotion gate removed.")
+        else:
+            dataset = services.dataset_get(model, request.POST.get("dataset", ""))
+            services.gate_set(
+                actor=request.user,
+                model=model,
+                dataset=dataset,
+                metric=request.POST.get("metric", "accuracy"),
+                tolerance=_number(request.POST.get("tolerance"), "tolerance") or 0.0,
+                min_value=_number(request.POST.get("min_value"), "min_value"),
+                max_p95_ms=_number(request.POST.get("max_p95_ms"), "max_p95_ms"),
+                enabled=bool(request.POST.get("enabled")),
+            )
+            messages.success(request, "Promotion gate saved.")
+    except PortalError as exc:
+        if isinstance(exc, NotFound) and exc.field is None:
+            raise Http404(exc.message) from None
+        messages.error(request, exc.message)
+    return redirect("monitoring:model-compare", name=name)
+
+
+@login_required
+@require_POST
+def evaluation_create(request: HttpRequest, name: str) -> HttpResponse:
+    try:
+        version = selectors.version_get(request.user, name, request.POST.get("version", ""), for_change=True)
+        dataset = services.dataset_get(version.model, request.POST.get("dataset", ""))
+        run = services.evaluation_start(actor=request.user, version=version, dataset=dataset)
+    except NotFound as exc:
+        messages.error(request, exc.message)
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Evaluation {run.short_id} queued.")
+        return redirect("monitoring:run-detail", run_id=run.pk)
+    return redirect("monitoring:model-compare", name=name)
