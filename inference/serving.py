@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -69,7 +69,7 @@ class ServingLoop(threading.Thread):
                     item = self.redis.brpop(self.keys, timeout=1)
                     if item is None:
                         continue
-                    messages = [item[1]]
+                    messages = [cast(bytes, item[1])]
                 unsent = self.handle([wire.unpack(raw) for raw in messages])
             except redis.RedisError as exc:
                 logger.warning("serving loop lost Redis (%s); retrying", exc)
