@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import parse_qs
 
 import redis
 import redis.asyncio as aioredis
@@ -44,7 +45,9 @@ SERVER_VERSION = "0.1.0"
 # Cached authorisations and routes are also dropped on this timer, in case an
 # invalidation message was missed while Redis was away.
 CACHE_TTL_SECONDS = 30.0
-MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/ready|/infer)?/?$")
+MODEL_PATH = re.compile(
+    r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/ready|/infer|/stats)?/?$"
+)
 PLATFORMS = {"torchscript": "pytorch_torchscript", "exported_program": "pytorch_exported_program"}
 
 
@@ -87,6 +90,19 @@ def _resolve(user: Any, name: str, version: str | None) -> Target:
         max_batch_size=found.max_batch_size, max_batch_delay_ms=found.max_batch_delay_ms,
         ready_versions=tuple(ready),
     )  # fmt: skip
+
+
+def _stats(user: Any, name: str, version: str | None, window: str | None) -> dict[str, Any]:
+    """Serving statistics of a model (all versions) or of one version or alias, like Triton's /stats."""
+    from monitoring.services import version_stats, window_parse
+    from registry import selectors
+
+    window = window_parse(window)
+    model = selectors.model_get(user, name)
+    if version is None:
+        return version_stats(model, window)
+    number = int(version) if version.isdigit() else selectors.alias_get(model, version).version.version
+    return version_stats(model, window, number=number)
 
 
 def _authenticate(raw: str) -> Any:
@@ -310,6 +326,11 @@ class Gateway:
             raise HttpError(404, f"No such endpoint: {method} {path}")
         headers = dict(scope.get("headers") or [])
         user = await self.user(headers)
+        if match["tail"] == "/stats" and method == "GET":
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            window = query.get("window", [None])[0]
+            stats = await sync_to_async(_stats, thread_sensitive=False)(user, match["name"], match["version"], window)
+            return _json(stats)
         target = await self.target(user, match["name"], match["version"])
         tail = match["tail"]
         if tail is None and method == "GET":

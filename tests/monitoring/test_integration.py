@@ -87,6 +87,18 @@ def test_traffic_through_a_worker_is_aggregated_and_exposed(gateway_url, token, 
 
     stats = requests.get(f"{gateway_url}/api/v1/models/iris/stats/", headers=headers, timeout=10).json()
     assert stats["model_stats"][0]["count"] == 43 and stats["model_stats"][0]["latency_ms"]["p99"] > 0
+    # The same figures on the protocol's side, as Triton serves them: model, version, alias.
+    for path in ("iris/stats", "iris/versions/1/stats", "iris/versions/production/stats?window=day"):
+        on_v2 = requests.get(f"{gateway_url}/v2/models/{path}", headers=headers, timeout=10)
+        assert on_v2.status_code == 200, on_v2.text
+        assert [(s["version"], s["count"]) for s in on_v2.json()["model_stats"]] == [("1", 43)]
+    assert (
+        requests.get(f"{gateway_url}/v2/models/iris/stats?window=year", headers=headers, timeout=10).status_code == 400
+    )
+    assert requests.get(f"{gateway_url}/v2/models/nope/stats", headers=headers, timeout=10).status_code == 404
+    assert (
+        requests.get(f"{gateway_url}/v2/models/iris/versions/9/stats", headers=headers, timeout=10).status_code == 404
+    )
 
     after = exposition(gateway_url)
     assert (
