@@ -18,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from portal.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from portal.request_id import current_request_id
 from registry import signatures
 from registry.artifacts import (
     ArtifactIntegrityError,
@@ -75,6 +76,7 @@ def audit_record(
         object_repr=object_repr[:200],
         before=before,
         after=after,
+        request_id=current_request_id(),
     )
 
 
