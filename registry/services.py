@@ -52,6 +52,13 @@ MAX_VALIDATION_ATTEMPTS = 3
 MAX_TAGS = 20
 
 
+def alias_move_authorize(actor: Any, model: RegisteredModel, names: list[str], *, approved: bool = False) -> None:
+    """Who may move which alias is decided in registry.access_services (imported late: it imports us)."""
+    from registry.access_services import alias_move_authorize as authorize
+
+    authorize(actor, model, names, approved=approved)
+
+
 # --- audit ------------------------------------------------------------------------------
 
 
@@ -452,7 +459,9 @@ def version_update(
 
 def _aliases_drop(actor: Any, version: ModelVersion, reason: str) -> list[str]:
     names = []
-    for alias in version.aliases.select_for_update():
+    held = list(version.aliases.select_for_update())
+    alias_move_authorize(actor, version.model, [alias.name for alias in held], approved=True)
+    for alias in held:
         names.append(alias.name)
         audit_record(
             actor,
@@ -534,10 +543,21 @@ def version_delete(*, actor: Any, version: ModelVersion) -> None:
 
 
 def alias_set(
-    *, actor: Any, model: RegisteredModel, name: str, version_number: int, action: str = "alias.move"
+    *,
+    actor: Any,
+    model: RegisteredModel,
+    name: str,
+    version_number: int,
+    action: str = "alias.move",
+    approved: bool = False,
 ) -> ModelAlias:
-    """Point an alias at a ready version (creating the alias if needed), in one transaction."""
+    """Point an alias at a ready version (creating the alias if needed), in one transaction.
+
+    Protected aliases need promote rights, and an approved request where the model asks
+    for one (`approved`: called by registry.access_services on approval).
+    """
     alias_name_check(name)
+    alias_move_authorize(actor, model, [name], approved=approved)
     with transaction.atomic():
         # Lock the model row: moves of one model's aliases are serialised, so the
         # "previous holder" written to the audit trail is always the real one.
@@ -573,6 +593,7 @@ def alias_set(
 
 def alias_delete(*, actor: Any, model: RegisteredModel, name: str) -> None:
     """Remove an alias from a model."""
+    alias_move_authorize(actor, model, [name], approved=True)
     with transaction.atomic():
         RegisteredModel.objects.select_for_update().get(pk=model.pk)
         alias = alias_get(model, name)
