@@ -25,7 +25,7 @@ from registry.selectors import models_visible_to
 
 class TokenSerializer(serializers.ModelSerializer):
     state = serializers.CharField(read_only=True)
-    models = serializers.SlugRelatedField(source="allowed_models", slug_field="name", many=True, read_only=True)
+    models: Any = serializers.SlugRelatedField(source="allowed_models", slug_field="name", many=True, read_only=True)
 
     class Meta:
         model = ApiToken
