@@ -457,6 +457,11 @@ def version_update(
     return version
 
 
+def _held_aliases_authorize(actor: Any, version: ModelVersion) -> None:
+    # Checked before the transaction too, so that a refusal's audit event is not rolled back.
+    alias_move_authorize(actor, version.model, list(version.aliases.values_list("name", flat=True)), approved=True)
+
+
 def _aliases_drop(actor: Any, version: ModelVersion, reason: str) -> list[str]:
     names = []
     held = list(version.aliases.select_for_update())
@@ -478,6 +483,7 @@ def _aliases_drop(actor: Any, version: ModelVersion, reason: str) -> list[str]:
 
 def version_archive(*, actor: Any, version: ModelVersion) -> ModelVersion:
     """Archive a version: it keeps its artifact and history but loses its aliases."""
+    _held_aliases_authorize(actor, version)
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
         if version.status == VersionStatus.ARCHIVED:
@@ -525,6 +531,7 @@ def version_restore(*, actor: Any, version: ModelVersion) -> ModelVersion:
 def version_delete(*, actor: Any, version: ModelVersion) -> None:
     """Delete a version, its aliases and (after commit) its artifact; the number is not reused."""
     path = version.artifact
+    _held_aliases_authorize(actor, version)
     with transaction.atomic():
         dropped = _aliases_drop(actor, version, "version deleted")
         audit_record(

@@ -40,7 +40,9 @@ SCOPE_ACTIONS, SCOPE_MATRIX = _table("## Token scope × request matrix")
 
 def test_the_documented_matrices_are_complete():
     assert len(ROLE_MATRIX) == 11 and len(SCOPE_MATRIX) == 4
-    assert all(set(cells.values()) <= {"yes", "403", "404"} for cells in [*ROLE_MATRIX.values(), *SCOPE_MATRIX.values()])
+    assert all(
+        set(cells.values()) <= {"yes", "403", "404"} for cells in [*ROLE_MATRIX.values(), *SCOPE_MATRIX.values()]
+    )
 
 
 @pytest.fixture
