@@ -1,4 +1,4 @@
-"""Every cell of the role × action and scope × request matrices in docs/access.md, over the REST API.
+"""Every cell of the role x action and scope x request matrices in docs/access.md, over the REST API.
 
 The expected answers are read from the document itself, so the table and the behaviour
 cannot drift apart.
@@ -34,8 +34,8 @@ def _table(heading: str) -> tuple[list[str], dict[str, dict[str, str]]]:
     return header[1:], {row[0]: dict(zip(header[1:], row[1:], strict=True)) for row in body[:end]}
 
 
-ROLE_ACTIONS, ROLE_MATRIX = _table("## Role × action matrix")
-SCOPE_ACTIONS, SCOPE_MATRIX = _table("## Token scope × request matrix")
+ROLE_ACTIONS, ROLE_MATRIX = _table("## Role by action matrix")
+SCOPE_ACTIONS, SCOPE_MATRIX = _table("## Token scope by request matrix")
 
 
 def test_the_documented_matrices_are_complete():
