@@ -125,3 +125,22 @@ def test_ten_concurrent_promotions_leave_one_production_and_a_matching_audit_tra
     assert moves[-1].after == {"version": holder}
     assert sorted(event.after["version"] for event in moves) == list(range(1, 11))
     assert len({event.request_id for event in moves}) == 10 and all(event.request_id for event in moves)
+
+
+def test_login_is_throttled_after_repeated_failures(broker_url, owner, member, settings, monkeypatch):
+    from django.test import Client
+
+    from portal import login_throttle
+
+    client = Client()
+    monkeypatch.setattr(login_throttle, "_client", None)
+    settings.LOGIN_FAILURE_LIMIT = 3
+    # Counters of earlier runs on this Redis must not count here.
+    login_throttle._redis().delete(*login_throttle._redis().keys(f"{login_throttle.KEY_PREFIX}*") or ["none"])
+    for _ in range(3):
+        assert client.post("/accounts/login/", {"username": "olivia", "password": "wrong"}).status_code == 200
+    blocked = client.post("/accounts/login/", {"username": "olivia", "password": "owner-pass-123"})
+    assert blocked.status_code == 429 and int(blocked["Retry-After"]) == settings.LOGIN_FAILURE_WINDOW_SECONDS
+    assert b"Too many failed sign-ins" in blocked.content
+    # Another account from the same address is not locked out by olivia's failures.
+    assert client.post("/accounts/login/", {"username": "mark", "password": "member-pass-123"}).status_code == 302
