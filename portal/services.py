@@ -99,10 +99,11 @@ def _models_for_token(user: Any, names: list[str]) -> list[Any]:
     return found
 
 
-def token_revoke(*, user: Any, token_id: int, actor: Any = None) -> ApiToken:
+def token_revoke(*, user: Any | None, token_id: int, actor: Any = None) -> ApiToken:
     """Revoke a token; once this returns, no gateway process accepts it any more.
 
-    `user` owns the token; `actor` (default: the owner) is who revokes it, e.g. an admin.
+    `user` owns the token (None: any user's, for admins); `actor` (default: the owner) is
+    who revokes it.
     The revocation commits, then every gateway process is told and confirms that it
     dropped its cached copy (see inference.invalidation.serving_invalidate_confirmed).
     """

@@ -166,3 +166,24 @@ def test_an_approval_required_alias_cannot_be_set_directly_by_a_service_caller(t
     access_services.alias_protect(actor=owner, model=two_ready, name="production", require_approval=True)
     with pytest.raises(Conflict):
         services.alias_set(actor=owner, model=two_ready, name="production", version_number=2)
+
+
+def test_model_page_shows_roles_and_the_audit_trail(two_ready, owner, member, client):
+    access_services.role_grant(actor=owner, model=two_ready, role="predictor", username=member.username)
+    client.force_login(owner)
+    page = client.get("/models/iris/").content.decode()
+    assert 'id="audit-trail"' in page and "role.grant" in page and "alias.move" in page
+    assert 'id="roles"' in page and "predictor" in page
+    assert "export=csv&amp;model=iris" in page
+
+
+def test_admin_revoke_goes_through_the_service(two_ready, owner, admin_client):
+    token, _ = token_services.token_create(user=owner, name="admin-revoked")
+    response = admin_client.post(
+        "/admin/portal/apitoken/", {"action": "revoke", "_selected_action": [token.pk]}, follow=True
+    )
+    assert response.status_code == 200
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    event = AuditEvent.objects.get(action="token.revoke")
+    assert event.actor_name == "admin"
