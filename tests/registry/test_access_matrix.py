@@ -45,6 +45,17 @@ def test_the_documented_matrices_are_complete():
     )
 
 
+@pytest.fixture(autouse=True)
+def _no_broker(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Allowed predictions answer 503 at once (no broker) rather than wait for a worker."""
+    from inference import predict
+
+    monkeypatch.setattr(predict, "_client", None)
+    settings.INFERENCE_REDIS_URL = "redis://127.0.0.1:1/0"
+    yield
+    monkeypatch.setattr(predict, "_client", None)
+
+
 @pytest.fixture
 def three_versions(owner: Any, registered_model: RegisteredModel, ready_version: Callable[..., Any]) -> RegisteredModel:
     """v1 holds production, v2 is free to promote, v3 free to delete."""
@@ -85,8 +96,8 @@ def _perform(client: APIClient, action: str, model_files: dict[str, Path]) -> in
 def _answer(status: int, action: str) -> str:
     if status in (403, 404):
         return str(status)
-    # Allowed: the request got past authorisation. The predict endpoint has no broker in
-    # unit tests, so an allowed prediction answers 503 from the broker, never 403/404.
+    # Allowed: the request got past authorisation. The predict endpoint has no broker here
+    # (see _no_broker), so an allowed prediction answers 503 from the broker, never 403/404.
     assert status < 400 or (action == "predict" and status == 503), status
     return "yes"
 
