@@ -11,10 +11,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from portal.parsers import LimitedJSONParser
 from registry import selectors, services
 from registry.access import Action
 from registry.api.filters import AuditEventFilter, ModelFilter
@@ -108,7 +109,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     lookup_field = "version"
     lookup_value_regex = r"[0-9]+"
     queryset = ModelVersion.objects.none()
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
+    parser_classes = [LimitedJSONParser, MultiPartParser, FormParser]
 
     def get_queryset(self) -> QuerySet[ModelVersion]:
         model = selectors.model_get(self.request.user, self.kwargs["name"])
