@@ -30,9 +30,10 @@ import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from inference import protocol, wire
+from inference import guard, protocol, wire
 from monitoring import metrics
 from portal.errors import PortalError
+from registry.access import Action
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,13 @@ class Target:
     max_batch_size: int
     max_batch_delay_ms: int
     ready_versions: tuple[int, ...]
+    model_id: int = 0
+    actions: frozenset[str] = frozenset()  # what the caller's roles allow (registry.access)
 
 
 def _resolve(user: Any, name: str, version: str | None) -> Target:
     """Access-checked lookup of what a path addresses (runs in a thread: it queries the database)."""
-    from registry import selectors
+    from registry import access, selectors
 
     if version is None or version.isdigit():
         found = selectors.version_resolve(user, name, version=version)
@@ -88,7 +91,7 @@ def _resolve(user: Any, name: str, version: str | None) -> Target:
         version_id=found.pk, model_name=model.name, version=found.version, status=found.status,
         format=found.format, signature=found.signature, queue=model.serving_queue,
         max_batch_size=found.max_batch_size, max_batch_delay_ms=found.max_batch_delay_ms,
-        ready_versions=tuple(ready),
+        ready_versions=tuple(ready), model_id=model.pk, actions=access.role_actions(user, model),
     )  # fmt: skip
 
 
@@ -99,6 +102,8 @@ def _stats(user: Any, name: str, version: str | None, window: str | None) -> dic
 
     window = window_parse(window)
     model = selectors.model_get(user, name)
+    guard.token_covers(user, model.pk, model.name)
+    guard.token_scoped(user, Action.VIEW)
     if version is None:
         return version_stats(model, window)
     number = int(version) if version.isdigit() else selectors.alias_get(model, version).version.version
@@ -207,10 +212,13 @@ class Gateway:
                 await pubsub.subscribe(wire.INVALIDATE_CHANNEL)
                 # Anything may have changed while we were not listening.
                 self.forget()
+                guard.subscription(True)
                 async for message in pubsub.listen():
                     if message["type"] == "message":
                         self.forget()
+                        await guard.acknowledge(self._connect(), message["data"])
             except (redis.RedisError, OSError) as exc:
+                guard.subscription(False)
                 logger.warning("gateway lost the invalidation channel: %s", exc)
                 await asyncio.sleep(1)
 
@@ -218,6 +226,7 @@ class Gateway:
         """Drop cached users and routes (tokens revoked, aliases moved, models changed)."""
         self.users.clear()
         self.targets.clear()
+        guard.forgotten()
 
     async def exchange(self, target: Target, requests: list[wire.Tensors]) -> dict[str, Any]:
         """Send one batch to the workers of the target's queue and wait for its reply."""
@@ -252,10 +261,14 @@ class Gateway:
             raise HttpError(401, "Authentication required: send 'Authorization: Bearer <API token>'.")
         key = hashlib.sha256(token.strip().encode()).hexdigest()
         cached = self.users.get(key)
-        if cached and time.monotonic() - cached[0] < CACHE_TTL_SECONDS:
+        if cached and time.monotonic() - cached[0] < CACHE_TTL_SECONDS and guard.cache_trusted():
             return cached[1]
         self._connect()
-        user = await sync_to_async(_authenticate, thread_sensitive=False)(token.strip())
+        while True:
+            seen = guard.generation()
+            user = await sync_to_async(_authenticate, thread_sensitive=False)(token.strip())
+            if guard.generation() == seen:  # else a revocation raced the lookup: look again
+                break
         if user is None:
             raise HttpError(401, "The API token is invalid, expired or revoked.")
         self.users[key] = (time.monotonic(), user)
@@ -264,13 +277,14 @@ class Gateway:
     async def target(self, user: Any, name: str, version: str | None) -> Target:
         key = (user.pk, name, version)
         cached = self.targets.get(key)
-        if cached and time.monotonic() - cached[0] < CACHE_TTL_SECONDS:
+        if cached and time.monotonic() - cached[0] < CACHE_TTL_SECONDS and guard.cache_trusted():
             return cached[1]
+        seen = guard.generation()
         try:
             target = await sync_to_async(_resolve, thread_sensitive=False)(user, name, version)
         except PortalError as exc:
             raise HttpError(exc.status_code, exc.message) from None
-        if target.status == "ready":
+        if target.status == "ready" and guard.generation() == seen:
             # Only ready routes are cached: a pending version must be seen turning ready.
             self.targets[key] = (time.monotonic(), target)
         return target
@@ -300,7 +314,7 @@ class Gateway:
             status, body, headers = (
                 exc.status_code,
                 protocol.error_body(exc.message),
-                {"Content-Type": "application/json"},
+                {"Content-Type": "application/json", **getattr(exc, "headers", {})},
             )
         except Exception:
             logger.exception("prediction gateway error")
@@ -333,6 +347,7 @@ class Gateway:
             return _json(stats)
         target = await self.target(user, match["name"], match["version"])
         tail = match["tail"]
+        guard.authorize(user, target, Action.PREDICT if tail == "/infer" else Action.VIEW)
         if tail is None and method == "GET":
             return _json(_metadata(target))
         if tail == "/ready" and method == "GET":
@@ -344,6 +359,7 @@ class Gateway:
         if tail == "/infer" and method == "POST":
             sample = metrics.Sample(target.version_id, target.model_name, target.version, match["version"])
             try:
+                await guard.rate_limit(self._connect(), user)
                 response = await self.infer(target, headers, receive, sample)
             except Exception as exc:
                 sample.failed(exc)

@@ -8,6 +8,8 @@ transaction commits, and every gateway drops its caches on the message.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from typing import Any
 
 import redis
@@ -53,15 +55,58 @@ def serving_invalidate(reason: str) -> None:
     transaction.on_commit(publish)
 
 
+ACK_MARKER = "|ack="
+ACK_PREFIX = "maas:ack:"
+CONFIRM_TIMEOUT_SECONDS = 5.0
+
+
+def serving_invalidate_confirmed(reason: str, timeout: float = CONFIRM_TIMEOUT_SECONDS) -> tuple[int, int]:
+    """Publish an invalidation now and wait until every subscribed gateway confirms it.
+
+    PUBLISH answers how many processes received the message; each gateway drops its
+    caches and then pushes to a reply list that this call waits on. A gateway that is not
+    subscribed at that moment does not trust its caches (see inference.guard), so once this
+    returns no process answers from a stale copy. Returns (receivers, confirmations).
+    """
+    if not settings.INFERENCE_REDIS_URL:
+        return 0, 0
+    key = f"{ACK_PREFIX}{uuid.uuid4().hex}"
+    try:
+        client = _redis()
+        receivers = int(client.publish(wire.INVALIDATE_CHANNEL, f"{reason}{ACK_MARKER}{key}"))
+        confirmed = 0
+        deadline = time.monotonic() + timeout
+        while confirmed < receivers and (left := deadline - time.monotonic()) > 0:
+            # Below the client's socket timeout, so a slow gateway is a timeout, not an error.
+            if client.blpop([key], timeout=max(0.05, min(left, 1.0))) is not None:
+                confirmed += 1
+        client.delete(key)
+    except redis.RedisError as exc:
+        # Gateways cannot be subscribed either while Redis is away from them; they
+        # distrust their caches until they are again.
+        logger.warning("could not confirm invalidation %s: %s", reason, exc)
+        return 0, 0
+    if confirmed < receivers:
+        logger.error(
+            "invalidation %s: only %d of %d gateway processes confirmed within %gs; "
+            "the others drop their caches within their TTL",
+            reason,
+            confirmed,
+            receivers,
+            timeout,
+        )
+    return receivers, confirmed
+
+
 def _on_change(sender: type, instance: Any, **kwargs: Any) -> None:
     serving_invalidate(f"{sender.__name__}:{instance.pk}")
 
 
 def connect() -> None:
     from portal.models import ApiToken
-    from registry.models import ModelAlias, ModelVersion, RegisteredModel
+    from registry.models import ModelAlias, ModelRole, ModelVersion, RegisteredModel
 
-    for model in (ApiToken, RegisteredModel, ModelVersion, ModelAlias):
+    for model in (ApiToken, RegisteredModel, ModelVersion, ModelAlias, ModelRole):
         post_save.connect(_on_change, sender=model, dispatch_uid=f"invalidate-{model.__name__}")
         post_delete.connect(_on_change, sender=model, dispatch_uid=f"invalidate-delete-{model.__name__}")
 

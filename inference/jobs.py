@@ -32,6 +32,7 @@ from inference.datatypes import NUMPY_DTYPES
 from inference.models import ACTIVE_STATUSES, BatchJob, DataFormat, JobStatus
 from portal.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from registry import selectors
+from registry.access import Action
 from registry.artifacts import artifact_storage
 from registry.signatures import shape_fits
 
@@ -326,7 +327,7 @@ def job_submit(
     limit = settings.BATCH_INPUT_MAX_BYTES
     if file.size is not None and file.size > limit:
         raise PayloadTooLarge(f"The input file is larger than the limit of {filesizeformat(limit)}.")
-    target = selectors.version_resolve(actor, model_name, version=version, alias=alias or None)
+    target = selectors.version_resolve(actor, model_name, version=version, alias=alias or None, action=Action.PREDICT)
     if not target.is_ready:
         raise Conflict(
             f"Version {target.version} of {model_name!r} is {target.status}; only ready versions run jobs.",

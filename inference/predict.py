@@ -20,6 +20,8 @@ from django.conf import settings
 from inference import protocol, wire
 from monitoring import metrics
 from portal.errors import GatewayTimeout, InvalidInput, PortalError, ServiceUnavailable, Unprocessable
+from portal.ratelimit import rate_hit
+from registry.access import grant_of
 from registry.models import ModelVersion
 
 _client: redis.Redis | None = None
@@ -33,6 +35,13 @@ def _redis() -> redis.Redis:
             raise ServiceUnavailable("Online predictions need a Redis (INFERENCE_REDIS_URL) and none is configured.")
         _client = redis.Redis.from_url(wire.redis_url(), socket_connect_timeout=1, socket_timeout=None)
     return _client
+
+
+def rate_limit(user: Any) -> None:
+    """Count a prediction of a rate-limited token (429 past its limit); free for others."""
+    grant = grant_of(user)
+    if grant is not None and grant.rate_limit_per_minute:
+        rate_hit(_redis(), f"token {grant.token_id}", grant.rate_limit_per_minute)
 
 
 def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndarray]:

@@ -37,7 +37,7 @@ from monitoring.models import (
     TaskType,
 )
 from portal.errors import Conflict, InvalidInput, NotFound
-from registry import selectors
+from registry import access, selectors
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
 
 logger = logging.getLogger(__name__)
@@ -472,8 +472,8 @@ class GateRefused(Conflict):
 
 
 def gate_can_override(user: Any, model: RegisteredModel) -> bool:
-    """Who may force a promotion past the gate (one place, so roles can take it over)."""
-    return selectors.model_can_change(user, model)
+    """Who may force a promotion past the gate: owners and staff (registry.access)."""
+    return access.can_override_gate(user, model)
 
 
 def gate_set(

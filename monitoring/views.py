@@ -18,7 +18,8 @@ from django.views.decorators.http import require_POST
 from monitoring import charts, metrics, services
 from monitoring.models import EvaluationRun, GateMetric, PromotionGate, TaskType
 from portal.errors import NotFound, PortalError
-from registry import selectors
+from registry import access, selectors
+from registry.access import Action
 from registry.models import PRODUCTION_ALIAS, ModelVersion, RegisteredModel
 
 
@@ -112,7 +113,8 @@ def model_compare(request: HttpRequest, name: str) -> HttpResponse:
     split = services.series("day", model.versions.all(), split=True)
     context["figures"]["traffic"] = charts.traffic_figures(split, per_version=True)["rps"]
     context.update({
-        "model": model, "can_change": selectors.model_can_change(request.user, model),
+        "model": model, "can_evaluate": access.model_permits(request.user, model, Action.EVALUATE),
+        "can_manage": access.model_permits(request.user, model, Action.MANAGE),
         "datasets": model.eval_datasets.all(), "ready_versions": model.versions.filter(status="ready"),
         "runs": EvaluationRun.objects.filter(version__model=model).select_related("version", "dataset")[:20],
         "gate": PromotionGate.objects.filter(model=model).select_related("dataset").first(),
@@ -156,7 +158,7 @@ def run_detail(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
 @require_POST
 def dataset_upload(request: HttpRequest, name: str) -> HttpResponse:
     try:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.EVALUATE)
         upload = request.FILES.get("file")
         if upload is None:
             raise PortalError("Choose a file (.npz or CSV).")
@@ -184,7 +186,7 @@ def _number(raw: str | None, name: str) -> float | None:
 def gate_update(request: HttpRequest, name: str) -> HttpResponse:
     """Set, change or remove the promotion gate from the comparison page."""
     try:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.MANAGE)
         if request.POST.get("remove"):
             services.gate_delete(actor=request.user, model=model)
             messages.success(request, "Promotion gate removed.")
@@ -212,7 +214,7 @@ def gate_update(request: HttpRequest, name: str) -> HttpResponse:
 @require_POST
 def evaluation_create(request: HttpRequest, name: str) -> HttpResponse:
     try:
-        version = selectors.version_get(request.user, name, request.POST.get("version", ""), for_change=True)
+        version = selectors.version_get(request.user, name, request.POST.get("version", ""), action=Action.EVALUATE)
         dataset = services.dataset_get(version.model, request.POST.get("dataset", ""))
         run = services.evaluation_start(actor=request.user, version=version, dataset=dataset)
     except NotFound as exc:

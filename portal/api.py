@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from portal.errors import PortalError
+from portal.errors import PayloadTooLarge, PortalError
 
 
 class PagePagination(PageNumberPagination):
@@ -40,6 +42,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     `error` is one sentence a person can act on; `fields` keeps DRF's per-field detail
     for programs that want it.
     """
+    if isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge(
+            f"The request body is larger than the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
+            "(DATA_UPLOAD_MAX_MEMORY_SIZE)."
+        )
     if isinstance(exc, PortalError):
         body: dict[str, Any] = {"error": exc.message, "code": exc.code}
         if exc.field:
@@ -47,7 +54,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         figures = getattr(exc, "figures", None)
         if figures:
             body["figures"] = figures  # e.g. what the promotion gate compared
-        return Response(body, status=exc.status_code)
+        return Response(body, status=exc.status_code, headers=getattr(exc, "headers", None))
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, DjangoPermissionDenied):

@@ -70,3 +70,18 @@ class GatewayTimeout(PortalError):
 
     status_code = 504
     code = "timeout"
+
+
+class TooManyRequests(PortalError):
+    """A token went over its rate limit; `retry_after` says when the next window opens."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -31,6 +31,10 @@ class ApiToken(models.Model):
     prefix = models.CharField(max_length=PREFIX_LENGTH, unique=True, editable=False)
     secret_hash = models.CharField(max_length=64, editable=False)
     scopes = models.JSONField(default=list, blank=True)
+    # Empty: every model the user may use; otherwise only these.
+    allowed_models = models.ManyToManyField("registry.RegisteredModel", blank=True, related_name="+")
+    # Predictions per minute, shared by every web process (Redis); null: no limit.
+    rate_limit_per_minute = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)

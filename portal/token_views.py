@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, cast
 
 from django.contrib import messages
@@ -9,6 +10,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
@@ -16,16 +18,21 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal import services
-from portal.errors import PortalError
+from portal.errors import InvalidInput, PortalError
 from portal.models import ApiToken, TokenScope
+from registry.selectors import models_visible_to
 
 
 class TokenSerializer(serializers.ModelSerializer):
     state = serializers.CharField(read_only=True)
+    models: Any = serializers.SlugRelatedField(source="allowed_models", slug_field="name", many=True, read_only=True)
 
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "prefix", "scopes", "state", "created_at", "expires_at", "last_used_at", "revoked_at"]
+        fields = [
+            *("id", "name", "prefix", "scopes", "models", "rate_limit_per_minute", "state"),
+            *("created_at", "expires_at", "last_used_at", "revoked_at"),
+        ]
         read_only_fields = fields
 
 
@@ -33,6 +40,12 @@ class TokenCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=TokenScope.choices), required=False)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    models = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, max_length=100, help_text="Only these models."
+    )
+    rate_limit_per_minute = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=1_000_000, help_text="Predictions per minute."
+    )
 
 
 class TokenCreatedSerializer(TokenSerializer):
@@ -57,9 +70,11 @@ class TokenCreatedSerializer(TokenSerializer):
 class TokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     serializer_class = TokenSerializer
     queryset = ApiToken.objects.none()
+    # A token may list tokens with "read"; creating and revoking them takes "admin".
+    required_scope = {"GET": "read", "POST": "admin", "DELETE": "admin"}
 
     def get_queryset(self) -> QuerySet[ApiToken]:
-        return ApiToken.objects.filter(user=cast(Any, self.request.user))
+        return ApiToken.objects.filter(user=cast(Any, self.request.user)).prefetch_related("allowed_models")
 
     def create(self, request: Request) -> Response:
         serializer = TokenCreateSerializer(data=request.data)
@@ -73,6 +88,20 @@ class TokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+def _positive_or_none(raw: str, what: str) -> int | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidInput(f"The {what} must be a whole number above 0, or empty.")
+    return int(raw)
+
+
+def _expiry(raw: str) -> dt.datetime | None:
+    days = _positive_or_none(raw, "expiry in days")
+    return None if days is None else timezone.now() + dt.timedelta(days=min(days, 3650))
+
+
 @login_required
 def token_list(request: HttpRequest) -> HttpResponse:
     """The tokens page; a new token's secret is shown once, right after creation."""
@@ -82,6 +111,9 @@ def token_list(request: HttpRequest) -> HttpResponse:
                 user=request.user,
                 name=request.POST.get("name", ""),
                 scopes=request.POST.getlist("scopes") or None,
+                models=[name for name in request.POST.getlist("models") if name] or None,
+                expires_at=_expiry(request.POST.get("expires_in_days", "")),
+                rate_limit_per_minute=_positive_or_none(request.POST.get("rate_limit_per_minute", ""), "rate limit"),
             )
         except PortalError as exc:
             messages.error(request, exc.message)
@@ -89,9 +121,10 @@ def token_list(request: HttpRequest) -> HttpResponse:
             request.session["new_token"] = secret
         return redirect("token-list")
     context = {
-        "tokens": ApiToken.objects.filter(user=cast(Any, request.user)),
+        "tokens": ApiToken.objects.filter(user=cast(Any, request.user)).prefetch_related("allowed_models"),
         "new_token": request.session.pop("new_token", None),
         "scopes": TokenScope.values,
+        "models": models_visible_to(request.user).order_by("name").values_list("name", flat=True),
     }
     return render(request, "portal/tokens.html", context)
 

@@ -6,11 +6,12 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, JsonResponse
 from django.urls import URLPattern, URLResolver, include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from inference.api.predict import PredictView
 from monitoring import views as monitoring_views
 from portal import token_views
+from portal.login_throttle import ThrottledLoginView
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -26,12 +27,12 @@ api_patterns: list[URLPattern | URLResolver] = [
     path("tokens/", token_views.TokenViewSet.as_view({"get": "list", "post": "create"}), name="token-list"),
     path("tokens/<int:pk>/", token_views.TokenViewSet.as_view({"delete": "destroy"}), name="token-detail"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
 ]
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/login/", ThrottledLoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", include((api_patterns, "api"))),
     path("tokens/", token_views.token_list, name="token-list"),

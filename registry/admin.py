@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from registry.models import AuditEvent, ModelAlias, ModelVersion, RegisteredModel, Tag
+from registry.roles import ModelRole, PromotionRequest, ProtectedAlias
 
 
 class AliasInline(admin.TabularInline):
@@ -87,7 +88,7 @@ class ModelAliasAdmin(admin.ModelAdmin):
 class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["created_at", "actor_name", "action", "model_name", "object_type", "object_repr"]
     list_filter = ["action", "object_type", "created_at"]
-    search_fields = ["actor_name", "model_name", "object_repr", "action"]
+    search_fields = ["actor_name", "model_name", "object_repr", "action", "request_id"]
     date_hierarchy = "created_at"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -103,3 +104,41 @@ class AuditEventAdmin(admin.ModelAdmin):
 @admin.register(Tag)
 class TagAdmin(admin.ModelAdmin):
     search_fields = ["name"]
+
+
+@admin.register(ModelRole)
+class ModelRoleAdmin(admin.ModelAdmin):
+    """Roles can be granted here too; the gateway drops its caches on every change (signals)."""
+
+    list_display = ["model", "user", "group", "role", "can_promote", "granted_by", "created_at"]
+    list_filter = ["role", "can_promote"]
+    search_fields = ["model__name", "user__username", "group__name"]
+    list_select_related = ["model", "user", "group", "granted_by"]
+    autocomplete_fields = ["model"]
+    readonly_fields = ["granted_by", "created_at"]
+
+    def save_model(self, request: HttpRequest, obj: ModelRole, form: Any, change: bool) -> None:
+        obj.granted_by = request.user  # type: ignore[assignment]
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(ProtectedAlias)
+class ProtectedAliasAdmin(admin.ModelAdmin):
+    list_display = ["model", "name", "require_approval", "created_at"]
+    search_fields = ["model__name", "name"]
+    autocomplete_fields = ["model"]
+
+
+@admin.register(PromotionRequest)
+class PromotionRequestAdmin(admin.ModelAdmin):
+    """Shown, not edited: decisions go through the API so that they move the alias and are audited."""
+
+    list_display = ["model", "alias", "version", "status", "requested_by", "decided_by", "created_at"]
+    list_filter = ["status"]
+    readonly_fields = [f.name for f in PromotionRequest._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

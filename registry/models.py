@@ -36,8 +36,9 @@ class Tag(models.Model):
 
 
 class Visibility(models.TextChoices):
-    PRIVATE = "private", "private (owner and staff)"
-    INTERNAL = "internal", "internal (every signed-in user)"
+    PRIVATE = "private", "private (people with a role, and staff)"
+    INTERNAL = "internal", "internal (every signed-in user may see it)"
+    PUBLIC = "public", "public (every signed-in user may see it and call predictions)"
 
 
 class RegisteredModel(models.Model):
@@ -177,6 +178,8 @@ class AuditEvent(models.Model):
     object_repr = models.CharField(max_length=200)
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
+    # The X-Request-ID of the request that made the change ("" for workers and commands).
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -184,3 +187,17 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.object_repr}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Append-only: a row is written once. Deleting a model or user nulls the links
+        # (ON DELETE SET NULL in the database), which never passes through here.
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ValueError("Audit events are append-only; they cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise ValueError("Audit events are append-only; they cannot be deleted.")
+
+
+# The access-control rows belong to this app (their migrations are registry's).
+from registry.roles import ModelRole, PromotionRequest, ProtectedAlias  # noqa: E402, F401

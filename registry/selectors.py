@@ -10,8 +10,10 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from portal.errors import InvalidInput, NotFound, PermissionDenied
-from registry.models import PRODUCTION_ALIAS, AuditEvent, ModelAlias, ModelVersion, RegisteredModel, Visibility
+from portal.errors import InvalidInput, NotFound
+from registry import access
+from registry.access import Action
+from registry.models import PRODUCTION_ALIAS, AuditEvent, ModelAlias, ModelVersion, RegisteredModel
 
 
 def _is_admin(user: Any) -> bool:
@@ -19,33 +21,32 @@ def _is_admin(user: Any) -> bool:
 
 
 def models_visible_to(user: Any) -> QuerySet[RegisteredModel]:
-    """Models the user may see: their own, internal ones, or all for staff."""
-    if not user.is_authenticated:
-        return RegisteredModel.objects.none()
-    queryset = RegisteredModel.objects.all()
-    if _is_admin(user):
-        return queryset
-    return queryset.filter(Q(owner=user) | Q(visibility=Visibility.INTERNAL))
+    """Models the user may see: any role on them (registry.access decides), or all for staff."""
+    return access.models_visible_to(user)
 
 
 def model_can_change(user: Any, model: RegisteredModel) -> bool:
-    """Owner or staff may upload, move aliases, archive and delete."""
-    return _is_admin(user) or model.owner_id == user.pk
+    """Whether the user may upload to the model and move its unprotected aliases."""
+    return access.model_permits(user, model, Action.UPLOAD)
 
 
-def model_get(user: Any, name: str, *, for_change: bool = False) -> RegisteredModel:
-    """The named model if the user may see it (and change it, when asked)."""
-    model = models_visible_to(user).select_related("owner").filter(name=name).first()
+def model_get(user: Any, name: str, *, for_change: bool = False, action: Action | str | None = None) -> RegisteredModel:
+    """The named model if the user may see it and do `action` to it (`for_change`: upload).
+
+    A model the user may not see is NotFound, exactly like one that does not exist.
+    """
+    model = RegisteredModel.objects.select_related("owner").filter(name=name).first()
     if model is None:
         raise NotFound(f"Model {name!r} not found.")
-    if for_change and not model_can_change(user, model):
-        raise PermissionDenied(f"You may view model {name!r} but not change it; ask its owner ({model.owner}).")
+    access.model_require(user, model, action or (Action.UPLOAD if for_change else Action.VIEW))
     return model
 
 
-def version_get(user: Any, model_name: str, number: int | str, *, for_change: bool = False) -> ModelVersion:
+def version_get(
+    user: Any, model_name: str, number: int | str, *, for_change: bool = False, action: Action | str | None = None
+) -> ModelVersion:
     """A version of a visible model by number."""
-    model = model_get(user, model_name, for_change=for_change)
+    model = model_get(user, model_name, for_change=for_change, action=action)
     try:
         number = int(number)
     except (TypeError, ValueError):
@@ -72,11 +73,11 @@ def alias_history(model: RegisteredModel, name: str | None = None) -> QuerySet[A
 
 
 def audit_events_visible_to(user: Any) -> QuerySet[AuditEvent]:
-    """Audit events about models the user may see; staff see everything."""
+    """Audit events about models the user may see, and the user's own; staff see everything."""
     events = AuditEvent.objects.select_related("actor")
-    if _is_admin(user):
+    if _is_admin(user) and access.grant_of(user) is None:
         return events
-    return events.filter(model__in=models_visible_to(user))
+    return events.filter(Q(model__in=models_visible_to(user)) | Q(actor=user, model__isnull=True))
 
 
 def version_for_serving(version_id: int) -> ModelVersion:
@@ -88,14 +89,19 @@ def version_for_serving(version_id: int) -> ModelVersion:
 
 
 def version_resolve(
-    user: Any, model_name: str, *, version: int | str | None = None, alias: str | None = None
+    user: Any,
+    model_name: str,
+    *,
+    version: int | str | None = None,
+    alias: str | None = None,
+    action: Action | str = Action.VIEW,
 ) -> ModelVersion:
     """The version a caller addresses: a number, an alias, or by default the `production` alias."""
     if version is not None and alias is not None:
         raise InvalidInput("Give a version or an alias, not both.")
     if version is not None:
-        return version_get(user, model_name, version)
-    model = model_get(user, model_name)
+        return version_get(user, model_name, version, action=action)
+    model = model_get(user, model_name, action=action)
     name = alias or PRODUCTION_ALIAS
     holder = model.aliases.select_related("version__model").filter(name=name).first()
     if holder is None:

@@ -18,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from portal.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from portal.request_id import current_request_id
 from registry import signatures
 from registry.artifacts import (
     ArtifactIntegrityError,
@@ -51,6 +52,13 @@ MAX_VALIDATION_ATTEMPTS = 3
 MAX_TAGS = 20
 
 
+def alias_move_authorize(actor: Any, model: RegisteredModel, names: list[str], *, approved: bool = False) -> None:
+    """Who may move which alias is decided in registry.access_services (imported late: it imports us)."""
+    from registry.access_services import alias_move_authorize as authorize
+
+    authorize(actor, model, names, approved=approved)
+
+
 # --- audit ------------------------------------------------------------------------------
 
 
@@ -75,6 +83,7 @@ def audit_record(
         object_repr=object_repr[:200],
         before=before,
         after=after,
+        request_id=current_request_id(),
     )
 
 
@@ -448,9 +457,16 @@ def version_update(
     return version
 
 
+def _held_aliases_authorize(actor: Any, version: ModelVersion) -> None:
+    # Checked before the transaction too, so that a refusal's audit event is not rolled back.
+    alias_move_authorize(actor, version.model, list(version.aliases.values_list("name", flat=True)), approved=True)
+
+
 def _aliases_drop(actor: Any, version: ModelVersion, reason: str) -> list[str]:
     names = []
-    for alias in version.aliases.select_for_update():
+    held = list(version.aliases.select_for_update())
+    alias_move_authorize(actor, version.model, [alias.name for alias in held], approved=True)
+    for alias in held:
         names.append(alias.name)
         audit_record(
             actor,
@@ -467,6 +483,7 @@ def _aliases_drop(actor: Any, version: ModelVersion, reason: str) -> list[str]:
 
 def version_archive(*, actor: Any, version: ModelVersion) -> ModelVersion:
     """Archive a version: it keeps its artifact and history but loses its aliases."""
+    _held_aliases_authorize(actor, version)
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
         if version.status == VersionStatus.ARCHIVED:
@@ -514,6 +531,7 @@ def version_restore(*, actor: Any, version: ModelVersion) -> ModelVersion:
 def version_delete(*, actor: Any, version: ModelVersion) -> None:
     """Delete a version, its aliases and (after commit) its artifact; the number is not reused."""
     path = version.artifact
+    _held_aliases_authorize(actor, version)
     with transaction.atomic():
         dropped = _aliases_drop(actor, version, "version deleted")
         audit_record(
@@ -538,16 +556,20 @@ def alias_set(
     name: str,
     version_number: int,
     action: str = "alias.move",
+    approved: bool = False,
     force: bool = False,
 ) -> ModelAlias:
     """Point an alias at a ready version (creating the alias if needed), in one transaction.
 
-    A model's promotion gate (monitoring) may refuse the move; `force` overrides it for a
-    user with that right, and the override is audited.
+    Protected aliases need promote rights, and an approved request where the model asks
+    for one (`approved`: called by registry.access_services on approval). A model's
+    promotion gate (monitoring) may then refuse the move; `force` overrides it for a user
+    with that right, and the override is audited.
     """
     from monitoring.services import gate_check, gate_override_record
 
     alias_name_check(name)
+    alias_move_authorize(actor, model, [name], approved=approved)
     forced = gate_check(actor=actor, model=model, alias=name, version_number=version_number, force=force, action=action)
     with transaction.atomic():
         # Lock the model row: moves of one model's aliases are serialised, so the
@@ -586,6 +608,7 @@ def alias_set(
 
 def alias_delete(*, actor: Any, model: RegisteredModel, name: str) -> None:
     """Remove an alias from a model."""
+    alias_move_authorize(actor, model, [name], approved=True)
     with transaction.atomic():
         RegisteredModel.objects.select_for_update().get(pk=model.pk)
         alias = alias_get(model, name)

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 
 from portal.errors import NotFound, PortalError
 from registry import selectors, services
+from registry.access import Action
 from registry.forms import AliasSetForm, ModelCreateForm, VersionUploadForm
 from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, ModelVersion, VersionStatus
 
@@ -98,7 +99,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
 @require_POST
 def model_delete(request: HttpRequest, name: str) -> HttpResponse:
     try:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.DELETE)
         services.model_delete(actor=request.user, model=model)
     except NotFound as exc:
         raise Http404(exc.message) from None
@@ -223,7 +224,8 @@ VERSION_ACTIONS = {
 def version_action(request: HttpRequest, name: str, version: int, action: str) -> HttpResponse:
     """Archive, restore, validate again or delete a version from a button."""
     try:
-        obj = selectors.version_get(request.user, name, version, for_change=True)
+        needed = Action.DELETE if action == "delete" else Action.UPLOAD
+        obj = selectors.version_get(request.user, name, version, action=needed)
         if action == "delete":
             services.version_delete(actor=request.user, version=obj)
             messages.success(request, f"Version {version} deleted.")
@@ -246,7 +248,7 @@ def alias_set(request: HttpRequest, name: str) -> HttpResponse:
     """Set or move an alias (the promote button posts alias=production)."""
     form = AliasSetForm(request.POST)
     try:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.MOVE_ALIAS)
         if not form.is_valid():
             raise PortalError("Choose an alias name and a version number.")
         alias = form.cleaned_data["alias"].strip().lower()
@@ -270,7 +272,7 @@ def alias_set(request: HttpRequest, name: str) -> HttpResponse:
 def alias_action(request: HttpRequest, name: str, alias: str, action: str) -> HttpResponse:
     """Roll back or delete an alias."""
     try:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.MOVE_ALIAS)
         if action == "rollback":
             moved = services.alias_rollback(actor=request.user, model=model, name=alias)
             messages.success(request, f"{alias} rolled back to version {moved.version.version}.")

@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 
 from inference import predict
 from registry import selectors
+from registry.access import Action
 
 
 class PredictRequestSerializer(serializers.Serializer):
@@ -30,6 +31,8 @@ ERROR = OpenApiResponse(response={"type": "object", "properties": {"error": {"ty
 class PredictView(APIView):
     """POST /api/v1/models/{name}/predict/ — the same workers and checks as /v2, friendlier shapes."""
 
+    required_scope = "predict"
+
     @extend_schema(
         summary="Predict with nested lists (the friendly alternative to /v2/.../infer)",
         parameters=[
@@ -44,8 +47,13 @@ class PredictView(APIView):
     )  # fmt: skip
     def post(self, request: Request, name: str) -> Response:
         version = selectors.version_resolve(
-            request.user, name, version=request.query_params.get("version"), alias=request.query_params.get("alias")
+            request.user,
+            name,
+            version=request.query_params.get("version"),
+            alias=request.query_params.get("alias"),
+            action=Action.PREDICT,
         )
+        predict.rate_limit(request.user)
         serializer = PredictRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         tensors = predict.friendly_to_tensors(version, serializer.validated_data["inputs"])

@@ -51,6 +51,7 @@ class BatchJobFilter(django_filters.FilterSet):
 class BatchJobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     serializer_class = BatchJobSerializer
     filterset_class = BatchJobFilter
+    required_scope = {"POST": "predict"}
     queryset = BatchJob.objects.none()
     parser_classes = [MultiPartParser, FormParser]
     # Anything up to the next slash: a malformed id gets the JSON 404 of job_get.

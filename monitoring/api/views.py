@@ -22,6 +22,7 @@ from monitoring.api.serializers import (
 from monitoring.models import PromotionGate
 from portal.errors import NotFound, PayloadTooLarge
 from registry import selectors
+from registry.access import Action
 from registry.uploads import FORM_OVERHEAD_BYTES
 
 ERROR = OpenApiResponse(
@@ -75,7 +76,7 @@ class DatasetListView(APIView):
         limit = datasets.dataset_limit()
         if int(request.headers.get("Content-Length") or 0) > limit + FORM_OVERHEAD_BYTES:
             raise PayloadTooLarge(f"The request is larger than the dataset limit of {limit} bytes.")
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.EVALUATE)
         serializer = DatasetCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -96,7 +97,7 @@ class DatasetDetailView(APIView):
     @extend_schema(summary="Delete a dataset and its runs", parameters=[MODEL, DATASET],
                    responses={204: None, 403: ERROR, 404: ERROR, 409: ERROR})  # fmt: skip
     def delete(self, request: Request, name: str, dataset: str) -> Response:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.EVALUATE)
         services.dataset_delete(actor=request.user, dataset=services.dataset_get(model, dataset))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -122,7 +123,7 @@ class RunListView(APIView):
         serializer = RunCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        version = selectors.version_get(request.user, data["model"], data["version"], for_change=True)
+        version = selectors.version_get(request.user, data["model"], data["version"], action=Action.EVALUATE)
         dataset = services.dataset_get(version.model, data["dataset"])
         run = services.evaluation_start(
             actor=request.user, version=version, dataset=dataset, batch_size=data.get("batch_size")
@@ -141,8 +142,8 @@ class RunDetailView(APIView):
 class GateView(APIView):
     parser_classes = [JSONParser, FormParser]
 
-    def _gate(self, request: Request, name: str, *, for_change: bool = False) -> PromotionGate:
-        model = selectors.model_get(request.user, name, for_change=for_change)
+    def _gate(self, request: Request, name: str) -> PromotionGate:
+        model = selectors.model_get(request.user, name)
         gate = PromotionGate.objects.select_related("dataset").filter(model=model).first()
         if gate is None:
             raise NotFound(f"Model {name!r} has no promotion gate.")
@@ -161,7 +162,7 @@ class GateView(APIView):
         responses={200: GateSerializer, 400: ERROR, 403: ERROR, 404: ERROR},
     )
     def put(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.MANAGE)
         serializer = GateSetSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
@@ -173,6 +174,6 @@ class GateView(APIView):
         summary="Remove the promotion gate", parameters=[MODEL], responses={204: None, 403: ERROR, 404: ERROR}
     )
     def delete(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.MANAGE)
         services.gate_delete(actor=request.user, model=model)
         return Response(status=status.HTTP_204_NO_CONTENT)

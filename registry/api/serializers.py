@@ -179,5 +179,16 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEvent
-        fields = ["id", "created_at", "actor", "action", "model", "object_type", "object", "before", "after"]
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "action",
+            "model",
+            "object_type",
+            "object",
+            "before",
+            "after",
+            "request_id",
+        ]
         read_only_fields = fields

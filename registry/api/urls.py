@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from registry.api import views
+from registry.api import access_views, views
 
 models = views.ModelViewSet
 versions = views.VersionViewSet
@@ -35,4 +35,20 @@ urlpatterns = [
     path(f"{A}/rollback/", aliases.as_view({"post": "rollback"}), name="alias-rollback"),
     path(f"{A}/history/", aliases.as_view({"get": "history"}), name="alias-history"),
     path("audit-events/", views.AuditEventViewSet.as_view({"get": "list"}), name="audit-list"),
+    # access control (registry.api.access_views)
+    path("audit-events/export/", access_views.AuditExportView.as_view(), name="audit-export"),
+    path(f"{A}/at/", access_views.AliasAtView.as_view(), name="alias-at"),
+    path(f"{M}/roles/", access_views.RoleListView.as_view(), name="role-list"),
+    path(f"{M}/roles/<int:pk>/", access_views.RoleDetailView.as_view(), name="role-detail"),
+    path(f"{M}/protected-aliases/", access_views.ProtectedAliasListView.as_view(), name="protected-alias-list"),
+    path(f"{M}/protected-aliases/<slug:alias>/", access_views.ProtectedAliasView.as_view(), name="protected-alias"),
+    path(f"{M}/promotion-requests/", access_views.PromotionRequestListView.as_view(), name="promotion-list"),
+    path(
+        f"{M}/promotion-requests/<int:pk>/approve/",
+        access_views.PromotionApproveView.as_view(),
+        name="promotion-approve",
+    ),
+    path(
+        f"{M}/promotion-requests/<int:pk>/reject/", access_views.PromotionRejectView.as_view(), name="promotion-reject"
+    ),
 ]

@@ -11,11 +11,13 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from portal.parsers import LimitedJSONParser
 from registry import selectors, services
+from registry.access import Action
 from registry.api.filters import AuditEventFilter, ModelFilter
 from registry.api.serializers import (
     AliasSerializer,
@@ -73,14 +75,14 @@ class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Response(ModelSerializer(selectors.model_get(request.user, name)).data)
 
     def partial_update(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.MANAGE)
         serializer = ModelUpdateSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         services.model_update(actor=request.user, model=model, **serializer.validated_data)
         return Response(ModelSerializer(model).data)
 
     def destroy(self, request: Request, name: str) -> Response:
-        services.model_delete(actor=request.user, model=selectors.model_get(request.user, name, for_change=True))
+        services.model_delete(actor=request.user, model=selectors.model_get(request.user, name, action=Action.DELETE))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -107,7 +109,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     lookup_field = "version"
     lookup_value_regex = r"[0-9]+"
     queryset = ModelVersion.objects.none()
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
+    parser_classes = [LimitedJSONParser, MultiPartParser, FormParser]
 
     def get_queryset(self) -> QuerySet[ModelVersion]:
         model = selectors.model_get(self.request.user, self.kwargs["name"])
@@ -147,7 +149,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     def destroy(self, request: Request, name: str, version: str) -> Response:
         services.version_delete(
-            actor=request.user, version=selectors.version_get(request.user, name, version, for_change=True)
+            actor=request.user, version=selectors.version_get(request.user, name, version, action=Action.DELETE)
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -193,7 +195,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["get"])
     def download(self, request: Request, name: str, version: str) -> FileResponse:
-        obj = selectors.version_get(request.user, name, version)
+        obj = selectors.version_get(request.user, name, version, action=Action.DOWNLOAD)
         extension = ".pt2" if obj.format == "exported_program" else ".pt"
         stored_name = os.path.splitext(obj.original_filename)[0] or obj.model.name
         response = FileResponse(
@@ -235,7 +237,7 @@ class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         responses={200: AliasSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
     )
     def update(self, request: Request, name: str, alias: str) -> Response:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.MOVE_ALIAS)
         serializer = AliasSetSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         obj = services.alias_set(
@@ -250,7 +252,7 @@ class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     @extend_schema(summary="Delete an alias", parameters=[MODEL_NAME, ALIAS], responses={204: None, 404: ERROR})
     def destroy(self, request: Request, name: str, alias: str) -> Response:
         services.alias_delete(
-            actor=request.user, model=selectors.model_get(request.user, name, for_change=True), name=alias
+            actor=request.user, model=selectors.model_get(request.user, name, action=Action.MOVE_ALIAS), name=alias
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -262,7 +264,7 @@ class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"])
     def rollback(self, request: Request, name: str, alias: str) -> Response:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = selectors.model_get(request.user, name, action=Action.MOVE_ALIAS)
         return Response(AliasSerializer(services.alias_rollback(actor=request.user, model=model, name=alias)).data)
 
     @extend_schema(

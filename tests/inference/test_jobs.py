@@ -510,7 +510,7 @@ def test_api_errors_name_the_problem(api, owner, registered_model, version, mode
 
 
 def test_api_lists_own_jobs_staff_see_all_others_get_404(api, owner, member, admin_user, registered_model, version):
-    services.model_update(actor=owner, model=registered_model, visibility="internal")
+    services.model_update(actor=owner, model=registered_model, visibility="public")
     mine = post_job(api(owner), npz_bytes(features=rows(2))).json()["id"]
     theirs = post_job(api(member), npz_bytes(features=rows(2))).json()["id"]
     tasks.batch_job_run(theirs)

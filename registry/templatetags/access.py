@@ -1,0 +1,26 @@
+"""The model page's access-control section: audit trail, roles, pending promotion requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+from registry import access, access_services
+from registry.access import Action
+from registry.models import AuditEvent, RegisteredModel
+
+register = template.Library()
+
+
+@register.inclusion_tag("registry/_access.html", takes_context=True)
+def model_access(context: dict[str, Any], model: RegisteredModel) -> dict[str, Any]:
+    """Audit events of the model (newest 50), its roles and pending requests, for one who may see it."""
+    user = context["request"].user
+    return {
+        "model": model,
+        "events": AuditEvent.objects.filter(model=model).order_by("-created_at", "-id")[:50],
+        "roles": access_services.roles_of(model),
+        "pending": model.promotion_requests.filter(status="pending").select_related("version", "requested_by"),
+        "can_manage": access.model_permits(user, model, Action.MANAGE),
+    }
