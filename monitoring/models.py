@@ -158,7 +158,8 @@ class PromotionGate(models.Model):
     model = models.OneToOneField("registry.RegisteredModel", on_delete=models.CASCADE, related_name="promotion_gate")
     enabled = models.BooleanField(default=True)
     alias = models.CharField(max_length=32, default="production")
-    dataset = models.ForeignKey(EvaluationDataset, on_delete=models.PROTECT, related_name="gates")
+    # Deleting a dataset a gate uses is refused by dataset_delete; a model delete takes both.
+    dataset = models.ForeignKey(EvaluationDataset, on_delete=models.CASCADE, related_name="gates")
     metric = models.CharField(max_length=16, choices=GateMetric.choices, default=GateMetric.ACCURACY)
     # The candidate may be at most this much worse than the alias's current holder.
     tolerance = models.FloatField(default=0.0)

@@ -204,8 +204,9 @@ def model_update(
 
 
 def model_delete(*, actor: Any, model: RegisteredModel) -> None:
-    """Delete a model with its versions and aliases; their artifacts go once the delete commits."""
+    """Delete a model with its versions, aliases and evaluation data; their files go once the delete commits."""
     paths = list(model.versions.values_list("artifact", flat=True))
+    paths += list(model.eval_datasets.values_list("path", flat=True))  # monitoring's stored datasets
     with transaction.atomic():
         audit_record(
             actor,

@@ -259,3 +259,19 @@ def test_a_running_evaluation_whose_worker_went_silent_is_failed_with_a_reason(a
                                                    heartbeat_at=timezone.now() - timedelta(days=1))  # fmt: skip
     body = api(owner).get(f"/api/v1/evaluations/{run.pk}/").json()
     assert body["status"] == "failed" and "stopped reporting" in body["error"]
+
+
+def test_deleting_a_gated_model_takes_its_datasets_runs_and_gate_and_their_files(
+    owner, gated, django_capture_on_commit_callbacks
+):
+    from registry.artifacts import artifact_storage
+
+    production, _, dataset = gated
+    model = production.model
+    assert artifact_storage().exists(dataset.path) and EvaluationRun.objects.filter(dataset=dataset).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        registry_services.model_delete(actor=owner, model=model)
+    assert not EvaluationDataset.objects.filter(pk=dataset.pk).exists()
+    assert not PromotionGate.objects.filter(model_id=model.pk).exists()
+    assert not EvaluationRun.objects.filter(dataset_id=dataset.pk).exists()
+    assert not artifact_storage().exists(dataset.path)

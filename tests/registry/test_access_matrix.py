@@ -11,14 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
 from portal import services as token_services
+from monitoring import services as monitoring_services
 from registry import access_services, services
 from registry.models import RegisteredModel, Visibility
 from tests.conftest import multipart
+from tests.monitoring.conftest import npz_file
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "access.md"
 API = "/api/v1/models/iris"
@@ -58,10 +61,14 @@ def _no_broker(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 @pytest.fixture
 def three_versions(owner: Any, registered_model: RegisteredModel, ready_version: Callable[..., Any]) -> RegisteredModel:
-    """v1 holds production, v2 is free to promote, v3 free to delete."""
+    """v1 holds production, v2 is free to promote, v3 free to delete; a labelled dataset to evaluate on."""
     for _ in range(3):
         ready_version()
     services.alias_set(actor=owner, model=registered_model, name="production", version_number=1)
+    features = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    holdout = npz_file("holdout.npz", features=features, labels=np.array([0, 1, 2, 0, 1, 2]))
+    monitoring_services.dataset_create(actor=owner, model=registered_model, name="holdout", file=holdout,
+                                       filename="holdout.npz")  # fmt: skip
     return registered_model
 
 
@@ -82,6 +89,12 @@ def _perform(client: APIClient, action: str, model_files: dict[str, Path]) -> in
         return client.put(f"{API}/aliases/staging/", {"version": 2}, format="json").status_code
     if action == "move production":
         return client.put(f"{API}/aliases/production/", {"version": 2}, format="json").status_code
+    if action == "evaluate":
+        body = {"model": "iris", "version": 2, "dataset": "holdout"}
+        return client.post("/api/v1/evaluations/", body, format="json").status_code
+    if action == "set gate":
+        # On an alias no other column moves, so the gate cannot refuse a later action.
+        return client.put(f"{API}/gate/", {"dataset": "holdout", "alias": "canary"}, format="json").status_code
     if action == "delete version":
         return client.delete(f"{API}/versions/3/").status_code
     if action == "manage roles":
