@@ -1,10 +1,11 @@
 """Recording serving metrics off the hot path, and the Prometheus metrics of every process.
 
-A prediction costs the process that answered it a few dictionary and array updates:
-`record()` adds it to an in-process aggregator (per version, minute, source and alias:
-counts, sums and a log-spaced latency histogram) and to prometheus-client objects. A
-background thread merges the aggregator into this process's MetricBucket rows every
-METRICS_FLUSH_SECONDS, so nothing on the prediction path waits on the database.
+A prediction costs the process that answered it one list append: `record()` queues the
+sample, and a background thread applies the queue every DRAIN_SECONDS, in bulk, to an
+in-process aggregator (per version, minute, source and alias: counts, sums and a
+log-spaced latency histogram) and to prometheus-client objects, then merges the
+aggregator into this process's MetricBucket rows every METRICS_FLUSH_SECONDS. Nothing on
+the prediction path waits on the database or writes a Prometheus file.
 
 Prometheus runs in multiprocess mode: every web and worker process writes its values to
 memory-mapped files under PROMETHEUS_MULTIPROC_DIR (default `$PORTAL_DATA_DIR/prometheus`),
@@ -14,6 +15,7 @@ and `/metrics` sums them, so the figures are right however many processes serve.
 from __future__ import annotations
 
 import atexit
+import bisect
 import logging
 import math
 import os
@@ -175,6 +177,8 @@ class Recorder:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[tuple[Any, ...]] = []
         self._cells: dict[Key, Cell] = {}
         self._series: dict[tuple[str, int, str], tuple[Any, ...]] = {}
         self._counters: dict[tuple[str, int, str, int], Any] = {}
@@ -200,65 +204,68 @@ class Recorder:
         batch_size: int = 0,
         payload_bytes: int = 0,
     ) -> None:
-        """Count one prediction (cheap; the database sees it at the next flush)."""
+        """Count one prediction: one append here; the background thread does the rest.
+
+        Without a background thread (tests, management commands) the sample is applied at once.
+        """
         if self._pid != os.getpid():
             self._forked()
-        key = (version_id, int(time.time() // 60), source, alias)
-        failed = status >= 400
-        with self._lock:
-            cell = self._cells.get(key)
-            if cell is None:
-                cell = self._cells[key] = [0, 0, 0.0, 0.0, 0.0, 0, 0, {}, {}, {}]
-            cell[0] += 1
-            cell[2] += total_ms
-            cell[6] += payload_bytes
-            hist = cell[7]
-            index = latency_bucket(total_ms)
-            hist[index] = hist.get(index, 0) + 1
-            statuses = cell[9]
-            statuses[status] = statuses.get(status, 0) + 1
-            if failed:
-                cell[1] += 1
-            else:
-                cell[3] += queue_ms
-                cell[4] += compute_ms
-                cell[5] += batch_size
-                batches = cell[8]
-                size = batch_bucket(batch_size)
-                batches[size] = batches.get(size, 0) + 1
-        self._prometheus(model, version, source, status, failed, total_ms, queue_ms, compute_ms, batch_size,
-                         payload_bytes)  # fmt: skip
+        sample = (version_id, model, version, source, alias, status, total_ms, queue_ms, compute_ms, batch_size,
+                  payload_bytes, int(time.time() // 60))  # fmt: skip
+        with self._pending_lock:
+            self._pending.append(sample)
+        if self._thread is None:
+            self.drain()
 
-    def _prometheus(
-        self, model: str, version: int, source: str, status: int, failed: bool, total_ms: float, queue_ms: float,
-        compute_ms: float, batch_size: int, payload_bytes: int,
-    ) -> None:  # fmt: skip
-        # Labelled children are looked up once per series, not per request.
-        series = self._series.get((model, version, source))
-        if series is None:
+    def drain(self) -> None:
+        """Apply the samples recorded since the last drain to the aggregates and to Prometheus, in bulk."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        # Prometheus values per series, summed here so each mmap'ed value is written once per drain.
+        series: dict[tuple[str, int, str], _SeriesDelta] = {}
+        with self._lock:
+            for (version_id, model, version, source, alias, status, total_ms, queue_ms, compute_ms, batch_size,
+                 payload_bytes, minute) in pending:  # fmt: skip
+                failed = status >= 400
+                _cell_add(self._cells, (version_id, minute, source, alias), status, failed, total_ms, queue_ms,
+                          compute_ms, batch_size, payload_bytes)  # fmt: skip
+                delta = series.get((model, version, source))
+                if delta is None:
+                    delta = series[(model, version, source)] = _SeriesDelta()
+                delta.add(status, failed, total_ms, queue_ms, compute_ms, batch_size, payload_bytes)
+        for (model, version, source), delta in series.items():
+            self._prometheus(model, version, source, delta)
+
+    def _prometheus(self, model: str, version: int, source: str, delta: _SeriesDelta) -> None:
+        # Labelled children are looked up once per series, not per drain.
+        children = self._series.get((model, version, source))
+        if children is None:
             labels = (model, str(version), source)
-            series = self._series[(model, version, source)] = (
+            children = self._series[(model, version, source)] = (
                 LATENCY.labels(*labels), QUEUE.labels(*labels), COMPUTE.labels(*labels), BATCH.labels(*labels),
                 PAYLOAD.labels(*labels),
             )  # fmt: skip
-        counter = self._counters.get((model, version, source, status))
-        if counter is None:
-            counter = self._counters[(model, version, source, status)] = REQUESTS.labels(
-                model, str(version), source, str(status)
-            )
-        counter.inc()
-        series[0].observe(total_ms / 1000)
-        if payload_bytes:
-            series[4].inc(payload_bytes)
-        if not failed:
-            series[1].observe(queue_ms / 1000)
-            series[2].observe(compute_ms / 1000)
-            series[3].observe(batch_size)
+        for status, count in delta.statuses.items():
+            counter = self._counters.get((model, version, source, status))
+            if counter is None:
+                counter = self._counters[(model, version, source, status)] = REQUESTS.labels(
+                    model, str(version), source, str(status)
+                )
+            counter.inc(count)
+        histogram_add(children[0], [ms / 1000 for ms in delta.total_ms])
+        histogram_add(children[1], [ms / 1000 for ms in delta.queue_ms])
+        histogram_add(children[2], [ms / 1000 for ms in delta.compute_ms])
+        histogram_add(children[3], delta.batch_sizes)
+        if delta.payload_bytes:
+            children[4].inc(delta.payload_bytes)
 
     def _forked(self) -> None:
         """First record in this process (or after a fork): start afresh, with a thread of our own."""
         with self._lock:
             self._pid = os.getpid()
+            self._pending = []
             self._cells.clear()
             self._series.clear()
             self._counters.clear()
@@ -273,10 +280,14 @@ class Recorder:
     def _run(self, interval: float) -> None:
         from django.db import close_old_connections
 
+        flushed = time.monotonic()
         while True:
-            time.sleep(interval)
+            time.sleep(min(DRAIN_SECONDS, interval))
             try:
-                self.flush()
+                self.drain()
+                if time.monotonic() - flushed >= interval:
+                    flushed = time.monotonic()
+                    self.flush()
             except Exception:  # the flusher must outlive a database outage
                 logger.exception("flushing serving metrics failed; retrying")
             finally:
@@ -284,6 +295,7 @@ class Recorder:
 
     def take(self) -> dict[Key, Cell]:
         """Hand over what was recorded since the last flush."""
+        self.drain()
         with self._lock:
             cells, self._cells = self._cells, {}
         return cells
@@ -326,6 +338,78 @@ class Recorder:
 
 
 PRUNE_SECONDS = 3600.0
+# How often the background thread applies recorded samples (Prometheus lags by at most this).
+DRAIN_SECONDS = 0.5
+
+
+def _cell_add(
+    cells: dict[Key, Cell], key: Key, status: int, failed: bool, total_ms: float, queue_ms: float, compute_ms: float,
+    batch_size: int, payload_bytes: int,
+) -> None:  # fmt: skip
+    cell = cells.get(key)
+    if cell is None:
+        cell = cells[key] = [0, 0, 0.0, 0.0, 0.0, 0, 0, {}, {}, {}]
+    cell[0] += 1
+    cell[2] += total_ms
+    cell[6] += payload_bytes
+    hist = cell[7]
+    index = latency_bucket(total_ms)
+    hist[index] = hist.get(index, 0) + 1
+    statuses = cell[9]
+    statuses[status] = statuses.get(status, 0) + 1
+    if failed:
+        cell[1] += 1
+    else:
+        cell[3] += queue_ms
+        cell[4] += compute_ms
+        cell[5] += batch_size
+        batches = cell[8]
+        size = batch_bucket(batch_size)
+        batches[size] = batches.get(size, 0) + 1
+
+
+class _SeriesDelta:
+    """What one Prometheus series gained in one drain."""
+
+    __slots__ = ("batch_sizes", "compute_ms", "payload_bytes", "queue_ms", "statuses", "total_ms")
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.total_ms: list[float] = []
+        self.queue_ms: list[float] = []
+        self.compute_ms: list[float] = []
+        self.batch_sizes: list[float] = []
+        self.payload_bytes = 0
+
+    def add(self, status: int, failed: bool, total_ms: float, queue_ms: float, compute_ms: float, batch_size: int,
+            payload_bytes: int) -> None:  # fmt: skip
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.total_ms.append(total_ms)
+        self.payload_bytes += payload_bytes
+        if not failed:
+            self.queue_ms.append(queue_ms)
+            self.compute_ms.append(compute_ms)
+            self.batch_sizes.append(batch_size)
+
+
+def histogram_add(child: Any, values: list[float]) -> None:
+    """Observe many values on a labelled Histogram, writing each bucket once.
+
+    Histogram.observe writes the sum and one bucket per value; in multiprocess mode each
+    write goes to a memory-mapped file. This does what observe does (a value lands in the
+    first bucket whose upper bound is >= it), through the same value objects of the pinned
+    prometheus-client; tests/monitoring/test_metrics.py checks it against observe().
+    """
+    if not values:
+        return
+    bounds = child._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    child._sum.inc(math.fsum(values))
+    for index, count in enumerate(counts):
+        if count:
+            child._buckets[index].inc(count)
 
 
 def buckets_prune() -> int:
