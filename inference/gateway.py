@@ -29,6 +29,7 @@ import redis
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 
 from inference import guard, protocol, wire
 from monitoring import metrics
@@ -49,6 +50,11 @@ CACHE_TTL_SECONDS = 30.0
 MODEL_PATH = re.compile(
     r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/ready|/infer|/stats)?/?$"
 )
+AUTH_REQUIRED = (
+    "Authentication required: send 'Authorization: Bearer <API token>' (only publicly predictable models "
+    "answer without one)."
+)
+ANONYMOUS = AnonymousUser()
 PLATFORMS = {"torchscript": "pytorch_torchscript", "exported_program": "pytorch_exported_program"}
 
 
@@ -257,8 +263,12 @@ class Gateway:
     async def user(self, headers: dict[bytes, bytes]) -> Any:
         raw = headers.get(b"authorization", b"").decode("latin-1")
         keyword, _, token = raw.partition(" ")
+        if not raw:
+            # Anonymous: only a publicly predictable model answers (see target()).
+            self._connect()
+            return ANONYMOUS
         if keyword.lower() != "bearer" or not token.strip():
-            raise HttpError(401, "Authentication required: send 'Authorization: Bearer <API token>'.")
+            raise HttpError(401, AUTH_REQUIRED)
         key = hashlib.sha256(token.strip().encode()).hexdigest()
         cached = self.users.get(key)
         if cached and time.monotonic() - cached[0] < CACHE_TTL_SECONDS and guard.cache_trusted():
@@ -283,6 +293,9 @@ class Gateway:
         try:
             target = await sync_to_async(_resolve, thread_sensitive=False)(user, name, version)
         except PortalError as exc:
+            if not user.is_authenticated:
+                # Without a token, whatever is not public answers alike: nothing leaks.
+                raise HttpError(401, AUTH_REQUIRED) from None
             raise HttpError(exc.status_code, exc.message) from None
         if target.status == "ready" and guard.generation() == seen:
             # Only ready routes are cached: a pending version must be seen turning ready.
@@ -341,6 +354,8 @@ class Gateway:
         headers = dict(scope.get("headers") or [])
         user = await self.user(headers)
         if match["tail"] == "/stats" and method == "GET":
+            if not user.is_authenticated:
+                raise HttpError(401, AUTH_REQUIRED)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             window = query.get("window", [None])[0]
             stats = await sync_to_async(_stats, thread_sensitive=False)(user, match["name"], match["version"], window)

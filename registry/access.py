@@ -95,12 +95,17 @@ def _is_admin(user: Any) -> bool:
 
 
 def role_actions(user: Any, model: RegisteredModel) -> frozenset[Action]:
-    """Everything the user's roles allow on the model, ignoring any token (one query)."""
+    """Everything the user's roles allow on the model, ignoring any token (one query).
+
+    Without a sign-in, a publicly predictable model allows what a predictor may do (the
+    REST API and the pages still ask for a sign-in; /v2 answers such callers).
+    """
+    from registry.models import Visibility
+
     if not user.is_authenticated or not user.is_active:
-        return frozenset()
+        return PREDICTOR if model.visibility == Visibility.PUBLIC and not user.is_authenticated else frozenset()
     if _is_admin(user) or model.owner_id == user.pk:
         return OWNER
-    from registry.models import Visibility
 
     actions: set[Action] = set()
     if model.visibility == Visibility.INTERNAL:

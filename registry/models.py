@@ -38,7 +38,7 @@ class Tag(models.Model):
 class Visibility(models.TextChoices):
     PRIVATE = "private", "private (people with a role, and staff)"
     INTERNAL = "internal", "internal (every signed-in user may see it)"
-    PUBLIC = "public", "public (every signed-in user may see it and call predictions)"
+    PUBLIC = "public", "public (every signed-in user may see it; anyone may call its /v2 predictions)"
 
 
 class RegisteredModel(models.Model):

@@ -25,7 +25,7 @@ class Migration(migrations.Migration):
                 choices=[
                     ("private", "private (people with a role, and staff)"),
                     ("internal", "internal (every signed-in user may see it)"),
-                    ("public", "public (every signed-in user may see it and call predictions)"),
+                    ("public", "public (every signed-in user may see it; anyone may call its /v2 predictions)"),
                 ],
                 default="private",
                 max_length=16,

@@ -12,7 +12,7 @@ import requests
 
 from portal import services as token_services
 from registry import access_services, services
-from registry.models import AuditEvent, RegisteredModel
+from registry.models import AuditEvent, RegisteredModel, Visibility
 from tests.integration.conftest import auth, infer_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -48,6 +48,35 @@ def test_v2_hides_models_the_caller_may_not_see_and_checks_roles_and_scopes(
     assert _v2(gateway_url, elsewhere, "iris/stats") == 404
     assert infer_json(gateway_url, elsewhere, "iris", BODY).status_code == 404
     assert infer_json(gateway_url, token, "iris", BODY).status_code == 200
+
+
+def test_a_publicly_predictable_model_answers_without_a_token_and_nothing_else_does(
+    gateway_url, served, owner, registered_model
+):
+    def anonymous(path: str, body: dict | None = None) -> requests.Response:
+        if body is None:
+            return requests.get(f"{gateway_url}/v2/models/{path}", timeout=10)
+        return requests.post(f"{gateway_url}/v2/models/{path}", json=body, timeout=20)
+
+    for path in ("iris", "iris/ready", "nonexistent"):
+        refused = anonymous(path)
+        assert refused.status_code == 401 and "Authentication required" in refused.json()["error"], path
+    assert anonymous("iris/infer", BODY).status_code == 401
+    assert anonymous("nonexistent/infer", BODY).status_code == 401
+
+    services.model_update(actor=owner, model=registered_model, visibility=Visibility.PUBLIC)
+    answer = anonymous("iris/infer", BODY)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"] == [1, 3]
+    assert anonymous("iris").json()["name"] == "iris"
+    assert anonymous("iris/stats").status_code == 401  # traffic figures need a sign-in
+
+    # Private again: the gateway drops its cached route when the change is published.
+    services.model_update(actor=owner, model=registered_model, visibility=Visibility.PRIVATE)
+    deadline = time.monotonic() + 5
+    while anonymous("iris/infer", BODY).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert anonymous("iris/infer", BODY).status_code == 401
 
 
 def test_rate_limit_is_shared_by_the_gateway_and_the_web_process(gateway_url, live_server, owner, served):
