@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from registry import views
+from registry import access_views, views
 
 app_name = "registry"
 M = "models/<str:name>"
@@ -19,4 +19,12 @@ urlpatterns = [
     path(f"{M}/versions/<int:version>/<slug:action>/", views.version_action, name="version-action"),
     path(f"{M}/aliases/", views.alias_set, name="alias-set"),
     path(f"{M}/aliases/<slug:alias>/<slug:action>/", views.alias_action, name="alias-action"),
+    path(f"{M}/roles/", access_views.role_grant, name="role-grant"),
+    path(f"{M}/roles/<int:role_id>/revoke/", access_views.role_revoke, name="role-revoke"),
+    path(f"{M}/promotion-requests/", access_views.promotion_request, name="promotion-request"),
+    path(
+        f"{M}/promotion-requests/<int:request_id>/<slug:decision>/",
+        access_views.promotion_decide,
+        name="promotion-decide",
+    ),
 ]

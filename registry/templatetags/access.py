@@ -9,6 +9,7 @@ from django import template
 from registry import access, access_services
 from registry.access import Action
 from registry.models import AuditEvent, RegisteredModel
+from registry.roles import Role
 
 register = template.Library()
 
@@ -23,4 +24,9 @@ def model_access(context: dict[str, Any], model: RegisteredModel) -> dict[str, A
         "roles": access_services.roles_of(model),
         "pending": model.promotion_requests.filter(status="pending").select_related("version", "requested_by"),
         "can_manage": access.model_permits(user, model, Action.MANAGE),
+        "can_promote": access.model_permits(user, model, Action.PROMOTE),
+        "roles_choices": Role.values,
+        "ready_versions": model.versions.filter(status="ready").order_by("-version").values_list("version", flat=True),
+        "user": user,
+        "csrf_token": context.get("csrf_token"),
     }
