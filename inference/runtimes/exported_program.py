@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
 
 from inference.runtimes.base import ModelLoadError, ModelRuntime
 from inference.runtimes.torchscript import _first_line
+
+_LOAD_LOCK = threading.Lock()
 
 
 class ExportedProgramRuntime(ModelRuntime):
@@ -20,7 +23,10 @@ class ExportedProgramRuntime(ModelRuntime):
     @classmethod
     def load(cls, path: Path, device: torch.device) -> ExportedProgramRuntime:
         try:
-            program = torch.export.load(str(path))
+            # torch.export.load keeps its deserializer in a global: two threads of one
+            # worker process (the serving loop, a validation or job task) must not overlap.
+            with _LOAD_LOCK:
+                program = torch.export.load(str(path))
             module = program.module().to(device)
         except Exception as exc:
             raise ModelLoadError(f"torch.export.load failed: {_first_line(exc)}") from exc
