@@ -71,6 +71,18 @@ def _shape_text(row_shape: list[int]) -> str:
     return "[" + ", ".join(["N", *("*" if d == -1 else str(d) for d in row_shape)]) + "]"
 
 
+def rows_checked(array: np.ndarray, spec: dict[str, Any], batched: bool) -> np.ndarray:
+    """An input's array of N rows, checked against the signature's row shape and cast to its datatype."""
+    row_shape = spec["shape"][1:] if batched else spec["shape"]
+    if array.ndim == 0 or not shape_fits(list(array.shape[1:]), row_shape):
+        raise InvalidInput(
+            f"Input {spec['name']!r} has shape {list(array.shape)}; the model expects "
+            f"{_shape_text(row_shape)} (N rows; * is any size).",
+            field=FILE,
+        )
+    return _cast(array, spec, "")
+
+
 def _cast(array: np.ndarray, spec: dict[str, Any], where: str) -> np.ndarray:
     """The array in the input's datatype, refusing conversions that change the kind of value."""
     target = NUMPY_DTYPES[spec["datatype"]]
@@ -126,14 +138,7 @@ def _npz_read(stream: IO[bytes], specs: list[dict[str, Any]], batched: bool) -> 
                             field=FILE,
                         ) from None
                     raise InvalidInput(f"Array {spec['name']!r} is not a readable array: {exc}", field=FILE) from None
-                row_shape = spec["shape"][1:] if batched else spec["shape"]
-                if array.ndim == 0 or not shape_fits(list(array.shape[1:]), row_shape):
-                    raise InvalidInput(
-                        f"Input {spec['name']!r} has shape {list(array.shape)}; the model expects "
-                        f"{_shape_text(row_shape)} (N rows; * is any size).",
-                        field=FILE,
-                    )
-                arrays[spec["name"]] = _cast(array, spec, "")
+                arrays[spec["name"]] = rows_checked(array, spec, batched)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error):
         raise InvalidInput(corrupt, field=FILE) from None
     return arrays

@@ -20,10 +20,9 @@ from django.conf import settings
 from django.template.defaultfilters import filesizeformat
 
 from inference.datatypes import NUMPY_DTYPES
-from inference.jobs import NPZ_EXPANSION, _cast, batched_layout
+from inference.jobs import NPZ_EXPANSION, batched_layout, rows_checked
 from monitoring.models import DatasetFormat, TaskType
 from portal.errors import InvalidInput, PayloadTooLarge
-from registry.signatures import shape_fits
 
 FILE = "file"
 TARGET_KEYS = {"labels": TaskType.CLASSIFICATION, "targets": TaskType.REGRESSION}
@@ -62,10 +61,6 @@ def output_classes(signature: dict[str, Any], labels: list[str]) -> int | None:
     return len(labels) or None
 
 
-def _shape_text(row_shape: list[int]) -> str:
-    return "[" + ", ".join(["N", *("*" if d == -1 else str(d) for d in row_shape)]) + "]"
-
-
 def _inputs_check(arrays: dict[str, np.ndarray], signature: dict[str, Any]) -> dict[str, np.ndarray]:
     """Each input present, with the signature's shape (rows first) and a compatible datatype."""
     specs = signature.get("inputs", [])
@@ -84,15 +79,7 @@ def _inputs_check(arrays: dict[str, np.ndarray], signature: dict[str, Any]) -> d
     for spec in specs:
         if spec["datatype"] not in NUMPY_DTYPES:
             raise InvalidInput(f"Input {spec['name']!r} is BYTES; evaluation takes numeric inputs only.", field=FILE)
-        array = arrays[spec["name"]]
-        row_shape = spec["shape"][1:] if batched else spec["shape"]
-        if array.ndim == 0 or not shape_fits(list(array.shape[1:]), row_shape):
-            raise InvalidInput(
-                f"Input {spec['name']!r} has shape {list(array.shape)}; the model expects "
-                f"{_shape_text(row_shape)} (N rows; * is any size).",
-                field=FILE,
-            )
-        checked[spec["name"]] = _cast(array, spec, "")
+        checked[spec["name"]] = rows_checked(arrays[spec["name"]], spec, batched)
     return checked
 
 

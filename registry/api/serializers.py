@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 
+from registry.access_services import EXPORT_FIELDS
 from registry.models import AuditEvent, ModelAlias, ModelFormat, ModelVersion, RegisteredModel, Visibility
 
 
@@ -179,16 +180,6 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AuditEvent
-        fields = [
-            "id",
-            "created_at",
-            "actor",
-            "action",
-            "model",
-            "object_type",
-            "object",
-            "before",
-            "after",
-            "request_id",
-        ]
+        # The CSV/JSON export writes the same columns.
+        fields = list(EXPORT_FIELDS)
         read_only_fields = fields
