@@ -112,8 +112,14 @@ def test_traffic_through_a_worker_is_aggregated_and_exposed(gateway_url, token, 
     compute = 'maas_compute_seconds_count{model="iris",source="v2",version="1"}'
     assert after[compute] - before.get(compute, 0) == 40
     assert any(k.startswith("maas_batch_size_bucket") for k in after)
-    assert any(k.startswith("maas_worker_models_loaded") and v >= 1 for k, v in after.items())
-    assert any(k.startswith("maas_worker_memory_bytes") and v > 1e6 for k, v in after.items())
+
+    # Worker gauges come with its heartbeat (every 2 s): wait for the one after the model loaded.
+    def gauges_after_load() -> dict[str, float] | None:
+        now = exposition(gateway_url)
+        return now if any(k.startswith("maas_worker_models_loaded") and v >= 1 for k, v in now.items()) else None
+
+    gauges = wait_for(gauges_after_load)
+    assert any(k.startswith("maas_worker_memory_bytes") and v > 1e6 for k, v in gauges.items())
 
     # A batch job's chunks are recorded by the worker that runs them.
     x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
