@@ -31,8 +31,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     from django.core.files import File
     from django.core.management import call_command
 
+    from accounts.services import token_create
     from portal import demo
-    from portal.services import token_create
     from registry import services
     from registry.models import VersionStatus, Visibility
 

@@ -638,9 +638,9 @@ class Bench:
         print(f"    first error the probe got: {fault.first_error}")
 
     def _embedded_redis(self, env: dict[str, str]) -> Server:
-        """The portal's embedded Redis (portal.embedded, as runportal starts it) in its own process group."""
+        """The portal's embedded Redis (core.embedded, as runportal starts it) in its own process group."""
         socket_path = Path(env["PORTAL_DATA_DIR"]) / "redis.sock"
-        code = ("import sys; from pathlib import Path; from portal.embedded import embedded_redis_start; "
+        code = ("import sys; from pathlib import Path; from core.embedded import embedded_redis_start; "
                 "process = embedded_redis_start(Path(sys.argv[1])); process.wait()")  # fmt: skip
         server = self.processes.start("embedded-redis", [PYTHON, "-c", code, str(socket_path)], env)
 

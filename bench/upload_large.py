@@ -115,7 +115,7 @@ def portal_setup() -> str:
     manage("migrate", "-v0")
     manage("seed_demo")
     code = (
-        "from django.contrib.auth.models import User; from portal.services import token_create; "
+        "from django.contrib.auth.models import User; from accounts.services import token_create; "
         f"print(token_create(user=User.objects.get(username='admin'), name='bench-{secrets.token_hex(4)}')[1])"
     )
     return manage("shell", "-c", code).strip().splitlines()[-1]

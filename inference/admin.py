@@ -8,9 +8,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from core.errors import PortalError
 from inference import jobs
 from inference.models import BatchJob
-from portal.errors import PortalError
 
 
 @admin.register(BatchJob)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from django.conf import settings
 
-from inference.datatypes import NUMPY_DTYPES
+from core.datatypes import NUMPY_DTYPES
 from inference.runtimes import ModelRuntime
 from inference.services import PROBE_SEQUENCE, device_select, model_load, random_tensor
 

@@ -31,9 +31,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
+from core.errors import PortalError
 from inference import guard, protocol, wire
 from monitoring import metrics
-from portal.errors import PortalError
 from registry.access import Action
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _stats(user: Any, name: str, version: str | None, window: str | None) -> dic
 
 
 def _authenticate(raw: str) -> Any:
-    from portal.services import token_authenticate
+    from accounts.services import token_authenticate
 
     token = token_authenticate(raw)
     return token.user if token else None

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
+from core.errors import NotFound, PermissionDenied
+from core.throttle import rate_hit_async
 from inference.invalidation import ACK_MARKER
-from portal.errors import NotFound, PermissionDenied
-from portal.ratelimit import rate_hit_async
 from registry.access import Action, grant_of
 
 if TYPE_CHECKING:

@@ -103,7 +103,7 @@ def _on_change(sender: type, instance: Any, **kwargs: Any) -> None:
 
 
 def connect() -> None:
-    from portal.models import ApiToken
+    from accounts.models import ApiToken
     from registry.models import ModelAlias, ModelRole, ModelVersion, RegisteredModel
 
     for model in (ApiToken, RegisteredModel, ModelVersion, ModelAlias, ModelRole):

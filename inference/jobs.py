@@ -28,9 +28,9 @@ from django.db.models import QuerySet
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
-from inference.datatypes import NUMPY_DTYPES
+from core.datatypes import NUMPY_DTYPES
+from core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from inference.models import ACTIVE_STATUSES, BatchJob, DataFormat, JobStatus
-from portal.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from registry import selectors
 from registry.access import Action
 from registry.artifacts import artifact_storage

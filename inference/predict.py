@@ -17,10 +17,10 @@ import numpy as np
 import redis
 from django.conf import settings
 
+from core.errors import GatewayTimeout, InvalidInput, PortalError, ServiceUnavailable, Unprocessable
+from core.throttle import rate_hit
 from inference import protocol, wire
 from monitoring import metrics
-from portal.errors import GatewayTimeout, InvalidInput, PortalError, ServiceUnavailable, Unprocessable
-from portal.ratelimit import rate_hit
 from registry.access import grant_of
 from registry.models import ModelVersion
 

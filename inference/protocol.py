@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inference.datatypes import DATATYPES, NUMPY_DTYPES
-from portal.errors import InvalidInput, PayloadTooLarge
+from core.datatypes import DATATYPES, NUMPY_DTYPES
+from core.errors import InvalidInput, PayloadTooLarge
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from django.conf import settings
 
-from inference.datatypes import NUMPY_DTYPES, TORCH_DTYPES, datatype_of_tensor, is_floating
+from core.datatypes import NUMPY_DTYPES, TORCH_DTYPES, datatype_of_tensor, is_floating
 from inference.runtimes import ModelLoadError, ModelRuntime, runtime_for
 
 logger = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from core.errors import NotFound, PortalError
 from inference import jobs
 from inference.forms import BatchJobForm
 from inference.models import BatchJob, JobStatus
-from portal.errors import NotFound, PortalError
 
 
 def _job_or_404(request: HttpRequest, job_id: uuid.UUID) -> BatchJob:

@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 from django.conf import settings
 
-from inference.datatypes import NUMPY_DTYPES, datatype_of_array
+from core.datatypes import NUMPY_DTYPES, datatype_of_array
 
 QUEUE_PREFIX = "maas:serve:"
 REPLY_PREFIX = "maas:reply:"

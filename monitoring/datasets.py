@@ -19,10 +19,10 @@ import numpy as np
 from django.conf import settings
 from django.template.defaultfilters import filesizeformat
 
-from inference.datatypes import NUMPY_DTYPES
+from core.datatypes import NUMPY_DTYPES
+from core.errors import InvalidInput, PayloadTooLarge
 from inference.jobs import NPZ_EXPANSION, batched_layout, rows_checked
 from monitoring.models import DatasetFormat, TaskType
-from portal.errors import InvalidInput, PayloadTooLarge
 
 FILE = "file"
 TARGET_KEYS = {"labels": TaskType.CLASSIFICATION, "targets": TaskType.REGRESSION}

@@ -22,6 +22,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from core.errors import Conflict, InvalidInput, NotFound
 from inference.jobs import batched_layout, npz_load, npz_save, paths_delete
 from inference.services import exception_summary
 from monitoring import datasets, metrics, scoring
@@ -36,7 +37,6 @@ from monitoring.models import (
     RunStatus,
     TaskType,
 )
-from portal.errors import Conflict, InvalidInput, NotFound
 from registry import access, selectors
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
 

@@ -15,9 +15,9 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from core.errors import NotFound, PortalError
 from monitoring import charts, metrics, services
 from monitoring.models import EvaluationRun, GateMetric, PromotionGate, TaskType
-from portal.errors import NotFound, PortalError
 from registry import access, selectors
 from registry.access import Action
 from registry.models import PRODUCTION_ALIAS, ModelVersion, RegisteredModel

@@ -8,10 +8,10 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from accounts import views as token_views
+from accounts.login_throttle import ThrottledLoginView
 from inference.api.predict import PredictView
 from monitoring import views as monitoring_views
-from portal import token_views
-from portal.login_throttle import ThrottledLoginView
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import Q, QuerySet
 
-from portal.errors import NotFound, PermissionDenied
+from core.errors import NotFound, PermissionDenied
 from registry.roles import ModelRole, Role
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from portal.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from registry import access
 from registry.access import Action
 from registry.models import PRODUCTION_ALIAS, AuditEvent, ModelVersion, RegisteredModel, VersionStatus

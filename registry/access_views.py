@@ -15,7 +15,7 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from portal.errors import InvalidInput, NotFound, PortalError
+from core.errors import InvalidInput, NotFound, PortalError
 from registry import access_services, selectors
 from registry.models import RegisteredModel
 

@@ -22,7 +22,7 @@ from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.utils.text import get_valid_filename
 
-from portal.errors import InvalidInput
+from core.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from portal.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound
 from registry import access
 from registry.access import Action
 from registry.models import PRODUCTION_ALIAS, AuditEvent, ModelAlias, ModelVersion, RegisteredModel

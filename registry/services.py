@@ -17,8 +17,8 @@ from django.core.files import File
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from portal.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from portal.request_id import current_request_id
+from core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from core.request_id import current_request_id
 from registry import signatures
 from registry.artifacts import (
     ArtifactIntegrityError,

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from inference.datatypes import DATATYPES, NUMPY_DTYPES
-from portal.errors import InvalidInput
+from core.datatypes import DATATYPES, NUMPY_DTYPES
+from core.errors import InvalidInput
 
 TENSOR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]{0,63}$")
 MAX_TENSORS = 64

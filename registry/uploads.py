@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import TemporaryUploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 
-from portal.errors import PayloadTooLarge
+from core.errors import PayloadTooLarge
 
 # Room for the multipart framing and the small form fields beside the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024

@@ -16,7 +16,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from portal.errors import NotFound, PortalError
+from core.errors import NotFound, PortalError
 from registry import selectors, services
 from registry.access import Action
 from registry.forms import AliasSetForm, ModelCreateForm, VersionUploadForm

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from portal import services as token_services
+from accounts import services as token_services
 from registry import services
 
 pytestmark = pytest.mark.django_db
@@ -15,7 +15,7 @@ PAGES = [
     "/admin/registry/modelalias/",
     "/admin/registry/auditevent/?action=alias.move",
     "/admin/registry/tag/",
-    "/admin/portal/apitoken/",
+    "/admin/accounts/apitoken/",
 ]
 
 

@@ -17,7 +17,7 @@ from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from portal import services as token_services
+from accounts import services as token_services
 
 EXAMPLES_PER_OPERATION = 8
 

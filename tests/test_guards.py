@@ -12,7 +12,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 
-from portal import env
+from core import env
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,9 +26,9 @@ import requests
 from django.conf import settings
 from django.db import connection
 
+from core.embedded import embedded_redis_start
 from inference import invalidation, predict
 from portal.celery import app as celery_app
-from portal.embedded import embedded_redis_start
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_START_TIMEOUT = 90

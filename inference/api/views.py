@@ -14,10 +14,10 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.errors import PayloadTooLarge
 from inference import jobs
 from inference.api.serializers import BatchJobCreateSerializer, BatchJobSerializer
 from inference.models import BatchJob, DataFormat, JobStatus
-from portal.errors import PayloadTooLarge
 from registry.uploads import FORM_OVERHEAD_BYTES
 
 ERROR = OpenApiResponse(

@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.errors import NotFound, PayloadTooLarge
 from monitoring import datasets, services
 from monitoring.api.serializers import (
     DatasetCreateSerializer,
@@ -20,7 +21,6 @@ from monitoring.api.serializers import (
     RunSerializer,
 )
 from monitoring.models import PromotionGate
-from portal.errors import NotFound, PayloadTooLarge
 from registry import selectors
 from registry.access import Action
 from registry.uploads import FORM_OVERHEAD_BYTES

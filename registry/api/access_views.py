@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from portal.errors import InvalidInput
+from core.errors import InvalidInput
 from registry import access_services, selectors
 from registry.access import Action
 from registry.api.filters import AuditEventFilter

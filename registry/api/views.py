@@ -15,7 +15,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal.parsers import LimitedJSONParser
+from core.parsers import LimitedJSONParser
 from registry import selectors, services
 from registry.access import Action
 from registry.api.filters import AuditEventFilter, ModelFilter

@@ -16,10 +16,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
+from core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from inference import jobs, tasks
 from inference.cache import model_cache
 from inference.models import BatchJob, JobStatus
-from portal.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from registry import services
 from tests.conftest import upload_file
 

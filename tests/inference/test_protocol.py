@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.errors import InvalidInput, PayloadTooLarge
 from inference.protocol import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH_HEADER,
@@ -20,7 +21,6 @@ from inference.protocol import (
     encode_response,
     error_body,
 )
-from portal.errors import InvalidInput, PayloadTooLarge
 
 LIMIT = 1_000_000
 

@@ -13,8 +13,8 @@ import requests
 import torch
 import tritonclient.http as triton
 
+from accounts import services as token_services
 from inference import wire
-from portal import services as token_services
 from registry import services
 from registry.models import RegisteredModel
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from portal import services as token_services
+from accounts import services as token_services
 from registry import access_services, services
 from registry.models import AuditEvent, RegisteredModel, Visibility
 from tests.integration.conftest import auth, infer_json
@@ -161,7 +161,7 @@ def test_ten_concurrent_promotions_leave_one_production_and_a_matching_audit_tra
 def test_login_is_throttled_after_repeated_failures(broker_url, owner, member, settings, monkeypatch):
     from django.test import Client
 
-    from portal import login_throttle
+    from accounts import login_throttle
 
     client = Client()
     monkeypatch.setattr(login_throttle, "_client", None)

@@ -15,8 +15,8 @@ import pytest
 import requests
 import torch
 
+from accounts import services as token_services
 from inference.models import BatchJob
-from portal import services as token_services
 from registry import services
 from registry.models import RegisteredModel
 from tests.worker import start_worker, stop

@@ -133,8 +133,8 @@ def test_broker_outage_answers_503_at_once(token, served, service_environment, s
 
 
 def test_friendly_endpoint_answers_503_when_the_broker_is_down(live_server, owner, served, settings, monkeypatch):
+    from accounts import services as token_services
     from inference import predict
-    from portal import services as token_services
 
     monkeypatch.setattr(predict, "_client", None)
     settings.INFERENCE_REDIS_URL = "redis://127.0.0.1:1/0"

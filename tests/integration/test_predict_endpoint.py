@@ -9,7 +9,7 @@ import pytest
 import requests
 import torch
 
-from portal import services as token_services
+from accounts import services as token_services
 from registry import services
 from tests.conftest import upload_file
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import requests
 
-from portal import services as token_services
-from portal.embedded import embedded_redis_start
+from accounts import services as token_services
+from core.embedded import embedded_redis_start
 from registry.models import AuditEvent, ModelAlias, ModelVersion
 from tests.integration.conftest import auth, infer_json
 from tests.worker import ROOT, start_worker, stop

@@ -12,7 +12,7 @@ import pytest
 import requests
 from django.core.management import call_command
 
-from portal import services as token_services
+from accounts import services as token_services
 from registry.models import AuditEvent, ModelVersion
 from tests.conftest import SIGNATURE
 

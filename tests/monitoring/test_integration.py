@@ -15,10 +15,10 @@ import requests
 from django.core.files import File
 from django.db.models import Sum
 
+from accounts import services as token_services
 from inference import jobs, wire
 from monitoring import services
 from monitoring.models import EvaluationRun, MetricBucket
-from portal import services as token_services
 from registry import services as registry_services
 from tests.monitoring.conftest import direct_outputs, npz_file
 

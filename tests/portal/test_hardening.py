@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from portal.parsers import MAX_JSON_DEPTH, json_depth
+from core.parsers import MAX_JSON_DEPTH, json_depth
 
 
 def test_pages_send_a_strict_content_security_policy_and_frame_denial(client, owner):

@@ -11,8 +11,8 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from portal import services as token_services
-from portal.errors import Conflict, PermissionDenied
+from accounts import services as token_services
+from core.errors import Conflict, PermissionDenied
 from registry import access_services, services
 from registry.access import Action, can_override_gate, model_permits
 from registry.models import AuditEvent
@@ -180,7 +180,7 @@ def test_model_page_shows_roles_and_the_audit_trail(two_ready, owner, member, cl
 def test_admin_revoke_goes_through_the_service(two_ready, owner, admin_client):
     token, _ = token_services.token_create(user=owner, name="admin-revoked")
     response = admin_client.post(
-        "/admin/portal/apitoken/", {"action": "revoke", "_selected_action": [token.pk]}, follow=True
+        "/admin/accounts/apitoken/", {"action": "revoke", "_selected_action": [token.pk]}, follow=True
     )
     assert response.status_code == 200
     token.refresh_from_db()

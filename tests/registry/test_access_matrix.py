@@ -16,8 +16,8 @@ import pytest
 from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
+from accounts import services as token_services
 from monitoring import services as monitoring_services
-from portal import services as token_services
 from registry import access_services, services
 from registry.models import RegisteredModel, Visibility
 from tests.conftest import multipart

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.files.base import ContentFile
 
-from portal.errors import Conflict, InvalidInput, PayloadTooLarge
+from core.errors import Conflict, InvalidInput, PayloadTooLarge
 from registry import services
 from registry.artifacts import artifact_storage
 from registry.models import AuditEvent, ModelAlias, ModelVersion, VersionStatus

@@ -20,9 +20,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from core.embedded import embedded_redis_start
 from monitoring import metrics
-from monitoring.demo import demo_traffic
-from portal.embedded import embedded_redis_start
+from portal.demo_monitoring import demo_traffic
 
 
 def uses_embedded_broker() -> bool:

@@ -19,8 +19,8 @@ from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
 
-from monitoring.demo import demo_evaluation_seed
 from portal import demo
+from portal.demo_monitoring import demo_evaluation_seed
 from registry import services
 from registry.models import RegisteredModel, VersionStatus, Visibility
 

@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from portal.errors import NotFound, PortalError
+from core.errors import NotFound, PortalError
 from registry import selectors, services
 from registry.models import ModelVersion, VersionStatus
 

@@ -10,9 +10,9 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.models import ApiToken, TokenScope
+from core.errors import Conflict, InvalidInput, NotFound
 from inference.invalidation import serving_invalidate_confirmed
-from portal.errors import Conflict, InvalidInput, NotFound
-from portal.models import ApiToken, TokenScope
 from registry.access import TokenGrant
 from registry.services import audit_record
 

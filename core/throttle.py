@@ -13,7 +13,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from portal.errors import ServiceUnavailable, TooManyRequests
+from core.errors import ServiceUnavailable, TooManyRequests
 
 WINDOW_SECONDS = 60
 KEY_PREFIX = "maas:rate:"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from portal.models import ApiToken
+from accounts.models import ApiToken
 from registry import services
 
 

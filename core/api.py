@@ -13,7 +13,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from portal.errors import PayloadTooLarge, PortalError
+from core.errors import PayloadTooLarge, PortalError
 
 
 class PagePagination(PageNumberPagination):

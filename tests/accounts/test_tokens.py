@@ -8,9 +8,9 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from portal import services
-from portal.errors import Conflict, InvalidInput
-from portal.models import ApiToken
+from accounts import services
+from accounts.models import ApiToken
+from core.errors import Conflict, InvalidInput
 
 pytestmark = pytest.mark.django_db
 

@@ -8,8 +8,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from portal.models import ApiToken
-from portal.services import token_authenticate
+from accounts.models import ApiToken
+from accounts.services import token_authenticate
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -39,7 +39,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
 class BearerTokenScheme(OpenApiAuthenticationExtension):
     """Documents the bearer scheme in the OpenAPI schema."""
 
-    target_class = "portal.auth.BearerTokenAuthentication"
+    target_class = "accounts.auth.BearerTokenAuthentication"
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:

@@ -6,8 +6,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from portal.models import ApiToken
-from portal.services import token_revoke
+from accounts.models import ApiToken
+from accounts.services import token_revoke
 
 
 @admin.register(ApiToken)

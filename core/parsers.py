@@ -10,7 +10,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-from portal.errors import PayloadTooLarge
+from core.errors import PayloadTooLarge
 
 MAX_JSON_DEPTH = 32
 

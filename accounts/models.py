@@ -41,6 +41,8 @@ class ApiToken(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        # The table was created when tokens lived in the `portal` app; the move was state-only.
+        db_table = "portal_apitoken"
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["user", "name"], name="unique_token_name_per_user")]
 

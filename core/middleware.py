@@ -3,7 +3,7 @@
 Upload limits are enforced while Django parses a multipart body. For browser pages the
 CSRF middleware is the first to parse it, and an exception there would become a 500;
 so this middleware (placed before it) parses such bodies itself and answers the error.
-The REST API parses its own bodies and maps errors in portal.api.
+The REST API parses its own bodies and maps errors in core.api.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from portal.errors import PortalError
+from core.errors import PortalError
 
 API_PREFIXES = ("/api/",)
 

@@ -17,9 +17,9 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal import services
-from portal.errors import InvalidInput, PortalError
-from portal.models import ApiToken, TokenScope
+from accounts import services
+from accounts.models import ApiToken, TokenScope
+from core.errors import InvalidInput, PortalError
 from registry.selectors import models_visible_to
 
 
@@ -126,7 +126,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
         "scopes": TokenScope.values,
         "models": models_visible_to(request.user).order_by("name").values_list("name", flat=True),
     }
-    return render(request, "portal/tokens.html", context)
+    return render(request, "accounts/tokens.html", context)
 
 
 @login_required

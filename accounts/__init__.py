@@ -1,0 +1,1 @@
+"""API tokens, bearer authentication and sign-in throttling."""
