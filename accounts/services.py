@@ -14,7 +14,7 @@ from accounts.models import ApiToken, TokenScope
 from core.errors import Conflict, InvalidInput, NotFound
 from inference.invalidation import serving_invalidate_confirmed
 from registry.access import TokenGrant
-from registry.services import audit_record
+from registry.audit import audit_record
 
 logger = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     from django.core.management import call_command
 
     from accounts.services import token_create
+    from inference import validation
     from portal import demo
     from registry import services
     from registry.models import VersionStatus, Visibility
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                 actor=user, model=model, file=File(stream, name=Path(path).name), filename=Path(path).name,
                 signature=signatures[name], enqueue=False,
             )  # fmt: skip
-        if services.version_validate(version.pk) != VersionStatus.READY:
+        if validation.version_validate(version.pk) != VersionStatus.READY:
             version.refresh_from_db()
             raise SystemExit(f"{name} v{version.version} failed validation: {version.status_reason}")
         services.alias_set(actor=user, model=model, name="production", version_number=version.version)

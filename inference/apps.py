@@ -8,6 +8,10 @@ class InferenceConfig(AppConfig):
     verbose_name = "Inference"
 
     def ready(self) -> None:
-        # Connects the Celery worker signals that start the online serving loop, and the
-        # cache invalidation of the prediction gateway.
-        from inference import invalidation, serving  # noqa: F401
+        # Importing these connects the Celery worker signals that start the online serving
+        # loop and the cache invalidation of the prediction gateway; the registry asks us
+        # to validate uploaded versions through its hook.
+        from inference import invalidation, serving, validation  # noqa: F401
+        from registry import hooks
+
+        hooks.validation_requester_register(validation.validation_request)

@@ -8,6 +8,11 @@ class MonitoringConfig(AppConfig):
     verbose_name = "Monitoring"
 
     def ready(self) -> None:
-        # Chooses Prometheus's multiprocess directory before any metric is created, and
-        # connects the worker signals that retire a dead process's gauges.
+        # Connects the worker signals that retire a dead process's gauges, and registers the
+        # evaluation gate and the dataset files into the registry's hooks.
         from monitoring import metrics, signals  # noqa: F401
+        from monitoring.services import gate
+        from registry import hooks
+
+        hooks.promotion_check_register(gate.gate_promotion_check)
+        hooks.model_files_register(gate.gate_dataset_files)

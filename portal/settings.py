@@ -178,7 +178,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # Model loading and forward passes go to workers that listen on the inference queue
 # (GPU hosts); anything else stays on "default".
 CELERY_TASK_ROUTES = {
-    "registry.tasks.version_validate": {"queue": "inference"},
+    "inference.validation.version_validate": {"queue": "inference"},
     # Batch jobs are sent to their model's serving queue; this is the fallback.
     "inference.tasks.batch_job_run": {"queue": "inference"},
 }

@@ -1,6 +1,6 @@
 """Browser forms of a model's access section: grant and revoke roles, request and decide promotions.
 
-Each view is a thin POST that calls registry.access_services (which checks the caller's
+Each view is a thin POST that calls registry.services (which checks the caller's
 rights and writes the audit trail) and returns to the model page with a message.
 """
 
@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from core.errors import InvalidInput, NotFound, PortalError
-from registry import access_services, selectors
+from registry import selectors, services
 from registry.models import RegisteredModel
 
 
@@ -46,7 +46,7 @@ def role_grant(request: HttpRequest, name: str) -> HttpResponse:
     def act(model: RegisteredModel) -> str:
         who = request.POST.get("who", "").strip()
         is_group = request.POST.get("kind") == "group"
-        grant = access_services.role_grant(
+        grant = services.role_grant(
             actor=request.user, model=model, role=request.POST.get("role", ""),
             username=None if is_group else who, group=who if is_group else None,
             can_promote=request.POST.get("can_promote") == "on",
@@ -60,7 +60,7 @@ def role_grant(request: HttpRequest, name: str) -> HttpResponse:
 @require_POST
 def role_revoke(request: HttpRequest, name: str, role_id: int) -> HttpResponse:
     def act(model: RegisteredModel) -> str:
-        access_services.role_revoke(actor=request.user, model=model, role_id=role_id)
+        services.role_revoke(actor=request.user, model=model, role_id=role_id)
         return "Role removed."
 
     return _on_model(request, name, act)
@@ -74,7 +74,7 @@ def promotion_request(request: HttpRequest, name: str) -> HttpResponse:
     def act(model: RegisteredModel) -> str:
         alias = request.POST.get("alias", "").strip().lower()
         number = _number(request.POST.get("version"), "version")
-        made = access_services.promotion_request_create(
+        made = services.promotion_request_create(
             actor=request.user, model=model, alias=alias, version_number=number,
             comment=request.POST.get("comment", ""),
         )  # fmt: skip
@@ -90,7 +90,7 @@ def promotion_decide(request: HttpRequest, name: str, request_id: int, decision:
         raise Http404("No such decision.")
 
     def act(model: RegisteredModel) -> str:
-        decided = access_services.promotion_request_decide(
+        decided = services.promotion_request_decide(
             actor=request.user, model=model, request_id=request_id, approve=decision == "approve",
             comment=request.POST.get("comment", ""),
         )  # fmt: skip

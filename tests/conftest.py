@@ -13,6 +13,7 @@ from django.core.files import File
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
+from inference import validation
 from portal import demo
 from portal.celery import app as celery_app
 from registry import services
@@ -131,7 +132,7 @@ def ready_version(
 
     def make(format: str = "torchscript", **fields: Any) -> ModelVersion:
         version = upload_file(owner, registered_model, model_files[format], enqueue=False, **fields)
-        assert services.version_validate(version.pk) == VersionStatus.READY, ModelVersion.objects.get(
+        assert validation.version_validate(version.pk) == VersionStatus.READY, ModelVersion.objects.get(
             pk=version.pk
         ).status_reason
         version.refresh_from_db()

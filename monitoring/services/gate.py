@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
@@ -19,12 +20,11 @@ from monitoring.models import (
 )
 from monitoring.services.evaluation import evaluation_start, latest_runs
 from registry import access
+from registry.audit import audit_record
+from registry.hooks import Promotion
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
 
 logger = logging.getLogger(__name__)
-
-
-# --- the promotion gate -----------------------------------------------------------------------
 
 
 class GateRefused(Conflict):
@@ -48,7 +48,7 @@ def gate_set(
     alias: str = "production", enabled: bool = True,
 ) -> PromotionGate:  # fmt: skip
     """Require an evaluation on `dataset` before `alias` moves (created or replaced)."""
-    from registry.services import alias_name_check, audit_record
+    from registry.services.models import alias_name_check
 
     alias_name_check(alias)
     if dataset.model_id != model.pk:
@@ -73,8 +73,6 @@ def gate_set(
 
 
 def gate_delete(*, actor: Any, model: RegisteredModel) -> None:
-    from registry.services import audit_record
-
     with transaction.atomic():
         deleted, _ = PromotionGate.objects.filter(model=model).delete()
         if not deleted:
@@ -158,7 +156,25 @@ def gate_check(*, actor: Any, model: RegisteredModel, alias: str, version_number
 
 def gate_override_record(actor: Any, model: RegisteredModel, alias: str, figures: dict[str, Any]) -> None:
     """Audit a promotion forced past the gate (inside the alias move's transaction)."""
-    from registry.services import audit_record
-
     audit_record(actor, "gate.override", model=model, object_type="gate", object_repr=alias,
                  before={"version": figures.get("baseline_version")}, after=figures)  # fmt: skip
+
+
+def gate_promotion_check(promotion: Promotion) -> Callable[[RegisteredModel], None] | None:
+    """The gate as a registry promotion check: refuses, passes, or passes by override (then audited)."""
+    forced = gate_check(
+        actor=promotion.actor,
+        model=promotion.model,
+        alias=promotion.alias,
+        version_number=promotion.version_number,
+        force=promotion.force,
+        action=promotion.action,
+    )
+    if forced is None:
+        return None
+    return lambda locked: gate_override_record(promotion.actor, locked, promotion.alias, forced)
+
+
+def gate_dataset_files(model: RegisteredModel) -> list[str]:
+    """The stored evaluation datasets of a model, deleted with it (a registry hook)."""
+    return list(EvaluationDataset.objects.filter(model=model).values_list("path", flat=True))

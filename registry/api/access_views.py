@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import InvalidInput
-from registry import access_services, selectors
+from registry import audit, selectors, services
 from registry.access import Action
 from registry.api.filters import AuditEventFilter
 from registry.api.serializers import AuditEventSerializer
@@ -100,7 +100,7 @@ class RoleListView(APIView):
     )
     def get(self, request: Request, name: str) -> Response:
         model = selectors.model_get(request.user, name)
-        return Response(RoleSerializer(access_services.roles_of(model), many=True).data)
+        return Response(RoleSerializer(services.roles_of(model), many=True).data)
 
     @extend_schema(
         summary="Grant a user or group a role (owners)",
@@ -112,7 +112,7 @@ class RoleListView(APIView):
         model = selectors.model_get(request.user, name, action=Action.MANAGE)
         serializer = RoleGrantSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        grant = access_services.role_grant(actor=request.user, model=model, **serializer.validated_data)
+        grant = services.role_grant(actor=request.user, model=model, **serializer.validated_data)
         return Response(RoleSerializer(grant).data, status=status.HTTP_201_CREATED)
 
 
@@ -122,7 +122,7 @@ class RoleDetailView(APIView):
     @extend_schema(summary="Remove a role (owners)", parameters=[MODEL_NAME, ID], responses={204: None, 404: ERROR})
     def delete(self, request: Request, name: str, pk: int) -> Response:
         model = selectors.model_get(request.user, name, action=Action.MANAGE)
-        access_services.role_revoke(actor=request.user, model=model, role_id=pk)
+        services.role_revoke(actor=request.user, model=model, role_id=pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -150,8 +150,8 @@ class ProtectedAliasView(APIView):
         model = selectors.model_get(request.user, name, action=Action.MANAGE)
         serializer = ProtectSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        access_services.alias_protect(actor=request.user, model=model, name=alias, **serializer.validated_data)
-        protected, needs_approval = access_services.alias_protection(model, alias)
+        services.alias_protect(actor=request.user, model=model, name=alias, **serializer.validated_data)
+        protected, needs_approval = services.alias_protection(model, alias)
         return Response({"protected": protected, "require_approval": needs_approval})
 
 
@@ -177,7 +177,7 @@ class PromotionRequestListView(APIView):
         serializer = PromotionRequestCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        created = access_services.promotion_request_create(
+        created = services.promotion_request_create(
             actor=request.user,
             model=model,
             alias=data["alias"],
@@ -199,7 +199,7 @@ class PromotionDecisionView(APIView):
         model = selectors.model_get(request.user, name, action=Action.PROMOTE)
         serializer = DecisionSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        decided = access_services.promotion_request_decide(
+        decided = services.promotion_request_decide(
             actor=request.user,
             model=model,
             request_id=pk,
@@ -237,7 +237,7 @@ class AliasAtView(APIView):
     def get(self, request: Request, name: str, alias: str) -> Response:
         model = selectors.model_get(request.user, name)
         when = _time_param(request.query_params.get("time"))
-        version, event = access_services.alias_version_at(model, alias, when)
+        version, event = audit.alias_version_at(model, alias, when)
         body: dict[str, Any] = {
             "alias": alias,
             "time": when.isoformat(),
@@ -264,7 +264,7 @@ class AuditExportView(APIView):
         filtered = AuditEventFilter(request.query_params, queryset=selectors.audit_events_visible_to(request.user))
         if not filtered.is_valid():
             raise InvalidInput("; ".join(f"{k}: {' '.join(v)}" for k, v in filtered.errors.items()))
-        content, content_type = access_services.audit_export(filtered.qs, fmt)
+        content, content_type = audit.audit_export(filtered.qs, fmt)
         response = HttpResponse(content, content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="audit-events.{fmt}"'
         return response

@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 
-from registry.access_services import EXPORT_FIELDS
+from registry.audit import EXPORT_FIELDS
 from registry.models import AuditEvent, ModelAlias, ModelFormat, ModelVersion, RegisteredModel, Visibility
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django import template
 
-from registry import access, access_services
+from registry import access, services
 from registry.access import Action
 from registry.models import AuditEvent, RegisteredModel
 from registry.roles import Role
@@ -21,7 +21,7 @@ def model_access(context: dict[str, Any], model: RegisteredModel) -> dict[str, A
     return {
         "model": model,
         "events": AuditEvent.objects.filter(model=model).order_by("-created_at", "-id")[:50],
-        "roles": access_services.roles_of(model),
+        "roles": services.roles_of(model),
         "pending": model.promotion_requests.filter(status="pending").select_related("version", "requested_by"),
         "can_manage": access.model_permits(user, model, Action.MANAGE),
         "can_promote": access.model_permits(user, model, Action.PROMOTE),

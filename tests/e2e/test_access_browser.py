@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from registry import access_services, services
+from registry import services
 from registry.models import AuditEvent, ModelAlias
 from tests.e2e.conftest import login
 
@@ -17,7 +17,7 @@ def test_owner_grants_a_role_and_approves_the_promotion_it_asked_for(page, owner
     ready_version()
     ready_version()
     services.alias_set(actor=owner, model=registered_model, name="production", version_number=1)
-    access_services.alias_protect(actor=owner, model=registered_model, name="production", require_approval=True)
+    services.alias_protect(actor=owner, model=registered_model, name="production", require_approval=True)
 
     login(page, "olivia", "owner-pass-123")
     page.goto("/models/iris/")
@@ -29,7 +29,7 @@ def test_owner_grants_a_role_and_approves_the_promotion_it_asked_for(page, owner
     expect(page.locator("#roles")).to_contain_text("mark")
     expect(page.locator("#roles tbody tr").first).to_contain_text("maintainer")
     # The maintainer now has promote rights: asking for production is allowed, moving it is not.
-    made = access_services.promotion_request_create(
+    made = services.promotion_request_create(
         actor=member, model=registered_model, alias="production", version_number=2, comment="better on holdout"
     )
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from accounts import services as token_services
-from registry import access_services, services
+from registry import services
 from registry.models import AuditEvent, RegisteredModel, Visibility
 from tests.integration.conftest import auth, infer_json
 
@@ -32,7 +32,7 @@ def test_v2_hides_models_the_caller_may_not_see_and_checks_roles_and_scopes(
         assert _v2(gateway_url, stranger, path) == 404, path
     assert infer_json(gateway_url, stranger, "iris", BODY).status_code == 404
 
-    access_services.role_grant(actor=owner, model=registered_model, role="viewer", username=member.username)
+    services.role_grant(actor=owner, model=registered_model, role="viewer", username=member.username)
     viewer = token_services.token_create(user=member, name="v")[1]
     assert _v2(gateway_url, viewer, "iris") == 200
     assert _v2(gateway_url, viewer, "iris/stats") == 200

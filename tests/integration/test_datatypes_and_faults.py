@@ -16,6 +16,7 @@ import requests
 import torch
 import tritonclient.http as triton
 
+from inference import validation
 from portal import demo
 from registry import services
 from tests.conftest import upload_file
@@ -44,7 +45,7 @@ NAMES = ["b", "u8", "i8", "i16", "i32", "i64", "f16", "f32", "f64"]
 def publish(owner: Any, name: str, path: Path, signature: dict[str, Any]) -> None:
     model = services.model_create(actor=owner, name=name)
     version = upload_file(owner, model, path, signature=signature, enqueue=False)
-    assert services.version_validate(version.pk) == "ready", version
+    assert validation.version_validate(version.pk) == "ready", version
     services.alias_set(actor=owner, model=model, name="production", version_number=version.version)
 
 

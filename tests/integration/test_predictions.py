@@ -14,6 +14,7 @@ import torch
 import tritonclient.http as triton
 
 from accounts import services as token_services
+from inference import validation
 from portal import demo
 from registry import services
 from registry.models import RegisteredModel
@@ -146,7 +147,7 @@ def test_model_that_raises_gets_422_naming_it_and_the_worker_stays_up(gateway_ur
     model = services.model_create(actor=owner, name="picky")
     path = demo.save_torchscript(Picky(), tmp_path / "picky.pt")
     version = upload_file(owner, model, path, enqueue=False)
-    assert services.version_validate(version.pk) == "ready"
+    assert validation.version_validate(version.pk) == "ready"
     services.alias_set(actor=owner, model=model, name="production", version_number=1)
     response = infer_json(gateway_url, token, "picky", request_body(np.full((1, 4), 500, np.float32)))
     assert response.status_code == 422, response.text

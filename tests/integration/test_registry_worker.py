@@ -61,7 +61,7 @@ def test_upload_is_validated_by_a_separate_worker_process(http, registered_model
     assert body["validation"]["latency_ms"]["p50"] > 0
     assert body["signature"]["outputs"] == [{"name": "output__0", "datatype": "FP32", "shape": [-1, 3]}]
     assert not body["validation"]["worker"].endswith(f":{os.getpid()}")
-    assert "registry.tasks.version_validate" in worker.output()
+    assert "inference.validation.version_validate" in worker.output()
 
 
 def test_exported_program_and_failed_validation_over_the_worker(http, registered_model, model_files):

@@ -15,7 +15,7 @@ import pytest
 import redis
 import torch
 
-from inference import wire
+from inference import validation, wire
 from portal import demo
 from registry import services
 from registry.models import RegisteredModel
@@ -46,7 +46,7 @@ def wait_for_workers(queue: str, count: int, timeout: float = 30) -> set[str]:
 def pin(owner: Any, name: str, path: Path, queue: str) -> None:
     model = services.model_create(actor=owner, name=name)
     version = upload_file(owner, model, path, enqueue=False)
-    assert services.version_validate(version.pk) == "ready", version
+    assert validation.version_validate(version.pk) == "ready", version
     services.alias_set(actor=owner, model=model, name="production", version_number=version.version)
     RegisteredModel.objects.filter(pk=model.pk).update(serving_queue=queue)
     redis.Redis.from_url(wire.redis_url()).publish(wire.INVALIDATE_CHANNEL, "queue changed")
@@ -105,7 +105,7 @@ def test_worker_dying_mid_request_fails_it_cleanly_and_the_next_is_served(
     model = services.model_create(actor=owner, name="slow")
     version = upload_file(owner, model, demo.save_torchscript(Slow(), tmp_path / "slow.pt"), signature=signature,
                           enqueue=False)  # fmt: skip
-    assert services.version_validate(version.pk) == "ready"
+    assert validation.version_validate(version.pk) == "ready"
     services.alias_set(actor=owner, model=model, name="production", version_number=1)
     RegisteredModel.objects.filter(pk=model.pk).update(serving_queue="slow")
     redis.Redis.from_url(wire.redis_url()).publish(wire.INVALIDATE_CHANNEL, "queue changed")

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from accounts import services as token_services
 from core.errors import Conflict, PermissionDenied
-from registry import access_services, services
+from registry import services
 from registry.access import Action, can_override_gate, model_permits
 from registry.models import AuditEvent
 
@@ -29,7 +29,7 @@ def two_ready(owner: Any, registered_model: Any, ready_version: Any) -> Any:
 
 
 def test_owner_marked_alias_is_protected_and_promote_rights_move_it(two_ready, owner, member, api):
-    access_services.role_grant(actor=owner, model=two_ready, role="maintainer", username=member.username)
+    services.role_grant(actor=owner, model=two_ready, role="maintainer", username=member.username)
     client = api(member)
     assert client.put(f"{API}/aliases/canary/", {"version": 1}, format="json").status_code == 200
     assert api(owner).put(f"{API}/protected-aliases/canary/", {"protected": True}, format="json").status_code == 200
@@ -38,9 +38,7 @@ def test_owner_marked_alias_is_protected_and_promote_rights_move_it(two_ready, o
     assert client.delete(f"{API}/aliases/canary/").status_code == 403
     # Archiving the version that holds a protected alias would drop it: refused too.
     assert client.post(f"{API}/versions/1/archive/").status_code == 403
-    access_services.role_grant(
-        actor=owner, model=two_ready, role="maintainer", username=member.username, can_promote=True
-    )
+    services.role_grant(actor=owner, model=two_ready, role="maintainer", username=member.username, can_promote=True)
     assert client.put(f"{API}/aliases/canary/", {"version": 2}, format="json").status_code == 200
     denied = AuditEvent.objects.filter(action="authz.denied", model=two_ready)
     assert denied.count() == 3 and {e.actor_name for e in denied} == {member.username}
@@ -50,10 +48,8 @@ def test_owner_marked_alias_is_protected_and_promote_rights_move_it(two_ready, o
 
 
 def test_approval_flow_request_approve_reject_and_no_self_approval(two_ready, owner, member, outsider, api):
-    access_services.alias_protect(actor=owner, model=two_ready, name="production", require_approval=True)
-    access_services.role_grant(
-        actor=owner, model=two_ready, role="maintainer", username=member.username, can_promote=True
-    )
+    services.alias_protect(actor=owner, model=two_ready, name="production", require_approval=True)
+    services.role_grant(actor=owner, model=two_ready, role="maintainer", username=member.username, can_promote=True)
     direct = api(owner).put(f"{API}/aliases/production/", {"version": 2}, format="json")
     assert direct.status_code == 409 and "approval" in direct.json()["error"]
 
@@ -71,10 +67,8 @@ def test_approval_flow_request_approve_reject_and_no_self_approval(two_ready, ow
     again = api(owner).post(f"{API}/promotion-requests/{request_id}/reject/", {}, format="json")
     assert again.status_code == 409
 
-    second = access_services.promotion_request_create(
-        actor=owner, model=two_ready, alias="production", version_number=1
-    )
-    rejected = access_services.promotion_request_decide(
+    second = services.promotion_request_create(actor=owner, model=two_ready, alias="production", version_number=1)
+    rejected = services.promotion_request_decide(
         actor=member, model=two_ready, request_id=second.pk, approve=False, comment="not yet"
     )
     assert rejected.status == "rejected" and two_ready.aliases.get(name="production").version.version == 2
@@ -83,19 +77,17 @@ def test_approval_flow_request_approve_reject_and_no_self_approval(two_ready, ow
 
 
 def test_gate_override_right_is_the_owners(two_ready, owner, member):
-    access_services.role_grant(
-        actor=owner, model=two_ready, role="maintainer", username=member.username, can_promote=True
-    )
+    services.role_grant(actor=owner, model=two_ready, role="maintainer", username=member.username, can_promote=True)
     assert model_permits(member, two_ready, Action.PROMOTE)
     assert not can_override_gate(member, two_ready) and can_override_gate(owner, two_ready)
 
 
 def test_role_changes_are_audited_and_only_owners_manage(two_ready, owner, member, outsider):
-    grant = access_services.role_grant(actor=owner, model=two_ready, role="viewer", username=member.username)
-    access_services.role_grant(actor=owner, model=two_ready, role="predictor", username=member.username)
+    grant = services.role_grant(actor=owner, model=two_ready, role="viewer", username=member.username)
+    services.role_grant(actor=owner, model=two_ready, role="predictor", username=member.username)
     with pytest.raises(PermissionDenied):
-        access_services.role_grant(actor=member, model=two_ready, role="owner", username=member.username)
-    access_services.role_revoke(actor=owner, model=two_ready, role_id=grant.pk)
+        services.role_grant(actor=member, model=two_ready, role="owner", username=member.username)
+    services.role_revoke(actor=owner, model=two_ready, role_id=grant.pk)
     events = AuditEvent.objects.filter(object_type="role").order_by("id")
     assert [(e.action, e.before, e.after) for e in events] == [
         ("role.grant", None, {"role": "viewer", "can_promote": False}),
@@ -163,13 +155,13 @@ def test_token_rules_models_expiry_limit_and_audit(two_ready, owner, outsider, a
 
 
 def test_an_approval_required_alias_cannot_be_set_directly_by_a_service_caller(two_ready, owner):
-    access_services.alias_protect(actor=owner, model=two_ready, name="production", require_approval=True)
+    services.alias_protect(actor=owner, model=two_ready, name="production", require_approval=True)
     with pytest.raises(Conflict):
         services.alias_set(actor=owner, model=two_ready, name="production", version_number=2)
 
 
 def test_model_page_shows_roles_and_the_audit_trail(two_ready, owner, member, client):
-    access_services.role_grant(actor=owner, model=two_ready, role="predictor", username=member.username)
+    services.role_grant(actor=owner, model=two_ready, role="predictor", username=member.username)
     client.force_login(owner)
     page = client.get("/models/iris/").content.decode()
     assert 'id="audit-trail"' in page and "role.grant" in page and "alias.move" in page

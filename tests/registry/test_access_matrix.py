@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 
 from accounts import services as token_services
 from monitoring import services as monitoring_services
-from registry import access_services, services
+from registry import services
 from registry.models import RegisteredModel, Visibility
 from tests.conftest import multipart
 from tests.monitoring.conftest import npz_file
@@ -130,12 +130,10 @@ def _setup_caller(row: str, model: RegisteredModel, owner: Any, member: Any, adm
     if row == "viewer via a group":
         group = Group.objects.create(name="readers")
         member.groups.add(group)
-        access_services.role_grant(actor=owner, model=model, role="viewer", group="readers")
+        services.role_grant(actor=owner, model=model, role="viewer", group="readers")
         return member
     role = {"owner (granted)": "owner", "maintainer with promote rights": "maintainer"}.get(row, row)
-    access_services.role_grant(
-        actor=owner, model=model, role=role, username=member.username, can_promote="promote" in row
-    )
+    services.role_grant(actor=owner, model=model, role=role, username=member.username, can_promote="promote" in row)
     return member
 
 

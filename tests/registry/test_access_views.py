@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from registry import access_services
+from registry import services
 from registry.models import ModelRole
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +36,7 @@ def test_bad_or_unauthorised_role_forms_are_refused_with_a_message(owner, member
     assert "role must be one of" in wrong_role.content.decode()
     # A stranger does not learn the model exists; a viewer is told they may not.
     assert _client(outsider).post("/models/iris/roles/", {"who": "oscar", "role": "owner"}).status_code == 404
-    access_services.role_grant(actor=owner, model=registered_model, role="viewer", username="mark")
+    services.role_grant(actor=owner, model=registered_model, role="viewer", username="mark")
     refused = _client(member).post("/models/iris/roles/", {"kind": "user", "who": "oscar", "role": "owner"},
                                    follow=True)  # fmt: skip
     assert refused.status_code == 200 and "ask its owner" in refused.content.decode()
@@ -47,7 +47,7 @@ def test_bad_or_unauthorised_role_forms_are_refused_with_a_message(owner, member
 
 def test_a_promotion_request_needs_promote_rights_and_a_version(owner, member, registered_model, ready_version):
     ready_version()
-    access_services.role_grant(actor=owner, model=registered_model, role="maintainer", username="mark")
+    services.role_grant(actor=owner, model=registered_model, role="maintainer", username="mark")
     refused = _client(member).post("/models/iris/promotion-requests/", {"alias": "production", "version": "1"},
                                    follow=True)  # fmt: skip
     assert "ask its owner" in refused.content.decode()

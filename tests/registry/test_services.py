@@ -10,6 +10,7 @@ import pytest
 from django.core.files.base import ContentFile
 
 from core.errors import Conflict, InvalidInput, PayloadTooLarge
+from inference import validation
 from registry import services
 from registry.artifacts import artifact_storage
 from registry.models import AuditEvent, ModelAlias, ModelVersion, VersionStatus
@@ -59,13 +60,13 @@ def test_signature_inferred_from_example_input(owner, registered_model, model_fi
     )
     assert version.signature == {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}], "outputs": []}
     assert version.signature_source == "example"
-    assert services.version_validate(version.pk) == VersionStatus.READY
+    assert validation.version_validate(version.pk) == VersionStatus.READY
 
 
 def test_validation_fails_with_reason_when_signature_does_not_fit_model(owner, registered_model, model_files):
     bad = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 7]}]}
     version = upload_file(owner, registered_model, model_files["torchscript"], signature=bad, enqueue=False)
-    assert services.version_validate(version.pk) == VersionStatus.FAILED
+    assert validation.version_validate(version.pk) == VersionStatus.FAILED
     version.refresh_from_db()
     assert "forward pass failed" in version.status_reason
     assert "mat1 and mat2" in version.status_reason or "shape" in version.status_reason
@@ -73,7 +74,7 @@ def test_validation_fails_with_reason_when_signature_does_not_fit_model(owner, r
 
 def test_validation_fails_when_labels_do_not_match_outputs(owner, registered_model, model_files):
     version = upload_file(owner, registered_model, model_files["torchscript"], labels=["a", "b"], enqueue=False)
-    services.version_validate(version.pk)
+    validation.version_validate(version.pk)
     version.refresh_from_db()
     assert version.status == VersionStatus.FAILED
     assert "2 labels" in version.status_reason and "3 values" in version.status_reason
@@ -85,7 +86,7 @@ def test_tampered_artifact_is_refused_on_load(owner, registered_model, model_fil
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    services.version_validate(version.pk)
+    validation.version_validate(version.pk)
     version.refresh_from_db()
     assert version.status == VersionStatus.FAILED
     assert "does not match its sha256" in version.status_reason
@@ -95,7 +96,7 @@ def test_worker_death_is_retried_then_failed_never_stuck(owner, registered_model
     version = upload_file(owner, registered_model, model_files["torchscript"], enqueue=False)
     # Simulate deliveries that died mid-validation: the row is left "validating".
     ModelVersion.objects.filter(pk=version.pk).update(status=VersionStatus.VALIDATING, validation_attempts=3)
-    assert services.version_validate(version.pk) == VersionStatus.FAILED
+    assert validation.version_validate(version.pk) == VersionStatus.FAILED
     version.refresh_from_db()
     assert "interrupted 3 times" in version.status_reason
 
@@ -251,12 +252,10 @@ def test_deleted_version_numbers_are_not_reused(owner, registered_model, ready_v
 def test_enqueue_failure_marks_version_failed_with_reason(
     owner, registered_model, model_files, monkeypatch, django_capture_on_commit_callbacks
 ):
-    from registry import tasks
-
     def broker_down(*args, **kwargs):
         raise ConnectionError("Error 111 connecting to redis")
 
-    monkeypatch.setattr(tasks.version_validate, "delay", broker_down)
+    monkeypatch.setattr(validation.version_validate_task, "delay", broker_down)
     version = upload_file(owner, registered_model, model_files["torchscript"], enqueue=False)
     services.version_validation_enqueue(version.pk)
     version.refresh_from_db()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from inference import validation
 from registry import services
 from registry.models import ModelAlias, ModelVersion
 from tests.conftest import upload_file
@@ -104,7 +105,7 @@ def test_version_page_shows_signature_figures_and_failure_reason(
     bad = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 9]}]}
 
     version = upload_file(owner, registered_model, model_files["torchscript"], signature=bad, enqueue=False)
-    services.version_validate(version.pk)
+    validation.version_validate(version.pk)
     page = client.get("/models/iris/versions/2/").content.decode()
     assert "forward pass failed" in page and "Validate again" in page
 

@@ -19,6 +19,7 @@ from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError
 
+from inference import validation
 from portal import demo
 from portal.demo_monitoring import demo_evaluation_seed
 from registry import services
@@ -98,7 +99,7 @@ class Command(BaseCommand):
                 signature=signature, labels=labels, description=text, enqueue=False,
             )  # fmt: skip
         # Validated here, in the seeding process, so the demo is complete before a worker starts.
-        if services.version_validate(version.pk) != VersionStatus.READY:
+        if validation.version_validate(version.pk) != VersionStatus.READY:
             version.refresh_from_db()
             raise CommandError(f"Demo {model.name} v{version.version} failed validation: {version.status_reason}")
         return version.version

@@ -15,79 +15,19 @@ for them: lookups answer 404, never 403, so its name is not leaked.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db.models import Q, QuerySet
 
 from core.errors import NotFound, PermissionDenied
-from registry.roles import ModelRole, Role
-
-if TYPE_CHECKING:
-    from registry.models import RegisteredModel
+from registry.access.actions import OWNER, PREDICTOR, ROLE_ACTIONS, VIEWER, WRITE_ACTIONS, Action
+from registry.access.grants import grant_of
+from registry.access.scopes import SCOPE_OF
+from registry.audit import audit_denied
+from registry.models import RegisteredModel, Visibility
+from registry.roles import ModelRole
 
 logger = logging.getLogger(__name__)
-
-
-class Action(StrEnum):
-    VIEW = "view"  # see the model, versions, aliases, audit trail; v2 metadata and ready
-    PREDICT = "predict"  # call predictions (/v2 infer, /predict, batch jobs)
-    DOWNLOAD = "download"  # fetch an artifact
-    UPLOAD = "upload"  # upload, edit, archive, restore, revalidate versions
-    EVALUATE = "evaluate"  # start evaluations
-    MOVE_ALIAS = "move_alias"  # set, move, roll back or delete an unprotected alias
-    PROMOTE = "promote"  # the same for a protected alias; request and approve such moves
-    OVERRIDE_GATE = "override_gate"  # promote past a failed evaluation gate
-    DELETE = "delete"  # delete versions or the model
-    MANAGE = "manage"  # roles, visibility, description, protected aliases
-
-
-VIEWER = frozenset({Action.VIEW})
-PREDICTOR = VIEWER | {Action.PREDICT}
-MAINTAINER = PREDICTOR | {Action.DOWNLOAD, Action.UPLOAD, Action.EVALUATE, Action.MOVE_ALIAS}
-OWNER = frozenset(Action)
-ROLE_ACTIONS: dict[str, frozenset[Action]] = {
-    Role.VIEWER: VIEWER,
-    Role.PREDICTOR: PREDICTOR,
-    Role.MAINTAINER: MAINTAINER,
-    Role.OWNER: OWNER,
-}
-# The token scope each action needs.
-SCOPE_OF: dict[Action, str] = {
-    Action.VIEW: "read",
-    Action.DOWNLOAD: "read",
-    Action.PREDICT: "predict",
-    Action.UPLOAD: "write",
-    Action.EVALUATE: "write",
-    Action.MOVE_ALIAS: "write",
-    Action.PROMOTE: "write",
-    Action.DELETE: "write",
-    Action.OVERRIDE_GATE: "admin",
-    Action.MANAGE: "admin",
-}
-WRITE_ACTIONS = frozenset(OWNER - {Action.VIEW, Action.DOWNLOAD, Action.PREDICT})
-
-
-@dataclass(frozen=True)
-class TokenGrant:
-    """What an API token allows, as the caller presented it (no database needed to check)."""
-
-    token_id: int
-    scopes: frozenset[str]
-    model_ids: frozenset[int] | None  # None: every model the user may use
-    rate_limit_per_minute: int | None
-
-    def covers(self, model_id: int) -> bool:
-        return self.model_ids is None or model_id in self.model_ids
-
-    def allows(self, model_id: int, action: Action | str) -> bool:
-        return self.covers(model_id) and SCOPE_OF[Action(action)] in self.scopes
-
-
-def grant_of(user: Any) -> TokenGrant | None:
-    """The token grant the user authenticated with; None for a browser session (the full user)."""
-    return getattr(user, "api_grant", None)
 
 
 def _is_admin(user: Any) -> bool:
@@ -100,8 +40,6 @@ def role_actions(user: Any, model: RegisteredModel) -> frozenset[Action]:
     Without a sign-in, a publicly predictable model allows what a predictor may do (the
     REST API and the pages still ask for a sign-in; /v2 answers such callers).
     """
-    from registry.models import Visibility
-
     if not user.is_authenticated or not user.is_active:
         return PREDICTOR if model.visibility == Visibility.PUBLIC and not user.is_authenticated else frozenset()
     if _is_admin(user) or model.owner_id == user.pk:
@@ -172,26 +110,8 @@ def _denied(user: Any, model: RegisteredModel | None, action: Action, reason: st
     audit_denied(user, model, action.value, reason)
 
 
-def audit_denied(user: Any, model: RegisteredModel | None, action: str, reason: str) -> None:
-    """Record a refused write (outside any transaction that the refusal rolls back)."""
-    from registry.services import audit_record
-
-    actor = user if getattr(user, "is_authenticated", False) else None
-    grant = grant_of(user)
-    audit_record(
-        actor,
-        "authz.denied",
-        model=model,
-        object_type="model" if model is not None else "request",
-        object_repr=model.name if model is not None else action,
-        after={"action": action, "reason": reason, **({"token": grant.token_id} if grant else {})},
-    )
-
-
 def models_visible_to(user: Any) -> QuerySet[RegisteredModel]:
     """Models the caller may see (subqueries, no joins: no duplicates)."""
-    from registry.models import RegisteredModel, Visibility
-
     if not user.is_authenticated or not user.is_active:
         return RegisteredModel.objects.none()
     queryset = RegisteredModel.objects.all()

@@ -1,0 +1,311 @@
+"""Model versions: upload, validation requests, edits, archive, restore, delete."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.files import File
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import Conflict, InvalidInput, PayloadTooLarge
+from registry import hooks, signatures
+from registry.access import Action, model_require
+from registry.artifacts import (
+    archive_check,
+    artifact_delete,
+    artifact_fetch,
+    artifact_store,
+    sha256_of,
+)
+from registry.audit import audit_record
+from registry.models import (
+    ModelFormat,
+    ModelVersion,
+    RegisteredModel,
+    VersionStatus,
+)
+from registry.services.access import alias_move_authorize
+from registry.services.models import _tags_set, tags_parse
+from registry.uploads import too_large_message
+
+logger = logging.getLogger(__name__)
+
+
+def _held_aliases_authorize(actor: Any, version: ModelVersion) -> None:
+    # Checked before the transaction too, so that a refusal's audit event is not rolled back.
+    alias_move_authorize(actor, version.model, list(version.aliases.values_list("name", flat=True)), approved=True)
+
+
+def _aliases_drop(actor: Any, version: ModelVersion, reason: str) -> list[str]:
+    names = []
+    held = list(version.aliases.select_for_update())
+    alias_move_authorize(actor, version.model, [alias.name for alias in held], approved=True)
+    for alias in held:
+        names.append(alias.name)
+        audit_record(
+            actor,
+            "alias.delete",
+            model=version.model,
+            object_type="alias",
+            object_repr=alias.name,
+            before={"version": version.version},
+            after={"version": None, "reason": reason},
+        )
+        alias.delete()
+    return names
+
+
+def version_upload(
+    *,
+    actor: Any,
+    model: RegisteredModel,
+    file: File,
+    filename: str = "",
+    format: str | None = None,
+    signature: Any = None,
+    example_input: Any = None,
+    labels: Any = None,
+    description: str = "",
+    tags: Any = None,
+    parent_version: int | None = None,
+    enqueue: bool = True,
+) -> ModelVersion:
+    """Store an uploaded artifact as the model's next version and queue its validation.
+
+    `enqueue=False` leaves the version pending for a caller that validates it itself.
+
+    Everything that can be checked without loading the model is checked before a row or
+    a file is written: size, archive structure and format, signature, example, labels.
+    """
+    model_require(actor, model, Action.UPLOAD)
+    size = file.size or 0
+    if size == 0:
+        raise InvalidInput("The uploaded file is empty.", field="file")
+    if size > settings.MODEL_UPLOAD_MAX_BYTES:
+        raise PayloadTooLarge(too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
+    detected = archive_check(file)
+    if format:
+        if format not in ModelFormat.values:
+            raise InvalidInput(f"format must be one of {', '.join(ModelFormat.values)}.", field="format")
+        if format != detected:
+            raise InvalidInput(
+                f"The file was declared as {format} but it is a {detected} archive; upload it with format={detected}.",
+                field="format",
+            )
+    example = signatures.example_parse(example_input) if example_input not in (None, "", {}) else None
+    if signature not in (None, "", {}):
+        parsed_signature = signatures.signature_parse(signature)
+        source = "declared"
+        if example:
+            signatures.example_matches_signature(example, parsed_signature)
+    elif example:
+        parsed_signature = signatures.signature_from_example(example)
+        source = "example"
+    else:
+        raise InvalidInput(
+            "Give a signature (inputs with name, datatype and shape) or an example_input to infer it from.",
+            field="signature",
+        )
+    label_list = signatures.labels_parse(labels)
+    tag_names = tags_parse(tags)
+    parent = None
+    if parent_version is not None:
+        parent = model.versions.filter(version=parent_version).first()
+        if parent is None:
+            raise InvalidInput(
+                f"Parent version {parent_version} does not exist in model {model.name!r}.", field="parent"
+            )
+    digest = getattr(file, "sha256", None)
+    if digest is None:
+        file.seek(0)
+        digest = sha256_of(file)
+
+    path = artifact_store(model.pk, filename or getattr(file, "name", "") or "model", file)
+    try:
+        with transaction.atomic():
+            # The row lock serialises number allocation per model (SQLite: the IMMEDIATE
+            # transaction mode gives the same guarantee for the whole database).
+            locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+            locked.last_version_number += 1
+            locked.save(update_fields=["last_version_number", "updated_at"])
+            version = ModelVersion.objects.create(
+                model=locked,
+                version=locked.last_version_number,
+                description=description,
+                format=detected,
+                artifact=path,
+                original_filename=(filename or "")[:255],
+                sha256=digest,
+                size_bytes=size,
+                signature=parsed_signature,
+                signature_source=source,
+                example_input=example,
+                labels=label_list,
+                parent=parent,
+                created_by=actor,
+            )
+            _tags_set(version, tag_names)
+            audit_record(
+                actor,
+                "version.upload",
+                model=locked,
+                object_type="version",
+                object_repr=f"v{version.version}",
+                after={"version": version.version, "sha256": digest, "size_bytes": size, "format": detected},
+            )
+            if enqueue:
+                transaction.on_commit(lambda: version_validation_enqueue(version.pk))
+    except BaseException:
+        artifact_delete(path)
+        raise
+    logger.info("uploaded %s (%s bytes, %s)", version, size, detected)
+    return version
+
+
+def version_validation_enqueue(version_id: int) -> None:
+    """Send the validation job; if the broker cannot take it, fail the version with the reason."""
+    try:
+        hooks.validation_request(version_id)
+    except Exception as exc:  # kombu raises OperationalError and friends
+        logger.exception("could not enqueue validation of version %s", version_id)
+        ModelVersion.objects.filter(pk=version_id, status=VersionStatus.PENDING).update(
+            status=VersionStatus.FAILED,
+            status_reason=f"The validation job could not be queued (broker unavailable: {exc}). Use 'Validate again'.",
+        )
+
+
+def version_revalidate(*, actor: Any, version: ModelVersion) -> ModelVersion:
+    """Queue validation again for a failed (or stuck pending) version."""
+    model_require(actor, version.model, Action.UPLOAD)
+    if version.status not in (VersionStatus.FAILED, VersionStatus.PENDING):
+        raise Conflict(
+            f"Version {version.version} is {version.status}; only failed or pending versions are validated again."
+        )
+    with transaction.atomic():
+        ModelVersion.objects.filter(pk=version.pk).update(
+            status=VersionStatus.PENDING, status_reason="", validation_attempts=0, updated_at=timezone.now()
+        )
+        audit_record(
+            actor, "version.revalidate", model=version.model, object_type="version", object_repr=f"v{version.version}"
+        )
+        transaction.on_commit(lambda: version_validation_enqueue(version.pk))
+    version.refresh_from_db()
+    return version
+
+
+def version_artifact_path(version: ModelVersion) -> Path:
+    """A local, sha256-verified copy of a version's artifact (for workers)."""
+    return artifact_fetch(version.artifact, version.sha256)
+
+
+def version_update(
+    *,
+    actor: Any,
+    version: ModelVersion,
+    description: str | None = None,
+    tags: Any = None,
+    max_batch_size: int | None = None,
+    max_batch_delay_ms: int | None = None,
+) -> ModelVersion:
+    """Change a version's description, tags or batching (the artifact and signature are immutable)."""
+    model_require(actor, version.model, Action.UPLOAD)
+
+    def snapshot() -> dict[str, Any]:
+        return {"description": version.description, "tags": sorted(version.tags.values_list("name", flat=True)),
+                "max_batch_size": version.max_batch_size, "max_batch_delay_ms": version.max_batch_delay_ms}  # fmt: skip
+
+    if max_batch_size is not None and not 1 <= max_batch_size <= 4096:
+        raise InvalidInput("max_batch_size must be between 1 and 4096.", field="max_batch_size")
+    if max_batch_delay_ms is not None and not 0 <= max_batch_delay_ms <= 1000:
+        raise InvalidInput("max_batch_delay_ms must be between 0 and 1000.", field="max_batch_delay_ms")
+    with transaction.atomic():
+        before = snapshot()
+        fields = {
+            "description": description,
+            "max_batch_size": max_batch_size,
+            "max_batch_delay_ms": max_batch_delay_ms,
+        }
+        changed = [name for name, value in fields.items() if value is not None]
+        for name in changed:
+            setattr(version, name, fields[name])
+        if changed:
+            version.save(update_fields=[*changed, "updated_at"])
+        if tags is not None:
+            _tags_set(version, tags_parse(tags))
+        after = snapshot()
+        if before != after:
+            audit_record(actor, "version.update", model=version.model, object_type="version",
+                         object_repr=f"v{version.version}", before=before, after=after)  # fmt: skip
+    return version
+
+
+def version_archive(*, actor: Any, version: ModelVersion) -> ModelVersion:
+    """Archive a version: it keeps its artifact and history but loses its aliases."""
+    model_require(actor, version.model, Action.UPLOAD)
+    _held_aliases_authorize(actor, version)
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+        if version.status == VersionStatus.ARCHIVED:
+            return version
+        if version.status in (VersionStatus.PENDING, VersionStatus.VALIDATING):
+            raise Conflict(f"Version {version.version} is still {version.status}; archive it once validation ends.")
+        dropped = _aliases_drop(actor, version, "archived")
+        before = version.status
+        version.status = VersionStatus.ARCHIVED
+        version.save(update_fields=["status", "updated_at"])
+        audit_record(
+            actor,
+            "version.archive",
+            model=version.model,
+            object_type="version",
+            object_repr=f"v{version.version}",
+            before={"status": before, "aliases": dropped},
+            after={"status": VersionStatus.ARCHIVED},
+        )
+    return version
+
+
+def version_restore(*, actor: Any, version: ModelVersion) -> ModelVersion:
+    """Bring an archived version back: validated again before it can hold an alias."""
+    model_require(actor, version.model, Action.UPLOAD)
+    if version.status != VersionStatus.ARCHIVED:
+        raise Conflict(f"Version {version.version} is {version.status}, not archived.")
+    with transaction.atomic():
+        ModelVersion.objects.filter(pk=version.pk).update(
+            status=VersionStatus.PENDING, status_reason="", validation_attempts=0, updated_at=timezone.now()
+        )
+        audit_record(
+            actor,
+            "version.restore",
+            model=version.model,
+            object_type="version",
+            object_repr=f"v{version.version}",
+            before={"status": VersionStatus.ARCHIVED},
+            after={"status": VersionStatus.PENDING},
+        )
+        transaction.on_commit(lambda: version_validation_enqueue(version.pk))
+    version.refresh_from_db()
+    return version
+
+
+def version_delete(*, actor: Any, version: ModelVersion) -> None:
+    """Delete a version, its aliases and (after commit) its artifact; the number is not reused."""
+    model_require(actor, version.model, Action.DELETE)
+    path = version.artifact
+    _held_aliases_authorize(actor, version)
+    with transaction.atomic():
+        dropped = _aliases_drop(actor, version, "version deleted")
+        audit_record(
+            actor,
+            "version.delete",
+            model=version.model,
+            object_type="version",
+            object_repr=f"v{version.version}",
+            before={"version": version.version, "sha256": version.sha256, "aliases": dropped},
+        )
+        version.delete()
+        transaction.on_commit(lambda: artifact_delete(path))
