@@ -12,9 +12,10 @@ from django.utils import timezone
 
 from accounts.models import ApiToken, TokenScope
 from core.errors import Conflict, InvalidInput, NotFound
-from inference.invalidation import serving_invalidate_confirmed
+from core.invalidation import serving_invalidate_confirmed
 from registry.access import TokenGrant
 from registry.audit import audit_record
+from registry.selectors import models_visible_to
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,6 @@ def token_create(
 
 
 def _models_for_token(user: Any, names: list[str]) -> list[Any]:
-    from registry.selectors import models_visible_to
-
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise InvalidInput("models must be a list of model names.", field="models")
     found = list(models_visible_to(user).filter(name__in=set(names)))
@@ -105,7 +104,7 @@ def token_revoke(*, user: Any | None, token_id: int, actor: Any = None) -> ApiTo
     `user` owns the token (None: any user's, for admins); `actor` (default: the owner) is
     who revokes it.
     The revocation commits, then every gateway process is told and confirms that it
-    dropped its cached copy (see inference.invalidation.serving_invalidate_confirmed).
+    dropped its cached copy (see core.invalidation.serving_invalidate_confirmed).
     """
     token = ApiToken.objects.filter(pk=token_id, **({} if user is None else {"user": user})).first()
     if token is None:

@@ -22,6 +22,7 @@ from django.conf import settings
 from core.datatypes import NUMPY_DTYPES
 from inference.runtimes import ModelRuntime
 from inference.services import PROBE_SEQUENCE, device_select, model_load, random_tensor
+from registry import selectors, services
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +106,6 @@ class ModelCache:
         return model
 
     def _load(self, version_id: int) -> LoadedModel:
-        from registry import selectors, services
-
         try:
             version = selectors.version_for_serving(version_id)
         except Exception as exc:

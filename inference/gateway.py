@@ -31,9 +31,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
+from accounts.services import token_authenticate
 from core.errors import PortalError
-from inference import guard, protocol, wire
-from monitoring import metrics
+from inference import guard, protocol, telemetry, wire
+from registry import access, selectors
 from registry.access import Action
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,6 @@ class Target:
 
 def _resolve(user: Any, name: str, version: str | None) -> Target:
     """Access-checked lookup of what a path addresses (runs in a thread: it queries the database)."""
-    from registry import access, selectors
-
     if version is None or version.isdigit():
         found = selectors.version_resolve(user, name, version=version)
     else:
@@ -103,22 +102,16 @@ def _resolve(user: Any, name: str, version: str | None) -> Target:
 
 def _stats(user: Any, name: str, version: str | None, window: str | None) -> dict[str, Any]:
     """Serving statistics of a model (all versions) or of one version or alias, like Triton's /stats."""
-    from monitoring.services import version_stats, window_parse
-    from registry import selectors
-
-    window = window_parse(window)
     model = selectors.model_get(user, name)
     guard.token_covers(user, model.pk, model.name)
     guard.token_scoped(user, Action.VIEW)
     if version is None:
-        return version_stats(model, window)
+        return telemetry.stats(model, window, None)
     number = int(version) if version.isdigit() else selectors.alias_get(model, version).version.version
-    return version_stats(model, window, number=number)
+    return telemetry.stats(model, window, number)
 
 
 def _authenticate(raw: str) -> Any:
-    from accounts.services import token_authenticate
-
     token = token_authenticate(raw)
     return token.user if token else None
 
@@ -372,7 +365,7 @@ class Gateway:
                 raise HttpError(400, f"No live worker serves queue {target.queue!r} for model {target.model_name!r}.")
             return 200, b"", {}
         if tail == "/infer" and method == "POST":
-            sample = metrics.Sample(target.version_id, target.model_name, target.version, match["version"])
+            sample = telemetry.Sample(target.version_id, target.model_name, target.version, match["version"])
             try:
                 await guard.rate_limit(self._connect(), user)
                 response = await self.infer(target, headers, receive, sample)
@@ -384,7 +377,7 @@ class Gateway:
         raise HttpError(405, f"Method {method} is not allowed on {path}")
 
     async def infer(
-        self, target: Target, headers: dict[bytes, bytes], receive: Receive, sample: metrics.Sample | None = None
+        self, target: Target, headers: dict[bytes, bytes], receive: Receive, sample: telemetry.Sample | None = None
     ) -> tuple[int, bytes, dict[str, str]]:
         if target.status != "ready":
             raise HttpError(

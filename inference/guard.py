@@ -7,7 +7,7 @@ tokens in Redis, and keeps the cache honest:
 - every invalidation message bumps a generation counter, and a lookup that raced with
   one is repeated, so a copy read before a revocation is never stored after it;
 - a message that asks for confirmation is acknowledged once the caches are dropped
-  (inference.invalidation.serving_invalidate_confirmed waits for every receiver);
+  (core.invalidation.serving_invalidate_confirmed waits for every receiver);
 - while the invalidation subscription is down the caches are not trusted at all.
 """
 
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 
 from core.errors import NotFound, PermissionDenied
+from core.invalidation import ACK_MARKER
 from core.throttle import rate_hit_async
-from inference.invalidation import ACK_MARKER
 from registry.access import Action, grant_of
 
 if TYPE_CHECKING:

@@ -1,114 +1,47 @@
-"""Tells prediction gateways to forget cached tokens, models and aliases when they change.
+"""Which changes make the prediction gateways drop their caches (core.invalidation publishes).
 
-Each gateway process caches what it needs to authorise and route a prediction without a
-database query; a change to any of those rows is published on a Redis channel once its
-transaction commits, and every gateway drops its caches on the message.
+Tokens, models, versions, aliases and roles: published once the change commits. A user
+deactivated (or otherwise changed) and a change of group membership: published and
+confirmed by every gateway before the request that made it returns, as a token
+revocation is, so a deactivated user's token stops working on /v2 at once.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
 from typing import Any
 
-import redis
-from django.conf import settings
-from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.contrib.auth import get_user_model
+from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from inference import wire
-
-logger = logging.getLogger(__name__)
-
-_client: redis.Redis | None = None
-_warned = False
-
-
-def _redis() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(wire.redis_url(), socket_timeout=2, socket_connect_timeout=1)
-    return _client
-
-
-def serving_invalidate(reason: str) -> None:
-    """Publish an invalidation once the current transaction commits (best effort)."""
-    if not settings.INFERENCE_REDIS_URL:
-        return
-
-    def publish() -> None:
-        try:
-            _redis().publish(wire.INVALIDATE_CHANNEL, reason)
-        except redis.RedisError as exc:
-            # Gateways also expire their caches on a short timer; a missed message costs
-            # at most that much staleness. Say so once, not on every save.
-            global _warned
-            logger.log(
-                logging.DEBUG if _warned else logging.WARNING,
-                "could not publish cache invalidation (%s): %s",
-                reason,
-                exc,
-            )
-            _warned = True
-
-    transaction.on_commit(publish)
-
-
-ACK_MARKER = "|ack="
-ACK_PREFIX = "maas:ack:"
-CONFIRM_TIMEOUT_SECONDS = 5.0
-
-
-def serving_invalidate_confirmed(reason: str, timeout: float = CONFIRM_TIMEOUT_SECONDS) -> tuple[int, int]:
-    """Publish an invalidation now and wait until every subscribed gateway confirms it.
-
-    PUBLISH answers how many processes received the message; each gateway drops its
-    caches and then pushes to a reply list that this call waits on. A gateway that is not
-    subscribed at that moment does not trust its caches (see inference.guard), so once this
-    returns no process answers from a stale copy. Returns (receivers, confirmations).
-    """
-    if not settings.INFERENCE_REDIS_URL:
-        return 0, 0
-    key = f"{ACK_PREFIX}{uuid.uuid4().hex}"
-    try:
-        client = _redis()
-        receivers = int(client.publish(wire.INVALIDATE_CHANNEL, f"{reason}{ACK_MARKER}{key}"))
-        confirmed = 0
-        deadline = time.monotonic() + timeout
-        while confirmed < receivers and (left := deadline - time.monotonic()) > 0:
-            # Below the client's socket timeout, so a slow gateway is a timeout, not an error.
-            if client.blpop([key], timeout=max(0.05, min(left, 1.0))) is not None:
-                confirmed += 1
-        client.delete(key)
-    except redis.RedisError as exc:
-        # Gateways cannot be subscribed either while Redis is away from them; they
-        # distrust their caches until they are again.
-        logger.warning("could not confirm invalidation %s: %s", reason, exc)
-        return 0, 0
-    if confirmed < receivers:
-        logger.error(
-            "invalidation %s: only %d of %d gateway processes confirmed within %gs; "
-            "the others drop their caches within their TTL",
-            reason,
-            confirmed,
-            receivers,
-            timeout,
-        )
-    return receivers, confirmed
+from accounts.models import ApiToken
+from core.invalidation import serving_invalidate, serving_invalidate_confirmed_on_commit
+from registry.models import ModelAlias, ModelRole, ModelVersion, RegisteredModel
 
 
 def _on_change(sender: type, instance: Any, **kwargs: Any) -> None:
     serving_invalidate(f"{sender.__name__}:{instance.pk}")
 
 
-def connect() -> None:
-    from accounts.models import ApiToken
-    from registry.models import ModelAlias, ModelRole, ModelVersion, RegisteredModel
+def _on_user_change(sender: type, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+    # A sign-in only stamps last_login: nothing a gateway caches.
+    if update_fields is not None and set(update_fields) <= {"last_login"}:
+        return
+    serving_invalidate_confirmed_on_commit(f"User:{instance.pk}")
 
+
+def _on_membership_change(sender: type, instance: Any, action: str, **kwargs: Any) -> None:
+    if action in ("post_add", "post_remove", "post_clear"):
+        serving_invalidate_confirmed_on_commit(f"Membership:{type(instance).__name__}:{instance.pk}")
+
+
+def connect() -> None:
     for model in (ApiToken, RegisteredModel, ModelVersion, ModelAlias, ModelRole):
         post_save.connect(_on_change, sender=model, dispatch_uid=f"invalidate-{model.__name__}")
         post_delete.connect(_on_change, sender=model, dispatch_uid=f"invalidate-delete-{model.__name__}")
+    user_model = get_user_model()
+    post_save.connect(_on_user_change, sender=user_model, dispatch_uid="invalidate-user")
+    post_delete.connect(_on_user_change, sender=user_model, dispatch_uid="invalidate-delete-user")
+    m2m_changed.connect(_on_membership_change, sender=user_model.groups.through, dispatch_uid="invalidate-groups")
 
 
 connect()

@@ -19,8 +19,7 @@ from django.conf import settings
 
 from core.errors import GatewayTimeout, InvalidInput, PortalError, ServiceUnavailable, Unprocessable
 from core.throttle import rate_hit
-from inference import protocol, wire
-from monitoring import metrics
+from inference import protocol, telemetry, wire
 from registry.access import grant_of
 from registry.models import ModelVersion
 
@@ -79,7 +78,7 @@ def predict(
     `addressed` is the version number or alias the caller named (None: the production alias);
     serving metrics record it.
     """
-    sample = metrics.Sample(version.pk, version.model.name, version.version, addressed, source="native")
+    sample = telemetry.Sample(version.pk, version.model.name, version.version, addressed, source="native")
     sample.payload = sum(array.nbytes for array in tensors.values())
     try:
         outputs, timing = _exchange(version, tensors, sample)
@@ -91,7 +90,7 @@ def predict(
 
 
 def _exchange(
-    version: ModelVersion, tensors: dict[str, np.ndarray], sample: metrics.Sample
+    version: ModelVersion, tensors: dict[str, np.ndarray], sample: telemetry.Sample
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if version.status != "ready":
         raise ServiceUnavailable(

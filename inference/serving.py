@@ -23,9 +23,8 @@ import redis
 from celery import signals
 from django.conf import settings
 
-from inference import wire
+from inference import telemetry, wire
 from inference.cache import LoadedModel, ModelUnavailable, model_cache
-from monitoring import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ class ServingLoop(threading.Thread):
             return
         loaded = [model.version_id for model in model_cache().loaded()]
         self.redis.hset(wire.WORKERS_KEY, self.identity, wire.pack({"q": self.queues, "t": now, "m": loaded}))
-        metrics.worker_heartbeat(self.identity, len(loaded))
+        telemetry.worker_heartbeat(self.identity, len(loaded))
         self._last_heartbeat = now
 
     def handle(self, messages: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

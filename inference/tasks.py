@@ -25,10 +25,10 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from inference import telemetry
 from inference.jobs import batched_layout, job_enqueue, npz_load, npz_save, paths_delete
 from inference.models import ACTIVE_STATUSES, BatchJob, DataFormat, JobStatus
 from inference.services import exception_summary
-from monitoring import metrics
 from registry.artifacts import artifact_storage
 
 logger = logging.getLogger(__name__)
@@ -212,9 +212,9 @@ def job_run(job_id: str) -> str:
             except SoftTimeLimitExceeded:
                 raise
             except Exception as exc:
-                metrics.job_chunk(job, stop - start, began, ok=False)
+                telemetry.job_chunk(job, stop - start, began, ok=False)
                 return _fail(run, f"Rows {start + 1} to {stop}: the model failed: {exception_summary(exc)}")
-            metrics.job_chunk(job, stop - start, began, ok=True)
+            telemetry.job_chunk(job, stop - start, began, ok=True)
             for name, array in outputs:
                 run.pending.setdefault(name, []).append(array)
             start, now = stop, time.monotonic()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from django.core.files import File
 
+from accounts import services as token_services
 from monitoring import services
 from monitoring.models import EvaluationRun
 from portal import demo
@@ -59,8 +60,6 @@ BODIES = {
 
 def demo_traffic(base_url: str, user: Any, requests_per_model: int = 40, ready_timeout: float = 90.0) -> int:
     """Send some predictions (and a few bad ones) through /v2 with a short-lived token; returns how many."""
-    from accounts import services as token_services
-
     token, secret = token_services.token_create(user=user, name="demo traffic (revoked after use)")
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     sent = 0

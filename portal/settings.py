@@ -7,6 +7,7 @@ the README lists every variable.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -323,4 +324,10 @@ METRICS_FLUSH_SECONDS = env_float("METRICS_FLUSH_SECONDS", 5.0, minimum=0.0)
 METRICS_RETENTION_DAYS = env_float("METRICS_RETENTION_DAYS", 30.0, minimum=1.0)
 # /metrics answers loopback clients and staff; a scraper elsewhere sends this bearer token.
 METRICS_TOKEN = env_secret("METRICS_TOKEN", "")
+# prometheus-client picks multiprocess mode from the environment when it is first imported,
+# so the directory is chosen here, before any app module loads. A directory given from
+# outside may be shared with processes we did not start: only our own is cleaned at start.
+PROMETHEUS_OWN_DIRECTORY = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(DATA_DIR / "prometheus"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 EVALUATION_DATASET_MAX_BYTES = env_int("EVALUATION_DATASET_MAX_BYTES", 256 * 1024**2, minimum=1)

@@ -23,6 +23,7 @@ from registry import access
 from registry.audit import audit_record
 from registry.hooks import Promotion
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
+from registry.services.models import alias_name_check
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ def gate_set(
     alias: str = "production", enabled: bool = True,
 ) -> PromotionGate:  # fmt: skip
     """Require an evaluation on `dataset` before `alias` moves (created or replaced)."""
-    from registry.services.models import alias_name_check
-
     alias_name_check(alias)
     if dataset.model_id != model.pk:
         raise InvalidInput(f"Dataset {dataset.name!r} belongs to another model.", field="dataset")

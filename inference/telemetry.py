@@ -1,0 +1,109 @@
+"""What the serving plane reports about each prediction, to whoever monitors it.
+
+The gateway, the friendly endpoint, batch jobs and workers call the functions here (and
+the gateway reads serving statistics through it); the monitoring app registers the sink (MonitoringConfig.ready), so the
+serving plane never imports monitoring. Without a sink, reports go nowhere.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from core.errors import ServiceUnavailable
+from registry.models import RegisteredModel
+
+
+class TelemetrySink(Protocol):
+    def record(
+        self,
+        *,
+        version_id: int,
+        model: str,
+        version: int,
+        source: str,
+        alias: str,
+        status: int,
+        total_ms: float,
+        queue_ms: float = 0.0,
+        compute_ms: float = 0.0,
+        batch_size: int = 0,
+        payload_bytes: int = 0,
+    ) -> None:
+        """Count one prediction (called on the hot path: must not block)."""
+
+    def worker_heartbeat(self, worker: str, models_loaded: int) -> None:
+        """A worker's periodic report of what it holds."""
+
+    def stats(self, model: RegisteredModel, window: str | None, number: int | None) -> dict[str, Any]:
+        """Serving statistics of a model, or of one version of it, over a window (hour, day, week)."""
+
+
+class _NoSink:
+    def record(self, **sample: Any) -> None:
+        pass
+
+    def worker_heartbeat(self, worker: str, models_loaded: int) -> None:
+        pass
+
+    def stats(self, model: RegisteredModel, window: str | None, number: int | None) -> dict[str, Any]:
+        raise ServiceUnavailable("Serving statistics are not available: no monitoring is installed.")
+
+
+_sink: TelemetrySink = _NoSink()
+
+
+def sink_register(sink: TelemetrySink) -> None:
+    global _sink
+    _sink = sink
+
+
+def worker_heartbeat(worker: str, models_loaded: int) -> None:
+    _sink.worker_heartbeat(worker, models_loaded)
+
+
+def stats(model: RegisteredModel, window: str | None, number: int | None = None) -> dict[str, Any]:
+    return _sink.stats(model, window, number)
+
+
+class Sample:
+    """One prediction being timed: started now, finished by `done(status)`."""
+
+    __slots__ = ("alias", "model", "payload", "source", "started", "timing", "version", "version_id")
+
+    def __init__(self, version_id: int, model: str, version: int, path_version: str | None, source: str = "v2") -> None:
+        self.version_id, self.model, self.version, self.source = version_id, model, version, source
+        self.alias = alias_of(path_version)
+        self.started = time.perf_counter()
+        self.payload = 0
+        # The worker's figures for the batch the request rode in: qt, ct (ms) and bs (rows).
+        self.timing: dict[str, Any] | None = None
+
+    def done(self, status: int) -> None:
+        timing = self.timing or {}
+        _sink.record(
+            version_id=self.version_id, model=self.model, version=self.version, source=self.source, alias=self.alias,
+            status=status, total_ms=(time.perf_counter() - self.started) * 1000, queue_ms=timing.get("qt", 0.0),
+            compute_ms=timing.get("ct", 0.0), batch_size=timing.get("bs", 0), payload_bytes=self.payload,
+        )  # fmt: skip
+
+    def failed(self, exc: BaseException) -> None:
+        """Record a request that ended in an exception, with the HTTP status it is answered with."""
+        status = getattr(exc, "status", None) or getattr(exc, "status_code", None) or 500
+        self.done(int(status))
+
+
+def job_chunk(job: Any, rows: int, began: float, *, ok: bool) -> None:
+    """Record one chunk of a batch job as one prediction of `rows` rows (source `job`)."""
+    ms = (time.perf_counter() - began) * 1000
+    _sink.record(
+        version_id=job.version_id, model=job.model_name, version=job.version_number, source="job", alias="",
+        status=200 if ok else 422, total_ms=ms, compute_ms=ms, batch_size=rows,
+    )  # fmt: skip
+
+
+def alias_of(path_version: str | None) -> str:
+    """The alias a request used: the default `production`, an alias name, or '' for a pinned number."""
+    if path_version is None:
+        return "production"
+    return "" if path_version.isdigit() else path_version

@@ -1,0 +1,23 @@
+"""Monitoring's sink for the serving plane's telemetry (registered in MonitoringConfig.ready)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monitoring.metrics import record, worker_heartbeat
+from monitoring.services.stats import version_stats, window_parse
+from registry.models import RegisteredModel
+
+
+class MonitoringSink:
+    """Predictions go to the recorder, worker reports to the gauges, stats come from the aggregates."""
+
+    record = staticmethod(record)
+    worker_heartbeat = staticmethod(worker_heartbeat)
+
+    @staticmethod
+    def stats(model: RegisteredModel, window: str | None, number: int | None) -> dict[str, Any]:
+        return version_stats(model, window_parse(window), number=number)
+
+
+sink = MonitoringSink()
