@@ -26,6 +26,8 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(PY) scripts/check_imports.py
 	$(VENV)/bin/mypy
 
 format: install

@@ -10,13 +10,6 @@ from django.db import models
 from django.utils import timezone
 
 
-class TokenScope(models.TextChoices):
-    READ = "read", "read"
-    PREDICT = "predict", "predict"
-    WRITE = "write", "write"
-    ADMIN = "admin", "admin"
-
-
 class ApiToken(models.Model):
     """A bearer token `mp_<prefix>_<secret>`; only the sha256 of the secret is stored.
 

@@ -10,10 +10,10 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.models import ApiToken, TokenScope
+from accounts.models import ApiToken
 from core.errors import Conflict, InvalidInput, NotFound
 from core.invalidation import serving_invalidate_confirmed
-from registry.access import TokenGrant
+from registry.access import Scope, TokenGrant
 from registry.audit import audit_record
 from registry.selectors import models_visible_to
 
@@ -42,12 +42,10 @@ def token_create(
     name = name.strip()
     if not name:
         raise InvalidInput("A token needs a name.", field="name")
-    scopes = scopes if scopes is not None else [TokenScope.READ, TokenScope.PREDICT, TokenScope.WRITE]
-    unknown = sorted(set(scopes) - set(TokenScope.values))
+    scopes = scopes if scopes is not None else [Scope.READ, Scope.PREDICT, Scope.WRITE]
+    unknown = sorted(set(scopes) - set(Scope.values))
     if unknown:
-        raise InvalidInput(
-            f"Unknown scope(s) {', '.join(unknown)}; use {', '.join(TokenScope.values)}.", field="scopes"
-        )
+        raise InvalidInput(f"Unknown scope(s) {', '.join(unknown)}; use {', '.join(Scope.values)}.", field="scopes")
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidInput("The expiry must be in the future.", field="expires_at")
     if rate_limit_per_minute is not None and not 1 <= rate_limit_per_minute <= MAX_RATE_LIMIT:

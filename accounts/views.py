@@ -18,8 +18,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import services
-from accounts.models import ApiToken, TokenScope
+from accounts.models import ApiToken
 from core.errors import InvalidInput, PortalError
+from registry.access import Scope
 from registry.selectors import models_visible_to
 
 
@@ -38,7 +39,7 @@ class TokenSerializer(serializers.ModelSerializer):
 
 class TokenCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
-    scopes = serializers.ListField(child=serializers.ChoiceField(choices=TokenScope.choices), required=False)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=Scope.choices), required=False)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     models = serializers.ListField(
         child=serializers.CharField(max_length=64), required=False, max_length=100, help_text="Only these models."
@@ -123,7 +124,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
     context = {
         "tokens": ApiToken.objects.filter(user=cast(Any, request.user)).prefetch_related("allowed_models"),
         "new_token": request.session.pop("new_token", None),
-        "scopes": TokenScope.values,
+        "scopes": Scope.values,
         "models": models_visible_to(request.user).order_by("name").values_list("name", flat=True),
     }
     return render(request, "accounts/tokens.html", context)

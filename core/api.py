@@ -1,4 +1,4 @@
-"""Cross-cutting pieces of the REST API: the error shape and pagination."""
+"""Cross-cutting pieces of the REST API: the error shape (and its schema) and pagination."""
 
 from __future__ import annotations
 
@@ -8,12 +8,28 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.errors import PayloadTooLarge, PortalError
+
+# The body of every REST API error (see exception_handler). Declared inline: a serializer
+# class cannot have a field named `fields`.
+ERROR_BODY = inline_serializer(
+    name="Error",
+    fields={
+        "error": serializers.CharField(help_text="One sentence naming the problem, for a person to act on."),
+        "code": serializers.CharField(help_text="A stable, machine-readable code: invalid, not_found, conflict, ..."),
+        "fields": serializers.DictField(required=False, help_text="Per-field messages, when fields are named."),
+        "figures": serializers.DictField(required=False, help_text="What a refusing check compared (the gate)."),
+    },
+)
+
+# The error response of every operation's schema.
+ERROR = OpenApiResponse(ERROR_BODY, description="An error with a message naming the problem.")
 
 
 class PagePagination(PageNumberPagination):

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from core.errors import NotFound, PermissionDenied
 from core.invalidation import ACK_MARKER
 from core.throttle import rate_hit_async
-from registry.access import Action, grant_of
+from registry.access import Action, grant_of, scopes_admitting
 
 if TYPE_CHECKING:
     from inference.gateway import Target
@@ -93,7 +93,7 @@ def token_scoped(user: Any, action: Action) -> None:
     """The caller's token, if any, carries a scope for the action: predict for infer, read or predict otherwise."""
     grant = grant_of(user)
     if grant is not None:
-        needed = {"predict"} if action == Action.PREDICT else {"read", "predict"}
+        needed = scopes_admitting(action)
         if not needed & grant.scopes:
             raise PermissionDenied(f"Your API token lacks the {' or '.join(sorted(needed))!r} scope for this call.")
 

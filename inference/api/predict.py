@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import ERROR
 from inference import predict
 from registry import selectors
 from registry.access import Action
@@ -23,9 +24,6 @@ class PredictResponseSerializer(serializers.Serializer):
     outputs = serializers.DictField(child=serializers.JSONField())
     labels = serializers.ListField(child=serializers.CharField(), required=False)
     timing = serializers.DictField(child=serializers.JSONField())
-
-
-ERROR = OpenApiResponse(response={"type": "object", "properties": {"error": {"type": "string"}}})
 
 
 class PredictView(APIView):

@@ -7,23 +7,20 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api import ERROR
 from core.errors import PayloadTooLarge
 from inference import jobs
 from inference.api.serializers import BatchJobCreateSerializer, BatchJobSerializer
 from inference.models import BatchJob, DataFormat, JobStatus
 from registry.uploads import FORM_OVERHEAD_BYTES
 
-ERROR = OpenApiResponse(
-    response={"type": "object", "properties": {"error": {"type": "string"}, "code": {"type": "string"}}},
-    description="An error with a message naming the problem.",
-)
 JOB_ID = OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="Job id.")
 CONTENT_TYPES = {DataFormat.NPZ: "application/octet-stream", DataFormat.JSONL: "application/jsonl"}
 

@@ -55,3 +55,9 @@ def flatten_outputs(result: Any) -> list[tuple[str | None, torch.Tensor]]:
             where = f"output {name!r}" if name else "an output"
             raise TypeError(f"{where} is {type(value).__name__}, not a tensor")
     return items
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a loader's error can run to pages)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]

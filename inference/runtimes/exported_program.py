@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from inference.runtimes.base import ModelLoadError, ModelRuntime
-from inference.runtimes.torchscript import _first_line
+from inference.runtimes.base import ModelLoadError, ModelRuntime, first_line
 
 _LOAD_LOCK = threading.Lock()
 
@@ -29,7 +28,7 @@ class ExportedProgramRuntime(ModelRuntime):
                 program = torch.export.load(str(path))
             module = program.module().to(device)
         except Exception as exc:
-            raise ModelLoadError(f"torch.export.load failed: {_first_line(exc)}") from exc
+            raise ModelLoadError(f"torch.export.load failed: {first_line(exc)}") from exc
         return cls(module, device, program)
 
     def parameter_count(self) -> int:

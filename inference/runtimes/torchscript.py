@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from inference.runtimes.base import ModelLoadError, ModelRuntime
+from inference.runtimes.base import ModelLoadError, ModelRuntime, first_line
 
 
 class TorchScriptRuntime(ModelRuntime):
@@ -17,14 +17,9 @@ class TorchScriptRuntime(ModelRuntime):
         try:
             module = torch.jit.load(str(path), map_location=device)
         except Exception as exc:  # torch raises RuntimeError, ValueError, pickle errors…
-            raise ModelLoadError(f"torch.jit.load failed: {_first_line(exc)}") from exc
+            raise ModelLoadError(f"torch.jit.load failed: {first_line(exc)}") from exc
         module.eval()
         return cls(module, device)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]

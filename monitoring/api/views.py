@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import ERROR
 from core.errors import NotFound, PayloadTooLarge
 from monitoring import datasets, services
 from monitoring.api.serializers import (
@@ -25,10 +26,6 @@ from registry import selectors
 from registry.access import Action
 from registry.uploads import FORM_OVERHEAD_BYTES
 
-ERROR = OpenApiResponse(
-    response={"type": "object", "properties": {"error": {"type": "string"}, "code": {"type": "string"}}},
-    description="An error with a message naming the problem.",
-)
 MODEL = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Model name.")
 VERSION = OpenApiParameter("version", int, OpenApiParameter.PATH, description="Version number.")
 DATASET = OpenApiParameter("dataset", str, OpenApiParameter.PATH, description="Dataset name.")

@@ -6,16 +6,18 @@ interface asks `scopes_admitting(action)` rather than deciding again.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from django.db import models
 
 from registry.access.actions import Action
 
 
-class Scope(StrEnum):
-    READ = "read"
-    PREDICT = "predict"
-    WRITE = "write"
-    ADMIN = "admin"
+class Scope(models.TextChoices):
+    """What an API token may be used for."""
+
+    READ = "read", "read"
+    PREDICT = "predict", "predict"
+    WRITE = "write", "write"
+    ADMIN = "admin", "admin"
 
 
 # The token scope each action needs.

@@ -8,23 +8,21 @@ from typing import Any
 from django.http import HttpResponse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import ERROR
 from core.errors import InvalidInput
 from registry import audit, selectors, services
 from registry.access import Action
+from registry.api.base import ModelScopedMixin
 from registry.api.filters import AuditEventFilter
 from registry.api.serializers import AuditEventSerializer
 from registry.roles import ModelRole, PromotionRequest, ProtectedAlias, Role
 
-ERROR = OpenApiResponse(
-    response={"type": "object", "properties": {"error": {"type": "string"}, "code": {"type": "string"}}},
-    description="An error with a message naming the problem.",
-)
 MODEL_NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Model name.")
 ALIAS = OpenApiParameter("alias", str, OpenApiParameter.PATH, description="Alias name.")
 ID = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="Id.")
@@ -90,7 +88,7 @@ class AliasAtSerializer(serializers.Serializer):
     event = AuditEventSerializer(allow_null=True)
 
 
-class RoleListView(APIView):
+class RoleListView(ModelScopedMixin, APIView):
     required_scope = {"GET": "read", "POST": "admin"}
 
     @extend_schema(
@@ -99,7 +97,7 @@ class RoleListView(APIView):
         responses={200: RoleSerializer(many=True), 404: ERROR},
     )
     def get(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         return Response(RoleSerializer(services.roles_of(model), many=True).data)
 
     @extend_schema(
@@ -109,35 +107,35 @@ class RoleListView(APIView):
         responses={201: RoleSerializer, 400: ERROR, 403: ERROR, 404: ERROR},
     )
     def post(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.MANAGE)
+        model = self.scoped_model(Action.MANAGE)
         serializer = RoleGrantSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         grant = services.role_grant(actor=request.user, model=model, **serializer.validated_data)
         return Response(RoleSerializer(grant).data, status=status.HTTP_201_CREATED)
 
 
-class RoleDetailView(APIView):
+class RoleDetailView(ModelScopedMixin, APIView):
     required_scope = "admin"
 
     @extend_schema(summary="Remove a role (owners)", parameters=[MODEL_NAME, ID], responses={204: None, 404: ERROR})
     def delete(self, request: Request, name: str, pk: int) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.MANAGE)
+        model = self.scoped_model(Action.MANAGE)
         services.role_revoke(actor=request.user, model=model, role_id=pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class ProtectedAliasListView(APIView):
+class ProtectedAliasListView(ModelScopedMixin, APIView):
     @extend_schema(
         summary="Aliases marked protected (production always is)",
         parameters=[MODEL_NAME],
         responses={200: ProtectedAliasSerializer(many=True), 404: ERROR},
     )
     def get(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         return Response(ProtectedAliasSerializer(model.protected_aliases.all(), many=True).data)
 
 
-class ProtectedAliasView(APIView):
+class ProtectedAliasView(ModelScopedMixin, APIView):
     required_scope = "admin"
 
     @extend_schema(
@@ -147,7 +145,7 @@ class ProtectedAliasView(APIView):
         responses={200: ProtectSerializer, 400: ERROR, 403: ERROR, 404: ERROR},
     )
     def put(self, request: Request, name: str, alias: str) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.MANAGE)
+        model = self.scoped_model(Action.MANAGE)
         serializer = ProtectSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.alias_protect(actor=request.user, model=model, name=alias, **serializer.validated_data)
@@ -155,14 +153,14 @@ class ProtectedAliasView(APIView):
         return Response({"protected": protected, "require_approval": needs_approval})
 
 
-class PromotionRequestListView(APIView):
+class PromotionRequestListView(ModelScopedMixin, APIView):
     @extend_schema(
         summary="Requests to move protected aliases, newest first",
         parameters=[MODEL_NAME],
         responses={200: PromotionRequestSerializer(many=True), 404: ERROR},
     )
     def get(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         requests = model.promotion_requests.select_related("version", "requested_by", "decided_by")[:200]
         return Response(PromotionRequestSerializer(requests, many=True).data)
 
@@ -173,7 +171,7 @@ class PromotionRequestListView(APIView):
         responses={201: PromotionRequestSerializer, 400: ERROR, 403: ERROR, 404: ERROR, 409: ERROR},
     )
     def post(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.PROMOTE)
+        model = self.scoped_model(Action.PROMOTE)
         serializer = PromotionRequestCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -187,7 +185,7 @@ class PromotionRequestListView(APIView):
         return Response(PromotionRequestSerializer(created).data, status=status.HTTP_201_CREATED)
 
 
-class PromotionDecisionView(APIView):
+class PromotionDecisionView(ModelScopedMixin, APIView):
     approve = True
 
     @extend_schema(
@@ -196,7 +194,7 @@ class PromotionDecisionView(APIView):
         responses={200: PromotionRequestSerializer, 403: ERROR, 404: ERROR, 409: ERROR},
     )
     def post(self, request: Request, name: str, pk: int) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.PROMOTE)
+        model = self.scoped_model(Action.PROMOTE)
         serializer = DecisionSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         decided = services.promotion_request_decide(
@@ -228,14 +226,14 @@ def _time_param(raw: str | None) -> dt.datetime:
     return parsed
 
 
-class AliasAtView(APIView):
+class AliasAtView(ModelScopedMixin, APIView):
     @extend_schema(
         summary="Which version the alias pointed at, at a given time (from the audit trail)",
         parameters=[MODEL_NAME, ALIAS, OpenApiParameter("time", OpenApiTypes.DATETIME, required=True)],
         responses={200: AliasAtSerializer, 400: ERROR, 404: ERROR},
     )
     def get(self, request: Request, name: str, alias: str) -> Response:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         when = _time_param(request.query_params.get("time"))
         version, event = audit.alias_version_at(model, alias, when)
         body: dict[str, Any] = {

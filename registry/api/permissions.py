@@ -10,7 +10,7 @@ from typing import Any
 from rest_framework import permissions
 from rest_framework.request import Request
 
-from registry.access import audit_denied, grant_of
+from registry.access import audit_denied, grant_of, rest_scope
 
 
 class TokenScopePermission(permissions.BasePermission):
@@ -38,9 +38,4 @@ class TokenScopePermission(permissions.BasePermission):
 
     @staticmethod
     def scope_for(request: Request, view: Any) -> str:
-        required = getattr(view, "required_scope", None)
-        if isinstance(required, dict):
-            required = required.get(request.method or "GET")
-        if required:
-            return str(required)
-        return "read" if request.method in permissions.SAFE_METHODS else "write"
+        return rest_scope(request.method or "GET", getattr(view, "required_scope", None))

@@ -8,16 +8,18 @@ from collections.abc import Callable
 from django.db.models import QuerySet
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api import ERROR
 from core.parsers import LimitedJSONParser
 from registry import selectors, services
 from registry.access import Action
+from registry.api.base import ModelScopedMixin
 from registry.api.filters import AuditEventFilter, ModelFilter
 from registry.api.serializers import (
     AliasSerializer,
@@ -32,10 +34,6 @@ from registry.api.serializers import (
 from registry.artifacts import artifact_storage
 from registry.models import AuditEvent, ModelAlias, ModelVersion, RegisteredModel
 
-ERROR = OpenApiResponse(
-    response={"type": "object", "properties": {"error": {"type": "string"}, "code": {"type": "string"}}},
-    description="An error with a message naming the problem.",
-)
 MODEL_NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Model name.")
 
 
@@ -50,7 +48,7 @@ MODEL_NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="M
     ),
     destroy=extend_schema(summary="Delete a model, its versions and artifacts", responses={204: None, 404: ERROR}),
 )
-class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+class ModelViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
     serializer_class = ModelSerializer
     filterset_class = ModelFilter
     lookup_field = "name"
@@ -72,17 +70,17 @@ class ModelViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
 
     def retrieve(self, request: Request, name: str) -> Response:
-        return Response(ModelSerializer(selectors.model_get(request.user, name)).data)
+        return Response(ModelSerializer(self.scoped_model()).data)
 
     def partial_update(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.MANAGE)
+        model = self.scoped_model(Action.MANAGE)
         serializer = ModelUpdateSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         services.model_update(actor=request.user, model=model, **serializer.validated_data)
         return Response(ModelSerializer(model).data)
 
     def destroy(self, request: Request, name: str) -> Response:
-        services.model_delete(actor=request.user, model=selectors.model_get(request.user, name, action=Action.DELETE))
+        services.model_delete(actor=request.user, model=self.scoped_model(Action.DELETE))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -104,7 +102,7 @@ VERSION = OpenApiParameter("version", int, OpenApiParameter.PATH, description="V
         summary="Delete a version and its artifact", parameters=[MODEL_NAME, VERSION], responses={204: None, 404: ERROR}
     ),
 )
-class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
     serializer_class = VersionSerializer
     lookup_field = "version"
     lookup_value_regex = r"[0-9]+"
@@ -112,7 +110,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     parser_classes = [LimitedJSONParser, MultiPartParser, FormParser]
 
     def get_queryset(self) -> QuerySet[ModelVersion]:
-        model = selectors.model_get(self.request.user, self.kwargs["name"])
+        model = self.scoped_model()
         return model.versions.select_related("model", "created_by", "parent").prefetch_related("tags", "aliases")
 
     @extend_schema(
@@ -122,7 +120,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         responses={201: VersionSerializer, 400: ERROR, 404: ERROR, 413: ERROR},
     )
     def create(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name, for_change=True)
+        model = self.scoped_model(Action.UPLOAD)
         serializer = VersionUploadSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
@@ -214,7 +212,7 @@ ALIAS = OpenApiParameter("alias", str, OpenApiParameter.PATH, description="Alias
 @extend_schema_view(
     list=extend_schema(summary="List a model's aliases", parameters=[MODEL_NAME]),
 )
-class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+class AliasViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
     serializer_class = AliasSerializer
     lookup_field = "alias"
     lookup_value_regex = r"[a-z][a-z0-9_-]*"
@@ -222,12 +220,12 @@ class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     pagination_class = None
 
     def get_queryset(self) -> QuerySet[ModelAlias]:
-        model = selectors.model_get(self.request.user, self.kwargs["name"])
+        model = self.scoped_model()
         return model.aliases.select_related("version", "updated_by")
 
     @extend_schema(summary="Get an alias", parameters=[MODEL_NAME, ALIAS], responses={200: AliasSerializer, 404: ERROR})
     def retrieve(self, request: Request, name: str, alias: str) -> Response:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         return Response(AliasSerializer(selectors.alias_get(model, alias)).data)
 
     @extend_schema(
@@ -237,7 +235,7 @@ class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         responses={200: AliasSerializer, 400: ERROR, 404: ERROR, 409: ERROR},
     )
     def update(self, request: Request, name: str, alias: str) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.MOVE_ALIAS)
+        model = self.scoped_model(Action.MOVE_ALIAS)
         serializer = AliasSetSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         obj = services.alias_set(
@@ -251,9 +249,7 @@ class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(summary="Delete an alias", parameters=[MODEL_NAME, ALIAS], responses={204: None, 404: ERROR})
     def destroy(self, request: Request, name: str, alias: str) -> Response:
-        services.alias_delete(
-            actor=request.user, model=selectors.model_get(request.user, name, action=Action.MOVE_ALIAS), name=alias
-        )
+        services.alias_delete(actor=request.user, model=self.scoped_model(Action.MOVE_ALIAS), name=alias)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
@@ -264,7 +260,7 @@ class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"])
     def rollback(self, request: Request, name: str, alias: str) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.MOVE_ALIAS)
+        model = self.scoped_model(Action.MOVE_ALIAS)
         return Response(AliasSerializer(services.alias_rollback(actor=request.user, model=model, name=alias)).data)
 
     @extend_schema(
@@ -274,7 +270,7 @@ class AliasViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["get"])
     def history(self, request: Request, name: str, alias: str) -> Response:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         return Response(AuditEventSerializer(selectors.alias_history(model, alias)[:500], many=True).data)
 
 

@@ -47,7 +47,7 @@ def tags_parse(raw: Any) -> list[str]:
     return tags
 
 
-def _tags_set(obj: RegisteredModel | ModelVersion, names: list[str]) -> None:
+def tags_set(obj: RegisteredModel | ModelVersion, names: list[str]) -> None:
     obj.tags.set([Tag.objects.get_or_create(name=name)[0] for name in names])
 
 
@@ -73,7 +73,7 @@ def model_create(
             model = RegisteredModel.objects.create(
                 name=name, description=description, owner=actor, visibility=visibility
             )
-            _tags_set(model, tag_names)
+            tags_set(model, tag_names)
             audit_record(
                 actor,
                 "model.create",
@@ -111,7 +111,7 @@ def model_update(
             model.visibility = visibility
         model.save()
         if tags is not None:
-            _tags_set(model, tags_parse(tags))
+            tags_set(model, tags_parse(tags))
         after = {
             "description": model.description,
             "visibility": model.visibility,

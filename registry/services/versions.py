@@ -29,7 +29,7 @@ from registry.models import (
     VersionStatus,
 )
 from registry.services.access import alias_move_authorize
-from registry.services.models import _tags_set, tags_parse
+from registry.services.models import tags_parse, tags_set
 from registry.uploads import too_large_message
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def version_upload(
                 parent=parent,
                 created_by=actor,
             )
-            _tags_set(version, tag_names)
+            tags_set(version, tag_names)
             audit_record(
                 actor,
                 "version.upload",
@@ -235,7 +235,7 @@ def version_update(
         if changed:
             version.save(update_fields=[*changed, "updated_at"])
         if tags is not None:
-            _tags_set(version, tags_parse(tags))
+            tags_set(version, tags_parse(tags))
         after = snapshot()
         if before != after:
             audit_record(actor, "version.update", model=version.model, object_type="version",
