@@ -23,6 +23,7 @@ from core.datatypes import NUMPY_DTYPES
 from inference.runtimes import ModelRuntime
 from inference.services import PROBE_SEQUENCE, device_select, model_load, random_tensor
 from registry import selectors, services
+from registry.models import VersionStatus
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class ModelCache:
             version = selectors.version_for_serving(version_id)
         except Exception as exc:
             raise ModelUnavailable(str(exc)) from exc
-        if version.status != "ready":
+        if version.status != VersionStatus.READY:
             raise ModelUnavailable(f"{version} is {version.status}, not ready")
         started = time.perf_counter()
         try:

@@ -8,8 +8,8 @@ from django import template
 
 from registry import access, services
 from registry.access import Action
-from registry.models import AuditEvent, RegisteredModel
-from registry.roles import Role
+from registry.models import AuditEvent, RegisteredModel, VersionStatus
+from registry.roles import RequestStatus, Role
 
 register = template.Library()
 
@@ -18,15 +18,17 @@ register = template.Library()
 def model_access(context: dict[str, Any], model: RegisteredModel) -> dict[str, Any]:
     """Audit events of the model (newest 50), its roles and pending requests, for one who may see it."""
     user = context["request"].user
+    pending = model.promotion_requests.filter(status=RequestStatus.PENDING).select_related("version", "requested_by")
+    ready = model.versions.filter(status=VersionStatus.READY).order_by("-version").values_list("version", flat=True)
     return {
         "model": model,
         "events": AuditEvent.objects.filter(model=model).order_by("-created_at", "-id")[:50],
         "roles": services.roles_of(model),
-        "pending": model.promotion_requests.filter(status="pending").select_related("version", "requested_by"),
+        "pending": pending,
         "can_manage": access.model_permits(user, model, Action.MANAGE),
         "can_promote": access.model_permits(user, model, Action.PROMOTE),
         "roles_choices": Role.values,
-        "ready_versions": model.versions.filter(status="ready").order_by("-version").values_list("version", flat=True),
+        "ready_versions": ready,
         "user": user,
         "csrf_token": context.get("csrf_token"),
     }
