@@ -10,14 +10,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from inference.services import ProbeFailed, model_probe
-from registry.artifacts import (
-    ArtifactIntegrityError,
-    artifact_fetch,
-)
-from registry.models import (
-    ModelVersion,
-    VersionStatus,
-)
+from registry.artifacts import ArtifactIntegrityError, artifact_fetch
+from registry.models import ModelVersion, VersionStatus
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ import csv
 import datetime as dt
 import io
 import json
-import logging
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -15,12 +14,7 @@ from django.db.models import QuerySet
 from core.errors import InvalidInput
 from core.request_id import current_request_id
 from registry.access.grants import grant_of
-from registry.models import (
-    AuditEvent,
-    RegisteredModel,
-)
-
-logger = logging.getLogger(__name__)
+from registry.models import AuditEvent, RegisteredModel
 
 
 def audit_record(

@@ -24,15 +24,7 @@ from django.db import DatabaseError, close_old_connections, transaction
 from django.utils import timezone
 
 from monitoring.metrics.histogram import batch_bucket, hist_merge, latency_bucket
-from monitoring.metrics.prometheus import (
-    BATCH,
-    COMPUTE,
-    LATENCY,
-    PAYLOAD,
-    QUEUE,
-    REQUESTS,
-    histogram_add,
-)
+from monitoring.metrics.prometheus import BATCH, COMPUTE, LATENCY, PAYLOAD, QUEUE, REQUESTS, histogram_add
 from monitoring.models import MetricBucket
 from registry.models import ModelVersion
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +23,6 @@ from registry.audit import audit_record
 from registry.hooks import Promotion
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
 from registry.services.models import alias_name_check
-
-logger = logging.getLogger(__name__)
 
 
 class GateRefused(Conflict):

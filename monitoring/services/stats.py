@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -13,12 +12,8 @@ from django.utils import timezone
 
 from core.errors import InvalidInput, NotFound
 from monitoring import metrics
-from monitoring.models import (
-    MetricBucket,
-)
+from monitoring.models import MetricBucket
 from registry.models import ModelVersion, RegisteredModel
-
-logger = logging.getLogger(__name__)
 
 WINDOWS = {"hour": (timedelta(hours=1), 60), "day": (timedelta(days=1), 15 * 60), "week": (timedelta(days=7), 3600)}
 QUANTILES = (0.5, 0.95, 0.99)

@@ -17,24 +17,9 @@ from registry.services.access import (
     role_revoke,
     roles_of,
 )
-from registry.services.aliases import (
-    alias_delete,
-    alias_previous_version,
-    alias_rollback,
-    alias_set,
-)
-from registry.services.models import (
-    MAX_TAGS,
-    alias_name_check,
-    model_create,
-    model_delete,
-    model_update,
-    tags_parse,
-)
-from registry.services.promotions import (
-    promotion_request_create,
-    promotion_request_decide,
-)
+from registry.services.aliases import alias_delete, alias_previous_version, alias_rollback, alias_set
+from registry.services.models import MAX_TAGS, alias_name_check, model_create, model_delete, model_update, tags_parse
+from registry.services.promotions import promotion_request_create, promotion_request_decide
 from registry.services.versions import (
     version_archive,
     version_artifact_path,

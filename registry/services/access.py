@@ -5,7 +5,6 @@ Like the other registry services, every change is one transaction with its audit
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,8 +20,6 @@ from registry.audit import audit_record
 from registry.models import PRODUCTION_ALIAS, RegisteredModel
 from registry.roles import ModelRole, ProtectedAlias, Role
 from registry.services.models import alias_name_check
-
-logger = logging.getLogger(__name__)
 
 
 def _role_snapshot(grant: ModelRole | None) -> dict[str, Any] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.db import transaction
@@ -10,17 +9,10 @@ from django.db import transaction
 from core.errors import Conflict, NotFound
 from registry import hooks
 from registry.audit import audit_record
-from registry.models import (
-    AuditEvent,
-    ModelAlias,
-    RegisteredModel,
-    VersionStatus,
-)
+from registry.models import AuditEvent, ModelAlias, RegisteredModel, VersionStatus
 from registry.selectors import alias_get
 from registry.services.access import alias_move_authorize
 from registry.services.models import alias_name_check
-
-logger = logging.getLogger(__name__)
 
 
 def alias_set(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
@@ -11,21 +10,9 @@ from django.db import IntegrityError, transaction
 from core.errors import Conflict, InvalidInput
 from registry import hooks
 from registry.access import Action, model_require
-from registry.artifacts import (
-    artifact_delete,
-)
+from registry.artifacts import artifact_delete
 from registry.audit import audit_record
-from registry.models import (
-    ALIAS_NAME_RE,
-    MODEL_NAME_RE,
-    TAG_RE,
-    ModelVersion,
-    RegisteredModel,
-    Tag,
-    Visibility,
-)
-
-logger = logging.getLogger(__name__)
+from registry.models import ALIAS_NAME_RE, MODEL_NAME_RE, TAG_RE, ModelVersion, RegisteredModel, Tag, Visibility
 
 MAX_TAGS = 20
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.db import transaction
@@ -16,8 +15,6 @@ from registry.models import ModelVersion, RegisteredModel, VersionStatus
 from registry.roles import PromotionRequest, RequestStatus
 from registry.services.aliases import alias_set
 from registry.services.models import alias_name_check
-
-logger = logging.getLogger(__name__)
 
 
 def promotion_request_create(

@@ -14,20 +14,9 @@ from django.utils import timezone
 from core.errors import Conflict, InvalidInput, PayloadTooLarge
 from registry import hooks, signatures
 from registry.access import Action, model_require
-from registry.artifacts import (
-    archive_check,
-    artifact_delete,
-    artifact_fetch,
-    artifact_store,
-    sha256_of,
-)
+from registry.artifacts import archive_check, artifact_delete, artifact_fetch, artifact_store, sha256_of
 from registry.audit import audit_record
-from registry.models import (
-    ModelFormat,
-    ModelVersion,
-    RegisteredModel,
-    VersionStatus,
-)
+from registry.models import ModelFormat, ModelVersion, RegisteredModel, VersionStatus
 from registry.services.access import alias_move_authorize
 from registry.services.models import tags_parse, tags_set
 from registry.uploads import too_large_message
