@@ -26,8 +26,9 @@ import requests
 from django.conf import settings
 from django.db import connection
 
+from core import redis as shared_redis
 from core.embedded import embedded_redis_start
-from inference import invalidation, predict
+from inference import invalidation
 from portal.celery import app as celery_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +88,7 @@ def _forget_connections() -> None:
     celery_app._backend_cache = None
     celery_app._local = threading.local()
     invalidation._client = None
-    predict._client = None
+    shared_redis.reset()
 
 
 def _database_environment() -> dict[str, str]:

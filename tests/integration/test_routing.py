@@ -30,7 +30,8 @@ def workers_on(queue: str) -> set[str]:
     """Worker process ids whose heartbeat says they serve `queue`."""
     raw = redis.Redis.from_url(wire.redis_url()).hgetall(wire.WORKERS_KEY)
     now = time.time()
-    return {k.decode() for k, v in raw.items() if queue in (info := wire.unpack(v))["q"] and info["t"] > now - 10}
+    beats = {k.decode(): wire.Heartbeat.decode(v) for k, v in raw.items()}
+    return {k for k, beat in beats.items() if queue in beat.queues and beat.beat_at > now - 10}
 
 
 def wait_for_workers(queue: str, count: int, timeout: float = 30) -> set[str]:
