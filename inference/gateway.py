@@ -228,15 +228,16 @@ class Gateway:
     async def _listen_invalidations(self) -> None:
         while True:
             try:
-                pubsub = shared_redis.async_client(timeout=None).pubsub()
-                await pubsub.subscribe(wire.INVALIDATE_CHANNEL)
-                # Anything may have changed while we were not listening.
-                self.forget()
-                guard.subscription(True)
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self.forget()
-                        await guard.acknowledge(self._connect(), message["data"])
+                # Closed on the way out, so its connection goes back to the shared pool.
+                async with shared_redis.async_client(timeout=None).pubsub() as pubsub:
+                    await pubsub.subscribe(wire.INVALIDATE_CHANNEL)
+                    # Anything may have changed while we were not listening.
+                    self.forget()
+                    guard.subscription(True)
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self.forget()
+                            await guard.acknowledge(self._connect(), message["data"])
             except (redis.RedisError, OSError) as exc:
                 guard.subscription(False)
                 logger.warning("gateway lost the invalidation channel: %s", exc)
