@@ -48,7 +48,8 @@ class ThrottledLoginView(LoginView):
         buckets = _buckets(request)
         throttle = Throttle(KEY_PREFIX, settings.LOGIN_FAILURE_WINDOW_SECONDS, clock=self.clock)
         try:
-            client = shared_redis.client()
+            # A short read timeout: a Redis that hangs must not hold up sign-ins for long.
+            client = shared_redis.client(timeout=1)
             counts = throttle.peek(client, *buckets)
         except (ThrottleUnavailable, redis.RedisError) as exc:
             logger.warning("login throttle unavailable (%s): not throttling", exc)
