@@ -181,7 +181,7 @@ class BatchReply:
     batch_id: str
     answers: list[Answer]
     queue_ms: float  # from sent_at until the worker popped the batch
-    compute_ms: float  # the forward passes of the whole drain the batch was part of
+    compute_ms: float  # loading and forward passes of all this version's batches popped with it
     batch_rows: int  # rows in the largest forward pass the batch shared
     worker: str
 
