@@ -17,26 +17,18 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
+from core import redis as shared_redis
+
 INVALIDATE_CHANNEL = "maas:invalidate"
-
-
-def _redis_url() -> str:
-    url = settings.INFERENCE_REDIS_URL
-    # kombu spells unix sockets redis+socket://; redis-py spells them unix://.
-    return "unix://" + url.removeprefix("redis+socket://") if url.startswith("redis+socket://") else url
-
 
 logger = logging.getLogger(__name__)
 
-_client: redis.Redis | None = None
 _warned = False
 
 
 def _redis() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(_redis_url(), socket_timeout=2, socket_connect_timeout=1)
-    return _client
+    # The socket timeout is above the one-second polls of serving_invalidate_confirmed.
+    return shared_redis.client(timeout=2)
 
 
 def serving_invalidate(reason: str) -> None:

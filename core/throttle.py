@@ -1,64 +1,153 @@
-"""Per-token request rates, counted in Redis so that every web process shares the count.
+"""Events counted per key in windows kept in Redis, so that every process shares the count.
 
-A fixed one-minute window per token: one Lua call increments the counter, sets its expiry
-on the first hit and answers the count with the time left, in one round trip.
+One primitive serves per-token rate limits (the /v2 gateway and the Django prediction
+endpoint) and sign-in throttling (accounts.login_throttle). A key's window opens with its
+first event and lasts `window_seconds`; one Lua call counts the event on each key and
+answers each count with the milliseconds its window has left (the Retry-After), in one
+round trip. Windows open at the first event rather than on clock-aligned minutes, so a
+burst is never split across an arbitrary boundary and tests need no luck.
+
+Why not Django's Redis cache backend (CACHES): the gateway is asyncio and Django's async
+cache methods run the sync client in a thread; its incr is a separate round trip from
+setting the expiry (and fails on a missing key), and it cannot tell the time a window has
+left without reaching into its private client.
+
+The clock is injectable: the window arithmetic uses the caller's time, not Redis's, and
+the stored key expires on Redis's clock only to clean up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
 
 from core.errors import ServiceUnavailable, TooManyRequests
 
-WINDOW_SECONDS = 60
-KEY_PREFIX = "maas:rate:"
+Clock = Callable[[], float]
+
+# KEYS: one hash per counted key, {s: window start (ms), n: count}. ARGV: now (ms), window
+# (ms), cost (0 only reads). A window whose start is more than a window ahead of `now`
+# came from a clock that has since jumped back: it is reopened rather than trusted.
 _SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return {count, redis.call('PTTL', KEYS[1])}
+local now, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for _, key in ipairs(KEYS) do
+  local stored = redis.call('HMGET', key, 's', 'n')
+  local start, count = tonumber(stored[1]), tonumber(stored[2]) or 0
+  if not start or now >= start + window or start > now + window then
+    start, count = now, 0
+    if cost > 0 then
+      redis.call('HSET', key, 's', now, 'n', 0)
+      redis.call('PEXPIRE', key, window)
+    end
+  end
+  if cost > 0 then count = redis.call('HINCRBY', key, 'n', cost) end
+  out[#out + 1] = count
+  out[#out + 1] = start + window - now
+end
+return out
 """
-_sync_scripts: dict[int, Any] = {}
-_async_scripts: dict[int, Any] = {}
+# Redis names a loaded script by this digest.
+_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 
-def _key(bucket: str) -> str:
-    return f"{KEY_PREFIX}{bucket}:{int(time.time() // WINDOW_SECONDS)}"
+class ThrottleUnavailable(ServiceUnavailable):
+    """Redis did not answer: the caller decides whether that refuses (rate limits) or not (sign-in)."""
 
 
-def _verdict(bucket: str, limit: int, reply: list[int]) -> None:
-    count, ttl_ms = int(reply[0]), int(reply[1])
-    if count > limit:
-        retry_after = max(1, math.ceil(ttl_ms / 1000)) if ttl_ms > 0 else WINDOW_SECONDS
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Events counted in a key's current window, and whole seconds until it closes."""
+
+    count: int
+    retry_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Fixed windows of `window_seconds` per key under `prefix`."""
+
+    prefix: str
+    window_seconds: int
+    clock: Clock = time.time
+
+    def _args(self, cost: int) -> tuple[int, int, int]:
+        return int(self.clock() * 1000), self.window_seconds * 1000, cost
+
+    def _counts(self, reply: list[int]) -> list[Count]:
+        counts = []
+        for i in range(0, len(reply), 2):
+            # A key whose window started on a clock slightly ahead of ours can say more
+            # than a window: never promise more than one.
+            seconds = min(self.window_seconds, max(1, math.ceil(int(reply[i + 1]) / 1000)))
+            counts.append(Count(int(reply[i]), seconds))
+        return counts
+
+    def _keys(self, buckets: tuple[str, ...]) -> list[str]:
+        return [f"{self.prefix}{bucket}" for bucket in buckets]
+
+    def _call(self, client: redis.Redis, buckets: tuple[str, ...], cost: int) -> list[Count]:
+        keys, args = self._keys(buckets), self._args(cost)
+        try:
+            try:
+                reply = client.evalsha(_SHA, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                reply = client.eval(_SCRIPT, len(keys), *keys, *args)
+        except (redis.RedisError, OSError) as exc:
+            raise ThrottleUnavailable(f"The rate limiter (Redis) is unavailable: {exc}") from None
+        return self._counts(reply)
+
+    def hit(self, client: redis.Redis, *buckets: str) -> list[Count]:
+        """Count one event on each bucket; their counts including it."""
+        return self._call(client, buckets, 1)
+
+    def peek(self, client: redis.Redis, *buckets: str) -> list[Count]:
+        """The buckets' counts, counting nothing."""
+        return self._call(client, buckets, 0)
+
+    def clear(self, client: redis.Redis, bucket: str) -> None:
+        """Forget a bucket's window (a success that forgives earlier failures)."""
+        try:
+            client.delete(f"{self.prefix}{bucket}")
+        except (redis.RedisError, OSError) as exc:
+            raise ThrottleUnavailable(f"The rate limiter (Redis) is unavailable: {exc}") from None
+
+    async def hit_async(self, client: aioredis.Redis, *buckets: str) -> list[Count]:
+        """hit() for the asyncio gateway."""
+        keys, args = self._keys(buckets), self._args(1)
+        try:
+            try:
+                reply = await client.evalsha(_SHA, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                reply = await client.eval(_SCRIPT, len(keys), *keys, *args)
+        except (redis.RedisError, OSError) as exc:
+            raise ThrottleUnavailable(f"The rate limiter (Redis) is unavailable: {exc}") from None
+        return self._counts(reply)
+
+
+# Per-token request rates: limits are set per minute on the token.
+RATE = Throttle("maas:rate:", 60)
+
+
+def _over(bucket: str, limit: int, counted: Count) -> None:
+    if counted.count > limit:
         raise TooManyRequests(
-            f"Rate limit of {limit} requests per minute exceeded for {bucket}; retry in {retry_after}s.",
-            retry_after=retry_after,
+            f"Rate limit of {limit} requests per minute exceeded for {bucket}; retry in {counted.retry_after}s.",
+            retry_after=counted.retry_after,
         )
 
 
-def rate_hit(client: redis.Redis, bucket: str, limit: int) -> None:
-    """Count one request of `bucket`; raise TooManyRequests (429) past `limit` a minute."""
-    script = _sync_scripts.get(id(client))
-    if script is None:
-        script = _sync_scripts[id(client)] = client.register_script(_SCRIPT)
-    try:
-        reply = script(keys=[_key(bucket)], args=[WINDOW_SECONDS * 1000])
-    except redis.RedisError as exc:
-        raise ServiceUnavailable(f"The rate limiter (Redis) is unavailable: {exc}") from None
-    _verdict(bucket, limit, reply)
+def rate_hit(client: redis.Redis, bucket: str, limit: int, throttle: Throttle = RATE) -> None:
+    """Count one request of `bucket`: TooManyRequests (429) past `limit` a minute, 503 without Redis."""
+    _over(bucket, limit, throttle.hit(client, bucket)[0])
 
 
-async def rate_hit_async(client: aioredis.Redis, bucket: str, limit: int) -> None:
+async def rate_hit_async(client: aioredis.Redis, bucket: str, limit: int, throttle: Throttle = RATE) -> None:
     """rate_hit for the asyncio gateway."""
-    script = _async_scripts.get(id(client))
-    if script is None:
-        script = _async_scripts[id(client)] = client.register_script(_SCRIPT)
-    try:
-        reply = await script(keys=[_key(bucket)], args=[WINDOW_SECONDS * 1000])
-    except (redis.RedisError, OSError) as exc:
-        raise ServiceUnavailable(f"The rate limiter (Redis) is unavailable: {exc}") from None
-    _verdict(bucket, limit, reply)
+    _over(bucket, limit, (await throttle.hit_async(client, bucket))[0])

@@ -32,10 +32,14 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
 from accounts.services import token_authenticate
+from core import redis as shared_redis
 from core.errors import PortalError
+from core.invalidation import INVALIDATE_CHANNEL
 from inference import guard, protocol, telemetry, wire
+from inference.wire import BatchReply, BatchRequest, Failure, Outputs
 from registry import access, selectors
 from registry.access import Action
+from registry.models import VersionStatus
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +95,7 @@ def _resolve(user: Any, name: str, version: str | None) -> Target:
     else:
         found = selectors.version_resolve(user, name, alias=version)
     model = found.model
-    ready = model.versions.filter(status="ready").order_by("version").values_list("version", flat=True)
+    ready = model.versions.filter(status=VersionStatus.READY).order_by("version").values_list("version", flat=True)
     return Target(
         version_id=found.pk, model_name=model.name, version=found.version, status=found.status,
         format=found.format, signature=found.signature, queue=model.serving_queue,
@@ -116,18 +120,22 @@ def _authenticate(raw: str) -> Any:
     return token.user if token else None
 
 
+# What a request's future resolves to: its own answer and the reply of the batch it rode in.
+Answered = tuple[Outputs | Failure, BatchReply]
+
+
 class Coalescer:
     """Requests for one model version waiting to be sent together."""
 
     def __init__(self, gateway: Gateway, target: Target) -> None:
         self.gateway = gateway
         self.target = target
-        self.waiting: list[tuple[wire.Tensors, asyncio.Future[dict[str, Any]]]] = []
+        self.waiting: list[tuple[wire.Tensors, asyncio.Future[Answered]]] = []
         self.in_flight = 0
         self.timer: asyncio.TimerHandle | None = None
 
-    def submit(self, tensors: wire.Tensors) -> asyncio.Future[dict[str, Any]]:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    def submit(self, tensors: wire.Tensors) -> asyncio.Future[Answered]:
+        future: asyncio.Future[Answered] = asyncio.get_running_loop().create_future()
         self.waiting.append((tensors, future))
         if self.target.max_batch_delay_ms and self.timer is None and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
             self.timer = asyncio.get_running_loop().call_later(self.target.max_batch_delay_ms / 1000, self._timer_fired)
@@ -141,7 +149,7 @@ class Coalescer:
 
     def flush(self) -> None:
         while self.waiting and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
-            batch: list[tuple[wire.Tensors, asyncio.Future[dict[str, Any]]]] = []
+            batch: list[tuple[wire.Tensors, asyncio.Future[Answered]]] = []
             rows = 0
             while self.waiting and (not batch or rows + wire.rows(self.waiting[0][0]) <= self.target.max_batch_size):
                 item = self.waiting.pop(0)
@@ -150,12 +158,14 @@ class Coalescer:
             self.in_flight += 1
             asyncio.get_running_loop().create_task(self._send(batch))
 
-    async def _send(self, batch: list[tuple[wire.Tensors, asyncio.Future[dict[str, Any]]]]) -> None:
+    async def _send(self, batch: list[tuple[wire.Tensors, asyncio.Future[Answered]]]) -> None:
         try:
             reply = await self.gateway.exchange(self.target, [tensors for tensors, _ in batch])
-            for (_, future), answer in zip(batch, reply["o"], strict=True):
+            if len(reply.answers) != len(batch):
+                raise HttpError(502, f"A worker answered {len(reply.answers)} requests of a batch of {len(batch)}.")
+            for (_, future), answer in zip(batch, reply.answers, strict=True):
                 if not future.done():
-                    future.set_result(answer | {"timing": {k: reply[k] for k in ("qt", "ct", "bs", "w")}})
+                    future.set_result((answer, reply))
         except HttpError as exc:
             for _, future in batch:
                 if not future.done():
@@ -171,11 +181,11 @@ class Gateway:
     def __init__(self) -> None:
         self.reply_key = f"{wire.REPLY_PREFIX}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.redis: aioredis.Redis | None = None
-        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.pending: dict[str, asyncio.Future[BatchReply]] = {}
         self.coalescers: dict[int, Coalescer] = {}
         self.users: dict[str, tuple[float, Any]] = {}
         self.targets: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
-        self.workers: tuple[float, dict[str, Any]] = (0.0, {})
+        self.workers: tuple[float, list[wire.Heartbeat]] = (0.0, [])
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- plumbing ------------------------------------------------------------------------
@@ -183,13 +193,13 @@ class Gateway:
         if self.redis is None:
             if not settings.INFERENCE_REDIS_URL:
                 raise HttpError(503, "Online predictions need a Redis (INFERENCE_REDIS_URL) and none is configured.")
-            self.redis = aioredis.Redis.from_url(wire.redis_url(), socket_connect_timeout=1, socket_timeout=5)
+            self.redis = shared_redis.async_client()
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._read_replies()), loop.create_task(self._listen_invalidations())]
         return self.redis
 
     async def _read_replies(self) -> None:
-        reader = aioredis.Redis.from_url(wire.redis_url(), socket_connect_timeout=1, socket_timeout=None)
+        reader = shared_redis.async_client(timeout=None)
         while True:
             try:
                 item = await reader.brpop([self.reply_key], timeout=1)
@@ -199,23 +209,29 @@ class Gateway:
                 continue
             if item is None:
                 continue
-            reply = wire.unpack(cast(bytes, item[1]))
-            future = self.pending.pop(reply["b"], None)
+            try:
+                reply = BatchReply.decode(cast(bytes, item[1]))
+            except wire.WireError as exc:
+                # Its batch cannot be told: that request times out (504) like a lost reply.
+                logger.error("gateway dropped a malformed reply: %s", exc)
+                continue
+            future = self.pending.pop(reply.batch_id, None)
             if future is not None and not future.done():
                 future.set_result(reply)
 
     async def _listen_invalidations(self) -> None:
         while True:
             try:
-                pubsub = aioredis.Redis.from_url(wire.redis_url(), socket_connect_timeout=1).pubsub()
-                await pubsub.subscribe(wire.INVALIDATE_CHANNEL)
-                # Anything may have changed while we were not listening.
-                self.forget()
-                guard.subscription(True)
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self.forget()
-                        await guard.acknowledge(self._connect(), message["data"])
+                # Closed on the way out, so its connection goes back to the shared pool.
+                async with shared_redis.async_client(timeout=None).pubsub() as pubsub:
+                    await pubsub.subscribe(INVALIDATE_CHANNEL)
+                    # Anything may have changed while we were not listening.
+                    self.forget()
+                    guard.subscription(True)
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self.forget()
+                            await guard.acknowledge(self._connect(), message["data"])
             except (redis.RedisError, OSError) as exc:
                 guard.subscription(False)
                 logger.warning("gateway lost the invalidation channel: %s", exc)
@@ -227,18 +243,17 @@ class Gateway:
         self.targets.clear()
         guard.forgotten()
 
-    async def exchange(self, target: Target, requests: list[wire.Tensors]) -> dict[str, Any]:
+    async def exchange(self, target: Target, requests: list[wire.Tensors]) -> BatchReply:
         """Send one batch to the workers of the target's queue and wait for its reply."""
         client = self._connect()
         batch_id = uuid.uuid4().hex
         now = time.time()
         timeout = settings.INFERENCE_TIMEOUT_SECONDS
-        message = {"b": batch_id, "r": self.reply_key, "v": target.version_id, "s": now, "d": now + timeout,
-                   "q": [wire.pack_tensors(tensors) for tensors in requests]}  # fmt: skip
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        message = BatchRequest(batch_id, self.reply_key, target.version_id, now, now + timeout, requests)
+        future: asyncio.Future[BatchReply] = asyncio.get_running_loop().create_future()
         self.pending[batch_id] = future
         try:
-            await client.lpush(wire.queue_key(target.queue), wire.pack(message))
+            await client.lpush(wire.queue_key(target.queue), message.encode())
         except (redis.RedisError, OSError) as exc:
             self.pending.pop(batch_id, None)
             raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
@@ -290,7 +305,7 @@ class Gateway:
                 # Without a token, whatever is not public answers alike: nothing leaks.
                 raise HttpError(401, AUTH_REQUIRED) from None
             raise HttpError(exc.status_code, exc.message) from None
-        if target.status == "ready" and guard.generation() == seen:
+        if target.status == VersionStatus.READY and guard.generation() == seen:
             # Only ready routes are cached: a pending version must be seen turning ready.
             self.targets[key] = (time.monotonic(), target)
         return target
@@ -303,10 +318,15 @@ class Gateway:
                 raw = await self._connect().hgetall(wire.WORKERS_KEY)
             except (redis.RedisError, OSError) as exc:
                 raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
-            workers = {cast(bytes, key).decode(): wire.unpack(cast(bytes, value)) for key, value in raw.items()}
+            workers = []
+            for key, value in raw.items():
+                try:
+                    workers.append(wire.Heartbeat.decode(cast(bytes, value)))
+                except wire.WireError as exc:  # a worker of another release, or garbage: not live
+                    logger.warning("ignoring worker %r: %s", key, exc)
             self.workers = (time.monotonic(), workers)
         horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
-        return {queue for info in workers.values() if info["t"] > horizon for queue in info["q"]}
+        return {queue for beat in workers if beat.beat_at > horizon for queue in beat.queues}
 
     # -- HTTP ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -359,7 +379,7 @@ class Gateway:
         if tail is None and method == "GET":
             return _json(_metadata(target))
         if tail == "/ready" and method == "GET":
-            if target.status != "ready":
+            if target.status != VersionStatus.READY:
                 raise HttpError(400, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready.")
             if target.queue not in await self.live_queues():
                 raise HttpError(400, f"No live worker serves queue {target.queue!r} for model {target.model_name!r}.")
@@ -379,7 +399,7 @@ class Gateway:
     async def infer(
         self, target: Target, headers: dict[bytes, bytes], receive: Receive, sample: telemetry.Sample | None = None
     ) -> tuple[int, bytes, dict[str, str]]:
-        if target.status != "ready":
+        if target.status != VersionStatus.READY:
             raise HttpError(
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
@@ -394,20 +414,19 @@ class Gateway:
         coalescer = self.coalescers.get(target.version_id)
         if coalescer is None or coalescer.target != target:
             coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
-        answer = await coalescer.submit(request.inputs)
-        if "err" in answer:
-            raise HttpError(answer["s"], answer["err"])
-        outputs = wire.unpack_tensors(answer["ok"])
+        answer, reply = await coalescer.submit(request.inputs)
+        if isinstance(answer, Failure):
+            raise HttpError(answer.status, answer.message)
+        outputs = answer.tensors
         specs = {spec["name"]: spec["datatype"] for spec in target.signature["outputs"]}
         names = list(specs) if request.requested_outputs is None else [name for name, _ in request.requested_outputs]
         selected = [(name, specs[name], outputs[name]) for name in names]
-        timing = answer["timing"]
         if sample is not None:
-            sample.timing = timing
+            sample.timing = {"qt": reply.queue_ms, "ct": reply.compute_ms, "bs": reply.batch_rows}
         # Where the time went, for clients and dashboards: queue wait and compute on the
         # worker, and how many rows shared the forward pass.
-        parameters = {"queue_ms": round(timing["qt"], 3), "compute_ms": round(timing["ct"], 3),
-                      "batch_size": timing["bs"], "worker": timing["w"]}  # fmt: skip
+        parameters = {"queue_ms": round(reply.queue_ms, 3), "compute_ms": round(reply.compute_ms, 3),
+                      "batch_size": reply.batch_rows, "worker": reply.worker}  # fmt: skip
         body, response_headers = protocol.encode_response(
             target.model_name, str(target.version), request.id, selected, request.binary_output_names(names), parameters
         )

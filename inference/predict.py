@@ -17,30 +17,26 @@ import numpy as np
 import redis
 from django.conf import settings
 
+from core import redis as shared_redis
 from core.errors import GatewayTimeout, InvalidInput, PortalError, ServiceUnavailable, Unprocessable
 from core.throttle import rate_hit
 from inference import protocol, telemetry, wire
+from inference.wire import BatchReply, BatchRequest, Failure
 from registry.access import grant_of
-from registry.models import ModelVersion
+from registry.models import ModelVersion, VersionStatus
 
-_client: redis.Redis | None = None
 STATUS_ERRORS: dict[int, type[PortalError]] = {422: Unprocessable, 503: ServiceUnavailable, 504: GatewayTimeout}
 
 
-def _redis() -> redis.Redis:
-    global _client
-    if _client is None:
-        if not settings.INFERENCE_REDIS_URL:
-            raise ServiceUnavailable("Online predictions need a Redis (INFERENCE_REDIS_URL) and none is configured.")
-        _client = redis.Redis.from_url(wire.redis_url(), socket_connect_timeout=1, socket_timeout=None)
-    return _client
-
-
 def rate_limit(user: Any) -> None:
-    """Count a prediction of a rate-limited token (429 past its limit); free for others."""
+    """Count a prediction of a rate-limited token (429 past its limit, 503 without Redis); free for others."""
     grant = grant_of(user)
     if grant is not None and grant.rate_limit_per_minute:
-        rate_hit(_redis(), f"token {grant.token_id}", grant.rate_limit_per_minute)
+        try:
+            client = shared_redis.client()
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"The rate limiter (Redis) is unavailable: {exc}") from None
+        rate_hit(client, f"token {grant.token_id}", grant.rate_limit_per_minute)
 
 
 def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndarray]:
@@ -92,19 +88,19 @@ def predict(
 def _exchange(
     version: ModelVersion, tensors: dict[str, np.ndarray], sample: telemetry.Sample
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    if version.status != "ready":
+    if version.status != VersionStatus.READY:
         raise ServiceUnavailable(
             f"Model {version.model.name!r} v{version.version} is {version.status}, not ready to serve."
         )
-    client = _redis()
     reply_key = f"{wire.REPLY_PREFIX}sync:{uuid.uuid4().hex}"
     now = time.time()
     timeout = settings.INFERENCE_TIMEOUT_SECONDS
-    message = {"b": uuid.uuid4().hex, "r": reply_key, "v": version.pk, "s": now, "d": now + timeout,
-               "q": [wire.pack_tensors(tensors)]}  # fmt: skip
+    message = BatchRequest(uuid.uuid4().hex, reply_key, version.pk, now, now + timeout, [tensors])
     started = time.perf_counter()
     try:
-        client.lpush(wire.queue_key(version.model.serving_queue), wire.pack(message))
+        # No read timeout: BRPOP waits on the server, up to the prediction timeout.
+        client = shared_redis.client(timeout=None)
+        client.lpush(wire.queue_key(version.model.serving_queue), message.encode())
         item = client.brpop([reply_key], timeout=max(1, round(timeout)))
     except redis.RedisError as exc:
         raise ServiceUnavailable(f"The prediction broker is unavailable: {exc}") from None
@@ -112,14 +108,17 @@ def _exchange(
         raise GatewayTimeout(
             f"No worker answered for model {version.model.name!r} v{version.version} within {timeout:g}s."
         )
-    reply = wire.unpack(cast(bytes, item[1]))
-    answer = reply["o"][0]
-    sample.timing = reply
-    if "err" in answer:
-        raise STATUS_ERRORS.get(answer["s"], Unprocessable)(answer["err"])
-    timing = {"total_ms": round((time.perf_counter() - started) * 1000, 3), "queue_ms": round(reply["qt"], 3),
-              "compute_ms": round(reply["ct"], 3), "worker": reply["w"]}  # fmt: skip
-    return wire.unpack_tensors(answer["ok"]), timing
+    try:
+        reply = BatchReply.decode(cast(bytes, item[1]))
+        (answer,) = reply.answers
+    except (wire.WireError, ValueError) as exc:
+        raise ServiceUnavailable(f"A worker sent a reply this portal cannot read: {exc}") from None
+    sample.timing = {"qt": reply.queue_ms, "ct": reply.compute_ms, "bs": reply.batch_rows}
+    if isinstance(answer, Failure):
+        raise STATUS_ERRORS.get(answer.status, Unprocessable)(answer.message)
+    timing = {"total_ms": round((time.perf_counter() - started) * 1000, 3), "queue_ms": round(reply.queue_ms, 3),
+              "compute_ms": round(reply.compute_ms, 3), "worker": reply.worker}  # fmt: skip
+    return answer.tensors, timing
 
 
 def labels_for(version: ModelVersion, outputs: dict[str, np.ndarray]) -> list[str] | None:

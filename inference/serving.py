@@ -23,8 +23,10 @@ import redis
 from celery import signals
 from django.conf import settings
 
+from core import redis as shared_redis
 from inference import telemetry, wire
 from inference.cache import LoadedModel, ModelUnavailable, model_cache
+from inference.wire import Answer, BatchReply, BatchRequest, Failure, Outputs
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,9 @@ class ServingLoop(threading.Thread):
         super().__init__(name="maas-serving", daemon=True)
         self.queues = queues
         self.keys = [wire.queue_key(queue) for queue in queues]
-        self.redis = redis.Redis.from_url(wire.redis_url(), socket_timeout=10, health_check_interval=30)
+        # Its own read timeout: longer than the one-second BRPOP below, short enough to
+        # notice a Redis that stopped answering.
+        self.redis = shared_redis.client(timeout=10)
         self.stopping = threading.Event()
         self.identity = worker_id()
         self._last_heartbeat = 0.0
@@ -58,7 +62,7 @@ class ServingLoop(threading.Thread):
         logger.info("serving predictions from %s as %s", ", ".join(self.queues), self.identity)
         # Replies of the last batch ride in the same round trip as the next pop, so a busy
         # worker pays one Redis round trip per cycle; an idle one blocks in BRPOP.
-        unsent: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        unsent: list[tuple[BatchRequest, BatchReply]] = []
         while not self.stopping.is_set():
             try:
                 self._heartbeat()
@@ -69,7 +73,7 @@ class ServingLoop(threading.Thread):
                     if item is None:
                         continue
                     messages = [cast(bytes, item[1])]
-                unsent = self.handle([wire.unpack(raw) for raw in messages])
+                unsent = self.handle(_decoded(messages))
             except redis.RedisError as exc:
                 logger.warning("serving loop lost Redis (%s); retrying", exc)
                 time.sleep(1)
@@ -79,12 +83,12 @@ class ServingLoop(threading.Thread):
             self._exchange(unsent, pop=False)
             self.redis.hdel(wire.WORKERS_KEY, self.identity)
 
-    def _exchange(self, replies: list[tuple[dict[str, Any], dict[str, Any]]], *, pop: bool = True) -> list[bytes]:
+    def _exchange(self, replies: list[tuple[BatchRequest, BatchReply]], *, pop: bool = True) -> list[bytes]:
         """Push replies to their askers and pop what waits on our queues, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for message, reply in replies:
-            pipe.lpush(message["r"], wire.pack(reply))
-            pipe.expire(message["r"], wire.REPLY_TTL_SECONDS)
+            pipe.lpush(message.reply_to, reply.encode())
+            pipe.expire(message.reply_to, wire.REPLY_TTL_SECONDS)
         if pop:
             for key in self.keys:
                 pipe.rpop(key, MAX_DRAIN)
@@ -99,21 +103,21 @@ class ServingLoop(threading.Thread):
         if now - self._last_heartbeat < HEARTBEAT_SECONDS:
             return
         loaded = [model.version_id for model in model_cache().loaded()]
-        self.redis.hset(wire.WORKERS_KEY, self.identity, wire.pack({"q": self.queues, "t": now, "m": loaded}))
+        self.redis.hset(wire.WORKERS_KEY, self.identity, wire.Heartbeat(self.queues, now, loaded).encode())
         telemetry.worker_heartbeat(self.identity, len(loaded))
         self._last_heartbeat = now
 
-    def handle(self, messages: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    def handle(self, messages: list[BatchRequest]) -> list[tuple[BatchRequest, BatchReply]]:
         """Answer a set of messages, one forward per model version where it can batch.
 
         Replies of every version but the last are pushed at once; the last ones are
         returned for the caller to push with its next pop.
         """
         received = time.time()
-        by_version: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        by_version: dict[int, list[BatchRequest]] = defaultdict(list)
         for message in messages:
-            by_version[message["v"]].append(message)
-        answered: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            by_version[message.version_id].append(message)
+        answered: list[tuple[BatchRequest, BatchReply]] = []
         for version_id, group in by_version.items():
             if answered:
                 self._exchange(answered, pop=False)
@@ -121,43 +125,44 @@ class ServingLoop(threading.Thread):
             answered = list(zip(group, replies, strict=True))
         return answered
 
-    def _run_version(self, version_id: int, group: list[dict[str, Any]], received: float) -> list[dict[str, Any]]:
-        waits = [max(0.0, received - message["s"]) * 1000 for message in group]
-        live = [m for m in group if m["d"] > received]
-        expired = {id(m) for m in group} - {id(m) for m in live}
-        outcomes: dict[int, list[dict[str, Any]]] = {}
+    def _run_version(self, version_id: int, group: list[BatchRequest], received: float) -> list[BatchReply]:
+        live = [m for m in group if m.deadline > received]
+        outcomes: dict[int, list[Answer]] = {}
         started = time.perf_counter()
         rows = 0
         if live:
             try:
                 model = model_cache().get(version_id)
             except ModelUnavailable as exc:
-                error = {"err": f"This worker cannot serve the model: {exc}", "s": 503}
-                outcomes = {id(m): [error] * len(m["q"]) for m in live}
+                error = Failure(f"This worker cannot serve the model: {exc}", 503)
+                outcomes = {id(m): [error] * len(m.requests) for m in live}
             else:
-                requests = [request for m in live for request in m["q"]]
-                results, rows = self._predict(model, [wire.unpack_tensors(r) for r in requests])
+                results, rows = self._predict(model, [request for m in live for request in m.requests])
                 cursor = 0
                 for message in live:
-                    outcomes[id(message)] = results[cursor : cursor + len(message["q"])]
-                    cursor += len(message["q"])
+                    outcomes[id(message)] = results[cursor : cursor + len(message.requests)]
+                    cursor += len(message.requests)
         compute_ms = (time.perf_counter() - started) * 1000
+        late = Failure("The request waited in the queue past its deadline.", 504)
         replies = []
-        for message, wait in zip(group, waits, strict=True):
-            if id(message) in expired:
-                answers = [{"err": "The request waited in the queue past its deadline.", "s": 504}] * len(message["q"])
-            else:
-                answers = outcomes[id(message)]
+        for message in group:
             replies.append(
-                {"b": message["b"], "o": answers, "qt": wait, "ct": compute_ms, "bs": rows, "w": self.identity}
+                BatchReply(
+                    batch_id=message.batch_id,
+                    answers=outcomes.get(id(message)) or [late] * len(message.requests),
+                    queue_ms=max(0.0, received - message.sent_at) * 1000,
+                    compute_ms=compute_ms,
+                    batch_rows=rows,
+                    worker=self.identity,
+                )
             )
         return replies
 
-    def _predict(self, model: LoadedModel, requests: list[wire.Tensors]) -> tuple[list[dict[str, Any]], int]:
+    def _predict(self, model: LoadedModel, requests: list[wire.Tensors]) -> tuple[list[Answer], int]:
         """Outputs for each request: stacked into batches of at most max_batch_size rows when the model batches."""
         if not model.batching or len(requests) == 1:
             return [self._one(model, request) for request in requests], max(wire.rows(r) for r in requests)
-        answers: list[dict[str, Any]] = []
+        answers: list[Answer] = []
         chunk: list[wire.Tensors] = []
         largest = 0
         for request in requests:
@@ -169,7 +174,7 @@ class ServingLoop(threading.Thread):
         answers += self._stacked(model, chunk)
         return answers, max(largest, sum(wire.rows(r) for r in chunk))
 
-    def _stacked(self, model: LoadedModel, chunk: list[wire.Tensors]) -> list[dict[str, Any]]:
+    def _stacked(self, model: LoadedModel, chunk: list[wire.Tensors]) -> list[Answer]:
         if len(chunk) == 1:
             return [self._one(model, chunk[0])]
         try:
@@ -179,24 +184,39 @@ class ServingLoop(threading.Thread):
             # Requests that cannot share a forward (different sequence lengths, or one that
             # makes the model raise) are run one by one so each gets its own answer.
             return [self._one(model, request) for request in chunk]
-        answers, start = [], 0
+        answers: list[Answer] = []
+        start = 0
         for request in chunk:
             end = start + wire.rows(request)
-            answers.append({"ok": wire.pack_tensors({name: array[start:end] for name, _, array in outputs})})
+            answers.append(Outputs({name: array[start:end] for name, _, array in outputs}))
             start = end
         return answers
 
-    def _one(self, model: LoadedModel, request: wire.Tensors) -> dict[str, Any]:
+    def _one(self, model: LoadedModel, request: wire.Tensors) -> Answer:
         try:
             outputs = model.predict(request)
         except Exception as exc:
             message = str(exc).strip().splitlines()[-1][:400] if str(exc).strip() else ""
-            return {
-                "err": f"Model {model.model_name!r} v{model.version} raised {type(exc).__name__} "
+            return Failure(
+                f"Model {model.model_name!r} v{model.version} raised {type(exc).__name__} "
                 f"during the forward pass: {message}",
-                "s": 422,
-            }
-        return {"ok": wire.pack_tensors({name: array for name, _, array in outputs})}
+                422,
+            )
+        return Outputs({name: array for name, _, array in outputs})
+
+
+def _decoded(messages: list[bytes]) -> list[BatchRequest]:
+    """The well-formed batch requests among `messages`; the others are logged and dropped.
+
+    A malformed message names no reply list we could trust, so its sender times out (504).
+    """
+    decoded = []
+    for raw in messages:
+        try:
+            decoded.append(BatchRequest.decode(raw))
+        except wire.WireError as exc:
+            logger.error("dropped a malformed prediction message (%d bytes): %s", len(raw), exc)
+    return decoded
 
 
 def serving_start(queues: list[str]) -> None:

@@ -29,13 +29,13 @@ schema = schemathesis.openapi.from_dict(
 @pytest.fixture(autouse=True)
 def _no_broker(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Predictions answer 503 at once: no request may outlive the test (its flush would wait)."""
-    from inference import predict
+    from core import redis as shared_redis
 
-    monkeypatch.setattr(predict, "_client", None)
+    shared_redis.reset()
     settings.INFERENCE_REDIS_URL = "redis://127.0.0.1:1/0"
     settings.INFERENCE_TIMEOUT_SECONDS = 2.0
     yield
-    monkeypatch.setattr(predict, "_client", None)
+    shared_redis.reset()
 
 
 @pytest.fixture

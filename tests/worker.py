@@ -26,9 +26,8 @@ import requests
 from django.conf import settings
 from django.db import connection
 
-from core import invalidation as core_invalidation
+from core import redis as shared_redis
 from core.embedded import embedded_redis_start
-from inference import predict
 from portal.celery import app as celery_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,8 +86,7 @@ def _forget_connections() -> None:
     celery_app.amqp._producer_pool = None
     celery_app._backend_cache = None
     celery_app._local = threading.local()
-    core_invalidation._client = None
-    predict._client = None
+    shared_redis.reset()
 
 
 def _database_environment() -> dict[str, str]:

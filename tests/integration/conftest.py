@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import requests
 import torch
 import tritonclient.http as triton
 
 from accounts import services as token_services
-from inference import wire
+from core import redis as shared_redis
+from core.invalidation import INVALIDATE_CHANNEL
 from registry import services
 from registry.models import RegisteredModel
 
@@ -24,7 +24,7 @@ FEATURES = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float
 @pytest.fixture
 def token(owner: Any, gateway_url: str) -> str:
     # Earlier tests' rows are gone (flushed without signals): make every gateway forget them.
-    redis.Redis.from_url(wire.redis_url()).publish(wire.INVALIDATE_CHANNEL, "test")
+    shared_redis.client().publish(INVALIDATE_CHANNEL, "test")
     return token_services.token_create(user=owner, name="predict")[1]
 
 

@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import requests
@@ -82,6 +83,9 @@ def test_a_publicly_predictable_model_answers_without_a_token_and_nothing_else_d
 def test_rate_limit_is_shared_by_the_gateway_and_the_web_process(gateway_url, live_server, owner, served):
     secret = token_services.token_create(user=owner, name="limited", rate_limit_per_minute=3)[1]
     unlimited = token_services.token_create(user=owner, name="free")[1]
+    # The token's window opens with its first call and lasts a minute, whatever the clock
+    # says: no boundary can fall between these calls, and each count is exact.
+    first = time.monotonic()
     # Two predictions through the gateway process, one through the web (test) process...
     assert infer_json(gateway_url, secret, "iris", BODY).status_code == 200
     assert infer_json(gateway_url, secret, "iris", BODY).status_code == 200
@@ -89,13 +93,14 @@ def test_rate_limit_is_shared_by_the_gateway_and_the_web_process(gateway_url, li
     friendly = requests.post(
         friendly_url, json={"inputs": {"features": [1, 2, 3, 4]}}, headers=auth(secret), timeout=20
     )
-    if friendly.status_code == 429:  # a minute boundary passed between the calls: the count restarted
-        pytest.skip("the rate window rolled over mid-test")
-    assert friendly.status_code == 200, friendly.text
+    assert friendly.status_code == 200, friendly.text  # a 429 here would be a count taken twice
     # ...and the fourth is refused wherever it arrives, with a Retry-After.
     over = infer_json(gateway_url, secret, "iris", BODY)
-    assert over.status_code == 429 and "Rate limit of 3" in over.json()["error"]
-    assert 1 <= int(over.headers["Retry-After"]) <= 60
+    elapsed = time.monotonic() - first
+    assert over.status_code == 429, (over.status_code, f"{elapsed:.1f}s after the first call")
+    assert "Rate limit of 3" in over.json()["error"]
+    # The window closes a minute after the first call counted (whole seconds, rounded up).
+    assert 60 - elapsed <= int(over.headers["Retry-After"]) <= 60, (over.headers["Retry-After"], elapsed)
     web_over = requests.post(f"{live_server.url}/api/v1/models/iris/predict/",
                              json={"inputs": {"features": [1, 2, 3, 4]}}, headers=auth(secret), timeout=20)  # fmt: skip
     assert web_over.status_code == 429 and web_over.headers["Retry-After"]
@@ -161,17 +166,31 @@ def test_ten_concurrent_promotions_leave_one_production_and_a_matching_audit_tra
 def test_login_is_throttled_after_repeated_failures(broker_url, owner, member, settings, monkeypatch):
     from django.test import Client
 
-    from accounts import login_throttle
+    from accounts.login_throttle import KEY_PREFIX, ThrottledLoginView
+    from core import redis as shared_redis
 
+    now = [1_000_000.0]  # a stopped clock, moved by hand below
+    monkeypatch.setattr(ThrottledLoginView, "clock", staticmethod(lambda: now[0]))
     client = Client()
-    monkeypatch.setattr(login_throttle, "_client", None)
     settings.LOGIN_FAILURE_LIMIT = 3
+    settings.LOGIN_FAILURE_WINDOW_SECONDS = 900
     # Counters of earlier runs on this Redis must not count here.
-    login_throttle._redis().delete(*login_throttle._redis().keys(f"{login_throttle.KEY_PREFIX}*") or ["none"])
+    redis = shared_redis.client()
+    redis.delete(*redis.keys(f"{KEY_PREFIX}*") or ["none"])
+
+    def sign_in(username: str, password: str) -> Any:
+        return client.post("/accounts/login/", {"username": username, "password": password})
+
     for _ in range(3):
-        assert client.post("/accounts/login/", {"username": "olivia", "password": "wrong"}).status_code == 200
-    blocked = client.post("/accounts/login/", {"username": "olivia", "password": "owner-pass-123"})
-    assert blocked.status_code == 429 and int(blocked["Retry-After"]) == settings.LOGIN_FAILURE_WINDOW_SECONDS
-    assert b"Too many failed sign-ins" in blocked.content
+        assert sign_in("olivia", "wrong").status_code == 200
+        now[0] += 100  # the window opened with the first failure
+    blocked = sign_in("olivia", "owner-pass-123")
+    assert blocked.status_code == 429 and blocked["Retry-After"] == "600"
+    assert b"Too many failed sign-ins. Try again in 10 minutes." in blocked.content
     # Another account from the same address is not locked out by olivia's failures.
-    assert client.post("/accounts/login/", {"username": "mark", "password": "member-pass-123"}).status_code == 302
+    assert sign_in("mark", "member-pass-123").status_code == 302
+    client.logout()
+    now[0] += 599.5
+    assert sign_in("olivia", "owner-pass-123")["Retry-After"] == "1"
+    now[0] += 0.5  # the window is over: the right password works again
+    assert sign_in("olivia", "owner-pass-123").status_code == 302

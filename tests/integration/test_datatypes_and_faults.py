@@ -135,9 +135,9 @@ def test_broker_outage_answers_503_at_once(token, served, service_environment, s
 
 def test_friendly_endpoint_answers_503_when_the_broker_is_down(live_server, owner, served, settings, monkeypatch):
     from accounts import services as token_services
-    from inference import predict
+    from core import redis as shared_redis
 
-    monkeypatch.setattr(predict, "_client", None)
+    shared_redis.reset()
     settings.INFERENCE_REDIS_URL = "redis://127.0.0.1:1/0"
     secret = token_services.token_create(user=owner, name="p")[1]
     body = {"inputs": {"features": [1, 2, 3, 4]}}
@@ -145,4 +145,4 @@ def test_friendly_endpoint_answers_503_when_the_broker_is_down(live_server, owne
         f"{live_server.url}/api/v1/models/iris/predict/", json=body, headers=auth(secret), timeout=10
     )
     assert response.status_code == 503 and "broker is unavailable" in response.json()["error"]
-    monkeypatch.setattr(predict, "_client", None)
+    shared_redis.reset()

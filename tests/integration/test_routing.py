@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import torch
 
+from core import redis as shared_redis
+from core.invalidation import INVALIDATE_CHANNEL
 from inference import validation, wire
 from portal import demo
 from registry import services
@@ -28,9 +29,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 def workers_on(queue: str) -> set[str]:
     """Worker process ids whose heartbeat says they serve `queue`."""
-    raw = redis.Redis.from_url(wire.redis_url()).hgetall(wire.WORKERS_KEY)
+    raw = shared_redis.client().hgetall(wire.WORKERS_KEY)
     now = time.time()
-    return {k.decode() for k, v in raw.items() if queue in (info := wire.unpack(v))["q"] and info["t"] > now - 10}
+    beats = {k.decode(): wire.Heartbeat.decode(v) for k, v in raw.items()}
+    return {k for k, beat in beats.items() if queue in beat.queues and beat.beat_at > now - 10}
 
 
 def wait_for_workers(queue: str, count: int, timeout: float = 30) -> set[str]:
@@ -49,7 +51,7 @@ def pin(owner: Any, name: str, path: Path, queue: str) -> None:
     assert validation.version_validate(version.pk) == "ready", version
     services.alias_set(actor=owner, model=model, name="production", version_number=version.version)
     RegisteredModel.objects.filter(pk=model.pk).update(serving_queue=queue)
-    redis.Redis.from_url(wire.redis_url()).publish(wire.INVALIDATE_CHANNEL, "queue changed")
+    shared_redis.client().publish(INVALIDATE_CHANNEL, "queue changed")
 
 
 def test_two_workers_share_load_and_a_dedicated_queue_is_served_only_there(
@@ -108,7 +110,7 @@ def test_worker_dying_mid_request_fails_it_cleanly_and_the_next_is_served(
     assert validation.version_validate(version.pk) == "ready"
     services.alias_set(actor=owner, model=model, name="production", version_number=1)
     RegisteredModel.objects.filter(pk=model.pk).update(serving_queue="slow")
-    redis.Redis.from_url(wire.redis_url()).publish(wire.INVALIDATE_CHANNEL, "queue changed")
+    shared_redis.client().publish(INVALIDATE_CHANNEL, "queue changed")
     slow_worker = start_worker(service_environment, shared_data_dir / "worker-slow.log", queues="slow")
     try:
         (victim,) = wait_for_workers("slow", 1)

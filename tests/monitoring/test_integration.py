@@ -10,13 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import requests
 from django.core.files import File
 from django.db.models import Sum
 
 from accounts import services as token_services
-from inference import jobs, wire
+from core import redis as shared_redis
+from core.invalidation import INVALIDATE_CHANNEL
+from inference import jobs
 from monitoring import services
 from monitoring.models import EvaluationRun, MetricBucket
 from registry import services as registry_services
@@ -29,7 +30,7 @@ LABELS = ["setosa", "versicolor", "virginica"]
 
 @pytest.fixture
 def token(owner: Any, gateway_url: str) -> str:
-    redis.Redis.from_url(wire.redis_url()).publish(wire.INVALIDATE_CHANNEL, "test")
+    shared_redis.client().publish(INVALIDATE_CHANNEL, "test")
     return token_services.token_create(user=owner, name="monitoring")[1]
 
 

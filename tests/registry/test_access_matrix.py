@@ -51,12 +51,12 @@ def test_the_documented_matrices_are_complete():
 @pytest.fixture(autouse=True)
 def _no_broker(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Allowed predictions answer 503 at once (no broker) rather than wait for a worker."""
-    from inference import predict
+    from core import redis as shared_redis
 
-    monkeypatch.setattr(predict, "_client", None)
+    shared_redis.reset()
     settings.INFERENCE_REDIS_URL = "redis://127.0.0.1:1/0"
     yield
-    monkeypatch.setattr(predict, "_client", None)
+    shared_redis.reset()
 
 
 @pytest.fixture

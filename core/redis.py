@@ -1,0 +1,74 @@
+"""The one place that makes clients for the portal's shared Redis.
+
+Online predictions, the serving heartbeats, rate limits and the sign-in throttle all use
+the Redis named by INFERENCE_REDIS_URL. Clients are cached per process (sync) and per
+event loop (asyncio: a connection belongs to the loop that opened it), keyed by URL and
+read timeout, so a test that points the setting elsewhere gets a fresh client without
+reaching into any module; `reset()` drops them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+# Commands that answer at once get this read timeout; BRPOP and pub/sub pass timeout=None.
+DEFAULT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 1.0
+# A connection idle this long is checked with a PING before its next command.
+HEALTH_CHECK_SECONDS = 30
+
+_Key = tuple[str, float | None]
+_sync: dict[_Key, redis.Redis] = {}
+_async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Key, aioredis.Redis]] = weakref.WeakKeyDictionary()
+
+
+class RedisUnconfigured(redis.ConnectionError):
+    """No Redis is configured: callers treat it like a Redis that is down."""
+
+
+def redis_url() -> str:
+    """The Redis that carries online predictions (the broker's, unless configured apart)."""
+    url: str = settings.INFERENCE_REDIS_URL
+    if not url:
+        raise RedisUnconfigured("no Redis is configured (INFERENCE_REDIS_URL is empty)")
+    # kombu spells unix sockets redis+socket://; redis-py spells them unix://.
+    return "unix://" + url.removeprefix("redis+socket://") if url.startswith("redis+socket://") else url
+
+
+def client(timeout: float | None = DEFAULT_TIMEOUT) -> redis.Redis:
+    """This process's client; `timeout=None` for commands that block on the server (BRPOP)."""
+    key = (redis_url(), timeout)
+    found = _sync.get(key)
+    if found is None:
+        found = _sync[key] = redis.Redis.from_url(
+            key[0], socket_timeout=timeout, socket_connect_timeout=CONNECT_TIMEOUT,
+            health_check_interval=HEALTH_CHECK_SECONDS,
+        )  # fmt: skip
+    return found
+
+
+def async_client(timeout: float | None = DEFAULT_TIMEOUT) -> aioredis.Redis:
+    """The running event loop's client; `timeout=None` for BRPOP and pub/sub listeners."""
+    clients = _async.setdefault(asyncio.get_running_loop(), {})
+    key = (redis_url(), timeout)
+    found = clients.get(key)
+    if found is None:
+        found = clients[key] = aioredis.Redis.from_url(
+            key[0], socket_timeout=timeout, socket_connect_timeout=CONNECT_TIMEOUT,
+            health_check_interval=HEALTH_CHECK_SECONDS,
+        )  # fmt: skip
+    return found
+
+
+def reset() -> None:
+    """Drop every cached client (tests that change INFERENCE_REDIS_URL or restart Redis)."""
+    for cached in _sync.values():
+        cached.close()
+    _sync.clear()
+    # Async clients can only be closed from their own loop; dropping them is enough.
+    _async.clear()

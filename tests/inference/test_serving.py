@@ -1,0 +1,54 @@
+"""The serving loop's answers that need no model: expired batches, unavailable models, bad bytes."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from core import redis as shared_redis
+from inference import serving
+from inference.cache import ModelUnavailable
+from inference.wire import BatchReply, BatchRequest, Failure
+
+X = {"features": np.zeros((1, 4), dtype=np.float32)}
+
+
+@pytest.fixture
+def loop(settings):
+    settings.INFERENCE_REDIS_URL = "redis://127.0.0.1:1/0"  # never reached by these tests
+    yield serving.ServingLoop(["inference"])
+    shared_redis.reset()
+
+
+def _batch(batch_id: str, *, deadline: float, requests: int = 1) -> BatchRequest:
+    return BatchRequest(batch_id, "maas:reply:test", 7, time.time() - 0.5, deadline, [X] * requests)
+
+
+def test_a_batch_past_its_deadline_is_answered_504_without_running_the_model(loop, monkeypatch):
+    monkeypatch.setattr(serving, "model_cache", lambda: pytest.fail("the model was asked for"))
+    ((message, reply),) = loop.handle([_batch("late", deadline=time.time() - 1, requests=2)])
+    assert message.batch_id == reply.batch_id == "late"
+    assert reply.answers == [Failure("The request waited in the queue past its deadline.", 504)] * 2
+    assert reply.queue_ms >= 500 and reply.worker == loop.identity
+
+
+def test_a_model_the_worker_cannot_load_is_answered_503(loop, monkeypatch):
+    class Broken:
+        def get(self, version_id: int) -> None:
+            raise ModelUnavailable("artifact missing")
+
+    monkeypatch.setattr(serving, "model_cache", Broken)
+    ((_, reply),) = loop.handle([_batch("b", deadline=time.time() + 30)])
+    assert reply.answers == [Failure("This worker cannot serve the model: artifact missing", 503)]
+    assert BatchReply.decode(reply.encode()) == reply
+
+
+def test_malformed_messages_are_dropped_and_logged_and_the_others_kept(caplog):
+    good = _batch("good", deadline=time.time() + 30).encode()
+    with caplog.at_level(logging.ERROR, logger="inference.serving"):
+        decoded = serving._decoded([b"\x93garbage", good, b"{}"])
+    assert [message.batch_id for message in decoded] == ["good"]
+    assert caplog.text.count("dropped a malformed prediction message") == 2
