@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import zipfile
-import zlib
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -21,10 +19,9 @@ from django.template.defaultfilters import filesizeformat
 
 from core.datatypes import NUMPY_DTYPES
 from core.errors import InvalidInput, PayloadTooLarge
-from inference.jobs import NPZ_EXPANSION, batched_layout, rows_checked
+from inference.runs.arrays import FILE, batched_layout, npz_arrays, rows_checked
 from monitoring.models import DatasetFormat, TaskType
 
-FILE = "file"
 TARGET_KEYS = {"labels": TaskType.CLASSIFICATION, "targets": TaskType.REGRESSION}
 CSV_TARGETS = {"label": TaskType.CLASSIFICATION, "labels": TaskType.CLASSIFICATION,
                "target": TaskType.REGRESSION, "targets": TaskType.REGRESSION}  # fmt: skip
@@ -123,35 +120,6 @@ def _targets_check(raw: np.ndarray) -> np.ndarray:
     return values
 
 
-def _npz_arrays(stream: IO[bytes]) -> dict[str, np.ndarray]:
-    corrupt = "The file is not a readable .npz archive (it may be corrupt or truncated); save it with numpy.savez."
-    try:
-        with zipfile.ZipFile(stream) as archive:
-            expanded = sum(member.file_size for member in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise InvalidInput(corrupt, field=FILE) from None
-    limit = dataset_limit() * NPZ_EXPANSION
-    if expanded > limit:
-        raise PayloadTooLarge(
-            f"The .npz file expands to {filesizeformat(expanded)}, more than {filesizeformat(limit)}."
-        )
-    stream.seek(0)
-    try:
-        with np.load(stream, allow_pickle=False) as npz:
-            arrays = {}
-            for key in npz.files:
-                try:
-                    arrays[key] = npz[key]
-                except ValueError:
-                    raise InvalidInput(
-                        f"Array {key!r} is an object array (pickled Python objects), which is never loaded.",
-                        field=FILE,
-                    ) from None
-            return arrays
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error):
-        raise InvalidInput(corrupt, field=FILE) from None
-
-
 def _csv_arrays(stream: IO[bytes], signature: dict[str, Any]) -> tuple[dict[str, np.ndarray], str]:
     specs = signature.get("inputs", [])
     if len(specs) != 1 or len(specs[0]["shape"]) != 2 or specs[0]["shape"][1] < 1:
@@ -221,7 +189,7 @@ def dataset_read(file: IO[bytes], filename: str, signature: dict[str, Any], clas
         raise InvalidInput("The uploaded dataset is empty.", field=FILE)
     if head.startswith(b"PK") or filename.lower().endswith(".npz"):
         source_format: str = DatasetFormat.NPZ
-        arrays = _npz_arrays(file)
+        arrays = npz_arrays(file, dataset_limit())
     else:
         arrays, source_format = _csv_arrays(file, signature)
     return labelled_check(arrays, signature, class_names, source_format)
