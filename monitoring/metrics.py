@@ -187,7 +187,6 @@ class Recorder:
         # Tests switch the thread off and flush by hand.
         self.background = True
         self.process = ""
-        self._pruned = 0.0
 
     def record(
         self,
@@ -311,9 +310,6 @@ class Recorder:
         """Merge the recorded cells into this process's MetricBucket rows; returns rows written."""
         from django.db import DatabaseError
 
-        if time.monotonic() - self._pruned > PRUNE_SECONDS:
-            self._pruned = time.monotonic()
-            buckets_prune()
         cells = self.take()
         if not cells:
             return 0
@@ -337,7 +333,6 @@ class Recorder:
         self.take()
 
 
-PRUNE_SECONDS = 3600.0
 # How often the background thread applies recorded samples (Prometheus lags by at most this).
 DRAIN_SECONDS = 0.5
 
@@ -413,7 +408,7 @@ def histogram_add(child: Any, values: list[float]) -> None:
 
 
 def buckets_prune() -> int:
-    """Delete aggregates older than METRICS_RETENTION_DAYS (any process may; it is idempotent)."""
+    """Delete aggregates older than METRICS_RETENTION_DAYS (Celery beat runs it: monitoring.tasks.metrics_prune)."""
     from datetime import timedelta
 
     from django.utils import timezone
