@@ -23,18 +23,18 @@ from django.db.models import QuerySet
 from django.template.defaultfilters import filesizeformat
 
 from core.datatypes import NUMPY_DTYPES
-from core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from core.errors import Conflict, InvalidInput, PayloadTooLarge
 from inference.models import BatchJob, DataFormat, JobStatus
 from inference.runs.arrays import (
     FILE,
     batched_layout,
     folder_delete,
+    inputs_checked,
     npz_arrays,
     npz_save,
-    rows_checked,
     value_cast,
 )
-from inference.runs.lifecycle import run_cancel, stale_expire
+from inference.runs.lifecycle import run_cancel, run_lookup, stale_expire
 from inference.tasks import job_enqueue
 from registry import selectors
 from registry.access import Action
@@ -51,15 +51,7 @@ MAX_CHUNK_SIZE = 65_536
 
 def _npz_read(stream: IO[bytes], specs: list[dict[str, Any]], batched: bool) -> dict[str, np.ndarray]:
     arrays = npz_arrays(stream, settings.BATCH_INPUT_MAX_BYTES)
-    names = [spec["name"] for spec in specs]
-    missing = [name for name in names if name not in arrays]
-    extra = [key for key in arrays if key not in names]
-    if missing or extra:
-        problem = f"has no array named {missing[0]!r}" if missing else f"has an unexpected array {extra[0]!r}"
-        raise InvalidInput(
-            f"The .npz file {problem}: it holds {list(arrays)}, the model's inputs are {names}.", field=FILE
-        )
-    return {spec["name"]: rows_checked(arrays[spec["name"]], spec, batched) for spec in specs}
+    return inputs_checked(arrays, specs, batched, what="The .npz file")
 
 
 def _jsonl_read(stream: IO[bytes], specs: list[dict[str, Any]], batched: bool) -> dict[str, np.ndarray]:
@@ -168,14 +160,7 @@ def jobs_visible_to(user: Any) -> QuerySet[BatchJob]:
 
 def job_get(user: Any, job_id: Any) -> BatchJob:
     """A job the user may see, else NotFound (another user's job does not exist for them)."""
-    try:
-        key = uuid.UUID(str(job_id))
-    except ValueError:
-        raise NotFound(f"Job {job_id!r} not found.") from None
-    job = jobs_visible_to(user).filter(pk=key).first()
-    if job is None:
-        raise NotFound(f"Job {job_id} not found.")
-    return job
+    return run_lookup(jobs_visible_to(user), job_id)
 
 
 def jobs_expire_stale() -> int:

@@ -19,7 +19,7 @@ from django.template.defaultfilters import filesizeformat
 
 from core.datatypes import NUMPY_DTYPES
 from core.errors import InvalidInput, PayloadTooLarge
-from inference.runs.arrays import FILE, batched_layout, npz_arrays, rows_checked
+from inference.runs.arrays import FILE, batched_layout, inputs_checked, npz_arrays
 from monitoring.models import DatasetFormat, TaskType
 
 TARGET_KEYS = {"labels": TaskType.CLASSIFICATION, "targets": TaskType.REGRESSION}
@@ -61,23 +61,11 @@ def output_classes(signature: dict[str, Any], labels: list[str]) -> int | None:
 def _inputs_check(arrays: dict[str, np.ndarray], signature: dict[str, Any]) -> dict[str, np.ndarray]:
     """Each input present, with the signature's shape (rows first) and a compatible datatype."""
     specs = signature.get("inputs", [])
-    names = [spec["name"] for spec in specs]
-    missing = [name for name in names if name not in arrays]
-    extra = [key for key in arrays if key not in names]
-    if missing or extra:
-        problem = f"has no array named {missing[0]!r}" if missing else f"has an unexpected array {extra[0]!r}"
-        raise InvalidInput(
-            f"The dataset {problem}: it holds {sorted(arrays)}, the model's inputs are {names} "
-            "plus 'labels' (classification) or 'targets' (regression).",
-            field=FILE,
-        )
-    batched = batched_layout(signature)
-    checked = {}
     for spec in specs:
         if spec["datatype"] not in NUMPY_DTYPES:
             raise InvalidInput(f"Input {spec['name']!r} is BYTES; evaluation takes numeric inputs only.", field=FILE)
-        checked[spec["name"]] = rows_checked(arrays[spec["name"]], spec, batched)
-    return checked
+    more = " plus 'labels' (classification) or 'targets' (regression)"
+    return inputs_checked(arrays, specs, batched_layout(signature), what="The dataset", more=more)
 
 
 def _labels_check(raw: np.ndarray, classes: int | None, names: list[str]) -> np.ndarray:

@@ -86,6 +86,22 @@ def batched_layout(signature: dict[str, Any]) -> bool:
     return bool(inputs) and all(spec["shape"] and spec["shape"][0] == -1 for spec in inputs)
 
 
+def inputs_checked(
+    arrays: dict[str, np.ndarray], specs: list[dict[str, Any]], batched: bool, *, what: str, more: str = ""
+) -> dict[str, np.ndarray]:
+    """The signature's inputs among uploaded arrays: each present under its name, nothing else
+    (but `more`, said in the message), rows checked and cast. `what` names the upload."""
+    names = [spec["name"] for spec in specs]
+    missing = [name for name in names if name not in arrays]
+    extra = [key for key in arrays if key not in names]
+    if missing or extra:
+        problem = f"has no array named {missing[0]!r}" if missing else f"has an unexpected array {extra[0]!r}"
+        raise InvalidInput(
+            f"{what} {problem}: it holds {sorted(arrays)}, the model's inputs are {names}{more}.", field=FILE
+        )
+    return {spec["name"]: rows_checked(arrays[spec["name"]], spec, batched) for spec in specs}
+
+
 def _shape_text(row_shape: list[int]) -> str:
     return "[" + ", ".join(["N", *("*" if d == -1 else str(d) for d in row_shape)]) + "]"
 

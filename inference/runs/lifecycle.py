@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -23,7 +24,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from core.errors import Conflict
+from core.errors import Conflict, NotFound
 from inference.runs.arrays import npz_save, paths_delete
 from inference.runs.models import ACTIVE_STATUSES, ResumableRun, RunStatus, TrackedRun
 
@@ -166,6 +167,20 @@ def run_claim(model: type[R], run_id: Any, *, max_attempts: int = MAX_ATTEMPTS) 
         run.worker = worker_name()
         run.save(update_fields=["attempts", "status", "heartbeat_at", "rows_done", "started_at", "worker"])
     return Claim(run, run.attempts, parts=_parts(run), pending_from=run.resume_from)
+
+
+def run_lookup(runs: QuerySet[R], run_id: Any) -> R:
+    """The run with this id among `runs` (those a user may see), else NotFound: a run
+    someone may not see does not exist for them, and a malformed id is not an error of ours."""
+    noun = runs.model.noun.capitalize()
+    try:
+        key = uuid.UUID(str(run_id))
+    except ValueError:
+        raise NotFound(f"{noun} {run_id!r} not found.") from None
+    run = runs.filter(pk=key).first()
+    if run is None:
+        raise NotFound(f"{noun} {run_id} not found.")
+    return run
 
 
 def run_enqueue(run: TrackedRun, task: Task, queue: str) -> None:

@@ -18,7 +18,7 @@ from django.db.models import QuerySet
 
 from core.errors import Conflict, InvalidInput, NotFound
 from inference.runs.arrays import npz_load, npz_save, paths_delete
-from inference.runs.lifecycle import MAX_ATTEMPTS, stale_expire
+from inference.runs.lifecycle import MAX_ATTEMPTS, run_lookup, stale_expire
 from inference.runs.loop import PROGRESS_SECONDS as PROGRESS_SECONDS
 from monitoring import datasets
 from monitoring.models import EvaluationDataset, EvaluationRun, RunStatus
@@ -109,14 +109,8 @@ def runs_visible_to(user: Any) -> QuerySet[EvaluationRun]:
 
 
 def run_get(user: Any, run_id: Any) -> EvaluationRun:
-    try:
-        key = uuid.UUID(str(run_id))
-    except ValueError:
-        raise NotFound(f"Evaluation run {run_id!r} not found.") from None
-    run = runs_visible_to(user).filter(pk=key).first()
-    if run is None:
-        raise NotFound(f"Evaluation run {run_id} not found.")
-    return run
+    """A run the user may see, else NotFound."""
+    return run_lookup(runs_visible_to(user), run_id)
 
 
 def evaluation_start(
