@@ -153,12 +153,12 @@ def run_claim(model: type[R], run_id: Any, *, max_attempts: int = MAX_ATTEMPTS) 
                 "it was not retried again."
             )
         if run.cancel_requested or failure:
-            parts = _parts(run)
+            parts, end = _parts(run), _end_fields(run)
             run.status = RunStatus.FAILED if failure else RunStatus.CANCELLED
             run.error, run.finished_at = failure, now
-            for name, value in _end_fields(run).items():
+            for name, value in end.items():
                 setattr(run, name, value)
-            run.save(update_fields=["status", "error", "finished_at", *_end_fields(run)])
+            run.save(update_fields=["status", "error", "finished_at", *end])
             transaction.on_commit(lambda: paths_delete(parts))
             return run.status
         run.attempts += 1
@@ -208,9 +208,11 @@ def run_cancel(model: type[R], run_id: Any) -> R:
         run.cancel_requested = True
         fields = ["cancel_requested"]
         if run.status == RunStatus.QUEUED:
-            parts = _parts(run)
+            parts, end = _parts(run), _end_fields(run)
             run.status, run.finished_at = RunStatus.CANCELLED, timezone.now()
-            fields += ["status", "finished_at"]
+            for name, value in end.items():
+                setattr(run, name, value)
+            fields += ["status", "finished_at", *end]
             transaction.on_commit(lambda: paths_delete(parts))
         # A running run is only flagged: its worker stops after the chunk in hand.
         run.save(update_fields=fields)

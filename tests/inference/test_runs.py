@@ -126,6 +126,15 @@ def test_cancel_a_queued_run_at_once_and_a_running_one_at_its_next_heartbeat(mak
     assert fresh(running).status == "cancelled"
 
 
+def test_cancelling_a_handed_over_job_deletes_its_saved_parts(make_run, django_capture_on_commit_callbacks):
+    job = make_run("job")
+    part = stored(f"{job.storage_prefix}/parts/000000000000.npz")
+    BatchJob.objects.filter(pk=job.pk).update(parts=[part], rows_saved=2)  # queued again after a hand-over
+    with django_capture_on_commit_callbacks(execute=True):
+        assert run_cancel(BatchJob, job.pk).status == "cancelled"
+    assert BatchJob.objects.get(pk=job.pk).parts == [] and not artifact_storage().exists(part)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_broker_that_refuses_the_message_fails_the_run_saying_so(make_run, kind):
     run = make_run(kind)
