@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -52,6 +53,7 @@ class BatchJobAdmin(admin.ModelAdmin):
         "parts",
         "chunk_size",
         "attempts",
+        "worker",
         "cancel_requested",
         "created_at",
         "started_at",
@@ -64,13 +66,17 @@ class BatchJobAdmin(admin.ModelAdmin):
     def progress_percent(self, obj: BatchJob) -> str:
         return f"{obj.progress:.1f}%"
 
-    @admin.action(description="Cancel selected jobs")
-    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
+    def _each(self, request: HttpRequest, queryset: QuerySet[BatchJob], operation: Callable[..., Any]) -> None:
+        """Apply a service to each job; a refusal (a running job, say) is a warning, not an error page."""
         for job in queryset:
             try:
-                jobs.job_cancel(actor=request.user, job=job)
+                operation(actor=request.user, job=job)
             except PortalError as exc:
                 self.message_user(request, exc.message, messages.WARNING)
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
+        self._each(request, queryset, jobs.job_cancel)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -82,8 +88,4 @@ class BatchJobAdmin(admin.ModelAdmin):
         jobs.job_delete(actor=request.user, job=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
-        for job in queryset:
-            try:
-                jobs.job_delete(actor=request.user, job=job)
-            except PortalError as exc:
-                self.message_user(request, exc.message, messages.WARNING)
+        self._each(request, queryset, jobs.job_delete)

@@ -9,15 +9,10 @@ limit hands the rest to a fresh task instead of being killed (see inference/task
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 import uuid
-import zipfile
-import zlib
-from datetime import timedelta
 from typing import IO, Any
 
 import numpy as np
@@ -26,11 +21,21 @@ from django.core.files import File
 from django.db import transaction
 from django.db.models import QuerySet
 from django.template.defaultfilters import filesizeformat
-from django.utils import timezone
 
 from core.datatypes import NUMPY_DTYPES
-from core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from inference.models import ACTIVE_STATUSES, BatchJob, DataFormat, JobStatus
+from core.errors import Conflict, InvalidInput, PayloadTooLarge
+from inference.models import BatchJob, DataFormat, JobStatus
+from inference.runs.arrays import (
+    FILE,
+    batched_layout,
+    folder_delete,
+    inputs_checked,
+    npz_arrays,
+    npz_save,
+    value_cast,
+)
+from inference.runs.lifecycle import run_cancel, run_lookup, stale_expire
+from inference.tasks import job_enqueue
 from registry import selectors
 from registry.access import Action
 from registry.artifacts import artifact_storage
@@ -39,109 +44,14 @@ from registry.signatures import shape_fits
 logger = logging.getLogger(__name__)
 
 MAX_CHUNK_SIZE = 65_536
-# A compressed .npz may not expand to more than this many times the upload limit.
-NPZ_EXPANSION = 8
-FILE = "file"
-_ACCEPTS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}
-_KIND_NAMES = {
-    "f": "floating-point numbers",
-    "i": "integers",
-    "u": "unsigned integers",
-    "b": "booleans",
-    "U": "strings",
-    "S": "byte strings",
-    "O": "Python objects",
-    "c": "complex numbers",
-    "M": "datetimes",
-    "m": "timedeltas",
-    "V": "raw records",
-}
 
 
 # --- reading and checking inputs ---------------------------------------------------------
 
 
-def batched_layout(signature: dict[str, Any]) -> bool:
-    """True when every input's first dimension is the batch (-1): rows are that dimension."""
-    inputs = signature.get("inputs", [])
-    return bool(inputs) and all(spec["shape"] and spec["shape"][0] == -1 for spec in inputs)
-
-
-def _shape_text(row_shape: list[int]) -> str:
-    return "[" + ", ".join(["N", *("*" if d == -1 else str(d) for d in row_shape)]) + "]"
-
-
-def rows_checked(array: np.ndarray, spec: dict[str, Any], batched: bool) -> np.ndarray:
-    """An input's array of N rows, checked against the signature's row shape and cast to its datatype."""
-    row_shape = spec["shape"][1:] if batched else spec["shape"]
-    if array.ndim == 0 or not shape_fits(list(array.shape[1:]), row_shape):
-        raise InvalidInput(
-            f"Input {spec['name']!r} has shape {list(array.shape)}; the model expects "
-            f"{_shape_text(row_shape)} (N rows; * is any size).",
-            field=FILE,
-        )
-    return _cast(array, spec, "")
-
-
-def _cast(array: np.ndarray, spec: dict[str, Any], where: str) -> np.ndarray:
-    """The array in the input's datatype, refusing conversions that change the kind of value."""
-    target = NUMPY_DTYPES[spec["datatype"]]
-    kind = array.dtype.kind
-    if kind not in _ACCEPTS[target.kind]:
-        raise InvalidInput(
-            f"{where}input {spec['name']!r} holds {_KIND_NAMES.get(kind, 'values')} ({array.dtype}); "
-            f"the model expects {spec['datatype']}.",
-            field=FILE,
-        )
-    if target.kind in "iu" and array.size and array.dtype != target:
-        info = np.iinfo(target)
-        if array.min() < info.min or array.max() > info.max:
-            raise InvalidInput(
-                f"{where}input {spec['name']!r} has values outside the range of {spec['datatype']}.", field=FILE
-            )
-    return array.astype(target, copy=False)
-
-
 def _npz_read(stream: IO[bytes], specs: list[dict[str, Any]], batched: bool) -> dict[str, np.ndarray]:
-    corrupt = "The file is not a readable .npz archive (it may be corrupt or truncated); save it with numpy.savez."
-    try:
-        with zipfile.ZipFile(stream) as archive:
-            expanded = sum(member.file_size for member in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise InvalidInput(corrupt, field=FILE) from None
-    limit = settings.BATCH_INPUT_MAX_BYTES * NPZ_EXPANSION
-    if expanded > limit:
-        raise PayloadTooLarge(
-            f"The .npz file expands to {filesizeformat(expanded)}, more than {filesizeformat(limit)}."
-        )
-    stream.seek(0)
-    names = [spec["name"] for spec in specs]
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(stream, allow_pickle=False) as npz:
-            keys = list(npz.files)
-            missing = [name for name in names if name not in keys]
-            extra = [key for key in keys if key not in names]
-            if missing or extra:
-                problem = f"has no array named {missing[0]!r}" if missing else f"has an unexpected array {extra[0]!r}"
-                raise InvalidInput(
-                    f"The .npz file {problem}: it holds {keys}, the model's inputs are {names}.", field=FILE
-                )
-            for spec in specs:
-                try:
-                    array = npz[spec["name"]]
-                except ValueError as exc:
-                    if "allow_pickle" in str(exc):
-                        raise InvalidInput(
-                            f"Array {spec['name']!r} is an object array (pickled Python objects), which is never "
-                            "loaded; save numeric arrays.",
-                            field=FILE,
-                        ) from None
-                    raise InvalidInput(f"Array {spec['name']!r} is not a readable array: {exc}", field=FILE) from None
-                arrays[spec["name"]] = rows_checked(array, spec, batched)
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error):
-        raise InvalidInput(corrupt, field=FILE) from None
-    return arrays
+    arrays = npz_arrays(stream, settings.BATCH_INPUT_MAX_BYTES)
+    return inputs_checked(arrays, specs, batched, what="The .npz file")
 
 
 def _jsonl_read(stream: IO[bytes], specs: list[dict[str, Any]], batched: bool) -> dict[str, np.ndarray]:
@@ -185,7 +95,7 @@ def _jsonl_read(stream: IO[bytes], specs: list[dict[str, Any]], batched: bool) -
                     f"{list(rows[name][0].shape)}; every line of a job needs the same shape.",
                     field=FILE,
                 )
-            rows[name].append(_cast(value, spec, where))
+            rows[name].append(value_cast(value, spec, where))
     if not first_line:
         raise InvalidInput("The file has no rows: it holds no JSON lines.", field=FILE)
     return {name: np.stack(values) for name, values in rows.items()}
@@ -223,44 +133,9 @@ def input_read(file: File, filename: str, signature: dict[str, Any]) -> tuple[st
 # --- storage ------------------------------------------------------------------------------
 
 
-def npz_save(name: str, arrays: dict[str, np.ndarray]) -> str:
-    """Write arrays as an uncompressed .npz to artifact storage (any key, even 'file')."""
-    with tempfile.TemporaryFile() as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for key, array in arrays.items():
-                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-        tmp.seek(0)
-        return artifact_storage().save(name, File(tmp, name=os.path.basename(name)))
-
-
-def npz_load(path: str) -> dict[str, np.ndarray]:
-    """All arrays of a stored .npz (never unpickled)."""
-    with artifact_storage().open(path, "rb") as stream, np.load(stream, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
-
-
-def paths_delete(paths: list[str]) -> None:
-    """Remove stored files; one already gone is not an error."""
-    storage = artifact_storage()
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            storage.delete(path)
-
-
 def job_files_delete(prefix: str) -> None:
     """Remove everything stored under a job's folder, strays of crashed runs included."""
-    storage = artifact_storage()
-    try:
-        folders, files = storage.listdir(prefix)
-    except (FileNotFoundError, NotImplementedError):
-        return
-    for folder in folders:
-        job_files_delete(f"{prefix}/{folder}")
-    paths_delete([f"{prefix}/{name}" for name in files])
-    if hasattr(storage, "path"):
-        with contextlib.suppress(OSError, NotImplementedError):
-            os.rmdir(storage.path(prefix))
+    folder_delete(prefix)
 
 
 def job_result_open(job: BatchJob) -> IO[bytes]:
@@ -285,33 +160,12 @@ def jobs_visible_to(user: Any) -> QuerySet[BatchJob]:
 
 def job_get(user: Any, job_id: Any) -> BatchJob:
     """A job the user may see, else NotFound (another user's job does not exist for them)."""
-    try:
-        key = uuid.UUID(str(job_id))
-    except ValueError:
-        raise NotFound(f"Job {job_id!r} not found.") from None
-    job = jobs_visible_to(user).filter(pk=key).first()
-    if job is None:
-        raise NotFound(f"Job {job_id} not found.")
-    return job
+    return run_lookup(jobs_visible_to(user), job_id)
 
 
 def jobs_expire_stale() -> int:
-    """Fail running jobs that no worker can still be running; returns how many.
-
-    A dead worker's job comes back from the broker (acks_late) within its visibility
-    timeout; a job silent for longer than that plus the task time limit lost its message.
-    """
-    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
-    cutoff = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + timeout + 60)
-    stale = BatchJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
-    # A read first: the sweep runs on page views and must not take SQLite's write lock each time.
-    if not stale.exists():
-        return 0
-    return stale.update(
-        status=JobStatus.FAILED,
-        finished_at=timezone.now(),
-        error="The worker running this job stopped reporting and the job was not redelivered; submit it again.",
-    )
+    """Fail running jobs that no worker can still be running; returns how many (Celery beat runs it)."""
+    return stale_expire(BatchJob)
 
 
 # --- operations -------------------------------------------------------------------------
@@ -371,44 +225,11 @@ def job_submit(
     return job
 
 
-def job_enqueue(job_id: Any) -> None:
-    """Send a queued job to its model's queue; if the broker cannot take it, fail the job saying so."""
-    from inference.tasks import batch_job_run
-
-    job = BatchJob.objects.select_related("version__model").filter(pk=job_id, status=JobStatus.QUEUED).first()
-    if job is None:
-        return
-    queue = job.version.model.serving_queue if job.version else settings.CELERY_TASK_DEFAULT_QUEUE
-    try:
-        batch_job_run.apply_async(args=[str(job.pk)], queue=queue)
-    except Exception as exc:  # kombu raises OperationalError and friends
-        logger.exception("could not enqueue %s", job)
-        BatchJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
-            status=JobStatus.FAILED,
-            finished_at=timezone.now(),
-            error=f"The job could not be queued (broker unavailable: {exc}). Submit it again.",
-        )
-
-
 def job_cancel(*, actor: Any, job: BatchJob) -> BatchJob:
     """Cancel a job: a queued one at once, a running one between two chunks."""
-    with transaction.atomic():
-        locked = BatchJob.objects.select_for_update().get(pk=job.pk)
-        if locked.status not in ACTIVE_STATUSES:
-            raise Conflict(
-                f"Job {locked.short_id} is already {locked.status}; only queued or running jobs can be cancelled."
-            )
-        locked.cancel_requested = True
-        fields = ["cancel_requested"]
-        if locked.status == JobStatus.QUEUED:
-            locked.status, locked.finished_at = JobStatus.CANCELLED, timezone.now()
-            fields += ["status", "finished_at"]
-            parts = list(locked.parts)
-            transaction.on_commit(lambda: paths_delete(parts))
-        # A running job is only flagged: its worker stops after the chunk in hand.
-        locked.save(update_fields=fields)
-    logger.info("%s: cancel requested by %s", locked, getattr(actor, "username", actor))
-    return locked
+    cancelled = run_cancel(BatchJob, job.pk)
+    logger.info("%s: cancel requested by %s", cancelled, getattr(actor, "username", actor))
+    return cancelled
 
 
 def job_delete(*, actor: Any, job: BatchJob) -> None:

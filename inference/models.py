@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
+from typing import ClassVar
 
 from django.conf import settings
 from django.db import models
 
+from inference.runs.models import ACTIVE_STATUSES as ACTIVE_STATUSES
+from inference.runs.models import ResumableRun, RunStatus
 
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "queued"
-    RUNNING = "running", "running"
-    SUCCEEDED = "succeeded", "succeeded"
-    FAILED = "failed", "failed"
-    CANCELLED = "cancelled", "cancelled"
-
-
-ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+# A job's states are every tracked run's; the name stays for the job code and its callers.
+JobStatus = RunStatus
 
 
 class DataFormat(models.TextChoices):
@@ -24,14 +19,16 @@ class DataFormat(models.TextChoices):
     JSONL = "jsonl", "JSON lines (one object per row)"
 
 
-class BatchJob(models.Model):
+class BatchJob(ResumableRun):
     """One batch prediction job; its state lives here, not in the Celery result backend.
 
     The input (normalised to .npz), the partial outputs of finished segments and the
     result live in artifact storage under `jobs/<id>/`.
     """
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    noun: ClassVar[str] = "job"
+    retry_hint: ClassVar[str] = "submit it again"
+
     # SET_NULL: a job outlives the version it ran (its result stays downloadable); the
     # names are copied so the job still says what it ran, and a job that had not yet run
     # fails with that reason instead of vanishing.
@@ -43,52 +40,22 @@ class BatchJob(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="batch_jobs"
     )
-    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    error = models.TextField(blank=True)
     input_format = models.CharField(max_length=8, choices=DataFormat.choices)
     result_format = models.CharField(max_length=8, choices=DataFormat.choices)
     input_filename = models.CharField(max_length=255, blank=True)
     input_path = models.CharField(max_length=500, help_text="Normalised input (.npz) in the artifact storage.")
     result_path = models.CharField(max_length=500, blank=True)
-    total_rows = models.PositiveIntegerField()
-    rows_done = models.PositiveIntegerField(default=0)
-    # Rows whose outputs are saved in `parts`: a redelivered or continued run resumes here.
-    rows_saved = models.PositiveIntegerField(default=0, editable=False)
-    parts = models.JSONField(default=list, blank=True, editable=False)
     chunk_size = models.PositiveIntegerField()
-    # Claims by a worker since the job last made saved progress; a worker that keeps dying
-    # on this job must not get it for ever.
-    attempts = models.PositiveSmallIntegerField(default=0, editable=False)
-    cancel_requested = models.BooleanField(default=False)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(ResumableRun.Meta):
         indexes = [models.Index(fields=["status", "heartbeat_at"]), models.Index(fields=["created_by", "-created_at"])]
 
     def __str__(self) -> str:
         return f"job {self.short_id} ({self.model_name} v{self.version_number}, {self.status})"
 
     @property
-    def short_id(self) -> str:
-        return self.id.hex[:8]
-
-    @property
-    def progress(self) -> float:
-        """Percentage of rows done, 0 to 100."""
-        if self.status == JobStatus.SUCCEEDED:
-            return 100.0
-        if not self.total_rows:
-            return 0.0
-        return round(100.0 * min(self.rows_done, self.total_rows) / self.total_rows, 1)
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE_STATUSES
-
-    @property
     def storage_prefix(self) -> str:
         return f"jobs/{self.id}"
+
+    def claim_refusal(self) -> str:
+        return "" if self.version_id is not None else "The model version was deleted before the job could run."

@@ -28,7 +28,6 @@ def _job_or_404(request: HttpRequest, job_id: uuid.UUID) -> BatchJob:
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
     """The user's jobs (staff: everyone's), newest first, with live progress."""
-    jobs.jobs_expire_stale()
     queryset = jobs.jobs_visible_to(request.user)
     status = request.GET.get("status", "")
     if status:
@@ -71,7 +70,6 @@ def job_create(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
-    jobs.jobs_expire_stale()
     job = _job_or_404(request, job_id)
     context = {
         "job": job,

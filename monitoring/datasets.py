@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import zipfile
-import zlib
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -21,10 +19,9 @@ from django.template.defaultfilters import filesizeformat
 
 from core.datatypes import NUMPY_DTYPES
 from core.errors import InvalidInput, PayloadTooLarge
-from inference.jobs import NPZ_EXPANSION, batched_layout, rows_checked
+from inference.runs.arrays import FILE, batched_layout, inputs_checked, npz_arrays
 from monitoring.models import DatasetFormat, TaskType
 
-FILE = "file"
 TARGET_KEYS = {"labels": TaskType.CLASSIFICATION, "targets": TaskType.REGRESSION}
 CSV_TARGETS = {"label": TaskType.CLASSIFICATION, "labels": TaskType.CLASSIFICATION,
                "target": TaskType.REGRESSION, "targets": TaskType.REGRESSION}  # fmt: skip
@@ -64,23 +61,11 @@ def output_classes(signature: dict[str, Any], labels: list[str]) -> int | None:
 def _inputs_check(arrays: dict[str, np.ndarray], signature: dict[str, Any]) -> dict[str, np.ndarray]:
     """Each input present, with the signature's shape (rows first) and a compatible datatype."""
     specs = signature.get("inputs", [])
-    names = [spec["name"] for spec in specs]
-    missing = [name for name in names if name not in arrays]
-    extra = [key for key in arrays if key not in names]
-    if missing or extra:
-        problem = f"has no array named {missing[0]!r}" if missing else f"has an unexpected array {extra[0]!r}"
-        raise InvalidInput(
-            f"The dataset {problem}: it holds {sorted(arrays)}, the model's inputs are {names} "
-            "plus 'labels' (classification) or 'targets' (regression).",
-            field=FILE,
-        )
-    batched = batched_layout(signature)
-    checked = {}
     for spec in specs:
         if spec["datatype"] not in NUMPY_DTYPES:
             raise InvalidInput(f"Input {spec['name']!r} is BYTES; evaluation takes numeric inputs only.", field=FILE)
-        checked[spec["name"]] = rows_checked(arrays[spec["name"]], spec, batched)
-    return checked
+    more = " plus 'labels' (classification) or 'targets' (regression)"
+    return inputs_checked(arrays, specs, batched_layout(signature), what="The dataset", more=more)
 
 
 def _labels_check(raw: np.ndarray, classes: int | None, names: list[str]) -> np.ndarray:
@@ -121,35 +106,6 @@ def _targets_check(raw: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(values)):
         raise InvalidInput("targets hold NaN or infinite values.", field=FILE)
     return values
-
-
-def _npz_arrays(stream: IO[bytes]) -> dict[str, np.ndarray]:
-    corrupt = "The file is not a readable .npz archive (it may be corrupt or truncated); save it with numpy.savez."
-    try:
-        with zipfile.ZipFile(stream) as archive:
-            expanded = sum(member.file_size for member in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise InvalidInput(corrupt, field=FILE) from None
-    limit = dataset_limit() * NPZ_EXPANSION
-    if expanded > limit:
-        raise PayloadTooLarge(
-            f"The .npz file expands to {filesizeformat(expanded)}, more than {filesizeformat(limit)}."
-        )
-    stream.seek(0)
-    try:
-        with np.load(stream, allow_pickle=False) as npz:
-            arrays = {}
-            for key in npz.files:
-                try:
-                    arrays[key] = npz[key]
-                except ValueError:
-                    raise InvalidInput(
-                        f"Array {key!r} is an object array (pickled Python objects), which is never loaded.",
-                        field=FILE,
-                    ) from None
-            return arrays
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error):
-        raise InvalidInput(corrupt, field=FILE) from None
 
 
 def _csv_arrays(stream: IO[bytes], signature: dict[str, Any]) -> tuple[dict[str, np.ndarray], str]:
@@ -221,7 +177,7 @@ def dataset_read(file: IO[bytes], filename: str, signature: dict[str, Any], clas
         raise InvalidInput("The uploaded dataset is empty.", field=FILE)
     if head.startswith(b"PK") or filename.lower().endswith(".npz"):
         source_format: str = DatasetFormat.NPZ
-        arrays = _npz_arrays(file)
+        arrays = npz_arrays(file, dataset_limit())
     else:
         arrays, source_format = _csv_arrays(file, signature)
     return labelled_check(arrays, signature, class_names, source_format)

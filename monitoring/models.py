@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
+from typing import ClassVar
 
 from django.conf import settings
 from django.db import models
+
+from inference.runs.models import ACTIVE_STATUSES, TrackedRun
+from inference.runs.models import RunStatus as RunStatus
 
 
 class Source(models.TextChoices):
@@ -88,57 +91,26 @@ class EvaluationDataset(models.Model):
         return "labels" if self.task == TaskType.CLASSIFICATION else "targets"
 
 
-class RunStatus(models.TextChoices):
-    QUEUED = "queued", "queued"
-    RUNNING = "running", "running"
-    SUCCEEDED = "succeeded", "succeeded"
-    FAILED = "failed", "failed"
+# Evaluation runs share the tracked-run states; the names stay for monitoring's callers.
+RUN_ACTIVE = ACTIVE_STATUSES
 
 
-RUN_ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
-
-
-class EvaluationRun(models.Model):
+class EvaluationRun(TrackedRun):
     """One version evaluated on one dataset by a worker; its state lives here."""
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    noun: ClassVar[str] = "evaluation"
+
     version = models.ForeignKey("registry.ModelVersion", on_delete=models.CASCADE, related_name="eval_runs")
     dataset = models.ForeignKey(EvaluationDataset, on_delete=models.CASCADE, related_name="runs")
-    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
-    error = models.TextField(blank=True)
     batch_size = models.PositiveIntegerField()
-    total_rows = models.PositiveIntegerField()
-    rows_done = models.PositiveIntegerField(default=0)
-    # Claims by a worker; a worker that keeps dying on this run must not get it for ever.
-    attempts = models.PositiveSmallIntegerField(default=0, editable=False)
     metrics = models.JSONField(default=dict, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
-        ordering = ["-created_at"]
+    class Meta(TrackedRun.Meta):
         indexes = [models.Index(fields=["status", "heartbeat_at"]), models.Index(fields=["version", "dataset"])]
 
     def __str__(self) -> str:
         return f"evaluation {self.short_id} ({self.version} on {self.dataset.name}, {self.status})"
-
-    @property
-    def short_id(self) -> str:
-        return self.id.hex[:8]
-
-    @property
-    def progress(self) -> float:
-        """Percentage of rows done, 0 to 100."""
-        if self.status == RunStatus.SUCCEEDED:
-            return 100.0
-        return round(100.0 * min(self.rows_done, self.total_rows) / self.total_rows, 1) if self.total_rows else 0.0
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in RUN_ACTIVE
 
 
 class GateMetric(models.TextChoices):

@@ -108,7 +108,6 @@ def _comparison(model: RegisteredModel) -> dict[str, Any]:
 def model_compare(request: HttpRequest, name: str) -> HttpResponse:
     """All versions of a model side by side: serving latency, errors and evaluation metrics."""
     model = _model_or_404(request, name)
-    services.evaluations_expire_stale()
     context = _comparison(model)
     split = services.series("day", model.versions.all(), split=True)
     context["figures"]["traffic"] = charts.traffic_figures(split, per_version=True)["rps"]
@@ -137,7 +136,6 @@ def model_charts_data(request: HttpRequest, name: str) -> JsonResponse:
 
 @login_required
 def run_detail(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
-    services.evaluations_expire_stale()
     try:
         run = services.run_get(request.user, run_id)
     except NotFound as exc:

@@ -245,6 +245,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Batch jobs and evaluation runs share one status enum (the tracked-run engine's).
+    "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "inference.runs.models.RunStatus"},
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 

@@ -57,10 +57,6 @@ class BatchJobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def get_queryset(self) -> QuerySet[BatchJob]:
         return jobs.jobs_visible_to(self.request.user)
 
-    def list(self, request: Request) -> Response:
-        jobs.jobs_expire_stale()
-        return super().list(request)
-
     @extend_schema(
         summary="Submit a file of inputs as a batch job (multipart)",
         request={"multipart/form-data": BatchJobCreateSerializer},
@@ -87,7 +83,6 @@ class BatchJobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Response(BatchJobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     def retrieve(self, request: Request, pk: str) -> Response:
-        jobs.jobs_expire_stale()
         return Response(BatchJobSerializer(jobs.job_get(request.user, pk)).data)
 
     def destroy(self, request: Request, pk: str) -> Response:

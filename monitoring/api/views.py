@@ -108,7 +108,6 @@ class RunListView(APIView):
         responses={200: RunSerializer(many=True)},
     )
     def get(self, request: Request) -> Response:
-        services.evaluations_expire_stale()
         runs = services.runs_visible_to(request.user)
         if request.query_params.get("model"):
             runs = runs.filter(version__model__name=request.query_params["model"])
@@ -132,7 +131,6 @@ class RunDetailView(APIView):
     @extend_schema(summary="An evaluation run with its progress and metrics", parameters=[RUN],
                    responses={200: RunSerializer, 404: ERROR})  # fmt: skip
     def get(self, request: Request, run_id: str) -> Response:
-        services.evaluations_expire_stale()
         return Response(RunSerializer(services.run_get(request.user, run_id)).data)
 
 

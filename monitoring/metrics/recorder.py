@@ -250,7 +250,7 @@ class _SeriesDelta:
 
 
 def buckets_prune() -> int:
-    """Delete aggregates older than METRICS_RETENTION_DAYS (any process may; it is idempotent)."""
+    """Delete aggregates older than METRICS_RETENTION_DAYS (Celery beat runs it: monitoring.tasks.metrics_prune)."""
     days = float(getattr(settings, "METRICS_RETENTION_DAYS", 30))
     deleted, _ = MetricBucket.objects.filter(minute__lt=timezone.now() - timedelta(days=days)).delete()
     return deleted

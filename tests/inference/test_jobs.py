@@ -20,6 +20,7 @@ from core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from inference import jobs, tasks
 from inference.cache import model_cache
 from inference.models import BatchJob, JobStatus
+from inference.runs import loop
 from registry import services
 from tests.conftest import upload_file
 
@@ -186,7 +187,7 @@ def test_broker_error_at_enqueue_fails_the_job_saying_so(
 
 
 def test_a_long_job_hands_over_to_fresh_tasks_and_resumes_from_saved_parts(owner, version, net, monkeypatch):
-    monkeypatch.setattr(tasks, "_segment_seconds", lambda: 0.0)
+    monkeypatch.setattr(loop, "segment_seconds", lambda: 0.0)
     x = rows(10)
     job = submit(owner, npz_bytes(features=x), chunk_size=4)
     job = run(job)
@@ -214,7 +215,7 @@ def test_cancel_a_queued_job_at_once(owner, version):
 
 
 def test_cancel_a_running_job_stops_it_between_chunks(owner, version, monkeypatch):
-    monkeypatch.setattr(tasks, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
     job = submit(owner, npz_bytes(features=rows(20)), chunk_size=2)
     loaded = model_cache().get(job.version_id)
     original, calls = loaded.predict, []

@@ -247,18 +247,28 @@ def test_gate_form_on_the_comparison_page_sets_and_removes_the_gate(client, owne
     assert not PromotionGate.objects.filter(model=production.model).exists()
 
 
-def test_a_running_evaluation_whose_worker_went_silent_is_failed_with_a_reason(api, owner, production, iris_data):
+def test_a_running_evaluation_whose_worker_went_silent_is_failed_by_the_sweep_not_by_a_read(
+    api, owner, production, iris_data
+):
     from datetime import timedelta
 
     from django.utils import timezone
 
+    from inference.tasks import runs_expire_stale
+
     dataset = services.dataset_create(actor=owner, model=production.model, name="d", filename="d.npz",
                                       file=npz_file(features=iris_data[0], labels=iris_data[1]))  # fmt: skip
     run = services.evaluation_start(actor=owner, version=production, dataset=dataset)
-    EvaluationRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING,
+    EvaluationRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, worker="gpu-3:41",
                                                    heartbeat_at=timezone.now() - timedelta(days=1))  # fmt: skip
+    # Reading is only reading: the page and the API show the run as it is.
+    assert api(owner).get(f"/api/v1/evaluations/{run.pk}/").json()["status"] == "running"
+    assert api(owner).get("/api/v1/evaluations/").json()[0]["status"] == "running"
+    assert EvaluationRun.objects.get(pk=run.pk).status == "running"
+    assert runs_expire_stale()["monitoring.EvaluationRun"] == 1
     body = api(owner).get(f"/api/v1/evaluations/{run.pk}/").json()
-    assert body["status"] == "failed" and "stopped reporting" in body["error"]
+    assert body["status"] == "failed" and "stopped reporting" in body["error"] and "gpu-3:41" in body["error"]
+    assert "start it again" in body["error"]
 
 
 def test_deleting_a_gated_model_takes_its_datasets_runs_and_gate_and_their_files(

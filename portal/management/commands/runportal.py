@@ -1,7 +1,8 @@
 """manage.py runportal: everything a single machine needs, in one command.
 
 Starts the embedded Redis (unless a broker is configured), migrates, seeds the demo,
-then runs a Celery worker and the web server as child processes until Ctrl-C.
+then runs a Celery worker, Celery beat (housekeeping) and the web server as child
+processes until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -34,7 +36,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 class Command(BaseCommand):
-    help = "Run the portal (web server, worker and, by default, an embedded Redis) with demo data."
+    help = "Run the portal (web server, worker, beat and, by default, an embedded Redis) with demo data."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=os.environ.get("PORTAL_HOST", "127.0.0.1"))
@@ -62,6 +64,12 @@ class Command(BaseCommand):
             worker = [python, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference"]
             worker += ["--concurrency", str(options["concurrency"]), "--loglevel", "INFO", "--hostname", "portal@%h"]
             children.append(subprocess.Popen(worker))
+            # Housekeeping (stale-run sweeps, metric retention) on Celery beat: its own process,
+            # as in production (one beat per deployment, workers scale on their own), with its
+            # schedule state under the data directory rather than the working directory.
+            schedule = Path(settings.DATA_DIR) / "celerybeat-schedule"
+            beat = [python, "-m", "celery", "-A", "portal", "beat", "--schedule", str(schedule), "--loglevel", "INFO"]
+            children.append(subprocess.Popen(beat))
             # One ASGI app serves both planes: Django (pages, REST API) and the prediction
             # gateway under /v2 (portal/asgi.py).
             web = subprocess.Popen([
