@@ -20,7 +20,7 @@ from monitoring import charts, metrics, services
 from monitoring.models import EvaluationRun, GateMetric, PromotionGate, TaskType
 from registry import access, selectors
 from registry.access import Action
-from registry.models import PRODUCTION_ALIAS, ModelVersion, RegisteredModel
+from registry.models import PRODUCTION_ALIAS, ModelVersion, RegisteredModel, VersionStatus
 
 
 def _model_or_404(request: HttpRequest, name: str) -> RegisteredModel:
@@ -114,7 +114,7 @@ def model_compare(request: HttpRequest, name: str) -> HttpResponse:
     context.update({
         "model": model, "can_evaluate": access.model_permits(request.user, model, Action.EVALUATE),
         "can_manage": access.model_permits(request.user, model, Action.MANAGE),
-        "datasets": model.eval_datasets.all(), "ready_versions": model.versions.filter(status="ready"),
+        "datasets": model.eval_datasets.all(), "ready_versions": model.versions.filter(status=VersionStatus.READY),
         "runs": EvaluationRun.objects.filter(version__model=model).select_related("version", "dataset")[:20],
         "gate": PromotionGate.objects.filter(model=model).select_related("dataset").first(),
         "gate_metrics": GateMetric.choices,

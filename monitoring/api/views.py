@@ -24,6 +24,7 @@ from monitoring.api.serializers import (
 from monitoring.models import PromotionGate
 from registry import selectors
 from registry.access import Action
+from registry.api.base import ModelScopedMixin
 from registry.uploads import FORM_OVERHEAD_BYTES
 
 MODEL = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Model name.")
@@ -34,32 +35,32 @@ WINDOW = OpenApiParameter("window", str, enum=list(services.WINDOWS), descriptio
 STATS = OpenApiResponse(response=OpenApiTypes.OBJECT, description="model_stats: one entry per version.")
 
 
-class StatsView(APIView):
+class StatsView(ModelScopedMixin, APIView):
     """GET /api/v1/models/{name}/stats/ (and /versions/{n}/stats/): serving statistics, like Triton's."""
 
     @extend_schema(summary="Serving statistics of a model's versions over a window", parameters=[MODEL, WINDOW],
                    responses={200: STATS, 400: ERROR, 404: ERROR})  # fmt: skip
     def get(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         return Response(services.version_stats(model, services.window_parse(request.query_params.get("window"))))
 
 
-class VersionStatsView(APIView):
+class VersionStatsView(ModelScopedMixin, APIView):
     @extend_schema(summary="Serving statistics of one version over a window", parameters=[MODEL, VERSION, WINDOW],
                    responses={200: STATS, 400: ERROR, 404: ERROR})  # fmt: skip
     def get(self, request: Request, name: str, version: int) -> Response:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         window = services.window_parse(request.query_params.get("window"))
         return Response(services.version_stats(model, window, number=version))
 
 
-class DatasetListView(APIView):
+class DatasetListView(ModelScopedMixin, APIView):
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(summary="A model's evaluation datasets", parameters=[MODEL],
                    responses={200: DatasetSerializer(many=True), 404: ERROR})  # fmt: skip
     def get(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         return Response(DatasetSerializer(model.eval_datasets.select_related("model", "created_by"), many=True).data)
 
     @extend_schema(
@@ -73,7 +74,7 @@ class DatasetListView(APIView):
         limit = datasets.dataset_limit()
         if int(request.headers.get("Content-Length") or 0) > limit + FORM_OVERHEAD_BYTES:
             raise PayloadTooLarge(f"The request is larger than the dataset limit of {limit} bytes.")
-        model = selectors.model_get(request.user, name, action=Action.EVALUATE)
+        model = self.scoped_model(Action.EVALUATE)
         serializer = DatasetCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -84,17 +85,17 @@ class DatasetListView(APIView):
         return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
-class DatasetDetailView(APIView):
+class DatasetDetailView(ModelScopedMixin, APIView):
     @extend_schema(summary="Get a dataset", parameters=[MODEL, DATASET],
                    responses={200: DatasetSerializer, 404: ERROR})  # fmt: skip
     def get(self, request: Request, name: str, dataset: str) -> Response:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         return Response(DatasetSerializer(services.dataset_get(model, dataset)).data)
 
     @extend_schema(summary="Delete a dataset and its runs", parameters=[MODEL, DATASET],
                    responses={204: None, 403: ERROR, 404: ERROR, 409: ERROR})  # fmt: skip
     def delete(self, request: Request, name: str, dataset: str) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.EVALUATE)
+        model = self.scoped_model(Action.EVALUATE)
         services.dataset_delete(actor=request.user, dataset=services.dataset_get(model, dataset))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -134,11 +135,11 @@ class RunDetailView(APIView):
         return Response(RunSerializer(services.run_get(request.user, run_id)).data)
 
 
-class GateView(APIView):
+class GateView(ModelScopedMixin, APIView):
     parser_classes = [JSONParser, FormParser]
 
     def _gate(self, request: Request, name: str) -> PromotionGate:
-        model = selectors.model_get(request.user, name)
+        model = self.scoped_model()
         gate = PromotionGate.objects.select_related("dataset").filter(model=model).first()
         if gate is None:
             raise NotFound(f"Model {name!r} has no promotion gate.")
@@ -157,7 +158,7 @@ class GateView(APIView):
         responses={200: GateSerializer, 400: ERROR, 403: ERROR, 404: ERROR},
     )
     def put(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.MANAGE)
+        model = self.scoped_model(Action.MANAGE)
         serializer = GateSetSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
@@ -169,6 +170,6 @@ class GateView(APIView):
         summary="Remove the promotion gate", parameters=[MODEL], responses={204: None, 403: ERROR, 404: ERROR}
     )
     def delete(self, request: Request, name: str) -> Response:
-        model = selectors.model_get(request.user, name, action=Action.MANAGE)
+        model = self.scoped_model(Action.MANAGE)
         services.gate_delete(actor=request.user, model=model)
         return Response(status=status.HTTP_204_NO_CONTENT)
