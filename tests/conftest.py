@@ -17,6 +17,7 @@ from portal import demo
 from portal.celery import app as celery_app
 from registry import services
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
+from tests.run_environment import run_id
 
 SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]}
 
@@ -61,6 +62,23 @@ def _eager_celery(request: pytest.FixtureRequest) -> Any:
     celery_app.conf.task_always_eager = eager
     yield
     celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """A PostgreSQL test database named for this run: concurrent runs on one server never drop each other's.
+
+    (pytest-django's default is test_<NAME>, created after dropping whatever had that name.)
+    SQLite's test database already lives in the run's own data directory (tests/run_environment.py).
+    """
+    from django.conf import settings as django_settings
+
+    for database in django_settings.DATABASES.values():
+        if database["ENGINE"].endswith("sqlite3"):
+            continue
+        test = database.setdefault("TEST", {})
+        name = test.get("NAME") or f"test_{database['NAME']}"
+        test["NAME"] = f"{name}_{run_id()}"
 
 
 @pytest.fixture
