@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,7 @@ def _isolated_storage(request: pytest.FixtureRequest, settings: Any, tmp_path: P
 
     Tests with a worker process share one directory with it instead (see tests/worker.py).
     """
-    shared = request.node.get_closest_marker("integration") or request.node.get_closest_marker("e2e")
-    root = request.getfixturevalue("shared_data_dir") if shared else tmp_path
+    root = request.getfixturevalue("shared_data_dir") if _runs_real_processes(request) else tmp_path
     settings.DATA_DIR = root / "data"
     settings.DATA_DIR.mkdir(exist_ok=True)
     settings.STORAGES = {
@@ -54,14 +53,56 @@ def _metrics_flushed_by_hand() -> None:
     metrics.recorder.background = False
 
 
-@pytest.fixture(autouse=True)
-def _eager_celery(request: pytest.FixtureRequest) -> Any:
-    """Unit tests run tasks in-process; integration tests use a real worker instead."""
-    eager = request.node.get_closest_marker("integration") is None and request.node.get_closest_marker("e2e") is None
+def _runs_real_processes(request: pytest.FixtureRequest) -> bool:
+    return any(request.node.get_closest_marker(name) for name in ("integration", "e2e"))
+
+
+# Tests written when every unit test ran its tasks eagerly, which do not ask yet; their files
+# are being reworked elsewhere. Each owner: add `@pytest.mark.celery_eager` (or the fixture)
+# and delete the line. A test that publishes without asking fails with a message saying so.
+STILL_EAGER_WITHOUT_ASKING = {
+    "tests/inference/test_jobs.py::test_eager_submit_runs_the_whole_job",
+    "tests/monitoring/test_evaluation.py::test_csv_dataset_with_class_names_evaluates_to_the_direct_figures",
+    "tests/monitoring/test_evaluation.py::test_gate_starts_an_evaluation_and_refuses_until_it_has_passed",
+    "tests/monitoring/test_evaluation.py::test_gate_refuses_a_worse_version_with_the_figures_and_override_is_audited",
+    "tests/registry/test_api.py::test_upload_over_api_validates_and_reports",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.split("[")[0] in STILL_EAGER_WITHOUT_ASKING:
+            item.add_marker(pytest.mark.celery_eager)
+
+
+@pytest.fixture
+def celery_eager() -> Iterator[None]:
+    """Tasks run in this process when published (ask for it, or mark the test `celery_eager`)."""
     previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = eager
+    celery_app.conf.task_always_eager = True
     yield
     celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture(autouse=True)
+def _celery_for_unit_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests run tasks in-process only when they ask; otherwise publishing fails clearly.
+
+    Integration and browser tests publish to the session's real broker (tests/worker.py).
+    """
+    if _runs_real_processes(request):
+        return
+    if request.node.get_closest_marker("celery_eager"):
+        request.getfixturevalue("celery_eager")
+        return
+
+    def refuse(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"{request.node.nodeid} published the Celery task {name!r} to a broker; unit tests have none: "
+            "mark it celery_eager (or use the celery_eager fixture), or mark it integration"
+        )
+
+    monkeypatch.setattr(type(celery_app), "send_task", refuse)
 
 
 @pytest.fixture(scope="session")
