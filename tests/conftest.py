@@ -25,6 +25,15 @@ SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4
 pytest_plugins = ["tests.worker"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    # Passwords of test users and sign-ins use a fast hasher: PBKDF2's deliberate cost
+    # (about half a second a hash on a busy machine) bought nothing but time here, three
+    # users a test. Processes the tests start (and the deploy check) keep the real hashers.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(autouse=True)
 def _isolated_storage(request: pytest.FixtureRequest, settings: Any, tmp_path: Path) -> None:
     """Artifacts and caches of each test live in its own temporary directory.
