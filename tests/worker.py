@@ -40,6 +40,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 
+from accounts import login_throttle
 from core.embedded import redis_server_binary
 from inference import invalidation, predict
 from portal.celery import app as celery_app
@@ -214,6 +215,7 @@ def _forget_connections() -> None:
     celery_app._local = threading.local()
     invalidation._client = None
     predict._client = None
+    login_throttle._client = None
 
 
 def _database_environment() -> dict[str, str]:
