@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,32 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
         test = database.setdefault("TEST", {})
         name = test.get("NAME") or f"test_{database['NAME']}"
         test["NAME"] = f"{name}_{run_id()}"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """pytest-django's test databases, dropped only once the processes the tests started have let go.
+
+    PostgreSQL refuses to drop a database with sessions on it, and a worker killed a moment
+    ago may still have one closing; those sessions are this run's (the database is).
+    """
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for connection in connections.all():
+            if connection.vendor != "postgresql":
+                continue
+            others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            with connection.cursor() as cursor:
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    cursor.execute("SELECT pid " + others)
+                    if not cursor.fetchall():
+                        break
+                    time.sleep(0.1)
+                else:
+                    cursor.execute("SELECT pg_terminate_backend(pid) " + others)
 
 
 @pytest.fixture
