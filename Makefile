@@ -19,9 +19,18 @@ $(STAMP): pyproject.toml
 run: install
 	$(PY) manage.py runportal
 
+# Unit tests in parallel (pytest-xdist), then the integration and browser tests, which start
+# real processes and share one worker, one at a time. Both groups run even if the first
+# fails. REPORTS=dir writes a JUnit report per group there (.ci/run counts them).
+TEST_PROCESSES ?= 2
 test: install
 	scripts/ensure-chromium
-	$(PY) -m pytest
+	@status=0; \
+	$(PY) -m pytest -m "not integration and not e2e" -n $(TEST_PROCESSES) \
+		$(if $(REPORTS),--junitxml=$(REPORTS)/unit.xml) || status=$$?; \
+	$(PY) -m pytest -m "integration or e2e" \
+		$(if $(REPORTS),--junitxml=$(REPORTS)/integration.xml) || status=$$?; \
+	exit $$status
 
 lint: install
 	$(VENV)/bin/ruff check .

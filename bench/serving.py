@@ -10,7 +10,8 @@ carrying one example, with wrk at 1 and 32 connections:
     both under `uvicorn --workers 2` like the portal;
 and the portal (uvicorn 2 workers serving portal.asgi + one Celery worker process running
 the serving loop) with JSON and binary tensors, on the embedded default (SQLite + embedded
-Redis) and on PostgreSQL + Redis. Every process runs one torch thread (OMP_NUM_THREADS=1,
+Redis) and on PostgreSQL + Redis (a database and a redis-server of the run's own, dropped and
+stopped at the end: nothing shared is touched). Every process runs one torch thread (OMP_NUM_THREADS=1,
 MKL_NUM_THREADS=1; the references also call torch.set_num_threads(1)). Each server answers
 one request per model first, compared with an in-process forward (atol 1e-4).
 
@@ -65,9 +66,10 @@ BACKENDS = ("embedded", "postgres")
 MODELS = ("mlp", "cnn")
 ITEM_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (64,), "cnn": (3, 64, 64)}
 INPUT_NAMES = {"mlp": "x", "cnn": "image"}
-PG_DATABASE = "maas_bench"
+# The PostgreSQL backend runs on a database this run creates (and drops) under a name of its
+# own, and on a redis-server it starts on a free port: nothing shared is dropped or flushed.
+PG_DATABASE = f"maas_bench_{secrets.token_hex(4)}"
 PG_URL = f"postgres://postgres@127.0.0.1:5432/{PG_DATABASE}"
-REDIS_URL = "redis://127.0.0.1:6379/11"
 ATOL = 1e-4
 WRK_TIMEOUT = "5s"
 # The portal's INFERENCE_TIMEOUT_SECONDS here: short, so the worker-death phase is short too.
@@ -519,8 +521,9 @@ class Bench:
         env = base_env() | {"PORTAL_DATA_DIR": str(data), "INFERENCE_TIMEOUT_SECONDS": str(FAULT_TIMEOUT_SECONDS)}
         if backend == "postgres":
             env |= {
-                "DATABASE_URL": PG_URL, "CELERY_BROKER_URL": REDIS_URL, "SECRET_KEY": secrets.token_urlsafe(40)[:50],
-                "ALLOWED_HOSTS": "127.0.0.1,localhost", "SECURE_SSL_REDIRECT": "false",
+                "DATABASE_URL": PG_URL, "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
+                "SECRET_KEY": secrets.token_urlsafe(40)[:50], "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "SECURE_SSL_REDIRECT": "false",
             }  # fmt: skip
         return env
 
@@ -532,8 +535,8 @@ class Bench:
             if backend == "embedded":
                 started.append(self._embedded_redis(env))
             else:
-                _postgres_reset()
-                _redis_flush()
+                started.append(self._private_redis(env))
+                _postgres_create()
             setup = subprocess.run(
                 [PYTHON, str(ROOT / "bench" / "portal_setup.py"), *(f"{m}={self.artifacts[m]}" for m in self.models)],
                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
@@ -582,9 +585,6 @@ class Bench:
                     self.processes.stop([worker])
         finally:
             self.processes.stop(started)
-            if backend == "postgres":
-                with contextlib.suppress(Exception):
-                    _redis_flush()
 
     def fault(self, backend: str, model: str, port: int, worker: Server, body: Body, token: str) -> None:
         """SIGKILL the serving process under load: in-flight requests must fail within the timeout, then recover."""
@@ -650,6 +650,27 @@ class Bench:
             return socket_path.exists() and bool(redis.Redis(unix_socket_path=str(socket_path)).ping())
 
         wait_until(alive, server, "embedded Redis", timeout=30)
+        return server
+
+    def _private_redis(self, env: dict[str, str]) -> Server:
+        """A redis-server of this run's own (the machine's binary, as its service runs) on the port in env."""
+        url = env["CELERY_BROKER_URL"]
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        binary = shutil.which("redis-server")
+        if binary is None:
+            from core.embedded import redis_server_binary
+
+            binary = str(redis_server_binary())
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.work)]  # fmt: skip
+        server = self.processes.start("redis", argv, env)
+
+        def alive() -> bool:
+            import redis
+
+            return bool(redis.Redis(port=port, socket_timeout=1).ping())
+
+        wait_until(alive, server, "redis-server", timeout=30)
         return server
 
     # -- profiling -----------------------------------------------------------------------
@@ -851,22 +872,23 @@ def _package(frame: str) -> str:
     return parts[0].removesuffix(".py")
 
 
-def _postgres_reset() -> None:
-    """A fresh benchmark database (dropped first; other sessions' connections are closed)."""
+_created_database = False
+
+
+def _postgres_create() -> None:
+    """The benchmark's database: a new one, named for this run (CREATE fails rather than reuse a name)."""
+    global _created_database
     psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c"]
-    subprocess.run([*psql, f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)"], check=True, capture_output=True)
     subprocess.run([*psql, f"CREATE DATABASE {PG_DATABASE}"], check=True, capture_output=True)
+    _created_database = True
 
 
 def _postgres_drop() -> None:
+    """Drop the database this run created (and only that one)."""
+    if not _created_database:
+        return
     psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c"]
     subprocess.run([*psql, f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)"], check=False, capture_output=True)
-
-
-def _redis_flush() -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL, socket_timeout=5).flushdb()
 
 
 @contextlib.contextmanager

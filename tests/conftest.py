@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,21 @@ from portal import demo
 from portal.celery import app as celery_app
 from registry import services
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
+from tests.run_environment import run_id
 
 SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]}
 
 
 pytest_plugins = ["tests.worker"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    # Passwords of test users and sign-ins use a fast hasher: PBKDF2's deliberate cost
+    # (about half a second a hash on a busy machine) bought nothing but time here, three
+    # users a test. Processes the tests start (and the deploy check) keep the real hashers.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +42,7 @@ def _isolated_storage(request: pytest.FixtureRequest, settings: Any, tmp_path: P
 
     Tests with a worker process share one directory with it instead (see tests/worker.py).
     """
-    shared = request.node.get_closest_marker("integration") or request.node.get_closest_marker("e2e")
-    root = request.getfixturevalue("shared_data_dir") if shared else tmp_path
+    root = request.getfixturevalue("shared_data_dir") if _runs_real_processes(request) else tmp_path
     settings.DATA_DIR = root / "data"
     settings.DATA_DIR.mkdir(exist_ok=True)
     settings.STORAGES = {
@@ -54,14 +64,99 @@ def _metrics_flushed_by_hand() -> None:
     metrics.recorder.background = False
 
 
-@pytest.fixture(autouse=True)
-def _eager_celery(request: pytest.FixtureRequest) -> Any:
-    """Unit tests run tasks in-process; integration tests use a real worker instead."""
-    eager = request.node.get_closest_marker("integration") is None and request.node.get_closest_marker("e2e") is None
+def _runs_real_processes(request: pytest.FixtureRequest) -> bool:
+    return any(request.node.get_closest_marker(name) for name in ("integration", "e2e"))
+
+
+# Tests written when every unit test ran its tasks eagerly, which do not ask yet; their files
+# are being reworked elsewhere. Each owner: add `@pytest.mark.celery_eager` (or the fixture)
+# and delete the line. A test that publishes without asking fails with a message saying so.
+STILL_EAGER_WITHOUT_ASKING = {
+    "tests/inference/test_jobs.py::test_eager_submit_runs_the_whole_job",
+    "tests/monitoring/test_evaluation.py::test_csv_dataset_with_class_names_evaluates_to_the_direct_figures",
+    "tests/monitoring/test_evaluation.py::test_gate_starts_an_evaluation_and_refuses_until_it_has_passed",
+    "tests/monitoring/test_evaluation.py::test_gate_refuses_a_worse_version_with_the_figures_and_override_is_audited",
+    "tests/registry/test_api.py::test_upload_over_api_validates_and_reports",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.split("[")[0] in STILL_EAGER_WITHOUT_ASKING:
+            item.add_marker(pytest.mark.celery_eager)
+
+
+@pytest.fixture
+def celery_eager() -> Iterator[None]:
+    """Tasks run in this process when published (ask for it, or mark the test `celery_eager`)."""
     previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = eager
+    celery_app.conf.task_always_eager = True
     yield
     celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture(autouse=True)
+def _celery_for_unit_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests run tasks in-process only when they ask; otherwise publishing fails clearly.
+
+    Integration and browser tests publish to the session's real broker (tests/worker.py).
+    """
+    if _runs_real_processes(request):
+        return
+    if request.node.get_closest_marker("celery_eager"):
+        request.getfixturevalue("celery_eager")
+        return
+
+    def refuse(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"{request.node.nodeid} published the Celery task {name!r} to a broker; unit tests have none: "
+            "mark it celery_eager (or use the celery_eager fixture), or mark it integration"
+        )
+
+    monkeypatch.setattr(type(celery_app), "send_task", refuse)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """A PostgreSQL test database named for this run: concurrent runs on one server never drop each other's.
+
+    (pytest-django's default is test_<NAME>, created after dropping whatever had that name.)
+    SQLite's test database already lives in the run's own data directory (tests/run_environment.py).
+    """
+    from django.conf import settings as django_settings
+
+    for database in django_settings.DATABASES.values():
+        if database["ENGINE"].endswith("sqlite3"):
+            continue
+        test = database.setdefault("TEST", {})
+        name = test.get("NAME") or f"test_{database['NAME']}"
+        test["NAME"] = f"{name}_{run_id()}"
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """pytest-django's test databases, dropped only once the processes the tests started have let go.
+
+    PostgreSQL refuses to drop a database with sessions on it, and a worker killed a moment
+    ago may still have one closing; those sessions are this run's (the database is).
+    """
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for connection in connections.all():
+            if connection.vendor != "postgresql":
+                continue
+            others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            with connection.cursor() as cursor:
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    cursor.execute("SELECT pid " + others)
+                    if not cursor.fetchall():
+                        break
+                    time.sleep(0.1)
+                else:
+                    cursor.execute("SELECT pg_terminate_backend(pid) " + others)
 
 
 @pytest.fixture

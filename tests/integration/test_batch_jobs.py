@@ -19,7 +19,7 @@ from accounts import services as token_services
 from inference.models import BatchJob
 from registry import services
 from registry.models import RegisteredModel
-from tests.worker import start_worker, stop
+from tests.worker import start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -126,25 +126,24 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_job_whose_worker_process_dies_is_redelivered_and_finishes(
-    http, production, registered_model, model_files, service_environment, shared_data_dir
+    http, production, registered_model, model_files, service_environment, shared_data_dir, processes
 ):
     # A worker of its own (dedicated queue), so killing its pool process disturbs no other test.
     RegisteredModel.objects.filter(pk=registered_model.pk).update(serving_queue="jobs-crash")
-    crashing = start_worker(service_environment, shared_data_dir / "worker-jobs-crash.log", queues="jobs-crash")
-    try:
-        x = (np.random.default_rng(4).normal(size=(40_000, 4)) + 5).astype(np.float32)
-        job = submit(http, "inputs.npz", npz_bytes(features=x), chunk_size="1")
-        deadline = time.monotonic() + 60
-        while BatchJob.objects.get(pk=job["id"]).rows_done == 0:
-            assert time.monotonic() < deadline, crashing.output()[-3000:]
-            time.sleep(0.05)
-        for child in _children(crashing.process.pid):
-            os.kill(child, signal.SIGKILL)
-        body = wait_settled(http, job["id"], timeout=180)
-        assert body["status"] == "succeeded", (body["error"], crashing.output()[-3000:])
-        assert body["attempts"] == 2
-        result = http.get(f"{http.base_url}{body['result_url']}", timeout=30)
-        with np.load(io.BytesIO(result.content), allow_pickle=False) as npz:
-            np.testing.assert_allclose(npz["output__0"], expected(model_files, x), rtol=1e-5, atol=1e-5)
-    finally:
-        stop(crashing.process)
+    crashing = start_worker(
+        processes, service_environment, shared_data_dir / "worker-jobs-crash.log", queues="jobs-crash"
+    )
+    x = (np.random.default_rng(4).normal(size=(40_000, 4)) + 5).astype(np.float32)
+    job = submit(http, "inputs.npz", npz_bytes(features=x), chunk_size="1")
+    deadline = time.monotonic() + 60
+    while BatchJob.objects.get(pk=job["id"]).rows_done == 0:
+        assert time.monotonic() < deadline, crashing.output()[-3000:]
+        time.sleep(0.05)
+    for child in _children(crashing.process.pid):
+        os.kill(child, signal.SIGKILL)
+    body = wait_settled(http, job["id"], timeout=180)
+    assert body["status"] == "succeeded", (body["error"], crashing.output()[-3000:])
+    assert body["attempts"] == 2
+    result = http.get(f"{http.base_url}{body['result_url']}", timeout=30)
+    with np.load(io.BytesIO(result.content), allow_pickle=False) as npz:
+        np.testing.assert_allclose(npz["output__0"], expected(model_files, x), rtol=1e-5, atol=1e-5)

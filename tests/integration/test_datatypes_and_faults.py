@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +18,7 @@ from portal import demo
 from registry import services
 from tests.conftest import upload_file
 from tests.integration.conftest import auth, infer_json
-from tests.worker import ROOT, stop
+from tests.worker import free_port, start_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -102,35 +99,19 @@ def test_int64_token_ids_of_different_lengths_are_served_together(gateway_url, t
     assert metadata["inputs"] == [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}]
 
 
-def test_broker_outage_answers_503_at_once(token, served, service_environment, shared_data_dir):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port, dead = probe.getsockname()[1], probe.getsockname()[1]
-    environment = service_environment | {"INFERENCE_REDIS_URL": f"redis://127.0.0.1:{dead}/0"}
-    log = (shared_data_dir / "gateway-no-redis.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--port", str(port), "--lifespan", "off"],
-        cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"{url}/v2/health/live", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        started = time.monotonic()
-        response = infer_json(url, token, "iris", {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
-                                                               "data": [1, 2, 3, 4]}]})  # fmt: skip
-        assert response.status_code == 503, response.text
-        assert "broker is unavailable" in response.json()["error"]
-        assert time.monotonic() - started < 3
-        assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 503
-    finally:
-        stop(process)
-        log.close()
+def test_broker_outage_answers_503_at_once(token, served, service_environment, shared_data_dir, processes):
+    dead = free_port()  # nothing listens there
+    # A long prediction timeout: the 503 must come from the refused connection, not from waiting.
+    environment = service_environment | {"INFERENCE_REDIS_URL": f"redis://127.0.0.1:{dead}/0",
+                                         "INFERENCE_TIMEOUT_SECONDS": "60"}  # fmt: skip
+    _, url = start_gateway(processes, environment, shared_data_dir / "gateway-no-redis.log")
+    started = time.monotonic()
+    response = infer_json(url, token, "iris", {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
+                                                           "data": [1, 2, 3, 4]}]})  # fmt: skip
+    assert response.status_code == 503, response.text
+    assert "broker is unavailable" in response.json()["error"]
+    assert time.monotonic() - started < 20, "answered by the refused connection, long before the timeout"
+    assert requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 503
 
 
 def test_friendly_endpoint_answers_503_when_the_broker_is_down(live_server, owner, served, settings, monkeypatch):
