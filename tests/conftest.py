@@ -68,24 +68,6 @@ def _runs_real_processes(request: pytest.FixtureRequest) -> bool:
     return any(request.node.get_closest_marker(name) for name in ("integration", "e2e"))
 
 
-# Tests written when every unit test ran its tasks eagerly, which do not ask yet; their files
-# are being reworked elsewhere. Each owner: add `@pytest.mark.celery_eager` (or the fixture)
-# and delete the line. A test that publishes without asking fails with a message saying so.
-STILL_EAGER_WITHOUT_ASKING = {
-    "tests/inference/test_jobs.py::test_eager_submit_runs_the_whole_job",
-    "tests/monitoring/test_evaluation.py::test_csv_dataset_with_class_names_evaluates_to_the_direct_figures",
-    "tests/monitoring/test_evaluation.py::test_gate_starts_an_evaluation_and_refuses_until_it_has_passed",
-    "tests/monitoring/test_evaluation.py::test_gate_refuses_a_worse_version_with_the_figures_and_override_is_audited",
-    "tests/registry/test_api.py::test_upload_over_api_validates_and_reports",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.nodeid.split("[")[0] in STILL_EAGER_WITHOUT_ASKING:
-            item.add_marker(pytest.mark.celery_eager)
-
-
 @pytest.fixture
 def celery_eager() -> Iterator[None]:
     """Tasks run in this process when published (ask for it, or mark the test `celery_eager`)."""

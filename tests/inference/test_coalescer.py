@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from inference.gateway import Coalescer, Gateway, HttpError, Target
+from inference.wire import BatchReply, Failure, Outputs
 
 
 def target(*, max_batch_size: int = 8, max_batch_delay_ms: int = 0) -> Target:
@@ -27,10 +28,15 @@ def rows(value: float, count: int = 1) -> dict[str, np.ndarray]:
     return {"features": np.full((count, 4), value, dtype=np.float32)}
 
 
-def reply_to(requests: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+def reply_to(requests: list[dict[str, np.ndarray]]) -> BatchReply:
     """What a worker answers for a batch: one answer per request (here, its first value), and timings."""
-    answers = [{"ok": float(tensors["features"][0, 0])} for tensors in requests]
-    return {"o": answers, "qt": 0.1, "ct": 0.2, "bs": sum(len(t["features"]) for t in requests), "w": "fake"}
+    answers: list[Outputs | Failure] = [Outputs({"first": tensors["features"][0, :1]}) for tensors in requests]
+    return BatchReply("fake-batch", answers, 0.1, 0.2, sum(len(t["features"]) for t in requests), "fake")
+
+
+def first(answered: tuple[Outputs, BatchReply]) -> float:
+    """The value a request was answered with (what `reply_to` echoed of it)."""
+    return float(answered[0].tensors["first"][0])
 
 
 @dataclass
@@ -45,7 +51,7 @@ class FakeWorkers:
     most_in_flight: int = 0
     _gates: list[asyncio.Event] = field(default_factory=list)
 
-    async def exchange(self, target: Target, requests: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    async def exchange(self, target: Target, requests: list[dict[str, np.ndarray]]) -> BatchReply:
         self.batches.append([float(t["features"][0, 0]) for t in requests])
         self.sent_at.append(asyncio.get_running_loop().time())
         self.in_flight += 1
@@ -95,9 +101,10 @@ def test_without_a_delay_the_first_request_goes_at_once_and_later_ones_wait_for_
         await settle()
         workers.release()
         answers = await asyncio.gather(*futures)
-        assert [answer["ok"] for answer in answers] == [0.0, 1.0, 2.0, 3.0, 4.0]
-        assert answers[0]["timing"] == {"qt": 0.1, "ct": 0.2, "bs": 1, "w": "fake"}
-        assert answers[1]["timing"]["bs"] == 4
+        assert [first(answer) for answer in answers] == [0.0, 1.0, 2.0, 3.0, 4.0]
+        reply = answers[0][1]
+        assert (reply.queue_ms, reply.compute_ms, reply.batch_rows, reply.worker) == (0.1, 0.2, 1, "fake")
+        assert answers[1][1].batch_rows == 4
         return workers
 
     workers = asyncio.run(scenario())
@@ -118,7 +125,7 @@ def test_a_batching_delay_holds_requests_until_the_timer_fires_then_sends_them_t
         await settle()
         assert workers.batches == [] and queue.timer is not None, "nothing is sent before the delay ends"
         answers = await asyncio.gather(*futures)
-        assert [answer["ok"] for answer in answers] == [0.0, 1.0, 2.0]
+        assert [first(answer) for answer in answers] == [0.0, 1.0, 2.0]
         assert queue.timer is None and queue.in_flight == 0
         return workers, first_submitted
 
@@ -160,7 +167,7 @@ def test_more_batches_in_flight_send_new_requests_at_once_until_the_limit(settin
         assert workers.batches == [[0.0], [1.0], [2.0, 3.0, 4.0]]
         workers.release()
         answers = await asyncio.gather(*futures)
-        assert [answer["ok"] for answer in answers] == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert [first(answer) for answer in answers] == [0.0, 1.0, 2.0, 3.0, 4.0]
         return workers
 
     workers = asyncio.run(scenario())
@@ -215,7 +222,7 @@ def test_a_failed_batch_fails_each_of_its_requests_and_the_next_batch_still_goes
     outcomes, workers = asyncio.run(scenario())
     assert isinstance(outcomes[0], HttpError) and outcomes[0].status == 504
     # The failure was the first batch's alone: the requests that waited were sent and answered.
-    assert [outcome["ok"] for outcome in outcomes[1:]] == [1.0, 2.0]
+    assert [first(outcome) for outcome in outcomes[1:]] == [1.0, 2.0]
     assert workers.batches == [[0.0], [1.0, 2.0]]
 
 
@@ -228,7 +235,7 @@ def test_a_burst_is_answered_completely_and_never_exceeds_the_in_flight_limit(se
         queue = coalescer(workers, max_batch_size=4)
         futures = [queue.submit(rows(i)) for i in range(40)]
         answers = await asyncio.gather(*futures)
-        assert [answer["ok"] for answer in answers] == [float(i) for i in range(40)]
+        assert [first(answer) for answer in answers] == [float(i) for i in range(40)]
         return workers
 
     workers = asyncio.run(scenario())

@@ -102,6 +102,7 @@ def test_submit_enqueues_on_the_models_queue_after_commit(
     assert sent == [{"args": [str(job.pk)], "queue": "inference"}]
 
 
+@pytest.mark.celery_eager
 def test_eager_submit_runs_the_whole_job(owner, version, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         job = submit(owner, npz_bytes(features=rows(7)))

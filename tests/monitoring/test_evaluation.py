@@ -80,6 +80,7 @@ def test_evaluation_of_a_version_that_is_not_ready_is_409(api, owner, production
     assert not EvaluationRun.objects.exists()
 
 
+@pytest.mark.celery_eager
 def test_csv_dataset_with_class_names_evaluates_to_the_direct_figures(
     api, owner, production, iris_data, model_files, django_capture_on_commit_callbacks
 ):
@@ -156,6 +157,7 @@ def promote(api, user, version, **extra):
     return api(user).put("/api/v1/models/iris/aliases/production/", {"version": version, **extra}, format="json")
 
 
+@pytest.mark.celery_eager
 def test_gate_starts_an_evaluation_and_refuses_until_it_has_passed(
     api, owner, gated, django_capture_on_commit_callbacks
 ):
@@ -174,6 +176,7 @@ def test_gate_starts_an_evaluation_and_refuses_until_it_has_passed(
     assert production.model.aliases.get(name="production").version == candidate
 
 
+@pytest.mark.celery_eager
 def test_gate_refuses_a_worse_version_with_the_figures_and_override_is_audited(
     api, owner, gated, django_capture_on_commit_callbacks
 ):

@@ -116,6 +116,7 @@ def test_private_models_are_invisible_to_others_and_internal_ones_read_only(
     assert_error(response, 403, "not change it")
 
 
+@pytest.mark.celery_eager
 def test_upload_over_api_validates_and_reports(
     api, owner, registered_model, model_files, django_capture_on_commit_callbacks
 ):
