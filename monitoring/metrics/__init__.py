@@ -25,7 +25,7 @@ from monitoring.metrics.prometheus import (
     process_gone,
     worker_heartbeat,
 )
-from monitoring.metrics.recorder import DRAIN_SECONDS, Recorder, buckets_prune, record, recorder
+from monitoring.metrics.recording import DRAIN_SECONDS, Recorder, buckets_prune, record, recorder
 
 __all__ = [
     "BATCH_BUCKETS",

@@ -156,9 +156,10 @@ def test_model_that_raises_gets_422_naming_it_and_the_worker_stays_up(gateway_ur
     assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [2, 2, 2, 2]
 
 
-def test_no_worker_on_the_queue_times_out_with_504(gateway_url, token, served, registered_model, service_environment):
+def test_no_worker_on_the_queue_times_out_with_504(gateway_url, token, served, owner, registered_model,
+                                                  service_environment):  # fmt: skip
     RegisteredModel.objects.filter(pk=registered_model.pk).update(serving_queue="nobody-listens")
-    services.model_update(actor=None, model=RegisteredModel.objects.get(pk=registered_model.pk), description="moved")
+    services.model_update(actor=owner, model=RegisteredModel.objects.get(pk=registered_model.pk), description="moved")
     started = time.monotonic()
     response = infer_json(gateway_url, token, "iris", request_body(FEATURES))
     assert response.status_code == 504, response.text

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from accounts import services as token_services
-from inference import invalidation
+from core import invalidation
 from tests.integration.conftest import FEATURES, infer_json, request_body
 from tests.worker import start_gateway, until
 

@@ -12,6 +12,7 @@ import pytest
 from django.db import DatabaseError, OperationalError, connection
 
 from monitoring import metrics
+from monitoring.metrics import recording
 from monitoring.models import MetricBucket
 
 pytestmark = pytest.mark.django_db
@@ -94,7 +95,7 @@ def test_samples_older_than_an_hour_are_dropped_when_a_flush_fails(version, monk
     # Two hours ago, by the recorder's clock only.
     past = types.SimpleNamespace(**{name: getattr(time, name) for name in ("monotonic", "perf_counter", "sleep")})
     past.time = lambda: time.time() - 2 * 3600
-    monkeypatch.setattr(metrics, "time", past)
+    monkeypatch.setattr(recording, "time", past)
     _record(version, 4)
     monkeypatch.undo()
     _record(version, 1)
