@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,3 +132,46 @@ def test_aggregates_older_than_the_retention_are_pruned(ready_version, settings)
     settings.METRICS_RETENTION_DAYS = 30
     assert metrics.buckets_prune() == 1
     assert list(MetricBucket.objects.values_list("pk", flat=True)) == [recent.pk] and old.pk != recent.pk
+
+
+def _histogram_samples(registry: Any) -> dict[str, dict[tuple[str, str | None], float]]:
+    samples: dict[str, dict[tuple[str, str | None], float]] = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if not sample.name.endswith("_created"):
+                samples.setdefault(sample.labels["k"], {})[(sample.name, sample.labels.get("le"))] = sample.value
+    return samples
+
+
+def test_bulk_histogram_add_writes_what_observe_writes():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    histogram = Histogram("bulk_check", "test", ["k"], buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    values = [0.0, 0.0005, 0.0007, 0.001, 0.3, 2.5, 31.0, 1e-9, 0.025]
+    for value in values:
+        histogram.labels("observed").observe(value)
+    metrics.histogram_add(histogram.labels("bulk"), values)
+    samples = _histogram_samples(registry)
+    assert samples["bulk"] == pytest.approx(samples["observed"])
+    assert samples["bulk"][("bulk_check_count", None)] == len(values)
+
+
+def test_bulk_histogram_add_falls_back_to_observe_without_the_value_objects():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    histogram = Histogram("fallback_check", "test", ["k"], buckets=metrics.LATENCY_BUCKETS, registry=registry)
+    values = [0.0007, 0.3, 31.0]
+    for value in values:
+        histogram.labels("observed").observe(value)
+
+    class PublicOnly:
+        """A histogram child of another prometheus-client version: observe() and nothing private."""
+
+        def __init__(self, child: Any) -> None:
+            self.observe = child.observe
+
+    metrics.histogram_add(PublicOnly(histogram.labels("fallback")), values)
+    samples = _histogram_samples(registry)
+    assert samples["fallback"] == pytest.approx(samples["observed"])
