@@ -21,7 +21,6 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -36,6 +35,7 @@ from core import redis as shared_redis
 from core.errors import PortalError
 from core.invalidation import INVALIDATE_CHANNEL
 from inference import guard, protocol, telemetry, wire
+from inference.routes import Target
 from inference.wire import BatchReply, BatchRequest, Failure, Outputs
 from registry import access, selectors
 from registry.access import Action
@@ -68,24 +68,6 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-@dataclass(frozen=True)
-class Target:
-    """A model version as the gateway routes it."""
-
-    version_id: int
-    model_name: str
-    version: int
-    status: str
-    format: str
-    signature: dict[str, Any]
-    queue: str
-    max_batch_size: int
-    max_batch_delay_ms: int
-    ready_versions: tuple[int, ...]
-    model_id: int = 0
-    actions: frozenset[str] = frozenset()  # what the caller's roles allow (registry.access)
 
 
 def _resolve(user: Any, name: str, version: str | None) -> Target:

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from core.errors import NotFound, PermissionDenied
 from core.invalidation import ACK_MARKER
 from core.throttle import rate_hit_async
+from inference.routes import Target
 from registry.access import Action, grant_of, scopes_admitting
-
-if TYPE_CHECKING:
-    from inference.gateway import Target
 
 logger = logging.getLogger(__name__)
 ACK_TTL_SECONDS = 30

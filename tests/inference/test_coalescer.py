@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inference.gateway import Coalescer, Gateway, HttpError, Target
+from inference.gateway import Coalescer, Gateway, HttpError
+from inference.routes import Target
 from inference.wire import BatchReply, Failure, Outputs
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from inference.gateway import Coalescer, HttpError, Target
+from inference.gateway import Coalescer, HttpError
+from inference.routes import Target
 from inference.wire import BatchReply, Failure, Outputs, Tensors
 
 

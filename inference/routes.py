@@ -1,0 +1,24 @@
+"""What the prediction gateway routes a request to (cached per caller, model and version)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model version as the gateway routes it."""
+
+    version_id: int
+    model_name: str
+    version: int
+    status: str
+    format: str
+    signature: dict[str, Any]
+    queue: str
+    max_batch_size: int
+    max_batch_delay_ms: int
+    ready_versions: tuple[int, ...]
+    model_id: int = 0
+    actions: frozenset[str] = frozenset()  # what the caller's roles allow (registry.access)
