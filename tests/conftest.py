@@ -12,6 +12,9 @@ import pytest
 import torch
 from django.core.files import File
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management.base import CommandError
+from django.db import OperationalError
+from django.test import TransactionTestCase
 from rest_framework.test import APIClient
 
 from inference import validation
@@ -25,6 +28,33 @@ SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4
 
 
 pytest_plugins = ["tests.worker"]
+
+
+FLUSH_ATTEMPTS = 3
+
+
+def _flush_retrying_deadlocks(teardown: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A transactional test's flush (TRUNCATE of every table) may deadlock with a worker or
+    gateway process of the test still writing (a metrics flush, a claim): PostgreSQL then
+    aborts one of the two. When it picks the flush, flush again rather than leave the next
+    test the rows of this one."""
+
+    def flush(self: Any) -> None:
+        for attempt in range(1, FLUSH_ATTEMPTS + 1):
+            try:
+                teardown(self)
+                return
+            except CommandError as exc:
+                if attempt == FLUSH_ATTEMPTS or not isinstance(exc.__cause__, OperationalError):
+                    raise
+                if "deadlock detected" not in str(exc.__cause__):
+                    raise
+                time.sleep(0.2 * attempt)
+
+    return flush
+
+
+TransactionTestCase._fixture_teardown = _flush_retrying_deadlocks(TransactionTestCase._fixture_teardown)  # type: ignore[method-assign]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -18,7 +18,7 @@ from accounts import services as token_services
 from core import redis as shared_redis
 from core.invalidation import INVALIDATE_CHANNEL
 from inference import jobs
-from monitoring import services
+from monitoring import metrics, services
 from monitoring.models import EvaluationRun, MetricBucket
 from registry import services as registry_services
 from tests.monitoring.conftest import direct_outputs, npz_file
@@ -51,6 +51,28 @@ def exposition(gateway_url: str) -> dict[str, float]:
     return samples
 
 
+def settled_exposition(gateway_url: str, timeout: float = 30.0) -> dict[str, float]:
+    """The exposition once earlier tests' predictions have all been applied.
+
+    Each process applies what it recorded every DRAIN_SECONDS: a prediction answered just
+    before this test must not land inside this test's delta. Settled means the request
+    counters stayed put over a few drains (gauges such as memory move on their own).
+    """
+
+    def counters(samples: dict[str, float]) -> dict[str, float]:
+        return {key: value for key, value in samples.items() if key.startswith("maas_requests_total")}
+
+    previous = exposition(gateway_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(3 * metrics.DRAIN_SECONDS)
+        current = exposition(gateway_url)
+        if counters(current) == counters(previous):
+            return current
+        previous = current
+    raise AssertionError("the request counters kept moving with no traffic")
+
+
 def wait_for(condition: Any, timeout: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,7 +85,7 @@ def wait_for(condition: Any, timeout: float = 30.0) -> Any:
 
 def test_traffic_through_a_worker_is_aggregated_and_exposed(gateway_url, token, production, owner, worker):
     key = 'model="iris",source="v2",status="{}",version="1"'
-    before = exposition(gateway_url)
+    before = settled_exposition(gateway_url)
     url = f"{gateway_url}/v2/models/iris/infer"
     headers = {"Authorization": f"Bearer {token}"}
     good = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
