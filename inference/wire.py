@@ -10,13 +10,15 @@ decode() that reads them back or raises WireError:
 
 On the wire a message is a msgpack array, its kind first, then its fields in order: no
 field names to pack or hash on the hot path. Tensors travel as [datatype, shape, raw
-little-endian bytes] by name. Change a layout and you change its kind's tag, so a process
+little-endian bytes] by name; BYTES tensors (texts) as ["BYTES", shape, [bytes, ...]].
+Each request of a batch carries its own parameters (a map; e.g. fill-mask's top_k), so
+requests with different settings can share a batch. Change a layout and you change its kind's tag, so a process
 of the old release refuses the message instead of misreading it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
@@ -47,9 +49,28 @@ def rows(tensors: Tensors) -> int:
     return int(first.shape[0]) if first.ndim else 1
 
 
+def is_bytes(array: np.ndarray) -> bool:
+    """True for a BYTES tensor: an object array of bytes/str, or a numpy string array."""
+    return array.dtype.kind in "OSU"
+
+
+def bytes_array(items: list[bytes], shape: list[int] | tuple[int, ...]) -> np.ndarray:
+    """An object array of `items` in `shape` (np.array would make fixed-width strings of them)."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def _bytes_items(array: np.ndarray) -> list[bytes]:
+    return [item.encode() if isinstance(item, str) else bytes(item) for item in array.reshape(-1).tolist()]
+
+
 def _pack_tensors(tensors: Tensors) -> dict[str, list[Any]]:
     packed = {}
     for name, array in tensors.items():
+        if is_bytes(array):
+            packed[name] = ["BYTES", list(array.shape), _bytes_items(array)]
+            continue
         little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         packed[name] = [datatype_of_array(array), list(array.shape), little.tobytes()]
     return packed
@@ -61,6 +82,11 @@ def _unpack_tensors(packed: Any) -> Tensors:
     tensors = {}
     try:
         for name, (datatype, shape, raw) in packed.items():
+            if datatype == "BYTES":
+                if not isinstance(raw, list) or not all(isinstance(item, bytes) for item in raw):
+                    raise WireError(f"BYTES tensor {name!r} must be a list of byte strings")
+                tensors[name] = bytes_array(raw, shape)
+                continue
             dtype = NUMPY_DTYPES[datatype].newbyteorder("<")
             # bytearray: a writable buffer, so torch.from_numpy can share it without a warning.
             array = np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
@@ -98,7 +124,7 @@ def _pack(fields: list[Any]) -> bytes:
 class BatchRequest:
     """A coalesced batch of requests for one model version."""
 
-    KIND: ClassVar[str] = "batch.1"
+    KIND: ClassVar[str] = "batch.2"
 
     batch_id: str
     reply_to: str  # the Redis list the reply goes to
@@ -106,21 +132,32 @@ class BatchRequest:
     sent_at: float  # epoch seconds: the worker reports the queue wait from it
     deadline: float  # epoch seconds: past it nobody waits for the answer, and none is computed
     requests: list[Tensors]
+    # One map per request ({} for none): settings such as top_k that apply to that request only.
+    parameters: list[dict[str, Any]] = field(default_factory=list)
 
     def encode(self) -> bytes:
+        parameters = self.parameters or [{} for _ in self.requests]
         return _pack([self.KIND, self.batch_id, self.reply_to, self.version_id, self.sent_at, self.deadline,
-                      [_pack_tensors(tensors) for tensors in self.requests]])  # fmt: skip
+                      [_pack_tensors(tensors) for tensors in self.requests], parameters])  # fmt: skip
 
     @classmethod
     def decode(cls, raw: bytes) -> BatchRequest:
-        _, batch_id, reply_to, version_id, sent_at, deadline, requests = _fields(raw, cls.KIND, 6)
+        _, batch_id, reply_to, version_id, sent_at, deadline, requests, parameters = _fields(raw, cls.KIND, 7)
         if not (
             isinstance(batch_id, str) and isinstance(reply_to, str) and isinstance(version_id, int)
             and isinstance(sent_at, float | int) and isinstance(deadline, float | int) and isinstance(requests, list)
+            and isinstance(parameters, list)
         ):  # fmt: skip
-            raise _mistyped(cls.KIND, "batch_id reply_to version_id sent_at deadline requests",
-                            batch_id, reply_to, version_id, sent_at, deadline, requests)  # fmt: skip
-        return cls(batch_id, reply_to, version_id, sent_at, deadline, [_unpack_tensors(p) for p in requests])
+            raise _mistyped(cls.KIND, "batch_id reply_to version_id sent_at deadline requests parameters",
+                            batch_id, reply_to, version_id, sent_at, deadline, requests, parameters)  # fmt: skip
+        if len(parameters) != len(requests) or not all(isinstance(p, dict) for p in parameters):
+            raise WireError("a batch needs one parameter map per request")
+        return cls(batch_id, reply_to, version_id, sent_at, deadline, [_unpack_tensors(p) for p in requests],
+                   parameters)  # fmt: skip
+
+    def parameters_of(self, index: int) -> dict[str, Any]:
+        """The parameters of request `index` ({} when the sender gave none)."""
+        return self.parameters[index] if self.parameters else {}
 
 
 @dataclass(slots=True)
@@ -233,6 +270,8 @@ __all__ = [
     "Outputs",
     "Tensors",
     "WireError",
+    "bytes_array",
+    "is_bytes",
     "queue_key",
     "rows",
 ]

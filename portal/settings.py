@@ -216,6 +216,26 @@ INFERENCE_WORKER_TTL_SECONDS = env_float("INFERENCE_WORKER_TTL_SECONDS", 10.0, m
 # Memory a worker may fill with resident models before it evicts the least recently used.
 INFERENCE_CACHE_BYTES = env_int("INFERENCE_CACHE_BYTES", 4 * 1024**3, minimum=1)
 
+# --- Hugging Face text models (format "huggingface") ---------------------------------------
+# Never reach a model hub: weights, configs and tokenizers come only from the verified artifact.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Texts in one request (a longer list is refused 400).
+INFERENCE_TEXT_MAX_ITEMS = env_int("INFERENCE_TEXT_MAX_ITEMS", 256, minimum=1)
+# How a worker pads a batch of texts: "bucket" (sorted by length, each forward padded to its
+# own longest), "longest" (arrival order, padded to the batch's longest) or "max_length"
+# (every text padded to the model's maximum: the baseline the benchmark compares against).
+INFERENCE_TEXT_PADDING = env_str("INFERENCE_TEXT_PADDING", "bucket")
+# Tokens (rows x padded length) in one forward of a text model; a larger batch is split.
+INFERENCE_TEXT_MAX_BATCH_TOKENS = env_int("INFERENCE_TEXT_MAX_BATCH_TOKENS", 16384, minimum=64)
+# On a GPU, load text models in half precision (fp16) to halve their memory.
+INFERENCE_TEXT_HALF_PRECISION = env_bool("INFERENCE_TEXT_HALF_PRECISION", True)
+# An archive may hold at most this many entries and unpack to at most this many bytes.
+HF_ARCHIVE_MAX_ENTRIES = env_int("HF_ARCHIVE_MAX_ENTRIES", 2000, minimum=1)
+HF_ARCHIVE_MAX_BYTES = env_int("HF_ARCHIVE_MAX_BYTES", 2 * MODEL_UPLOAD_MAX_BYTES, minimum=1)
+
 # --- REST API -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -44,6 +44,32 @@ def test_batch_request_round_trips():
     _assert_same(got.requests[1], sent.requests[1])
 
 
+def test_texts_and_per_request_parameters_round_trip():
+    texts = np.array(["Paris is the [MASK] of France.", "ünïcode ✓", ""], dtype=object)
+    raw = np.array([b"\xff\xfe not utf-8"], dtype=object)
+    sent = BatchRequest("b2", "r", 3, 1.0, 2.0, [{"text": texts}, {"text": raw}], [{"top_k": 3}, {}])
+    got = BatchRequest.decode(sent.encode())
+    assert got.parameters_of(0) == {"top_k": 3} and got.parameters_of(1) == {}
+    assert got.requests[0]["text"].dtype == object and got.requests[0]["text"].shape == (3,)
+    # Texts arrive as UTF-8 bytes; bytes that are not UTF-8 arrive unchanged for the worker to refuse.
+    assert got.requests[0]["text"].tolist() == [t.encode() for t in texts.tolist()]
+    assert got.requests[1]["text"].tolist() == [b"\xff\xfe not utf-8"]
+
+
+def test_bytes_outputs_round_trip_in_replies():
+    labels = np.array([[b"capital", b"city"]], dtype=object)
+    got = BatchReply.decode(BatchReply("b", [Outputs({"token_str": labels})], 0.0, 0.0, 1, "w").encode())
+    assert isinstance(got.answers[0], Outputs)
+    assert got.answers[0].tensors["token_str"].tolist() == [[b"capital", b"city"]]
+
+
+def test_a_batch_with_a_parameter_map_missing_is_refused():
+    fields = msgpack.unpackb(_request().encode())
+    fields[-1] = [{}]  # two requests, one map
+    with pytest.raises(WireError, match="one parameter map per request"):
+        BatchRequest.decode(msgpack.packb(fields))
+
+
 def test_decoded_tensors_are_writable_for_torch():
     got = BatchRequest.decode(_request().encode())
     assert got.requests[0]["features"].flags.writeable
@@ -94,23 +120,27 @@ GOOD_TENSOR = {"x": ["FP32", [1], b"\x00\x00\x80?"]}
     [
         (b"", "not msgpack"),
         (b"\xc1", "not msgpack"),
-        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0, []]) + b"\x00", "not msgpack"),  # trailing bytes
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [], []]) + b"\x00", "not msgpack"),  # trailing bytes
         # The dict messages of the release before typed messages: refused, not misread.
-        (_packed({"b": "b", "r": "r", "v": 1, "s": 0.0, "d": 1.0, "q": []}), "expected a 'batch.1' message"),
-        (_packed([]), "expected a 'batch.1' message"),
-        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, []]), "expected a 'batch.1' message"),
-        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0]), "has 6 fields, not 5"),
-        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0, [], "extra"]), "has 6 fields, not 7"),
-        (_packed(["batch.1", 5, "r", 1, 0.0, 1.0, []]), "batch_id: int"),
-        (_packed(["batch.1", "b", "r", "7", 0.0, 1.0, []]), "version_id: str"),
-        (_packed(["batch.1", "b", "r", 1, "now", 1.0, []]), "sent_at: str"),
-        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0, {}]), "requests: dict"),
-        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0, [["FP32"]]]), "tensors must be a map"),
-        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0, [{"x": ["FP99", [1], b"1234"]}]]), "malformed tensor"),
-        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0, [{"x": ["FP32", [2], b"1234"]}]]), "malformed tensor"),
-        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0, [{"x": ["FP32", [1]]}]]), "malformed tensor"),
-        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0, [{"x": ["FP32", [1], "text"]}]]), "malformed tensor"),
-        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0, [{"x": ["FP32", "1", b"1234"]}]]), "malformed tensor"),
+        (_packed({"b": "b", "r": "r", "v": 1, "s": 0.0, "d": 1.0, "q": []}), "expected a 'batch.2' message"),
+        (_packed([]), "expected a 'batch.2' message"),
+        (_packed(["batch.1", "b", "r", 1, 0.0, 1.0, []]), "expected a 'batch.2' message"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, []]), "has 7 fields, not 6"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [], [], "extra"]), "has 7 fields, not 8"),
+        (_packed(["batch.2", 5, "r", 1, 0.0, 1.0, [], []]), "batch_id: int"),
+        (_packed(["batch.2", "b", "r", "7", 0.0, 1.0, [], []]), "version_id: str"),
+        (_packed(["batch.2", "b", "r", 1, "now", 1.0, [], []]), "sent_at: str"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, {}, []]), "requests: dict"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [["FP32"]], [{}]]), "tensors must be a map"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [{"x": ["FP99", [1], b"1234"]}], [{}]]), "malformed tensor"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [{"x": ["FP32", [2], b"1234"]}], [{}]]), "malformed tensor"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [{"x": ["FP32", [1]]}], [{}]]), "malformed tensor"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [{"x": ["FP32", [1], "text"]}], [{}]]), "malformed tensor"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [{"x": ["FP32", "1", b"1234"]}], [{}]]), "malformed tensor"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [{"t": ["BYTES", [1], "text"]}], [{}]]), "list of byte strings"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [{"t": ["BYTES", [1], ["text"]]}], [{}]]), "list of byte strings"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [{"t": ["BYTES", [3], [b"a"]]}], [{}]]), "malformed tensor"),
+        (_packed(["batch.2", "b", "r", 1, 0.0, 1.0, [{}], ["top_k=3"]]), "one parameter map per request"),
     ],
 )
 def test_batch_request_refuses_malformed_messages(raw, fragment):
@@ -150,6 +180,6 @@ def test_a_pickle_is_refused_not_unpickled():
 
 
 def test_msgpack_extension_types_are_refused():
-    raw = _packed(["batch.1", "b", "r", 1, 0.0, 1.0, [msgpack.ExtType(1, b"x")]])
+    raw = _packed(["batch.2", "b", "r", 1, 0.0, 1.0, [msgpack.ExtType(1, b"x")], [{}]])
     with pytest.raises(WireError, match="tensors must be a map"):
         BatchRequest.decode(raw)
