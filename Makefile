@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-broker bench-upload screenshot clean
+.PHONY: install run test lint format bench bench-text bench-broker bench-upload screenshot clean
 
 install: $(STAMP)
 
@@ -50,6 +50,11 @@ format: install
 # ASGI app, on the embedded default and PostgreSQL + Redis (about 5 minutes).
 bench: install
 	$(PY) bench/serving.py
+
+# Hugging Face text models (embeddings, classification) against in-process forward/pipeline()
+# and a naive Starlette server; padding-aware batching against pad-to-max (about 4 minutes).
+bench-text: install
+	$(PY) bench/text.py
 
 bench-broker: install
 	$(PY) bench/embedded_broker.py
