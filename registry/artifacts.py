@@ -11,7 +11,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
+import time
 import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -23,6 +25,8 @@ from django.core.files.storage import Storage, storages
 from django.utils.text import get_valid_filename
 
 from core.errors import InvalidInput
+from registry.archives import archive_unpack
+from registry.huggingface import hf_files_check, hf_wanted
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +162,54 @@ def artifact_fetch(path: str, sha256: str) -> Path:
         )
     os.replace(target.name, cached)
     return cached
+
+
+# A temporary unpacking folder older than this was left by a crashed worker.
+STALE_UNPACK_SECONDS = 3600
+
+
+def _unpacked_dir() -> Path:
+    path = settings.DATA_DIR / "hf-unpacked"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _stale_unpacks_remove(parent: Path, sha256: str) -> None:
+    cutoff = time.time() - STALE_UNPACK_SECONDS
+    for leftover in parent.glob(f".{sha256}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if leftover.stat().st_mtime < cutoff:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def artifact_unpacked(path: Path, sha256: str) -> Path:
+    """A directory holding the unpacked Hugging Face model of the archive at `path`.
+
+    `path` is a verified local copy (artifact_fetch) and `sha256` its hash, which names the
+    cache folder `DATA_DIR/hf-unpacked/<sha256>`; a folder already there is reused. The
+    archive is unpacked into a temporary sibling with the upload's checks (traversal,
+    links, entry count, sizes counted as they are decompressed, safetensors only, no
+    remote code, tokenizer present) and renamed into place only when complete, so
+    concurrent workers and a crash never leave a half-unpacked model behind.
+    Raises InvalidInput when the stored archive fails a check.
+    """
+    parent = _unpacked_dir()
+    final = parent / sha256
+    if final.is_dir():
+        return final
+    _stale_unpacks_remove(parent, sha256)
+    staging = Path(tempfile.mkdtemp(prefix=f".{sha256}.", suffix=".tmp", dir=parent))
+    try:
+        with path.open("rb") as stream:
+            listing, model_dir = archive_unpack(stream, staging / "files", hf_wanted)
+        hf_files_check(listing)
+        try:
+            os.rename(model_dir, final)
+        except OSError:
+            # Another worker finished first (rename onto a non-empty folder fails): use its copy.
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("unpacked %s (%d files, %d bytes) into %s", path.name, len(listing.files), listing.total_bytes, final)
+    return final
