@@ -51,6 +51,13 @@ def texts_check(items: Sequence[bytes | str], where: str) -> list[str]:
     for index, item in enumerate(items):
         if isinstance(item, str):
             text = item
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    # JSON's \ud800-style escapes can spell a lone surrogate, which no UTF-8 text holds.
+                    raise InvalidInput(f"{where}: text {index} holds {text[exc.start]!r}, which is not valid "
+                                       "Unicode text (a lone surrogate).", field=where) from None  # fmt: skip
         else:
             try:
                 text = bytes(item).decode("utf-8")
