@@ -130,17 +130,21 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
     raise InvalidInput(f"The zip file is not a TorchScript or torch.export archive. {HINT}", field="file")
 
 
+def artifact_stem(filename: str) -> str:
+    """A file name without its folder and its extension (.tar.gz counts as one)."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name
+    if name.lower().endswith(".tar.gz"):
+        return name[: -len(".tar.gz")]
+    return os.path.splitext(name)[0]
+
+
 def artifact_filename(filename: str, model_name: str, checked: ArchiveCheck) -> str:
-    """The name an artifact is stored and downloaded under: the upload's stem and the format's extension."""
-    stem = PurePosixPath((filename or "").replace("\\", "/")).name
-    for suffix in (".tar.gz", ".tgz", *EXTENSIONS.values()):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    stem = stem or model_name
-    if checked.huggingface is not None:
-        return stem + (".tar.gz" if checked.huggingface.kind == TAR_GZ else ".zip")
-    return stem + EXTENSIONS[checked.format]
+    """The name an artifact is stored under: a Hugging Face archive's ends in its kind (.zip or .tar.gz),
+    whatever the upload was called, so that the download is named by what it holds."""
+    if checked.huggingface is None:
+        return filename or "model"
+    stem = artifact_stem(filename) or model_name
+    return stem + (".tar.gz" if checked.huggingface.kind == TAR_GZ else ".zip")
 
 
 def artifact_extension(format: str, artifact: str) -> str:

@@ -166,7 +166,7 @@ def version_upload(
         file.seek(0)
         digest = sha256_of(file)
 
-    stored_name = artifact_filename(filename or getattr(file, "name", "") or "", model.name, checked)
+    stored_name = artifact_filename(filename or getattr(file, "name", "") or "model", model.name, checked)
     path = artifact_store(model.pk, stored_name, file)
     try:
         with transaction.atomic():
