@@ -294,6 +294,30 @@ def _is_wanted(name: str, wanted: Callable[[str], bool]) -> bool:
     return wanted(name) or ("/" in name and wanted(name.split("/", 1)[1]))
 
 
+# Folders of tools, not of the model, left out when a directory is packed.
+SKIPPED_FOLDERS = frozenset({".git", ".cache", "__pycache__", ".ipynb_checkpoints"})
+# Already-compressed weights are stored, not deflated again (deflating gigabytes buys nothing).
+STORED_SUFFIXES = (".safetensors", ".model")
+
+
+def directory_zip(directory: Path, target: IO[bytes]) -> int:
+    """Pack a model directory into a zip written to `target`, its files under the directory's name.
+
+    Files are streamed from disk (zipfile copies them in chunks); the folders of tools
+    (.git, .cache) are left out. Returns the number of files packed.
+    """
+    count = 0
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for path in sorted(directory.rglob("*")):
+            relative = path.relative_to(directory)
+            if SKIPPED_FOLDERS.intersection(relative.parts) or not path.is_file():
+                continue
+            compression = zipfile.ZIP_STORED if path.name.endswith(STORED_SUFFIXES) else zipfile.ZIP_DEFLATED
+            archive.write(path, f"{directory.name}/{relative.as_posix()}", compress_type=compression)
+            count += 1
+    return count
+
+
 def archive_scan(stream: IO[bytes], wanted: Callable[[str], bool]) -> ArchiveListing:
     """Check a whole archive without writing anything, keeping the bytes of the `wanted` files.
 
@@ -338,4 +362,4 @@ def archive_unpack(stream: IO[bytes], target: Path, wanted: Callable[[str], bool
     return listing, target / listing.root if listing.root else target
 
 
-__all__ = ["TAR_GZ", "ZIP", "ArchiveListing", "Sink", "archive_kind", "archive_scan", "archive_unpack"]
+__all__ = ["TAR_GZ", "ZIP", "ArchiveListing", "Sink", "archive_kind", "archive_scan", "archive_unpack", "directory_zip"]
