@@ -7,6 +7,11 @@ coalesces the requests that arrive together for one model version into one messa
 the workers. While at most INFERENCE_MAX_IN_FLIGHT batches of a version are in flight,
 new requests wait for the next batch; nothing waits on a timer unless the version asks
 for a batching delay.
+
+A text (Hugging Face) version takes BYTES texts: they and the request's text parameters are
+checked by inference.text, and the parameters ride beside the request to the worker. The
+OpenAI-compatible /v1 (inference.openai) goes through this gateway's caches, guard,
+coalescers and telemetry in the same way; only its shapes differ.
 """
 
 from __future__ import annotations
