@@ -103,7 +103,7 @@ def _json_member(listing: ArchiveListing, name: str) -> dict[str, Any] | None:
     return value
 
 
-def _weights_check(listing: ArchiveListing) -> None:
+def _pickles_check(listing: ArchiveListing) -> None:
     pickled = sorted(name for name in listing.files if name.lower().endswith(PICKLE_SUFFIXES))
     if pickled:
         raise _refuse(
@@ -111,6 +111,9 @@ def _weights_check(listing: ArchiveListing) -> None:
             "weights are accepted only as safetensors (save_pretrained(..., safe_serialization=True)). "
             f"Remove {', '.join(repr(name) for name in pickled)} from the directory and upload it again."
         )
+
+
+def _weights_check(listing: ArchiveListing) -> None:
     root_files = {name for name in listing.files if "/" not in name}
     indexes = sorted(name for name in root_files if name.endswith(INDEX_SUFFIX))
     weights = {name for name in root_files if name.endswith(WEIGHTS_SUFFIX)}
@@ -188,12 +191,13 @@ def hf_files_check(listing: ArchiveListing) -> dict[str, Any]:
     This is what a worker repeats when it unpacks a stored archive: it depends on the
     files alone, not on what the uploader declared.
     """
-    _weights_check(listing)
+    _pickles_check(listing)
     config = _json_member(listing, CONFIG)
     if config is None:
         nested = sorted(name for name in listing.files if name.endswith("/" + CONFIG))
         where = f" (found only {nested[0]!r}; put the model's files at the archive's top level)" if nested else ""
         raise _refuse(f"The archive has no config.json at the model directory's top level{where}. {SAVE_HINT}")
+    _weights_check(listing)
     _config_check(config)
     _tokenizer_check(listing)
     return config
