@@ -32,6 +32,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1024 * 1024
 # The largest member whose bytes a scan keeps in memory (config.json, a shard index).
 MAX_READ_BYTES = 16 * 1024 * 1024
+# What a scan keeps of a member, asked per relative name: 0 (nothing), WHOLE (the file, up to
+# MAX_READ_BYTES, refused beyond) or a number of leading bytes (a weights file's header).
+Wanted = Callable[[str], int]
+WHOLE = -1
 # Folders that archivers add beside the content (macOS Finder); skipped, never unpacked.
 IGNORED_ROOTS = ("__MACOSX",)
 
@@ -44,7 +48,7 @@ class ArchiveListing:
     root: str = ""
     files: dict[str, int] = field(default_factory=dict)
     total_bytes: int = 0
-    contents: dict[str, bytes] = field(default_factory=dict)
+    contents: dict[str, bytes] = field(default_factory=dict)  # the wanted files (or their heads)
 
 
 def archive_kind(stream: IO[bytes]) -> str | None:
@@ -195,22 +199,23 @@ class Sink:
 
 
 class _Keep(Sink):
-    """Keeps a small member's bytes in memory (config.json, a shard index)."""
+    """Keeps a member's bytes in memory: a small file whole (config.json), or a large one's head."""
 
-    def __init__(self, name: str, into: dict[str, bytes], then: Sink | None = None) -> None:
-        self.name, self.into, self.then = name, into, then
+    def __init__(self, name: str, into: dict[str, bytes], keep: int, then: Sink) -> None:
+        self.name, self.into, self.keep, self.then = name, into, keep, then
         self.buffer = bytearray()
 
     def write(self, chunk: bytes) -> None:
-        if self.then is not None:
-            self.then.write(chunk)
-        self.buffer += chunk
-        if len(self.buffer) > MAX_READ_BYTES:
-            raise _refuse(f"{self.name!r} is larger than {MAX_READ_BYTES // 1024**2} MiB; it was refused.")
+        self.then.write(chunk)
+        if self.keep == WHOLE:
+            self.buffer += chunk
+            if len(self.buffer) > MAX_READ_BYTES:
+                raise _refuse(f"{self.name!r} is larger than {MAX_READ_BYTES // 1024**2} MiB; it was refused.")
+        elif len(self.buffer) < self.keep:
+            self.buffer += chunk[: self.keep - len(self.buffer)]
 
     def close(self) -> None:
-        if self.then is not None:
-            self.then.close()
+        self.then.close()
         self.into[self.name] = bytes(self.buffer)
 
 
@@ -278,9 +283,7 @@ def _walk(stream: IO[bytes], kind: str, sink_for: Callable[[str], Sink]) -> dict
     return files
 
 
-def _listing(
-    kind: str, files: dict[str, int], captured: dict[str, bytes], wanted: Callable[[str], bool]
-) -> ArchiveListing:
+def _listing(kind: str, files: dict[str, int], captured: dict[str, bytes], wanted: Wanted) -> ArchiveListing:
     root = _root_of(list(files))
     strip = len(root) + 1 if root else 0
     relative = {name[strip:]: size for name, size in files.items()}
@@ -288,10 +291,17 @@ def _listing(
     return ArchiveListing(kind=kind, root=root, files=relative, total_bytes=sum(files.values()), contents=contents)
 
 
-def _is_wanted(name: str, wanted: Callable[[str], bool]) -> bool:
+def _kept(name: str, wanted: Wanted) -> int:
     # The root folder is known only once the last entry has gone by (a tar is one stream),
     # so a member is kept when it is wanted either as it stands or under a stripped root.
-    return wanted(name) or ("/" in name and wanted(name.split("/", 1)[1]))
+    as_is = wanted(name)
+    stripped = wanted(name.split("/", 1)[1]) if "/" in name else 0
+    return WHOLE if WHOLE in (as_is, stripped) else max(as_is, stripped)
+
+
+def _sink(name: str, wanted: Wanted, captured: dict[str, bytes], then: Sink) -> Sink:
+    keep = _kept(name, wanted)
+    return _Keep(name, captured, keep, then) if keep else then
 
 
 # Folders of tools, not of the model, left out when a directory is packed.
@@ -318,8 +328,8 @@ def directory_zip(directory: Path, target: IO[bytes]) -> int:
     return count
 
 
-def archive_scan(stream: IO[bytes], wanted: Callable[[str], bool]) -> ArchiveListing:
-    """Check a whole archive without writing anything, keeping the bytes of the `wanted` files.
+def archive_scan(stream: IO[bytes], wanted: Wanted) -> ArchiveListing:
+    """Check a whole archive without writing anything, keeping the bytes that `wanted` asks for.
 
     Every member is decompressed once and counted (a zip's CRC is verified on the way), so
     an archive that passes expands to what its headers say.
@@ -330,7 +340,7 @@ def archive_scan(stream: IO[bytes], wanted: Callable[[str], bool]) -> ArchiveLis
     captured: dict[str, bytes] = {}
 
     def sink_for(name: str) -> Sink:
-        return _Keep(name, captured) if _is_wanted(name, wanted) else Sink()
+        return _sink(name, wanted, captured, Sink())
 
     try:
         files = _walk(stream, kind, sink_for)
@@ -339,7 +349,7 @@ def archive_scan(stream: IO[bytes], wanted: Callable[[str], bool]) -> ArchiveLis
     return _listing(kind, files, captured, wanted)
 
 
-def archive_unpack(stream: IO[bytes], target: Path, wanted: Callable[[str], bool]) -> tuple[ArchiveListing, Path]:
+def archive_unpack(stream: IO[bytes], target: Path, wanted: Wanted) -> tuple[ArchiveListing, Path]:
     """Unpack an archive under the empty folder `target`, with the checks of archive_scan.
 
     Returns the listing and the folder holding the files (`target` or `target/root`).
@@ -351,8 +361,7 @@ def archive_unpack(stream: IO[bytes], target: Path, wanted: Callable[[str], bool
     captured: dict[str, bytes] = {}
 
     def sink_for(name: str) -> Sink:
-        sink = _File(target, name)
-        return _Keep(name, captured, sink) if _is_wanted(name, wanted) else sink
+        return _sink(name, wanted, captured, _File(target, name))
 
     try:
         files = _walk(stream, kind, sink_for)
@@ -362,4 +371,15 @@ def archive_unpack(stream: IO[bytes], target: Path, wanted: Callable[[str], bool
     return listing, target / listing.root if listing.root else target
 
 
-__all__ = ["TAR_GZ", "ZIP", "ArchiveListing", "Sink", "archive_kind", "archive_scan", "archive_unpack", "directory_zip"]
+__all__ = [
+    "TAR_GZ",
+    "WHOLE",
+    "ZIP",
+    "ArchiveListing",
+    "Sink",
+    "Wanted",
+    "archive_kind",
+    "archive_scan",
+    "archive_unpack",
+    "directory_zip",
+]

@@ -420,4 +420,28 @@ def test_artifact_unpacked_checks_the_stored_archive_again(fill_mask_dir: Path, 
 
 def test_scan_keeps_only_wanted_members(fill_mask_dir: Path) -> None:
     listing = archive_scan(zip_bytes(files_of(fill_mask_dir)), hf_wanted)
-    assert set(listing.contents) == {"config.json", "tokenizer_config.json"}
+    assert set(listing.contents) == {"config.json", "tokenizer_config.json", "model.safetensors"}
+    weights = (fill_mask_dir / "model.safetensors").read_bytes()
+    assert listing.contents["model.safetensors"] == weights[: 256 * 1024]  # only the head of the weights
+
+
+def header_of(header: dict[str, Any]) -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw
+
+
+@pytest.mark.parametrize(
+    ("weights", "fragment"),
+    [
+        (b"\x80\x04\x95pickle renamed", "header length"),
+        (b"\x05", "too short"),
+        ((20).to_bytes(8, "little") + b"not json at all here" + bytes(10), "not JSON"),
+        ((2).to_bytes(8, "little") + b"[]", "not a JSON object"),
+        (header_of({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}) + bytes(4), "'w' lies outside"),
+    ],
+)
+def test_a_file_named_safetensors_that_is_not_one_is_refused(
+    fill_mask_dir: Path, weights: bytes, fragment: str
+) -> None:
+    files = {**files_of(fill_mask_dir), "model.safetensors": weights}
+    refused(zip_bytes(files), "'model.safetensors' is not a valid safetensors file", fragment)

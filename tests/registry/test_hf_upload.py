@@ -231,3 +231,11 @@ def test_upload_model_command_takes_an_archive(owner: Any, hf_files):
         stdout=io.StringIO(),
     )
     assert ModelVersion.objects.get().task == "fill-mask"
+
+
+def test_declared_huggingface_format_needs_an_archive(owner: Any, registered_model: RegisteredModel, model_files):
+    with pytest.raises(InvalidInput, match=r"neither a \.zip nor a \.tar\.gz"):
+        upload(owner, registered_model, model_files["text"], format="huggingface")
+    with pytest.raises(InvalidInput, match="declared as huggingface but it is a torchscript archive"):
+        upload(owner, registered_model, model_files["torchscript"], format="huggingface")
+    assert not ModelVersion.objects.exists() and stored_files() == []
