@@ -12,6 +12,7 @@ top-level folder (`my-model/config.json`), that folder is the `root` and is stri
 
 from __future__ import annotations
 
+import gzip
 import stat
 import tarfile
 import zipfile
@@ -29,9 +30,13 @@ ZIP = "zip"
 TAR_GZ = "tar.gz"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 GZIP_MAGIC = b"\x1f\x8b"
+ZIP_ENCRYPTED = 0x1
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 CHUNK = 1024 * 1024
 # The largest member whose bytes a scan keeps in memory (config.json, a shard index).
 MAX_READ_BYTES = 16 * 1024 * 1024
+# A tar ends with zero blocks (10 kB by default); anything much longer after the last member is refused.
+MAX_TRAILER_BYTES = 1024 * 1024
 # What a scan keeps of a member, asked per relative name: 0 (nothing), WHOLE (the file, up to
 # MAX_READ_BYTES, refused beyond) or a number of leading bytes (a weights file's header).
 Wanted = Callable[[str], int]
@@ -132,6 +137,13 @@ def _zip_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
             raise _refuse(f"The archive contains a symbolic link {info.filename!r}; links are refused.")
+        if info.flag_bits & ZIP_ENCRYPTED:
+            raise _refuse(f"The archive member {info.filename!r} is encrypted; upload an archive without a password.")
+        if info.compress_type not in ZIP_METHODS:
+            raise _refuse(
+                f"The archive member {info.filename!r} uses a compression method ({info.compress_type}) that "
+                "cannot be read here; use deflate (the zip default) or store."
+            )
         budget.entry(info.filename, 0 if info.is_dir() else info.file_size)
         if name is not None:
             entries.append((name, info.file_size, info))
@@ -145,12 +157,14 @@ def _zip_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
 def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[bytes]] | None]]:
     """(name, declared size, opener or None for a folder) per entry, checked as the stream goes by.
 
-    The gzip stream is read once, front to back ("r|gz"): a member's header is checked
-    before its data is decompressed, so a header announcing a huge member stops the scan.
+    The gzip stream is read once, front to back: a member's header is checked before its
+    data is decompressed, so a header announcing a huge member stops the scan.
     """
     budget = _Budget()
     try:
-        with tarfile.open(fileobj=stream, mode="r|gz") as archive:
+        # gzip.GzipFile (not tarfile's own "r|gz") checks the stream's CRC and length at its
+        # end, and tarfile ends quietly at a garbled header: so the stream is read to its end.
+        with gzip.GzipFile(fileobj=stream, mode="rb") as unzipped, tarfile.open(fileobj=unzipped, mode="r|") as archive:
             for member in archive:
                 name = _clean_name(member.name)
                 if member.issym() or member.islnk():
@@ -169,8 +183,20 @@ def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
                     yield name, 0, None
                 else:
                     yield name, member.size, lambda member=member: archive.extractfile(member)  # type: ignore[misc,return-value]
+            _trailer_drain(unzipped)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise _refuse(f"The file is not a readable .tar.gz archive ({exc}); it may be corrupt or truncated.") from None
+
+
+def _trailer_drain(unzipped: IO[bytes]) -> None:
+    """Read what follows the tar's last member (its end blocks) to the gzip's end, which checks its CRC."""
+    left = MAX_TRAILER_BYTES
+    while chunk := unzipped.read(min(CHUNK, left + 1)):
+        left -= len(chunk)
+        if left < 0:
+            raise _refuse(
+                f"The archive holds more than {MAX_TRAILER_BYTES} bytes after its last member; it was refused."
+            )
 
 
 def _entries(stream: IO[bytes], kind: str) -> Iterator[tuple[str, int, Callable[[], IO[bytes]] | None]]:
@@ -273,7 +299,7 @@ def _walk(stream: IO[bytes], kind: str, sink_for: Callable[[str], Sink]) -> dict
             if actual > limit:
                 raise _refuse(f"The archive expands to more than {limit / 1024**2:.0f} MiB (HF_ARCHIVE_MAX_BYTES).")
             files[name] = size
-    except (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError) as exc:
+    except (zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError, tarfile.TarError) as exc:
         raise _refuse(f"The archive is corrupt ({exc}); it was refused.") from None
     clash = next((name for name in files if name in folders), None)
     if clash is not None:

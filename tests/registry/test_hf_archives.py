@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -347,6 +348,31 @@ def test_not_an_archive_and_corrupt_archives_are_refused(fill_mask_dir: Path) ->
     refused(io.BytesIO(b"just some text, not an archive"), "neither a .zip nor a .tar.gz")
     truncated = tar_bytes(files_of(fill_mask_dir)).getvalue()[:5000]
     refused(io.BytesIO(truncated), "corrupt")
+
+
+def test_encrypted_or_oddly_compressed_zip_members_are_refused(fill_mask_dir: Path) -> None:
+    raw = bytearray(zip_bytes(files_of(fill_mask_dir)).getvalue())
+    central = raw.find(b"PK\x01\x02")
+    encrypted = bytearray(raw)
+    encrypted[central + 8] |= 0x1  # general purpose flag: encrypted
+    refused(io.BytesIO(bytes(encrypted)), "is encrypted")
+    odd = bytearray(raw)
+    odd[central + 10 : central + 12] = (9).to_bytes(2, "little")  # deflate64
+    refused(io.BytesIO(bytes(odd)), "compression method (9)")
+
+
+def test_corrupt_gzip_data_inside_a_member_is_refused(fill_mask_dir: Path) -> None:
+    raw = bytearray(tar_bytes(files_of(fill_mask_dir)).getvalue())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
+    refused(io.BytesIO(bytes(raw)), "corrupt")
+
+
+def test_a_large_trailer_after_the_tar_is_refused(fill_mask_dir: Path) -> None:
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w") as archive:
+        archive.add(fill_mask_dir, arcname="model")
+    stream = io.BytesIO(gzip.compress(plain.getvalue() + bytes(2 * 1024 * 1024)))
+    refused(stream, "after its last member")
 
 
 def test_duplicate_names_are_refused(fill_mask_dir: Path) -> None:
