@@ -188,7 +188,7 @@ def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
         raise _refuse(f"The file is not a readable .tar.gz archive ({exc}); it may be corrupt or truncated.") from None
 
 
-def _trailer_drain(unzipped: IO[bytes]) -> None:
+def _trailer_drain(unzipped: gzip.GzipFile) -> None:
     """Read what follows the tar's last member (its end blocks) to the gzip's end, which checks its CRC."""
     left = MAX_TRAILER_BYTES
     while chunk := unzipped.read(min(CHUNK, left + 1)):
