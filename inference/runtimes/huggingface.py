@@ -2,9 +2,10 @@
 
 Texts are tokenised once without padding, then cut into forwards whose padding is as small
 as INFERENCE_TEXT_PADDING allows ("bucket": sorted by length, each forward padded to its
-own longest; "longest": arrival order; "max_length": every row padded to the model's
-maximum, the baseline), bounded by `max_rows` rows and INFERENCE_TEXT_MAX_BATCH_TOKENS
-padded tokens. Results are scattered back to the texts' order.
+own longest and cut where padding would outgrow its texts; "longest": arrival order;
+"max_length": every row padded to the model's maximum, the baseline), bounded by
+`max_rows` rows and INFERENCE_TEXT_MAX_BATCH_TOKENS padded tokens. Results are scattered
+back to the texts' order.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ AUTO_CLASSES: dict[str, Any] = {
 }
 PADDING_STRATEGIES = ("bucket", "longest", "max_length")
 POOLING_MODES = ("mean", "cls", "max")
+# "bucket" also starts a new forward once padding would make it this much larger than its
+# texts, provided the forward already has this many rows: on a CPU a forward costs about
+# its padded tokens, and a few more forwards of well-matched lengths cost less than one
+# padded to the longest.
+BUCKET_SLACK = 1.25
+BUCKET_MIN_ROWS = 4
 # A tokenizer is one of these files; without them transformers builds one with an empty vocabulary.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
                    "tokenizer.model")  # fmt: skip
@@ -69,17 +76,22 @@ def forward_plan(lengths: list[int], padding: str, max_rows: int, max_tokens: in
     """
     if padding not in PADDING_STRATEGIES:
         raise ValueError(f"unknown padding strategy {padding!r}; known: {', '.join(PADDING_STRATEGIES)}")
-    order = sorted(range(len(lengths)), key=lengths.__getitem__) if padding == "bucket" else range(len(lengths))
+    bucket = padding == "bucket"
+    order = sorted(range(len(lengths)), key=lengths.__getitem__) if bucket else range(len(lengths))
     plan: list[Forward] = []
     indices: list[int] = []
-    width = 0
+    width = real = 0
     for index in order:
         wider = max_length if padding == "max_length" else max(width, lengths[index])
-        if indices and (len(indices) >= max_rows or (len(indices) + 1) * wider > max_tokens):
+        padded = (len(indices) + 1) * wider
+        wasteful = bucket and len(indices) >= BUCKET_MIN_ROWS and padded > BUCKET_SLACK * (real + lengths[index])
+        if indices and (len(indices) >= max_rows or padded > max_tokens or wasteful):
             plan.append(Forward(indices, width))
             indices = []
+            real = 0
             wider = max_length if padding == "max_length" else lengths[index]
         indices.append(index)
+        real += lengths[index]
         width = wider
     if indices:
         plan.append(Forward(indices, width))

@@ -162,6 +162,12 @@ def test_forward_plan_buckets_by_length_within_the_row_and_token_limits():
     # Sorted: 5, 6, 11, 12, 29, 30; a forward may hold rows x longest <= 36 tokens.
     assert [(f.indices, f.width) for f in plan] == [([1, 3, 5], 11), ([2], 12), ([4], 29), ([0], 30)]
     assert [f.indices for f in forward_plan(lengths, "bucket", 2, 10_000, 64)] == [[1, 3], [5, 2], [4, 0]]
+    # Bucketing also cuts once padding would outgrow the texts by BUCKET_SLACK (past BUCKET_MIN_ROWS rows).
+    mixed = [40, 5, 6, 41, 5, 42, 6, 40, 7]
+    plan = forward_plan(mixed, "bucket", max_rows=32, max_tokens=10_000, max_length=64)
+    assert [(sorted(mixed[i] for i in f.indices), f.width) for f in plan] == [([5, 5, 6, 6, 7], 7),
+                                                                              ([40, 40, 41, 42], 42)]  # fmt: skip
+    assert len(forward_plan([5, 5, 6, 40], "bucket", 32, 10_000, 64)) == 1  # too few rows to split
     longest = forward_plan(lengths, "longest", max_rows=3, max_tokens=10_000, max_length=64)
     assert [(f.indices, f.width) for f in longest] == [([0, 1, 2], 30), ([3, 4, 5], 29)]
     padded = forward_plan(lengths, "max_length", max_rows=8, max_tokens=200, max_length=64)
