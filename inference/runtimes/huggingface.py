@@ -47,7 +47,8 @@ AUTO_CLASSES: dict[str, Any] = {
     TextTask.FEATURE_EXTRACTION: AutoModel,
 }
 PADDING_STRATEGIES = ("bucket", "longest", "max_length")
-POOLING_MODES = ("mean", "cls", "max")
+# sentence-transformers' Pooling config keys of the poolings served (one of them, alone).
+POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
 # "bucket" also starts a new forward once padding would make it this much larger than its
 # texts, provided the forward already has this many rows: on a CPU a forward costs about
 # its padded tokens, and a few more forwards of well-matched lengths cost less than one
@@ -131,30 +132,30 @@ def _top_k(parameters: Mapping[str, Any], default: int, limit: int) -> int:
     return value
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
+    """A JSON file's content (None when it is missing or not JSON: the loaders report those)."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None
 
 
 def _pooling_mode(path: Path) -> str:
     """Pooling of a sentence-transformers directory (its Pooling module's config), else mean."""
-    modules = json.loads((path / "modules.json").read_text()) if (path / "modules.json").is_file() else []
-    folder = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith(".Pooling")), None)
+    modules = _read_json(path / "modules.json")
+    modules = [m for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+    folder = next((str(m.get("path", "")) for m in modules if str(m.get("type", "")).endswith(".Pooling")), None)
     if folder is None:
         return "mean"
     config = _read_json(path / folder / "config.json")
-    modes = [mode for mode in POOLING_MODES if config.get(f"pooling_mode_{mode}_tokens" if mode != "cls" else
-                                                         "pooling_mode_cls_token")]  # fmt: skip
-    others = [key for key, value in config.items() if key.startswith("pooling_mode_") and value and
-              key not in ("pooling_mode_mean_tokens", "pooling_mode_max_tokens", "pooling_mode_cls_token")]  # fmt: skip
-    if len(modes) != 1 or others:
+    config = config if isinstance(config, dict) else {}
+    modes = [key for key, value in config.items() if key.startswith("pooling_mode_") and value is True]
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
         raise ModelLoadError(
-            f"the sentence-transformers pooling in {folder}/config.json is not one of {', '.join(POOLING_MODES)}"
+            f"the sentence-transformers pooling in {folder}/config.json is not one of "
+            f"{', '.join(POOLING_MODES.values())} (found {', '.join(modes) or 'none'})"
         )
-    return modes[0]
+    return POOLING_MODES[modes[0]]
 
 
 def _model_root(path: Path) -> Path:
@@ -220,7 +221,8 @@ class HuggingFaceRuntime(TextRuntime):
         if task == TextTask.FILL_MASK and tokenizer.mask_token_id is None:
             raise ModelLoadError("the tokenizer has no mask token, which a fill-mask model needs")
         limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
-        limits.append(_read_json(root / "sentence_bert_config.json").get("max_seq_length"))
+        sentence_config = _read_json(root / "sentence_bert_config.json")
+        limits.append(sentence_config.get("max_seq_length") if isinstance(sentence_config, dict) else None)
         max_length = min(int(limit) for limit in limits if isinstance(limit, int | float) and 0 < limit < 1e9)
         pooling = _pooling_mode(root) if task == TextTask.FEATURE_EXTRACTION else ""
         return cls(module.to(device).eval(), device, task=task, tokenizer=tokenizer, max_length=max_length,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,43 @@ def test_a_directory_that_is_not_a_servable_model_fails_to_load_with_a_clear_rea
 def test_an_archive_folder_holding_the_model_is_found(hf_dirs, tmp_path):
     _copy(hf_dirs[TextTask.FILL_MASK], tmp_path / "unpacked" / "my-bert")
     assert HuggingFaceRuntime.load(tmp_path / "unpacked", CPU, task="fill-mask").task == "fill-mask"
+
+
+def _with_pooling(source: Path, target: Path, **modes: bool) -> Path:
+    """A copy of an encoder directory with sentence-transformers modules and a Pooling config."""
+    _copy(source, target)
+    (target / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))  # fmt: skip
+    (target / "1_Pooling").mkdir()
+    (target / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **modes}))
+    return target
+
+
+@pytest.mark.parametrize("mode", ["cls", "max"])
+def test_the_sentence_transformers_pooling_is_applied(hf_dirs, tmp_path, mode):
+    key = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"}[mode]
+    path = _with_pooling(hf_dirs[TextTask.FEATURE_EXTRACTION], tmp_path / "st", pooling_mode_mean_tokens=False,
+                         **{key: True})  # fmt: skip
+    runtime = HuggingFaceRuntime.load(path, CPU, task="feature-extraction")
+    assert runtime.pooling == mode
+    texts = ["Rome.", "Paris is the capital of France."]
+    batch = runtime.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = runtime.module(**batch).last_hidden_state
+    if mode == "cls":
+        expected = hidden[:, 0]
+    else:
+        expected = hidden.masked_fill(batch["attention_mask"].unsqueeze(-1) == 0, float("-inf")).max(dim=1).values
+    np.testing.assert_allclose(predict(runtime, texts, normalize=False)["embedding"], expected.numpy(), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_a_pooling_the_runtime_does_not_serve_is_refused_at_load(hf_dirs, tmp_path):
+    path = _with_pooling(hf_dirs[TextTask.FEATURE_EXTRACTION], tmp_path / "st", pooling_mode_weightedmean_tokens=True)
+    with pytest.raises(ModelLoadError, match="not one of mean, cls, max \\(found pooling_mode_weightedmean_tokens\\)"):
+        HuggingFaceRuntime.load(path, CPU, task="feature-extraction")
 
 
 def test_minilm_reads_its_sentence_transformers_settings(minilm):
