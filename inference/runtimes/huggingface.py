@@ -58,6 +58,8 @@ BUCKET_MIN_ROWS = 4
 # A tokenizer is one of these files; without them transformers builds one with an empty vocabulary.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
                    "tokenizer.model")  # fmt: skip
+# The maximum sequence length when neither the tokenizer nor the config states one.
+FALLBACK_MAX_LENGTH = 512
 # Weights a task does not use: a missing pooler is no reason to refuse an embedding model.
 UNUSED_PREFIXES = ("pooler.",)
 
@@ -223,7 +225,10 @@ class HuggingFaceRuntime(TextRuntime):
         limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
         sentence_config = _read_json(root / "sentence_bert_config.json")
         limits.append(sentence_config.get("max_seq_length") if isinstance(sentence_config, dict) else None)
-        max_length = min(int(limit) for limit in limits if isinstance(limit, int | float) and 0 < limit < 1e9)
+        max_length = min(
+            (int(limit) for limit in limits if isinstance(limit, int | float) and 0 < limit < 1e9),
+            default=FALLBACK_MAX_LENGTH,
+        )
         pooling = _pooling_mode(root) if task == TextTask.FEATURE_EXTRACTION else ""
         return cls(module.to(device).eval(), device, task=task, tokenizer=tokenizer, max_length=max_length,
                    pooling=pooling)  # fmt: skip

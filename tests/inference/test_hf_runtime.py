@@ -355,3 +355,21 @@ def test_minilm_embedding_is_the_mean_pooled_normalised_model_output(minilm):
     mask = batch["attention_mask"].unsqueeze(-1).float()
     expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
     np.testing.assert_allclose(predict(minilm, texts)["embedding"], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("task", [TextTask.FEATURE_EXTRACTION, TextTask.TEXT_CLASSIFICATION])
+def test_on_cuda_text_models_run_in_half_precision_with_half_the_memory(hf_dirs, runtimes, settings, task):
+    settings.INFERENCE_TEXT_HALF_PRECISION = True
+    gpu = HuggingFaceRuntime.load(hf_dirs[task], torch.device("cuda"), task=task)
+    assert gpu.describe()["dtype"] == "float16" and next(gpu.module.parameters()).is_cuda
+    # Parameters halve; integer buffers (position ids) do not.
+    assert gpu.memory_bytes() < 0.6 * runtimes[task].memory_bytes()
+    on_gpu, on_cpu = predict(gpu, MIXED), predict(runtimes[task], MIXED)
+    for name, array in on_cpu.items():
+        if array.dtype.kind == "f":
+            assert on_gpu[name].dtype == np.float32
+            np.testing.assert_allclose(on_gpu[name], array, atol=2e-2, err_msg=name)
+    settings.INFERENCE_TEXT_HALF_PRECISION = False
+    assert HuggingFaceRuntime.load(hf_dirs[task], torch.device("cuda"), task=task).describe()["dtype"] == "float32"
