@@ -375,6 +375,13 @@ def test_a_large_trailer_after_the_tar_is_refused(fill_mask_dir: Path) -> None:
     refused(stream, "after its last member")
 
 
+def test_what_a_scan_keeps_in_memory_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archives, "MAX_KEPT_BYTES", 10_000)
+    # Each "<folder>/config.json" could be the model's config until the tar's root is known.
+    many = {f"folder{i}/config.json": bytes(4000) for i in range(5)}
+    refused(tar_bytes(many, root=""), "configuration files and weight headers pass", "config.json")
+
+
 def test_duplicate_names_are_refused(fill_mask_dir: Path) -> None:
     stream = zip_bytes(files_of(fill_mask_dir))
     with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(stream, "a") as archive:
