@@ -244,6 +244,12 @@ def _stale_unpacks_remove(parent: Path, sha256: str) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+def artifact_unpacked_cached(sha256: str) -> Path | None:
+    """The unpacked model of the archive with this hash, when a previous artifact_unpacked left it here."""
+    final = settings.DATA_DIR / "hf-unpacked" / sha256
+    return final if final.is_dir() else None
+
+
 def artifact_unpacked(path: Path, sha256: str) -> Path:
     """A directory holding the unpacked Hugging Face model of the archive at `path`.
 
@@ -255,10 +261,11 @@ def artifact_unpacked(path: Path, sha256: str) -> Path:
     concurrent workers and a crash never leave a half-unpacked model behind.
     Raises InvalidInput when the stored archive fails a check.
     """
+    cached = artifact_unpacked_cached(sha256)
+    if cached is not None:
+        return cached
     parent = _unpacked_dir()
     final = parent / sha256
-    if final.is_dir():
-        return final
     _stale_unpacks_remove(parent, sha256)
     staging = Path(tempfile.mkdtemp(prefix=f".{sha256}.", suffix=".tmp", dir=parent))
     try:

@@ -239,3 +239,16 @@ def test_declared_huggingface_format_needs_an_archive(owner: Any, registered_mod
     with pytest.raises(InvalidInput, match="declared as huggingface but it is a torchscript archive"):
         upload(owner, registered_model, model_files["torchscript"], format="huggingface")
     assert not ModelVersion.objects.exists() and stored_files() == []
+
+
+def test_version_model_directory_unpacks_once(owner: Any, registered_model: RegisteredModel, hf_files, settings: Any):
+    version = upload(owner, registered_model, hf_files["fill_mask_tar"])
+    directory = services.version_model_directory(version)
+    assert directory == settings.DATA_DIR / "hf-unpacked" / version.sha256
+    assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in hf_files["fill_mask_dir"].iterdir())
+    # Once unpacked, the archive is not read again (not even to hash it).
+    Path(artifact_storage().path(version.artifact)).unlink()
+    assert services.version_model_directory(version) == directory
+    torchscript = ModelVersion(format=ModelFormat.TORCHSCRIPT)
+    with pytest.raises(ValueError, match="not a huggingface one"):
+        services.version_model_directory(torchscript)
