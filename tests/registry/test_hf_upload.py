@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 
 from core.errors import InvalidInput
 from portal.text_models import bert_save, directory_tar_gz, directory_zip
-from registry import services
+from registry import services, signatures
 from registry.artifacts import artifact_storage
 from registry.models import AuditEvent, ModelFormat, ModelVersion, RegisteredModel
 from tests.conftest import SIGNATURE, multipart
@@ -252,3 +252,25 @@ def test_version_model_directory_unpacks_once(owner: Any, registered_model: Regi
     torchscript = ModelVersion(format=ModelFormat.TORCHSCRIPT)
     with pytest.raises(ValueError, match="not a huggingface one"):
         services.version_model_directory(torchscript)
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        ({"name": "text", "datatype": "BYTES", "data": [1, 2]}, "strings"),
+        ({"name": "text", "datatype": "BYTES", "data": [["nested"]]}, "flat list of strings"),
+        ({"name": "text", "data": ["fine", "  "]}, "empty"),
+        ({"name": "text", "data": ["x"] * 65}, "more than 64 texts"),
+        ({"name": "text", "data": ["x" * 10_001]}, "longer than 10000"),
+        ({"name": "text", "data": ["a", "b"], "shape": [3]}, "does not match 2 text(s)"),
+    ],
+)
+def test_text_examples_are_strings_only(item: dict[str, Any], fragment: str):
+    with pytest.raises(InvalidInput) as caught:
+        signatures.example_parse({"inputs": [item]})
+    assert fragment in caught.value.message and caught.value.field == "example_input"
+
+
+def test_text_example_accepts_a_single_string():
+    parsed = signatures.example_parse({"inputs": [{"name": "text", "data": "Paris is the [MASK] of France."}]})
+    assert parsed == [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Paris is the [MASK] of France."]}]
