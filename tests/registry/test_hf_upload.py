@@ -109,6 +109,7 @@ def test_classifier_labels_and_a_given_text_example(owner: Any, registered_model
         ("fill_mask_zip", {"signature": SIGNATURE}, "signature follows from its task"),
         ("fill_mask_zip", {"labels": ["a", "b"]}, "id2label"),
         ("fill_mask_zip", {"format": "torchscript"}, "declared as torchscript"),
+        ("pickled", {"format": "exported_program"}, "declared as exported_program but it is a huggingface archive"),
         ("fill_mask_zip", {"example_input": {"inputs": [{"name": "x", "data": [[1.0]]}]}}, "one BYTES input"),
         ("fill_mask_zip", {"example_input": {"inputs": [{"name": "text", "data": ["no mask"]}]}}, "mask token"),
         ("fill_mask_zip", {"example_input": {"inputs": [{"name": "text", "datatype": "BYTES", "data": [1]}]}},
