@@ -44,8 +44,9 @@ MAX_TRAILER_BYTES = 1024 * 1024
 # MAX_READ_BYTES, refused beyond) or a number of leading bytes (a weights file's header).
 Wanted = Callable[[str], int]
 WHOLE = -1
-# Folders that archivers add beside the content (macOS Finder); skipped, never unpacked.
+# What archivers add beside the content (macOS Finder); skipped, never unpacked.
 IGNORED_ROOTS = ("__MACOSX",)
+IGNORED_NAMES = (".DS_Store",)
 
 
 @dataclass
@@ -299,7 +300,7 @@ def _walk(stream: IO[bytes], kind: str, sink_for: Callable[[str], Sink]) -> dict
     limit = settings.HF_ARCHIVE_MAX_BYTES
     try:
         for name, size, opener in _entries(stream, kind):
-            if name.split("/", 1)[0] in IGNORED_ROOTS:
+            if name.split("/", 1)[0] in IGNORED_ROOTS or name.rsplit("/", 1)[-1] in IGNORED_NAMES:
                 continue
             if opener is None:
                 folders.add(name)

@@ -108,6 +108,17 @@ def test_zip_with_files_at_the_root_and_tar_gz_are_accepted(fill_mask_dir: Path,
     assert (checked.kind, checked.root, checked.task) == ("tar.gz", "tiny-bert", "fill-mask")
 
 
+def test_finder_leftovers_are_skipped(fill_mask_dir: Path) -> None:
+    stream = zip_bytes(files_of(fill_mask_dir), root="tiny")
+    with zipfile.ZipFile(stream, "a") as archive:
+        archive.writestr("__MACOSX/tiny/._config.json", b"resource fork")
+        archive.writestr(".DS_Store", b"finder")
+        archive.writestr("tiny/.DS_Store", b"finder")
+    stream.seek(0)
+    checked = hf_inspect(stream)
+    assert checked.root == "tiny" and not any("DS_Store" in name or "MACOSX" in name for name in checked.files)
+
+
 def test_kind_is_told_by_magic_bytes_not_the_name(fill_mask_dir: Path, tmp_path: Path) -> None:
     misnamed = directory_tar_gz(fill_mask_dir, tmp_path / "model.zip")
     with misnamed.open("rb") as stream:
