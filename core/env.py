@@ -20,6 +20,14 @@ def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`, `default` when unset; anything else stops the process with the choices named."""
+    value = os.environ.get(name, default).strip()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def env_bool(name: str, default: bool = False) -> bool:
     """`1/true/yes/on` or `0/false/no/off` (any case)."""
     raw = os.environ.get(name)

@@ -15,7 +15,7 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from core.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+from core.env import env_bool, env_choice, env_float, env_int, env_list, env_secret, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("PORTAL_DATA_DIR", str(BASE_DIR / "var"))).resolve()
@@ -227,7 +227,7 @@ INFERENCE_TEXT_MAX_ITEMS = env_int("INFERENCE_TEXT_MAX_ITEMS", 256, minimum=1)
 # How a worker pads a batch of texts: "bucket" (sorted by length, each forward padded to its
 # own longest), "longest" (arrival order, padded to the batch's longest) or "max_length"
 # (every text padded to the model's maximum: the baseline the benchmark compares against).
-INFERENCE_TEXT_PADDING = env_str("INFERENCE_TEXT_PADDING", "bucket")
+INFERENCE_TEXT_PADDING = env_choice("INFERENCE_TEXT_PADDING", "bucket", ("bucket", "longest", "max_length"))
 # Tokens (rows x padded length) in one forward of a text model; a larger batch is split.
 INFERENCE_TEXT_MAX_BATCH_TOKENS = env_int("INFERENCE_TEXT_MAX_BATCH_TOKENS", 16384, minimum=64)
 # On a GPU, load text models in half precision (fp16) to halve their memory.

@@ -82,6 +82,7 @@ def test_production_settings_refuse_to_start_without_secret_key(tmp_path):
         (lambda name: env.env_bool(name, True), "OFF", False),
         (lambda name: env.env_int(name, 0), "42", 42),
         (lambda name: env.env_list(name), "a, b,,c", ["a", "b", "c"]),
+        (lambda name: env.env_choice(name, "bucket", ("bucket", "max_length")), "max_length", "max_length"),
     ],
 )
 def test_env_helpers_parse(monkeypatch, read, raw, expected):
@@ -94,6 +95,12 @@ def test_env_helpers_name_the_bad_variable(monkeypatch, helper, raw):
     monkeypatch.setenv("PORTAL_TEST_VALUE", raw)
     with pytest.raises(ImproperlyConfigured, match="PORTAL_TEST_VALUE"):
         helper("PORTAL_TEST_VALUE", 0)
+
+
+def test_env_choice_names_the_choices(monkeypatch):
+    monkeypatch.setenv("PORTAL_TEST_VALUE", "sorted")
+    with pytest.raises(ImproperlyConfigured, match="PORTAL_TEST_VALUE='sorted' is not one of bucket, longest"):
+        env.env_choice("PORTAL_TEST_VALUE", "bucket", ("bucket", "longest"))
 
 
 def test_secret_from_file(monkeypatch, tmp_path):
