@@ -11,9 +11,12 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
+import time
 import uuid
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -23,11 +26,22 @@ from django.core.files.storage import Storage, storages
 from django.utils.text import get_valid_filename
 
 from core.errors import InvalidInput
+from registry.archives import TAR_GZ, ZIP, archive_kind, archive_unpack
+from registry.huggingface import HuggingFaceArchive, hf_files_check, hf_inspect, hf_wanted
+from registry.models import ModelFormat
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
-HINT = "Save a TorchScript module with torch.jit.save(...) or an exported program with torch.export.save(...)."
+HINT = (
+    "Save a TorchScript module with torch.jit.save(...) or an exported program with torch.export.save(...); "
+    "a Hugging Face model is its save_pretrained directory as one .zip or .tar.gz."
+)
+EXTENSIONS: dict[str, str] = {
+    ModelFormat.TORCHSCRIPT: ".pt",
+    ModelFormat.EXPORTED_PROGRAM: ".pt2",
+    ModelFormat.HUGGINGFACE: ".zip",
+}
 
 
 class ArtifactIntegrityError(Exception):
@@ -51,15 +65,33 @@ def _unsafe_member(name: str) -> bool:
     return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
 
 
-def archive_check(stream: IO[bytes]) -> str:
+@dataclass(frozen=True)
+class ArchiveCheck:
+    """What an uploaded file is: its format and, for a Hugging Face model, what its archive holds."""
+
+    format: str
+    huggingface: HuggingFaceArchive | None = None
+
+
+def _looks_huggingface(names: list[str]) -> bool:
+    return any(PurePosixPath(name).name == "config.json" or name.endswith(".safetensors") for name in names)
+
+
+def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | None = None) -> ArchiveCheck:
     """The format of a model archive, or InvalidInput saying what the file is instead.
 
-    Reads only the zip directory; loading the model is the worker's job.
+    A TorchScript or torch.export archive is told by its zip directory alone; loading it
+    is the worker's job. A Hugging Face archive (a .tar.gz; a zip declared
+    `format="huggingface"`, holding config.json or safetensors, or given a `task`) is
+    scanned whole and checked by registry.huggingface, with `task` declared or inferred.
     """
     stream.seek(0)
     if not stream.read(4):
         raise InvalidInput("The uploaded file is empty.", field="file")
     stream.seek(0)
+    kind = archive_kind(stream)
+    if kind == TAR_GZ or (kind == ZIP and format == ModelFormat.HUGGINGFACE):
+        return ArchiveCheck(ModelFormat.HUGGINGFACE, hf_inspect(stream, task))
     try:
         archive = zipfile.ZipFile(stream)
         names = archive.namelist()
@@ -77,21 +109,49 @@ def archive_check(stream: IO[bytes]) -> str:
             f"The archive contains an unsafe path {unsafe!r} ('..' or absolute); it was refused.", field="file"
         )
     roots = {name.split("/", 1)[0] for name in names}
+    members = {name.split("/", 1)[1] for name in names if "/" in name}
+    if len(roots) == 1 and "data.pkl" in members and any(name.startswith("code/") for name in members):
+        return ArchiveCheck(ModelFormat.TORCHSCRIPT)
+    if len(roots) == 1 and (
+        "archive_format" in members or any(name.startswith("models/") and name.endswith(".json") for name in members)
+    ):
+        return ArchiveCheck(ModelFormat.EXPORTED_PROGRAM)
+    if _looks_huggingface(names) or (task and task.strip()):
+        return ArchiveCheck(ModelFormat.HUGGINGFACE, hf_inspect(stream, task))
     if len(roots) != 1:
         raise InvalidInput(
             f"The archive has {len(roots)} top-level folders; a PyTorch archive has one. {HINT}", field="file"
         )
-    members = {name.split("/", 1)[1] for name in names if "/" in name}
-    if "data.pkl" in members and any(name.startswith("code/") for name in members):
-        return "torchscript"
-    if "archive_format" in members or any(name.startswith("models/") and name.endswith(".json") for name in members):
-        return "exported_program"
     if "data.pkl" in members:
         raise InvalidInput(
             f"The file is a torch.save checkpoint (weights only), which cannot be served without its code. {HINT}",
             field="file",
         )
     raise InvalidInput(f"The zip file is not a TorchScript or torch.export archive. {HINT}", field="file")
+
+
+def artifact_stem(filename: str) -> str:
+    """A file name without its folder and its extension (.tar.gz counts as one)."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name
+    if name.lower().endswith(".tar.gz"):
+        return name[: -len(".tar.gz")]
+    return os.path.splitext(name)[0]
+
+
+def artifact_filename(filename: str, model_name: str, checked: ArchiveCheck) -> str:
+    """The name an artifact is stored under: a Hugging Face archive's ends in its kind (.zip or .tar.gz),
+    whatever the upload was called, so that the download is named by what it holds."""
+    if checked.huggingface is None:
+        return filename or "model"
+    stem = artifact_stem(filename) or model_name
+    return stem + (".tar.gz" if checked.huggingface.kind == TAR_GZ else ".zip")
+
+
+def artifact_extension(format: str, artifact: str) -> str:
+    """The file extension of a stored artifact (.pt, .pt2, .zip or .tar.gz)."""
+    if format == ModelFormat.HUGGINGFACE:
+        return ".tar.gz" if artifact.endswith(".tar.gz") else ".zip"
+    return EXTENSIONS.get(format, ".pt")
 
 
 def artifact_store(model_id: int, filename: str, content: File) -> str:
@@ -158,3 +218,54 @@ def artifact_fetch(path: str, sha256: str) -> Path:
         )
     os.replace(target.name, cached)
     return cached
+
+
+# A temporary unpacking folder older than this was left by a crashed worker.
+STALE_UNPACK_SECONDS = 3600
+
+
+def _unpacked_dir() -> Path:
+    path = settings.DATA_DIR / "hf-unpacked"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _stale_unpacks_remove(parent: Path, sha256: str) -> None:
+    cutoff = time.time() - STALE_UNPACK_SECONDS
+    for leftover in parent.glob(f".{sha256}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if leftover.stat().st_mtime < cutoff:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def artifact_unpacked(path: Path, sha256: str) -> Path:
+    """A directory holding the unpacked Hugging Face model of the archive at `path`.
+
+    `path` is a verified local copy (artifact_fetch) and `sha256` its hash, which names the
+    cache folder `DATA_DIR/hf-unpacked/<sha256>`; a folder already there is reused. The
+    archive is unpacked into a temporary sibling with the upload's checks (traversal,
+    links, entry count, sizes counted as they are decompressed, safetensors only, no
+    remote code, tokenizer present) and renamed into place only when complete, so
+    concurrent workers and a crash never leave a half-unpacked model behind.
+    Raises InvalidInput when the stored archive fails a check.
+    """
+    parent = _unpacked_dir()
+    final = parent / sha256
+    if final.is_dir():
+        return final
+    _stale_unpacks_remove(parent, sha256)
+    staging = Path(tempfile.mkdtemp(prefix=f".{sha256}.", suffix=".tmp", dir=parent))
+    try:
+        with path.open("rb") as stream:
+            listing, model_dir = archive_unpack(stream, staging / "files", hf_wanted)
+        hf_files_check(listing)
+        try:
+            os.rename(model_dir, final)
+        except OSError:
+            # Another worker finished first (rename onto a non-empty folder fails): use its copy.
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("unpacked %s (%d files, %d bytes) into %s", path.name, len(listing.files), listing.total_bytes, final)
+    return final

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from registry.models import ModelFormat, Visibility
+from registry.text_tasks import TextTask
 
 
 class ModelCreateForm(forms.Form):
@@ -15,8 +16,19 @@ class ModelCreateForm(forms.Form):
 
 
 class VersionUploadForm(forms.Form):
-    file = forms.FileField(help_text="TorchScript (torch.jit.save, .pt) or torch.export (torch.export.save, .pt2).")
+    file = forms.FileField(
+        help_text="TorchScript (torch.jit.save, .pt), torch.export (torch.export.save, .pt2), or a Hugging Face "
+        "save_pretrained directory packed as one .zip or .tar.gz.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".pt,.pt2,.pth,.zip,.tar.gz,.tgz"}),
+    )
     format = forms.ChoiceField(choices=[("", "detect from the file"), *ModelFormat.choices], required=False)
+    task = forms.ChoiceField(
+        choices=[("", "infer from config.json"), *TextTask.choices],
+        required=False,
+        help_text="Hugging Face models only: what the model does. Left to infer, it follows from config.json's "
+        "architectures (BertForMaskedLM → fill-mask, BertModel → feature extraction). The signature, labels "
+        "(id2label) and an example text follow from the archive; leave signature and labels empty.",
+    )
     signature = forms.CharField(
         widget=forms.Textarea(
             attrs={"rows": 4, "placeholder": '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]}'}

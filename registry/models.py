@@ -9,6 +9,8 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from registry.text_tasks import TextTask
+
 # Names appear in URLs (/v2/models/{name}); keep them URL-safe and unambiguous.
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Alias names may not be all digits, so that "3" always means version 3.
@@ -70,6 +72,7 @@ class RegisteredModel(models.Model):
 class ModelFormat(models.TextChoices):
     TORCHSCRIPT = "torchscript", "TorchScript (torch.jit.save)"
     EXPORTED_PROGRAM = "exported_program", "torch.export (.pt2)"
+    HUGGINGFACE = "huggingface", "Hugging Face (save_pretrained directory as .zip or .tar.gz)"
 
 
 class VersionStatus(models.TextChoices):
@@ -88,6 +91,8 @@ class ModelVersion(models.Model):
     description = models.TextField(blank=True)
     tags = models.ManyToManyField(Tag, blank=True, related_name="versions")
     format = models.CharField(max_length=32, choices=ModelFormat.choices)
+    # The text task of a huggingface version (registry.text_tasks.TextTask); "" for tensor formats.
+    task = models.CharField(max_length=32, blank=True, default="", choices=TextTask.choices)
     artifact = models.CharField(max_length=500, help_text="Path in the artifact storage.")
     original_filename = models.CharField(max_length=255, blank=True)
     sha256 = models.CharField(max_length=64)

@@ -20,6 +20,8 @@ MAX_TENSORS = 64
 MAX_RANK = 8
 # An example input is stored with the version and run at validation: keep it small.
 MAX_EXAMPLE_ELEMENTS = 1_000_000
+MAX_EXAMPLE_TEXTS = 64
+MAX_EXAMPLE_TEXT_CHARS = 10_000
 
 
 def _parse_tensor_spec(raw: Any, where: str) -> dict[str, Any]:
@@ -76,6 +78,8 @@ def example_parse(raw: Any) -> list[dict[str, Any]]:
 
     Accepts `{"inputs": [{"name", "datatype", "shape"?, "data"}]}`; `shape` may be left out
     when `data` is nested, and `datatype` defaults to FP32 for floats and INT64 for ints.
+    A BYTES input (text, for Hugging Face models; the datatype is implied by string data)
+    holds a flat list of non-empty strings, kept as strings.
     """
     if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), list) or not raw["inputs"]:
         raise InvalidInput(
@@ -90,6 +94,9 @@ def example_parse(raw: Any) -> list[dict[str, Any]]:
         name = item.get("name")
         if not isinstance(name, str) or not TENSOR_NAME_RE.match(name):
             raise InvalidInput(f"{where}.name {name!r} is not a valid tensor name.", field="example_input")
+        if _is_text_example(item):
+            tensors.append(_text_example_parse(item, where, name))
+            continue
         try:
             array = np.asarray(item["data"])
         except ValueError as exc:
@@ -122,6 +129,40 @@ def example_parse(raw: Any) -> list[dict[str, Any]]:
             }
         )
     return tensors
+
+
+def _is_text_example(item: dict[str, Any]) -> bool:
+    data = item["data"]
+    strings = isinstance(data, str) or (isinstance(data, list) and bool(data) and isinstance(data[0], str))
+    return item.get("datatype") == "BYTES" or ("datatype" not in item and strings)
+
+
+def _text_example_parse(item: dict[str, Any], where: str, name: str) -> dict[str, Any]:
+    """A BYTES example: UTF-8 text only (never numbers or base64 blobs), a few short strings."""
+    data = item["data"]
+    texts = [data] if isinstance(data, str) else data
+    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
+        raise InvalidInput(
+            f'{where} ({name}): BYTES data must be a string or a flat list of strings, e.g. ["a sentence"].',
+            field="example_input",
+        )
+    if len(texts) > MAX_EXAMPLE_TEXTS:
+        raise InvalidInput(f"{where} ({name}): more than {MAX_EXAMPLE_TEXTS} texts.", field="example_input")
+    for text in texts:
+        if not text.strip():
+            raise InvalidInput(f"{where} ({name}): an example text is empty.", field="example_input")
+        if len(text) > MAX_EXAMPLE_TEXT_CHARS:
+            raise InvalidInput(
+                f"{where} ({name}): an example text is longer than {MAX_EXAMPLE_TEXT_CHARS} characters.",
+                field="example_input",
+            )
+    shape = item.get("shape")
+    if shape is not None and shape != [len(texts)]:
+        raise InvalidInput(
+            f"{where} ({name}): shape {shape} does not match {len(texts)} text(s); use [{len(texts)}] or leave it out.",
+            field="example_input",
+        )
+    return {"name": name, "datatype": "BYTES", "shape": [len(texts)], "data": list(texts)}
 
 
 def signature_from_example(example: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -127,6 +127,7 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
                     file=data["file"],
                     filename=data["file"].name,
                     format=data["format"] or None,
+                    task=data["task"] or None,
                     signature=_json_or_none(data["signature"], "signature"),
                     example_input=_json_or_none(data["example_input"], "example_input"),
                     labels=data["labels"] or None,

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from inference.runtimes.base import ModelLoadError, ModelRuntime, flatten_outputs
+from inference.runtimes.base import (
+    ModelLoadError,
+    ModelRuntime,
+    TextInputError,
+    TextRuntime,
+    flatten_outputs,
+    texts_of,
+)
 from inference.runtimes.exported_program import ExportedProgramRuntime
+from inference.runtimes.huggingface import HuggingFaceRuntime, token_rows_trim
 from inference.runtimes.torchscript import TorchScriptRuntime
 
 RUNTIMES: dict[str, type[ModelRuntime]] = {
-    runtime.format: runtime for runtime in (TorchScriptRuntime, ExportedProgramRuntime)
+    runtime.format: runtime for runtime in (TorchScriptRuntime, ExportedProgramRuntime, HuggingFaceRuntime)
 }
 
 
@@ -19,4 +27,14 @@ def runtime_for(format_name: str) -> type[ModelRuntime]:
         raise KeyError(f"unknown model format {format_name!r}; known: {', '.join(RUNTIMES)}") from None
 
 
-__all__ = ["RUNTIMES", "ModelLoadError", "ModelRuntime", "flatten_outputs", "runtime_for"]
+__all__ = [
+    "RUNTIMES",
+    "ModelLoadError",
+    "ModelRuntime",
+    "TextInputError",
+    "TextRuntime",
+    "flatten_outputs",
+    "runtime_for",
+    "texts_of",
+    "token_rows_trim",
+]

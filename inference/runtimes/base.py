@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 
@@ -14,10 +15,16 @@ class ModelLoadError(Exception):
     """The artifact could not be loaded as a model of its format; the message says why."""
 
 
+class TextInputError(ValueError):
+    """A text request the model cannot run (empty, too long, bad parameters); a 400 for the caller."""
+
+
 class ModelRuntime(ABC):
     """A loaded model: `predict` takes input tensors in signature order, returns named outputs."""
 
     format: ClassVar[str]
+    # True when the artifact is an archive that is unpacked into a directory before `load`.
+    unpacked: ClassVar[bool] = False
 
     def __init__(self, module: Any, device: torch.device) -> None:
         self.module = module
@@ -25,18 +32,66 @@ class ModelRuntime(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, path: Path, device: torch.device) -> ModelRuntime:
-        """Load the artifact at `path` onto `device`; raise ModelLoadError when it is not one."""
+    def load(cls, path: Path, device: torch.device, *, task: str = "") -> ModelRuntime:
+        """Load the artifact at `path` onto `device`; raise ModelLoadError when it is not one.
+
+        `task` is the text task of formats that serve several (Hugging Face); others ignore it.
+        """
 
     @abstractmethod
     def parameter_count(self) -> int:
         """Number of scalar parameters (weights and biases)."""
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the model's parameters and buffers (what the model cache accounts)."""
+        module = self.module
+        tensors = [*module.parameters(), *module.buffers()] if hasattr(module, "buffers") else list(module.parameters())
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def predict(self, inputs: Sequence[torch.Tensor]) -> list[tuple[str | None, torch.Tensor]]:
         """One forward pass; outputs as (name or None, tensor) in the model's order."""
         with torch.inference_mode():
             result = self.module(*[tensor.to(self.device) for tensor in inputs])
         return flatten_outputs(result)
+
+
+class TextRuntime(ModelRuntime):
+    """A model that takes texts, not tensors: it tokenises, batches and decodes itself."""
+
+    task: str
+
+    @abstractmethod
+    def predict_texts(self, texts: list[str], parameters: Mapping[str, Any], *, max_rows: int) -> dict[str, np.ndarray]:
+        """The task's outputs by name (one row per text) for `texts`, at most `max_rows` per forward.
+
+        TextInputError when a text or a parameter is one the caller must fix.
+        """
+
+    @abstractmethod
+    def example_text(self) -> str:
+        """A text this model can run (warm-up and validation)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Figures validation records: vocabulary, maximum sequence length, dtype, versions."""
+
+    def predict(self, inputs: Sequence[torch.Tensor]) -> list[tuple[str | None, torch.Tensor]]:
+        raise TypeError(f"a {self.format} model takes texts (predict_texts), not tensors")
+
+
+def texts_of(array: np.ndarray) -> list[str]:
+    """The strings of a BYTES tensor (bytes, str or a numpy string array); TextInputError for non-UTF-8."""
+    texts = []
+    for index, item in enumerate(array.reshape(-1).tolist()):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TextInputError(f"text {index} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        elif not isinstance(item, str):
+            raise TextInputError(f"text {index} is {type(item).__name__}, not a string")
+        texts.append(item)
+    return texts
 
 
 def flatten_outputs(result: Any) -> list[tuple[str | None, torch.Tensor]]:

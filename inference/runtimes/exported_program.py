@@ -20,7 +20,7 @@ class ExportedProgramRuntime(ModelRuntime):
         self.program = program
 
     @classmethod
-    def load(cls, path: Path, device: torch.device) -> ExportedProgramRuntime:
+    def load(cls, path: Path, device: torch.device, *, task: str = "") -> ExportedProgramRuntime:
         try:
             # torch.export.load keeps its deserializer in a global: two threads of one
             # worker process (the serving loop, a validation or job task) must not overlap.

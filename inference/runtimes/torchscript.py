@@ -13,7 +13,7 @@ class TorchScriptRuntime(ModelRuntime):
     format = "torchscript"
 
     @classmethod
-    def load(cls, path: Path, device: torch.device) -> TorchScriptRuntime:
+    def load(cls, path: Path, device: torch.device, *, task: str = "") -> TorchScriptRuntime:
         try:
             module = torch.jit.load(str(path), map_location=device)
         except Exception as exc:  # torch raises RuntimeError, ValueError, pickle errors…

@@ -11,6 +11,7 @@ from rest_framework.fields import empty
 
 from registry.audit import EXPORT_FIELDS
 from registry.models import AuditEvent, ModelAlias, ModelFormat, ModelVersion, RegisteredModel, Visibility
+from registry.text_tasks import TextTask
 
 
 @extend_schema_field({"type": "array", "items": {"type": "string"}})
@@ -102,6 +103,7 @@ class VersionSerializer(serializers.ModelSerializer):
             "status",
             "status_reason",
             "format",
+            "task",
             "sha256",
             "size_bytes",
             "original_filename",
@@ -127,15 +129,29 @@ class VersionSerializer(serializers.ModelSerializer):
 
 
 class VersionUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(allow_empty_file=True, help_text="TorchScript (.pt) or torch.export (.pt2) archive.")
+    file = serializers.FileField(
+        allow_empty_file=True,
+        help_text="TorchScript (.pt) or torch.export (.pt2) archive, or a Hugging Face save_pretrained directory "
+        "as one .zip or .tar.gz.",
+    )
     format = serializers.ChoiceField(
         choices=ModelFormat.choices, required=False, help_text="Checked against the file; detected when left out."
+    )
+    task = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=32,
+        help_text=f"Hugging Face models: {', '.join(TextTask.values)} (or the alias embeddings); inferred from "
+        "config.json's architectures when left out. The signature, labels and example text follow from the archive.",
     )
     signature = serializers.JSONField(
         binary=True, required=False, help_text='{"inputs": [{"name", "datatype", "shape"}], "outputs": [...]}'
     )
     example_input = serializers.JSONField(
-        binary=True, required=False, help_text='{"inputs": [{"name", "datatype", "data"}]}: infers the signature.'
+        binary=True,
+        required=False,
+        help_text='{"inputs": [{"name", "datatype", "data"}]}: infers the signature. Hugging Face models: '
+        '{"inputs": [{"name": "text", "datatype": "BYTES", "data": ["a sentence"]}]}.',
     )
     labels = serializers.JSONField(binary=True, required=False, help_text="Class names, in output order.")
     description = serializers.CharField(required=False, allow_blank=True, default="")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from django.db.models import QuerySet
@@ -31,7 +30,7 @@ from registry.api.serializers import (
     VersionUpdateSerializer,
     VersionUploadSerializer,
 )
-from registry.artifacts import artifact_storage
+from registry.artifacts import artifact_extension, artifact_stem, artifact_storage
 from registry.models import AuditEvent, ModelAlias, ModelVersion, RegisteredModel
 
 MODEL_NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Model name.")
@@ -194,12 +193,11 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
     @action(detail=True, methods=["get"])
     def download(self, request: Request, name: str, version: str) -> FileResponse:
         obj = selectors.version_get(request.user, name, version, action=Action.DOWNLOAD)
-        extension = ".pt2" if obj.format == "exported_program" else ".pt"
-        stored_name = os.path.splitext(obj.original_filename)[0] or obj.model.name
+        stem = artifact_stem(obj.original_filename) or obj.model.name
         response = FileResponse(
             artifact_storage().open(obj.artifact, "rb"),
             as_attachment=True,
-            filename=f"{stored_name}-v{obj.version}{extension}",
+            filename=f"{stem}-v{obj.version}{artifact_extension(obj.format, obj.artifact)}",
             content_type="application/octet-stream",
         )
         response["X-Checksum-SHA256"] = obj.sha256

@@ -14,14 +14,25 @@ from django.utils import timezone
 from core.errors import Conflict, InvalidInput, PayloadTooLarge
 from registry import hooks, signatures
 from registry.access import Action, model_require
-from registry.artifacts import archive_check, artifact_delete, artifact_fetch, artifact_store, sha256_of
+from registry.artifacts import (
+    archive_check,
+    artifact_delete,
+    artifact_fetch,
+    artifact_filename,
+    artifact_store,
+    sha256_of,
+)
 from registry.audit import audit_record
+from registry.huggingface import HuggingFaceArchive, hf_example
 from registry.models import ModelFormat, ModelVersion, RegisteredModel, VersionStatus
 from registry.services.access import alias_move_authorize
 from registry.services.models import tags_parse, tags_set
 from registry.uploads import too_large_message
 
 logger = logging.getLogger(__name__)
+
+# signature_source of a Hugging Face version: its signature follows from the task.
+SIGNATURE_FROM_TASK = "task"
 
 
 def _held_aliases_authorize(actor: Any, version: ModelVersion) -> None:
@@ -48,6 +59,45 @@ def _aliases_drop(actor: Any, version: ModelVersion, reason: str) -> list[str]:
     return names
 
 
+def _tensor_signature(signature: Any, example: list[dict[str, Any]] | None) -> tuple[dict[str, Any], str]:
+    """A tensor model's signature: declared (and the example checked against it) or inferred from the example."""
+    if example and any(tensor["datatype"] == "BYTES" for tensor in example):
+        raise InvalidInput(
+            "BYTES (text) example inputs are for Hugging Face text models; a tensor model's example holds numbers.",
+            field="example_input",
+        )
+    if signature not in (None, "", {}):
+        parsed = signatures.signature_parse(signature)
+        if example:
+            signatures.example_matches_signature(example, parsed)
+        return parsed, "declared"
+    if example:
+        return signatures.signature_from_example(example), "example"
+    raise InvalidInput(
+        "Give a signature (inputs with name, datatype and shape) or an example_input to infer it from.",
+        field="signature",
+    )
+
+
+def _huggingface_fields(
+    archive: HuggingFaceArchive, signature: Any, example: list[dict[str, Any]] | None, labels: Any
+) -> tuple[dict[str, Any], str, list[dict[str, Any]], list[str]]:
+    """Signature, its source, example and labels of a Hugging Face model: all follow from the archive."""
+    if signature not in (None, "", {}):
+        raise InvalidInput(
+            f"A Hugging Face model's signature follows from its task ({archive.task}: BYTES text in, the task's "
+            "outputs out); leave signature out.",
+            field="signature",
+        )
+    if labels not in (None, "", []):
+        raise InvalidInput(
+            "A Hugging Face model's labels come from config.json's id2label; leave labels out "
+            "(set id2label in the config before save_pretrained to name them).",
+            field="labels",
+        )
+    return archive.signature, SIGNATURE_FROM_TASK, hf_example(archive, example), list(archive.labels)
+
+
 def version_upload(
     *,
     actor: Any,
@@ -55,6 +105,7 @@ def version_upload(
     file: File,
     filename: str = "",
     format: str | None = None,
+    task: str | None = None,
     signature: Any = None,
     example_input: Any = None,
     labels: Any = None,
@@ -67,6 +118,11 @@ def version_upload(
 
     `enqueue=False` leaves the version pending for a caller that validates it itself.
 
+    A Hugging Face archive (format "huggingface", a .zip or .tar.gz of a save_pretrained
+    directory) takes a `task` (declared, or inferred from config.json's architectures);
+    its signature, labels and default example follow from the archive, and an
+    `example_input`, if given, is one BYTES input named "text".
+
     Everything that can be checked without loading the model is checked before a row or
     a file is written: size, archive structure and format, signature, example, labels.
     """
@@ -76,30 +132,27 @@ def version_upload(
         raise InvalidInput("The uploaded file is empty.", field="file")
     if size > settings.MODEL_UPLOAD_MAX_BYTES:
         raise PayloadTooLarge(too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
-    detected = archive_check(file)
-    if format:
-        if format not in ModelFormat.values:
-            raise InvalidInput(f"format must be one of {', '.join(ModelFormat.values)}.", field="format")
-        if format != detected:
-            raise InvalidInput(
-                f"The file was declared as {format} but it is a {detected} archive; upload it with format={detected}.",
-                field="format",
-            )
-    example = signatures.example_parse(example_input) if example_input not in (None, "", {}) else None
-    if signature not in (None, "", {}):
-        parsed_signature = signatures.signature_parse(signature)
-        source = "declared"
-        if example:
-            signatures.example_matches_signature(example, parsed_signature)
-    elif example:
-        parsed_signature = signatures.signature_from_example(example)
-        source = "example"
-    else:
+    if format and format not in ModelFormat.values:
+        raise InvalidInput(f"format must be one of {', '.join(ModelFormat.values)}.", field="format")
+    checked = archive_check(file, format=format, task=task)
+    detected = checked.format
+    if format and format != detected:
         raise InvalidInput(
-            "Give a signature (inputs with name, datatype and shape) or an example_input to infer it from.",
-            field="signature",
+            f"The file was declared as {format} but it is a {detected} archive; upload it with format={detected}.",
+            field="format",
         )
-    label_list = signatures.labels_parse(labels)
+    example = signatures.example_parse(example_input) if example_input not in (None, "", {}) else None
+    if checked.huggingface is not None:
+        parsed_signature, source, example, label_list = _huggingface_fields(
+            checked.huggingface, signature, example, labels
+        )
+    else:
+        if task:
+            raise InvalidInput(
+                f"task applies to Hugging Face models only; this file is a {detected} archive.", field="task"
+            )
+        parsed_signature, source = _tensor_signature(signature, example)
+        label_list = signatures.labels_parse(labels)
     tag_names = tags_parse(tags)
     parent = None
     if parent_version is not None:
@@ -113,7 +166,8 @@ def version_upload(
         file.seek(0)
         digest = sha256_of(file)
 
-    path = artifact_store(model.pk, filename or getattr(file, "name", "") or "model", file)
+    stored_name = artifact_filename(filename or getattr(file, "name", "") or "model", model.name, checked)
+    path = artifact_store(model.pk, stored_name, file)
     try:
         with transaction.atomic():
             # The row lock serialises number allocation per model (SQLite: the IMMEDIATE
@@ -126,6 +180,7 @@ def version_upload(
                 version=locked.last_version_number,
                 description=description,
                 format=detected,
+                task=checked.huggingface.task if checked.huggingface is not None else "",
                 artifact=path,
                 original_filename=(filename or "")[:255],
                 sha256=digest,
@@ -144,7 +199,8 @@ def version_upload(
                 model=locked,
                 object_type="version",
                 object_repr=f"v{version.version}",
-                after={"version": version.version, "sha256": digest, "size_bytes": size, "format": detected},
+                after={"version": version.version, "sha256": digest, "size_bytes": size, "format": detected}
+                | ({"task": version.task} if version.task else {}),
             )
             if enqueue:
                 transaction.on_commit(lambda: version_validation_enqueue(version.pk))

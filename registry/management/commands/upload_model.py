@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.errors import NotFound, PortalError
 from registry import selectors, services
-from registry.models import ModelVersion, VersionStatus
+from registry.archives import directory_zip
+from registry.models import ModelFormat, ModelVersion, VersionStatus
+from registry.text_tasks import TASK_ALIASES, TextTask
 
 
 def _json_arg(value: str | None, name: str) -> Any:
@@ -27,15 +33,44 @@ def _json_arg(value: str | None, name: str) -> Any:
         raise CommandError(f"--{name} is not valid JSON: {exc}") from None
 
 
+@contextlib.contextmanager
+def _packed(path: Path) -> Iterator[tuple[Path, str]]:
+    """The file to upload and its name: the file itself, or a directory zipped to a temporary file.
+
+    The zip is written to disk file by file (never held in memory) and removed afterwards.
+    """
+    if not path.is_dir():
+        yield path, path.name
+        return
+    handle, name = tempfile.mkstemp(suffix=".zip", prefix="upload-model-")
+    try:
+        with os.fdopen(handle, "wb") as target:
+            if directory_zip(path, target) == 0:
+                raise CommandError(f"{path} holds no files.")
+        yield Path(name), f"{path.resolve().name}.zip"
+    finally:
+        os.unlink(name)
+
+
 class Command(BaseCommand):
-    help = "Upload a TorchScript (.pt) or torch.export (.pt2) file as the next version of a model."
+    help = (
+        "Upload a TorchScript (.pt) or torch.export (.pt2) file, or a Hugging Face model (a save_pretrained "
+        "directory, or its .zip / .tar.gz), as the next version of a model."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("model", help="Model name.")
-        parser.add_argument("file", type=Path, help="The artifact to upload.")
+        parser.add_argument(
+            "file", type=Path, help="The artifact to upload, or a Hugging Face save_pretrained directory (zipped)."
+        )
         parser.add_argument("--user", required=True, help="Username recorded as the uploader.")
         parser.add_argument("--create", action="store_true", help="Register the model first if it does not exist.")
-        parser.add_argument("--format", choices=["torchscript", "exported_program"])
+        parser.add_argument("--format", choices=ModelFormat.values)
+        parser.add_argument(
+            "--task",
+            choices=[*TextTask.values, *TASK_ALIASES],
+            help="Hugging Face models: the task (inferred from config.json's architectures when left out).",
+        )
         parser.add_argument("--signature", help='JSON or @file: {"inputs": [{"name","datatype","shape"}]}')
         parser.add_argument("--example-input", help='JSON or @file: {"inputs": [{"name","datatype","data"}]}')
         parser.add_argument("--labels", help="Comma-separated class names.")
@@ -50,8 +85,8 @@ class Command(BaseCommand):
         if user is None:
             raise CommandError(f"No user named {options['user']!r}.")
         path: Path = options["file"]
-        if not path.is_file():
-            raise CommandError(f"{path} is not a file.")
+        if not (path.is_file() or path.is_dir()):
+            raise CommandError(f"{path} is neither a file nor a directory.")
         try:
             try:
                 model = selectors.model_get(user, options["model"], for_change=True)
@@ -59,13 +94,14 @@ class Command(BaseCommand):
                 if not options["create"]:
                     raise
                 model = services.model_create(actor=user, name=options["model"])
-            with path.open("rb") as stream:
+            with _packed(path) as (upload, filename), upload.open("rb") as stream:
                 version = services.version_upload(
                     actor=user,
                     model=model,
-                    file=File(stream, name=path.name),
-                    filename=path.name,
+                    file=File(stream, name=filename),
+                    filename=filename,
                     format=options["format"],
+                    task=options["task"],
                     signature=_json_arg(options["signature"], "signature"),
                     example_input=_json_arg(options["example_input"], "example-input"),
                     labels=options["labels"],

@@ -1,0 +1,365 @@
+"""Safe reading of directory archives (.zip and .tar.gz): scanning them and unpacking them.
+
+A Hugging Face model arrives as a directory packed into one archive. Nothing in it is
+trusted: every entry name is checked for traversal, tar links and devices are refused,
+the entry count and the total size are capped, and the bytes actually decompressed are
+counted, because a zip's directory (or a gzip stream) may lie about what it expands to.
+The same checks run when the archive is scanned at upload and when a worker unpacks it.
+
+Names are reported relative to the model directory: when every entry sits under one
+top-level folder (`my-model/config.json`), that folder is the `root` and is stripped.
+"""
+
+from __future__ import annotations
+
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from django.conf import settings
+
+from core.errors import InvalidInput
+
+ZIP = "zip"
+TAR_GZ = "tar.gz"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 1024 * 1024
+# The largest member whose bytes a scan keeps in memory (config.json, a shard index).
+MAX_READ_BYTES = 16 * 1024 * 1024
+# Folders that archivers add beside the content (macOS Finder); skipped, never unpacked.
+IGNORED_ROOTS = ("__MACOSX",)
+
+
+@dataclass
+class ArchiveListing:
+    """What an archive holds: its kind, its files (relative path → size) and the files read."""
+
+    kind: str
+    root: str = ""
+    files: dict[str, int] = field(default_factory=dict)
+    total_bytes: int = 0
+    contents: dict[str, bytes] = field(default_factory=dict)
+
+
+def archive_kind(stream: IO[bytes]) -> str | None:
+    """The archive's kind ("zip", "tar.gz" or None) from the stream's first bytes (its name is not trusted)."""
+    stream.seek(0)
+    head = stream.read(4)
+    stream.seek(0)
+    if head in ZIP_MAGICS:
+        return ZIP
+    if head[:2] == GZIP_MAGIC:
+        return TAR_GZ
+    return None
+
+
+def _refuse(message: str) -> InvalidInput:
+    return InvalidInput(message, field="file")
+
+
+def _clean_name(raw: str) -> str | None:
+    """The entry's normalised POSIX path, None for the archive's own "." entry; unsafe names raise."""
+    name = raw.replace("\\", "/")
+    if "\x00" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise _refuse(f"The archive contains an unsafe path {raw!r} (absolute or a drive letter); it was refused.")
+    parts = [part for part in PurePosixPath(name).parts if part != "."]
+    if ".." in parts:
+        raise _refuse(f"The archive contains an unsafe path {raw!r} ('..' leaves the folder); it was refused.")
+    return "/".join(parts) or None
+
+
+class _Budget:
+    """Counts entries and bytes against the HF_ARCHIVE_* limits."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.declared = 0
+        self.max_entries = settings.HF_ARCHIVE_MAX_ENTRIES
+        self.max_bytes = settings.HF_ARCHIVE_MAX_BYTES
+
+    def entry(self, name: str, size: int) -> None:
+        self.entries += 1
+        if self.entries > self.max_entries:
+            raise _refuse(
+                f"The archive has more than {self.max_entries} entries (HF_ARCHIVE_MAX_ENTRIES); "
+                f"it was refused at {name!r}."
+            )
+        self.declared += max(size, 0)
+        if self.declared > self.max_bytes:
+            raise _refuse(
+                f"The archive expands to more than {self.max_bytes / 1024**2:.0f} MiB (HF_ARCHIVE_MAX_BYTES); "
+                f"it was refused at {name!r}."
+            )
+
+
+def _copy(source: IO[bytes], name: str, declared: int, sink: Callable[[bytes], object]) -> int:
+    """Pass a member's bytes to `sink`, refusing it once it yields more than its header said."""
+    count = 0
+    for chunk in iter(lambda: source.read(CHUNK), b""):
+        count += len(chunk)
+        if count > declared:
+            raise _refuse(
+                f"The archive member {name!r} expands beyond the {declared} bytes its header declares "
+                "(a decompression bomb or a corrupt archive); it was refused."
+            )
+        sink(chunk)
+    if count != declared:
+        raise _refuse(f"The archive member {name!r} is truncated ({count} of {declared} bytes); it was refused.")
+    return count
+
+
+def _zip_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[bytes]] | None]]:
+    """(name, declared size, opener or None for a folder) per entry, all checked before the first read."""
+    try:
+        archive = zipfile.ZipFile(stream)
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise _refuse("The file is not a readable zip archive (it may be corrupt or truncated).") from None
+    budget = _Budget()
+    entries: list[tuple[str, int, zipfile.ZipInfo]] = []
+    for info in infos:
+        name = _clean_name(info.filename)
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise _refuse(f"The archive contains a symbolic link {info.filename!r}; links are refused.")
+        budget.entry(info.filename, 0 if info.is_dir() else info.file_size)
+        if name is not None:
+            entries.append((name, info.file_size, info))
+    for name, size, info in entries:
+        if info.is_dir():
+            yield name, 0, None
+        else:
+            yield name, size, lambda info=info: archive.open(info)  # type: ignore[misc]
+
+
+def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[bytes]] | None]]:
+    """(name, declared size, opener or None for a folder) per entry, checked as the stream goes by.
+
+    The gzip stream is read once, front to back ("r|gz"): a member's header is checked
+    before its data is decompressed, so a header announcing a huge member stops the scan.
+    """
+    budget = _Budget()
+    try:
+        with tarfile.open(fileobj=stream, mode="r|gz") as archive:
+            for member in archive:
+                name = _clean_name(member.name)
+                if member.issym() or member.islnk():
+                    raise _refuse(
+                        f"The archive contains a link {member.name!r} → {member.linkname!r}; links are refused."
+                    )
+                if not (member.isfile() or member.isdir()):
+                    raise _refuse(
+                        f"The archive contains {member.name!r}, which is not a regular file or folder "
+                        "(a device, pipe or other special file); it was refused."
+                    )
+                budget.entry(member.name, member.size if member.isfile() else 0)
+                if name is None:
+                    continue
+                if member.isdir():
+                    yield name, 0, None
+                else:
+                    yield name, member.size, lambda member=member: archive.extractfile(member)  # type: ignore[misc,return-value]
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise _refuse(f"The file is not a readable .tar.gz archive ({exc}); it may be corrupt or truncated.") from None
+
+
+def _entries(stream: IO[bytes], kind: str) -> Iterator[tuple[str, int, Callable[[], IO[bytes]] | None]]:
+    stream.seek(0)
+    if kind == ZIP:
+        return _zip_entries(stream)
+    return _tar_entries(stream)
+
+
+def _root_of(names: list[str]) -> str:
+    """The single top-level folder every file sits under, or "" when there is none."""
+    tops = {name.split("/", 1)[0] for name in names}
+    if len(tops) == 1 and all("/" in name for name in names):
+        return tops.pop()
+    return ""
+
+
+class Sink:
+    """Where a member's bytes go while an archive is walked (nowhere, by default)."""
+
+    def write(self, chunk: bytes) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class _Keep(Sink):
+    """Keeps a small member's bytes in memory (config.json, a shard index)."""
+
+    def __init__(self, name: str, into: dict[str, bytes], then: Sink | None = None) -> None:
+        self.name, self.into, self.then = name, into, then
+        self.buffer = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        if self.then is not None:
+            self.then.write(chunk)
+        self.buffer += chunk
+        if len(self.buffer) > MAX_READ_BYTES:
+            raise _refuse(f"{self.name!r} is larger than {MAX_READ_BYTES // 1024**2} MiB; it was refused.")
+
+    def close(self) -> None:
+        if self.then is not None:
+            self.then.close()
+        self.into[self.name] = bytes(self.buffer)
+
+
+class _File(Sink):
+    """Writes a member under the unpacking folder (a fresh file: "x" mode never follows anything)."""
+
+    def __init__(self, target: Path, name: str) -> None:
+        destination = target.joinpath(*name.split("/"))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = destination.open("xb")
+
+    def write(self, chunk: bytes) -> None:
+        self.handle.write(chunk)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _parents_check(name: str, files: dict[str, int], parents: set[str]) -> None:
+    """Refuse a file that is also another file's folder (unpacking could not write both)."""
+    parts = name.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts))]
+    clash = name if name in parents else next((prefix for prefix in prefixes if prefix in files), None)
+    if clash is not None:
+        raise _refuse(f"The archive holds {clash!r} both as a file and as a folder; it was refused.")
+    parents.update(prefixes)
+
+
+def _walk(stream: IO[bytes], kind: str, sink_for: Callable[[str], Sink]) -> dict[str, int]:
+    """Go through every entry, passing each file's bytes (counted) to `sink_for(name)`.
+
+    Returns the files (name → size); raises InvalidInput on anything unsafe.
+    """
+    files: dict[str, int] = {}
+    folders: set[str] = set()
+    parents: set[str] = set()
+    actual = 0
+    limit = settings.HF_ARCHIVE_MAX_BYTES
+    try:
+        for name, size, opener in _entries(stream, kind):
+            if name.split("/", 1)[0] in IGNORED_ROOTS:
+                continue
+            if opener is None:
+                folders.add(name)
+                continue
+            if name in files:
+                raise _refuse(f"The archive holds {name!r} twice; it was refused.")
+            _parents_check(name, files, parents)
+            sink = sink_for(name)
+            try:
+                with opener() as source:
+                    actual += _copy(source, name, size, sink.write)
+            finally:
+                sink.close()
+            if actual > limit:
+                raise _refuse(f"The archive expands to more than {limit / 1024**2:.0f} MiB (HF_ARCHIVE_MAX_BYTES).")
+            files[name] = size
+    except (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError) as exc:
+        raise _refuse(f"The archive is corrupt ({exc}); it was refused.") from None
+    clash = next((name for name in files if name in folders), None)
+    if clash is not None:
+        raise _refuse(f"The archive holds {clash!r} both as a file and as a folder; it was refused.")
+    if not files:
+        raise _refuse("The archive holds no files.")
+    return files
+
+
+def _listing(
+    kind: str, files: dict[str, int], captured: dict[str, bytes], wanted: Callable[[str], bool]
+) -> ArchiveListing:
+    root = _root_of(list(files))
+    strip = len(root) + 1 if root else 0
+    relative = {name[strip:]: size for name, size in files.items()}
+    contents = {name[strip:]: data for name, data in captured.items() if wanted(name[strip:])}
+    return ArchiveListing(kind=kind, root=root, files=relative, total_bytes=sum(files.values()), contents=contents)
+
+
+def _is_wanted(name: str, wanted: Callable[[str], bool]) -> bool:
+    # The root folder is known only once the last entry has gone by (a tar is one stream),
+    # so a member is kept when it is wanted either as it stands or under a stripped root.
+    return wanted(name) or ("/" in name and wanted(name.split("/", 1)[1]))
+
+
+# Folders of tools, not of the model, left out when a directory is packed.
+SKIPPED_FOLDERS = frozenset({".git", ".cache", "__pycache__", ".ipynb_checkpoints"})
+# Already-compressed weights are stored, not deflated again (deflating gigabytes buys nothing).
+STORED_SUFFIXES = (".safetensors", ".model")
+
+
+def directory_zip(directory: Path, target: IO[bytes]) -> int:
+    """Pack a model directory into a zip written to `target`, its files under the directory's name.
+
+    Files are streamed from disk (zipfile copies them in chunks); the folders of tools
+    (.git, .cache) are left out. Returns the number of files packed.
+    """
+    count = 0
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for path in sorted(directory.rglob("*")):
+            relative = path.relative_to(directory)
+            if SKIPPED_FOLDERS.intersection(relative.parts) or not path.is_file():
+                continue
+            compression = zipfile.ZIP_STORED if path.name.endswith(STORED_SUFFIXES) else zipfile.ZIP_DEFLATED
+            archive.write(path, f"{directory.name}/{relative.as_posix()}", compress_type=compression)
+            count += 1
+    return count
+
+
+def archive_scan(stream: IO[bytes], wanted: Callable[[str], bool]) -> ArchiveListing:
+    """Check a whole archive without writing anything, keeping the bytes of the `wanted` files.
+
+    Every member is decompressed once and counted (a zip's CRC is verified on the way), so
+    an archive that passes expands to what its headers say.
+    """
+    kind = archive_kind(stream)
+    if kind is None:
+        raise _refuse("The file is neither a .zip nor a .tar.gz archive.")
+    captured: dict[str, bytes] = {}
+
+    def sink_for(name: str) -> Sink:
+        return _Keep(name, captured) if _is_wanted(name, wanted) else Sink()
+
+    try:
+        files = _walk(stream, kind, sink_for)
+    finally:
+        stream.seek(0)
+    return _listing(kind, files, captured, wanted)
+
+
+def archive_unpack(stream: IO[bytes], target: Path, wanted: Callable[[str], bool]) -> tuple[ArchiveListing, Path]:
+    """Unpack an archive under the empty folder `target`, with the checks of archive_scan.
+
+    Returns the listing and the folder holding the files (`target` or `target/root`).
+    On a refusal the caller removes `target`, which may hold part of the files.
+    """
+    kind = archive_kind(stream)
+    if kind is None:
+        raise _refuse("The file is neither a .zip nor a .tar.gz archive.")
+    captured: dict[str, bytes] = {}
+
+    def sink_for(name: str) -> Sink:
+        sink = _File(target, name)
+        return _Keep(name, captured, sink) if _is_wanted(name, wanted) else sink
+
+    try:
+        files = _walk(stream, kind, sink_for)
+    finally:
+        stream.seek(0)
+    listing = _listing(kind, files, captured, wanted)
+    return listing, target / listing.root if listing.root else target
+
+
+__all__ = ["TAR_GZ", "ZIP", "ArchiveListing", "Sink", "archive_kind", "archive_scan", "archive_unpack", "directory_zip"]
