@@ -1,8 +1,9 @@
 """The per-process model cache of a worker: LRU, bounded by a memory budget.
 
 A worker keeps the models it serves resident, on CUDA when the worker has a GPU. Each
-model is loaded from storage with its sha256 verified, warmed up with one forward pass,
-and evicted least-recently-used first when the budget would be exceeded.
+model is loaded from storage with its sha256 verified (a Hugging Face archive is unpacked
+into a directory cached by that hash), warmed up with one forward pass, and evicted
+least-recently-used first when the budget would be exceeded.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from django.conf import settings
 
 from core.datatypes import NUMPY_DTYPES
-from inference.runtimes import ModelRuntime
-from inference.services import PROBE_SEQUENCE, device_select, model_load, random_tensor
+from inference.runtimes import ModelRuntime, TextRuntime, texts_of
+from inference.services import PROBE_SEQUENCE, device_select, model_load, model_path, random_tensor
 from registry import selectors, services
 from registry.models import VersionStatus
 
@@ -46,13 +47,32 @@ class LoadedModel:
     max_batch_size: int
     loaded_at: float = field(default_factory=time.time)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # A text model (TextRuntime): takes a BYTES `text` input and per-request parameters.
+    text: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.text = isinstance(self.runtime, TextRuntime)
+
+    @property
+    def task(self) -> str:
+        """The text task ("" for a tensor model)."""
+        return cast(TextRuntime, self.runtime).task if self.text else ""
 
     @property
     def input_names(self) -> list[str]:
         return [spec["name"] for spec in self.signature["inputs"]]
 
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
-        """One forward pass; inputs by name, outputs as (name, datatype, array) in signature order."""
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str, np.ndarray]]:
+        """One forward pass; inputs by name, outputs as (name, datatype, array) in signature order.
+
+        A text model reads its texts from its one BYTES input (object array of bytes or str, or
+        a numpy string array) and applies `parameters` (top_k, truncate, normalize) to all of
+        them; TextInputError when a text or a parameter is bad. Tensor models ignore `parameters`.
+        """
+        if self.text:
+            return self._predict_texts(inputs[self.input_names[0]], parameters or {})
         tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in self.input_names]
         # One forward at a time per model: TorchScript and exported modules are not re-entrant
         # on every backend, and the batcher already gives each pass the whole batch.
@@ -64,15 +84,21 @@ class LoadedModel:
             outputs.append((spec["name"], spec["datatype"], array.astype(NUMPY_DTYPES[spec["datatype"]], copy=False)))
         return outputs
 
-
-def _model_bytes(runtime: ModelRuntime) -> int:
-    module = runtime.module
-    tensors = [*module.parameters(), *module.buffers()] if hasattr(module, "buffers") else list(module.parameters())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    def _predict_texts(self, array: np.ndarray, parameters: Mapping[str, Any]) -> list[tuple[str, str, np.ndarray]]:
+        runtime = cast(TextRuntime, self.runtime)
+        texts = texts_of(np.asarray(array))
+        # The tokenizer is not re-entrant either (truncation settings live on the Rust object).
+        with self.lock:
+            outputs = runtime.predict_texts(texts, parameters, max_rows=self.max_batch_size)
+        return [(spec["name"], spec["datatype"], outputs[spec["name"]]) for spec in self.signature["outputs"]]
 
 
 def _warm_up(model: LoadedModel) -> None:
     """One forward on inputs built from the signature, so the first request pays no setup."""
+    if model.text:
+        example = cast(TextRuntime, model.runtime).example_text()
+        model.predict({model.input_names[0]: np.array([example.encode()], dtype=object)})
+        return
     tensors = {spec["name"]: random_tensor(spec, 1, PROBE_SEQUENCE).numpy() for spec in model.signature["inputs"]}
     model.predict(tensors)
 
@@ -115,8 +141,8 @@ class ModelCache:
             raise ModelUnavailable(f"{version} is {version.status}, not ready")
         started = time.perf_counter()
         try:
-            path = services.version_artifact_path(version)
-            runtime = model_load(path, version.format, device_select())
+            path = model_path(services.version_artifact_path(version), version.format, version.sha256)
+            runtime = model_load(path, version.format, device_select(), task=version.task)
         except Exception as exc:
             raise ModelUnavailable(f"{version} could not be loaded: {exc}") from exc
         model = LoadedModel(
@@ -125,7 +151,7 @@ class ModelCache:
             version=version.version,
             signature=version.signature,
             runtime=runtime,
-            size_bytes=_model_bytes(runtime),
+            size_bytes=runtime.memory_bytes(),
             batching=bool(version.validation.get("batching")),
             max_batch_size=version.max_batch_size,
         )

@@ -7,6 +7,7 @@ import os
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ import numpy as np
 import torch
 from django.conf import settings
 
-from core.datatypes import NUMPY_DTYPES, TORCH_DTYPES, datatype_of_tensor, is_floating
-from inference.runtimes import ModelLoadError, ModelRuntime, runtime_for
+from core.datatypes import NUMPY_DTYPES, TORCH_DTYPES, datatype_of_array, datatype_of_tensor, is_floating
+from inference.runtimes import ModelLoadError, ModelRuntime, TextRuntime, runtime_for
+from registry.artifacts import artifact_unpacked
+from registry.text_tasks import TEXT_INPUT, TextTask
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +127,14 @@ def _output_specs(
     return specs
 
 
-def model_load(path: Path, format_name: str, device: torch.device | None = None) -> ModelRuntime:
+def model_path(fetched: Path, format_name: str, sha256: str) -> Path:
+    """Where a format's runtime loads a fetched artifact from: the file, or the directory it unpacks to."""
+    return artifact_unpacked(fetched, sha256) if runtime_for(format_name).unpacked else fetched
+
+
+def model_load(path: Path, format_name: str, device: torch.device | None = None, *, task: str = "") -> ModelRuntime:
     """Load an artifact with its format's runtime (ModelLoadError when it is not a model)."""
-    return runtime_for(format_name).load(path, device or device_select())
+    return runtime_for(format_name).load(path, device or device_select(), task=task)
 
 
 def model_probe(
@@ -135,19 +143,24 @@ def model_probe(
     signature: dict[str, Any],
     example: list[dict[str, Any]] | None = None,
     labels: list[str] | None = None,
+    *,
+    task: str = "",
 ) -> ProbeResult:
     """Load a model and run it on inputs built from its signature; ProbeFailed says why not.
 
     With a variable first dimension the model is also run on a batch of two, which both
-    proves it can be batched and shows which output dimensions follow the batch.
+    proves it can be batched and shows which output dimensions follow the batch. A text
+    model runs its task on the example's text (or a default one), alone and beside a longer one.
     """
     device = device_select()
     started = time.perf_counter()
     try:
-        runtime = model_load(path, format_name, device)
+        runtime = model_load(path, format_name, device, task=task)
     except ModelLoadError as exc:
         raise ProbeFailed(str(exc)) from exc
     load_seconds = time.perf_counter() - started
+    if isinstance(runtime, TextRuntime):
+        return _text_probe(runtime, signature, example, labels, load_seconds)
     specs = signature["inputs"]
     order = [spec["name"] for spec in specs]
     batching = all(spec["shape"] and spec["shape"][0] == -1 for spec in specs)
@@ -187,22 +200,76 @@ def model_probe(
         outputs=outputs,
         parameter_count=runtime.parameter_count(),
         load_seconds=load_seconds,
-        latency_ms=_latency(runtime, probe_inputs),
+        latency_ms=_latency(lambda: runtime.predict(probe_inputs), runtime.device),
         device=str(device),
         batching=batching,
     )
 
 
-def _latency(runtime: ModelRuntime, inputs: list[torch.Tensor]) -> dict[str, float]:
+def _example_text(example: list[dict[str, Any]] | None) -> str | None:
+    """The first text of a version's example input ({"name": "text", "datatype": "BYTES", "data": [...]})."""
+    for tensor in example or []:
+        data = tensor.get("data")
+        if tensor.get("name") == TEXT_INPUT and isinstance(data, list) and data and isinstance(data[0], str):
+            return data[0]
+    return None
+
+
+def _text_outputs_check(outputs: dict[str, Any], declared: list[dict[str, Any]], rows: int) -> None:
+    names = [spec["name"] for spec in declared]
+    if list(outputs) != names:
+        raise ProbeFailed(f"the model answered {', '.join(outputs)}; its task's signature says {', '.join(names)}")
+    for spec in declared:
+        array = outputs[spec["name"]]
+        datatype = "BYTES" if array.dtype == object else datatype_of_array(array)
+        if datatype != spec["datatype"]:
+            raise ProbeFailed(f"output {spec['name']} is {datatype}, the signature says {spec['datatype']}")
+        shape = [rows, *spec["shape"][1:]]
+        if array.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, array.shape, strict=True)):
+            found = list(array.shape)
+            raise ProbeFailed(f"output {spec['name']} has shape {found}, the signature says {spec['shape']}")
+
+
+def _text_probe(
+    runtime: TextRuntime,
+    signature: dict[str, Any],
+    example: list[dict[str, Any]] | None,
+    labels: list[str] | None,
+    load_seconds: float,
+) -> ProbeResult:
+    """Run a text model's task on one text and on two of different lengths; check the outputs."""
+    text = _example_text(example) or runtime.example_text()
+    declared = signature.get("outputs") or []
+    for texts in ([text], [text, f"{text} It is also one of the oldest and largest cities of Europe."]):
+        try:
+            outputs = runtime.predict_texts(texts, {}, max_rows=len(texts))
+        except Exception as exc:
+            reason = exception_summary(exc)
+            raise ProbeFailed(f"the {runtime.task} model failed on the text {text!r}: {reason}") from exc
+        _text_outputs_check(outputs, declared, len(texts))
+    if runtime.task == TextTask.TEXT_CLASSIFICATION and labels and outputs["scores"].shape[1] != len(labels):
+        raise ProbeFailed(f"{len(labels)} labels were given but the model scores {outputs['scores'].shape[1]} classes")
+    return ProbeResult(
+        outputs=declared,
+        parameter_count=runtime.parameter_count(),
+        load_seconds=load_seconds,
+        latency_ms=_latency(lambda: runtime.predict_texts([text], {}, max_rows=1), runtime.device),
+        device=str(runtime.device),
+        batching=True,
+        extra=runtime.describe(),
+    )
+
+
+def _latency(run: Callable[[], object], device: torch.device) -> dict[str, float]:
     """Median and mean forward time at the probe batch, after warm-up."""
     for _ in range(3):
-        runtime.predict(inputs)
+        run()
     samples: list[float] = []
     deadline = time.perf_counter() + LATENCY_BUDGET_SECONDS
     while len(samples) < LATENCY_RUNS and time.perf_counter() < deadline:
         started = time.perf_counter()
-        runtime.predict(inputs)
-        if runtime.device.type == "cuda":
+        run()
+        if device.type == "cuda":
             torch.cuda.synchronize()
         samples.append((time.perf_counter() - started) * 1000)
     return {

@@ -10,6 +10,7 @@ reply list of the gateway process that asked.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from django.conf import settings
 from core import redis as shared_redis
 from inference import telemetry, wire
 from inference.cache import LoadedModel, ModelUnavailable, model_cache
+from inference.runtimes import TextInputError, token_rows_trim
 from inference.wire import Answer, BatchReply, BatchRequest, Failure, Outputs
 
 logger = logging.getLogger(__name__)
@@ -137,7 +139,12 @@ class ServingLoop(threading.Thread):
                 error = Failure(f"This worker cannot serve the model: {exc}", 503)
                 outcomes = {id(m): [error] * len(m.requests) for m in live}
             else:
-                results, rows = self._predict(model, [request for m in live for request in m.requests])
+                requests = [request for m in live for request in m.requests]
+                if model.text:
+                    parameters = [m.parameters_of(i) for m in live for i in range(len(m.requests))]
+                    results, rows = self._predict_texts(model, requests, parameters)
+                else:
+                    results, rows = self._predict(model, requests)
                 cursor = 0
                 for message in live:
                     outcomes[id(message)] = results[cursor : cursor + len(message.requests)]
@@ -192,17 +199,63 @@ class ServingLoop(threading.Thread):
             start = end
         return answers
 
-    def _one(self, model: LoadedModel, request: wire.Tensors) -> Answer:
+    def _predict_texts(
+        self, model: LoadedModel, requests: list[wire.Tensors], parameters: list[dict[str, Any]]
+    ) -> tuple[list[Answer], int]:
+        """Outputs for each text request: one padding-aware call per set of identical parameters.
+
+        The texts of a group are concatenated (the runtime buckets them into forwards of at
+        most max_batch_size rows) and the rows split back per request; a group that fails
+        is run request by request, so one bad text fails only its own request (400).
+        """
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, params in enumerate(parameters):
+            groups[_parameters_key(params)].append(index)
+        answers: list[Answer | None] = [None] * len(requests)
+        largest = 0
+        for indices in groups.values():
+            name = model.input_names[0]
+            sizes = [requests[i][name].size for i in indices]
+            largest = max(largest, min(sum(sizes), model.max_batch_size))
+            try:
+                texts = np.concatenate([requests[i][name].reshape(-1) for i in indices])
+                outputs = model.predict({name: texts}, parameters[indices[0]])
+            except Exception as exc:
+                if len(indices) == 1:
+                    answers[indices[0]] = _failure(model, exc)
+                else:
+                    for i in indices:
+                        answers[i] = self._one(model, requests[i], parameters[i])
+                continue
+            start = 0
+            for i, size in zip(indices, sizes, strict=True):
+                rows = {output: array[start : start + size] for output, _, array in outputs}
+                answers[i] = Outputs(token_rows_trim(rows))
+                start += size
+        return cast(list[Answer], answers), largest
+
+    def _one(self, model: LoadedModel, request: wire.Tensors, parameters: dict[str, Any] | None = None) -> Answer:
         try:
-            outputs = model.predict(request)
+            outputs = model.predict(request, parameters)
         except Exception as exc:
-            message = str(exc).strip().splitlines()[-1][:400] if str(exc).strip() else ""
-            return Failure(
-                f"Model {model.model_name!r} v{model.version} raised {type(exc).__name__} "
-                f"during the forward pass: {message}",
-                422,
-            )
+            return _failure(model, exc)
         return Outputs({name: array for name, _, array in outputs})
+
+
+def _failure(model: LoadedModel, exc: Exception) -> Failure:
+    """A request's failure: 400 for a text the caller must fix, 422 when the model raised."""
+    if isinstance(exc, TextInputError):
+        return Failure(str(exc), 400)
+    message = str(exc).strip().splitlines()[-1][:400] if str(exc).strip() else ""
+    return Failure(
+        f"Model {model.model_name!r} v{model.version} raised {type(exc).__name__} during the forward pass: {message}",
+        422,
+    )
+
+
+def _parameters_key(parameters: dict[str, Any]) -> str:
+    """Requests whose parameters give the same key can share a forward (the values are JSON from the gateway)."""
+    return json.dumps(parameters, sort_keys=True, default=repr) if parameters else ""
 
 
 def _decoded(messages: list[bytes]) -> list[BatchRequest]:

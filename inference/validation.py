@@ -9,7 +9,8 @@ from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
 
-from inference.services import ProbeFailed, model_probe
+from core.errors import InvalidInput
+from inference.services import ProbeFailed, model_path, model_probe
 from registry.artifacts import ArtifactIntegrityError, artifact_fetch
 from registry.models import ModelVersion, VersionStatus
 
@@ -44,9 +45,11 @@ def version_validate(version_id: int) -> str:
         version.save(update_fields=["status", "validation_attempts", "validation_started_at", "updated_at"])
 
     try:
-        path = artifact_fetch(version.artifact, version.sha256)
-        result = model_probe(path, version.format, version.signature, version.example_input, version.labels)
-    except (ProbeFailed, ArtifactIntegrityError) as exc:
+        path = model_path(artifact_fetch(version.artifact, version.sha256), version.format, version.sha256)
+        result = model_probe(
+            path, version.format, version.signature, version.example_input, version.labels, task=version.task
+        )
+    except (ProbeFailed, ArtifactIntegrityError, InvalidInput) as exc:
         return _validation_finish(version, VersionStatus.FAILED, str(exc))
     except Exception as exc:  # anything else is still the model's fault, not the worker's
         logger.exception("validation of %s crashed", version)

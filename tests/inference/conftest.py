@@ -16,9 +16,24 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from inference import jobs, tasks
 from inference.cache import model_cache
 from inference.models import BatchJob
+from portal.text_models import bert_save
+from registry.text_tasks import TextTask
 
 JOBS = "/api/v1/jobs/"
 LABELS = ["setosa", "versicolor", "virginica"]
+TAGS = ["O", "B-PER", "B-LOC"]
+
+
+@pytest.fixture(scope="session")
+def hf_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny real BERT directories (save_pretrained, safetensors, a trained tokenizer), one per text task."""
+    root = tmp_path_factory.mktemp("hf")
+    return {
+        TextTask.FILL_MASK: bert_save(root / "fill-mask", "fill-mask"),
+        TextTask.TEXT_CLASSIFICATION: bert_save(root / "classifier", "text-classification"),
+        TextTask.TOKEN_CLASSIFICATION: bert_save(root / "tagger", "token-classification", labels=TAGS),
+        TextTask.FEATURE_EXTRACTION: bert_save(root / "encoder", "feature-extraction"),
+    }
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ from transformers import AutoModel, AutoTokenizer
 
 from inference.runtimes import RUNTIMES, ModelLoadError, TextInputError, texts_of, token_rows_trim
 from inference.runtimes.huggingface import HuggingFaceRuntime, forward_plan
-from portal.text_models import bert_save
 from registry.text_tasks import MAX_TOP_K, TextTask, task_signature
+from tests.inference.conftest import TAGS
 
 CPU = torch.device("cpu")
-LABELS = ["O", "B-PER", "B-LOC"]
 MIXED = [
     "Paris is the capital of France.",
     "I love this product.",
@@ -29,19 +28,8 @@ MIXED = [
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("hf")
-    return {
-        TextTask.FILL_MASK: bert_save(root / "fill-mask", "fill-mask"),
-        TextTask.TEXT_CLASSIFICATION: bert_save(root / "classifier", "text-classification"),
-        TextTask.TOKEN_CLASSIFICATION: bert_save(root / "tagger", "token-classification", labels=LABELS),
-        TextTask.FEATURE_EXTRACTION: bert_save(root / "encoder", "feature-extraction"),
-    }
-
-
-@pytest.fixture(scope="module")
-def runtimes(model_dirs: dict[str, Path]) -> dict[str, HuggingFaceRuntime]:
-    return {task: HuggingFaceRuntime.load(path, CPU, task=task) for task, path in model_dirs.items()}
+def runtimes(hf_dirs: dict[str, Path]) -> dict[str, HuggingFaceRuntime]:
+    return {task: HuggingFaceRuntime.load(path, CPU, task=task) for task, path in hf_dirs.items()}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +107,7 @@ def test_token_classification_labels_each_word_and_its_offsets_point_into_the_te
     for row, text in enumerate(MIXED[:2]):
         used = outputs["start"][row] >= 0
         assert used.sum() == lengths[row]
-        assert set(decoded(outputs["entity"])[row][: lengths[row]]) <= set(LABELS)
+        assert set(decoded(outputs["entity"])[row][: lengths[row]]) <= set(TAGS)
         for word, start, end in zip(decoded(outputs["word"])[row], outputs["start"][row], outputs["end"][row],
                                     strict=True):  # fmt: skip
             if start < 0:
@@ -266,8 +254,8 @@ def test_tensors_are_refused_by_a_text_model(runtimes):
         runtimes[TextTask.FILL_MASK].predict([torch.ones(1, 4)])
 
 
-def test_the_task_is_inferred_from_the_architecture_when_not_given(model_dirs):
-    assert HuggingFaceRuntime.load(model_dirs[TextTask.TEXT_CLASSIFICATION], CPU).task == "text-classification"
+def test_the_task_is_inferred_from_the_architecture_when_not_given(hf_dirs):
+    assert HuggingFaceRuntime.load(hf_dirs[TextTask.TEXT_CLASSIFICATION], CPU).task == "text-classification"
 
 
 def _copy(source: Path, target: Path, *, without: tuple[str, ...] = ()) -> Path:
@@ -286,16 +274,16 @@ def _copy(source: Path, target: Path, *, without: tuple[str, ...] = ()) -> Path:
     ],
 )
 def test_a_directory_that_is_not_a_servable_model_fails_to_load_with_a_clear_reason(
-    model_dirs, tmp_path, task, source, without, message
+    hf_dirs, tmp_path, task, source, without, message
 ):
-    path = _copy(model_dirs[source], tmp_path / "model", without=without)
+    path = _copy(hf_dirs[source], tmp_path / "model", without=without)
     with pytest.raises(ModelLoadError, match=message) as caught:
         HuggingFaceRuntime.load(path, CPU, task=task)
     assert "\n" not in str(caught.value)
 
 
-def test_an_archive_folder_holding_the_model_is_found(model_dirs, tmp_path):
-    _copy(model_dirs[TextTask.FILL_MASK], tmp_path / "unpacked" / "my-bert")
+def test_an_archive_folder_holding_the_model_is_found(hf_dirs, tmp_path):
+    _copy(hf_dirs[TextTask.FILL_MASK], tmp_path / "unpacked" / "my-bert")
     assert HuggingFaceRuntime.load(tmp_path / "unpacked", CPU, task="fill-mask").task == "fill-mask"
 
 
