@@ -1,6 +1,6 @@
 """The text demo's builders: the models are trained well enough to answer their demo questions.
 
-Each model is built once per module (a few seconds) and read through the serving runtime.
+Each model is built once per session (tests/portal/conftest.py) and read through the serving runtime.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from registry.text_tasks import TextTask
 
 
 @pytest.fixture(scope="module")
-def fill_mask(tmp_path_factory: pytest.TempPathFactory) -> HuggingFaceRuntime:
-    directory = demo_text.fill_mask_build(tmp_path_factory.mktemp("fill-mask") / "model")
-    return HuggingFaceRuntime.load(directory, torch.device("cpu"), task=TextTask.FILL_MASK)
+def fill_mask(demo_dirs: dict[str, Path]) -> HuggingFaceRuntime:
+    return HuggingFaceRuntime.load(demo_dirs[TextTask.FILL_MASK], torch.device("cpu"), task=TextTask.FILL_MASK)
 
 
 @pytest.fixture(scope="module")
-def sentiment(tmp_path_factory: pytest.TempPathFactory) -> HuggingFaceRuntime:
-    directory = demo_text.sentiment_build(tmp_path_factory.mktemp("sentiment") / "model")
+def sentiment(demo_dirs: dict[str, Path]) -> HuggingFaceRuntime:
+    directory = demo_dirs[TextTask.TEXT_CLASSIFICATION]
     return HuggingFaceRuntime.load(directory, torch.device("cpu"), task=TextTask.TEXT_CLASSIFICATION)
 
 
