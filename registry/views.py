@@ -221,7 +221,7 @@ def _text_try_it(version: ModelVersion) -> dict[str, Any]:
         "task": version.task,
         "example": example,
         "mask_token": _mask_token(version, example) if version.task == TextTask.FILL_MASK else "",
-        "top_k": DEFAULT_TOP_K.get(version.task, 1) if takes_top_k else None,
+        "top_k": DEFAULT_TOP_K.get(TextTask(version.task), 1) if takes_top_k else None,
         "max_top_k": MAX_TOP_K,
     }
 
@@ -235,7 +235,7 @@ def _text_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     body: dict[str, Any] = {"inputs": try_it["example"]}
     if try_it["top_k"] is not None:
         body["parameters"] = {"top_k": try_it["top_k"]}
-    printed = {
+    printed: dict[str, str] = {
         TextTask.FILL_MASK: 'print(answer["token_str"], answer["score"])',
         TextTask.TEXT_CLASSIFICATION: 'print(answer["label"], answer["score"])',
         TextTask.TOKEN_CLASSIFICATION: 'print(answer["entity"], answer["word"], answer["score"])',
