@@ -7,6 +7,11 @@ coalesces the requests that arrive together for one model version into one messa
 the workers. While at most INFERENCE_MAX_IN_FLIGHT batches of a version are in flight,
 new requests wait for the next batch; nothing waits on a timer unless the version asks
 for a batching delay.
+
+A text (Hugging Face) version takes BYTES texts: they and the request's text parameters are
+checked by inference.text, and the parameters ride beside the request to the worker. The
+OpenAI-compatible /v1 (inference.openai) goes through this gateway's caches, guard,
+coalescers and telemetry in the same way; only its shapes differ.
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ from accounts.services import token_authenticate
 from core import redis as shared_redis
 from core.errors import PortalError
 from core.invalidation import INVALIDATE_CHANNEL
-from inference import guard, protocol, telemetry, wire
+from inference import guard, protocol, telemetry, text, wire
 from inference.routes import Target
 from inference.wire import BatchReply, BatchRequest, Failure, Outputs
 from registry import access, selectors
 from registry.access import Action
 from registry.models import VersionStatus
+from registry.text_tasks import TEXT_INPUT
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,8 @@ AUTH_REQUIRED = (
 )
 ANONYMOUS = AnonymousUser()
 PLATFORMS = {"torchscript": "pytorch_torchscript", "exported_program": "pytorch_exported_program"}
+# The parameters of a request that has none (shared: tensor requests never carry any).
+NO_PARAMETERS: dict[str, Any] = {}
 
 
 class HttpError(Exception):
@@ -82,7 +90,7 @@ def _resolve(user: Any, name: str, version: str | None) -> Target:
         version_id=found.pk, model_name=model.name, version=found.version, status=found.status,
         format=found.format, signature=found.signature, queue=model.serving_queue,
         max_batch_size=found.max_batch_size, max_batch_delay_ms=found.max_batch_delay_ms,
-        ready_versions=tuple(ready), model_id=model.pk, actions=access.role_actions(user, model),
+        ready_versions=tuple(ready), model_id=model.pk, actions=access.role_actions(user, model), task=found.task,
     )  # fmt: skip
 
 
@@ -104,6 +112,8 @@ def _authenticate(raw: str) -> Any:
 
 # What a request's future resolves to: its own answer and the reply of the batch it rode in.
 Answered = tuple[Outputs | Failure, BatchReply]
+# A request waiting in a coalescer: its tensors, its parameters (top_k, ...) and its future.
+Waiting = tuple[wire.Tensors, dict[str, Any], asyncio.Future[Answered]]
 
 
 class Coalescer:
@@ -112,13 +122,14 @@ class Coalescer:
     def __init__(self, gateway: Gateway, target: Target) -> None:
         self.gateway = gateway
         self.target = target
-        self.waiting: list[tuple[wire.Tensors, asyncio.Future[Answered]]] = []
+        self.waiting: list[Waiting] = []
         self.in_flight = 0
         self.timer: asyncio.TimerHandle | None = None
 
-    def submit(self, tensors: wire.Tensors) -> asyncio.Future[Answered]:
+    def submit(self, tensors: wire.Tensors, parameters: dict[str, Any] = NO_PARAMETERS) -> asyncio.Future[Answered]:
+        """Queue one request (with its own parameters, which travel to the worker beside it)."""
         future: asyncio.Future[Answered] = asyncio.get_running_loop().create_future()
-        self.waiting.append((tensors, future))
+        self.waiting.append((tensors, parameters, future))
         if self.target.max_batch_delay_ms and self.timer is None and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
             self.timer = asyncio.get_running_loop().call_later(self.target.max_batch_delay_ms / 1000, self._timer_fired)
         elif not self.target.max_batch_delay_ms:
@@ -131,7 +142,7 @@ class Coalescer:
 
     def flush(self) -> None:
         while self.waiting and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
-            batch: list[tuple[wire.Tensors, asyncio.Future[Answered]]] = []
+            batch: list[Waiting] = []
             rows = 0
             while self.waiting and (not batch or rows + wire.rows(self.waiting[0][0]) <= self.target.max_batch_size):
                 item = self.waiting.pop(0)
@@ -140,16 +151,18 @@ class Coalescer:
             self.in_flight += 1
             asyncio.get_running_loop().create_task(self._send(batch))
 
-    async def _send(self, batch: list[tuple[wire.Tensors, asyncio.Future[Answered]]]) -> None:
+    async def _send(self, batch: list[Waiting]) -> None:
         try:
-            reply = await self.gateway.exchange(self.target, [tensors for tensors, _ in batch])
+            reply = await self.gateway.exchange(
+                self.target, [tensors for tensors, _, _ in batch], [parameters for _, parameters, _ in batch]
+            )
             if len(reply.answers) != len(batch):
                 raise HttpError(502, f"A worker answered {len(reply.answers)} requests of a batch of {len(batch)}.")
-            for (_, future), answer in zip(batch, reply.answers, strict=True):
+            for (_, _, future), answer in zip(batch, reply.answers, strict=True):
                 if not future.done():
                     future.set_result((answer, reply))
         except HttpError as exc:
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
         finally:
@@ -171,6 +184,10 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- plumbing ------------------------------------------------------------------------
+    def connection(self) -> aioredis.Redis:
+        """This process's Redis client (rate limits, heartbeats), connecting on first use."""
+        return self._connect()
+
     def _connect(self) -> aioredis.Redis:
         if self.redis is None:
             if not settings.INFERENCE_REDIS_URL:
@@ -225,13 +242,15 @@ class Gateway:
         self.targets.clear()
         guard.forgotten()
 
-    async def exchange(self, target: Target, requests: list[wire.Tensors]) -> BatchReply:
+    async def exchange(
+        self, target: Target, requests: list[wire.Tensors], parameters: list[dict[str, Any]]
+    ) -> BatchReply:
         """Send one batch to the workers of the target's queue and wait for its reply."""
         client = self._connect()
         batch_id = uuid.uuid4().hex
         now = time.time()
         timeout = settings.INFERENCE_TIMEOUT_SECONDS
-        message = BatchRequest(batch_id, self.reply_key, target.version_id, now, now + timeout, requests)
+        message = BatchRequest(batch_id, self.reply_key, target.version_id, now, now + timeout, requests, parameters)
         future: asyncio.Future[BatchReply] = asyncio.get_running_loop().create_future()
         self.pending[batch_id] = future
         try:
@@ -292,6 +311,22 @@ class Gateway:
             self.targets[key] = (time.monotonic(), target)
         return target
 
+    async def submit(
+        self, target: Target, tensors: wire.Tensors, parameters: dict[str, Any] = NO_PARAMETERS
+    ) -> tuple[Outputs, BatchReply]:
+        """Run one checked request through the version's coalescer; a worker's Failure is raised as HttpError."""
+        if target.status != VersionStatus.READY:
+            raise HttpError(
+                503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
+            )
+        coalescer = self.coalescers.get(target.version_id)
+        if coalescer is None or coalescer.target != target:
+            coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
+        answer, reply = await coalescer.submit(tensors, parameters)
+        if isinstance(answer, Failure):
+            raise HttpError(answer.status, answer.message)
+        return answer, reply
+
     async def live_queues(self) -> set[str]:
         """Prediction queues with at least one live worker (heartbeats, cached for a second)."""
         fetched, workers = self.workers
@@ -328,10 +363,7 @@ class Gateway:
             logger.exception("prediction gateway error")
             status, body = 500, protocol.error_body("Internal error in the prediction gateway.")
             headers = {"Content-Type": "application/json"}
-        raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        raw_headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, status, body, headers)
 
     async def route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
         path, method = scope["path"], scope["method"]
@@ -385,7 +417,7 @@ class Gateway:
             raise HttpError(
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
-        body = await _read_body(headers, receive)
+        body = await read_body(headers, receive)
         if sample is not None:
             sample.payload = len(body)
         header_length = headers.get(protocol.HEADER_LENGTH_HEADER.lower().encode())
@@ -393,12 +425,12 @@ class Gateway:
             body, int(header_length) if header_length and header_length.isdigit() else None,
             target.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS,
         )  # fmt: skip
-        coalescer = self.coalescers.get(target.version_id)
-        if coalescer is None or coalescer.target != target:
-            coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
-        answer, reply = await coalescer.submit(request.inputs)
-        if isinstance(answer, Failure):
-            raise HttpError(answer.status, answer.message)
+        parameters = NO_PARAMETERS
+        if target.task:
+            # A text model: its texts and its parameters (top_k, ...) are checked here, once.
+            text.texts_of_tensor(request.inputs[TEXT_INPUT], f"input {TEXT_INPUT!r}")
+            parameters = text.parameters_check(target.task, request.parameters, protocol=True)
+        answer, reply = await self.submit(target, request.inputs, parameters)
         outputs = answer.tensors
         specs = {spec["name"]: spec["datatype"] for spec in target.signature["outputs"]}
         names = list(specs) if request.requested_outputs is None else [name for name, _ in request.requested_outputs]
@@ -415,7 +447,16 @@ class Gateway:
         return 200, body, response_headers
 
 
-async def _read_body(headers: dict[bytes, bytes], receive: Receive) -> bytes:
+async def respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    """Send a whole HTTP response (the body's length is added to the headers)."""
+    raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    raw_headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(headers: dict[bytes, bytes], receive: Receive) -> bytes:
+    """A request's body, refused 413 past INFERENCE_MAX_BODY_BYTES (declared or received)."""
     limit = settings.INFERENCE_MAX_BODY_BYTES
     declared = headers.get(b"content-length", b"")
     if declared.isdigit() and int(declared) > limit:
@@ -438,7 +479,10 @@ def _metadata(target: Target) -> dict[str, Any]:
     return {
         "name": target.model_name,
         "versions": [str(v) for v in target.ready_versions],
-        "platform": PLATFORMS.get(target.format, target.format),
+        # A text model's platform names its task: huggingface_fill_mask, huggingface_feature_extraction, ...
+        "platform": f"huggingface_{target.task.replace('-', '_')}"
+        if target.task
+        else PLATFORMS.get(target.format, target.format),
         "inputs": target.signature["inputs"],
         "outputs": target.signature["outputs"],
     }
@@ -451,4 +495,4 @@ def _json(data: dict[str, Any], status: int = 200) -> tuple[int, bytes, dict[str
 gateway = Gateway()
 
 
-__all__ = ["Gateway", "HttpError", "Target", "gateway"]
+__all__ = ["NO_PARAMETERS", "Gateway", "HttpError", "Target", "gateway", "read_body", "respond"]

@@ -18,14 +18,28 @@ import redis
 from django.conf import settings
 
 from core import redis as shared_redis
-from core.errors import GatewayTimeout, InvalidInput, PortalError, ServiceUnavailable, Unprocessable
+from core.errors import (
+    GatewayTimeout,
+    InvalidInput,
+    PayloadTooLarge,
+    PortalError,
+    ServiceUnavailable,
+    Unprocessable,
+)
 from core.throttle import rate_hit
-from inference import protocol, telemetry, wire
+from inference import protocol, telemetry, text, wire
 from inference.wire import BatchReply, BatchRequest, Failure
 from registry.access import grant_of
 from registry.models import ModelVersion, VersionStatus
+from registry.text_tasks import TEXT_INPUT
 
-STATUS_ERRORS: dict[int, type[PortalError]] = {422: Unprocessable, 503: ServiceUnavailable, 504: GatewayTimeout}
+STATUS_ERRORS: dict[int, type[PortalError]] = {
+    400: InvalidInput,
+    413: PayloadTooLarge,
+    422: Unprocessable,
+    503: ServiceUnavailable,
+    504: GatewayTimeout,
+}
 
 
 def rate_limit(user: Any) -> None:
@@ -66,18 +80,34 @@ def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndar
     return request.inputs
 
 
+def text_predict(version: ModelVersion, inputs: Any, parameters: Any, addressed: str | None = None) -> dict[str, Any]:
+    """A text model's friendly prediction: answers in its task's shape, the hop's timing and the tokens read.
+
+    `inputs` is a text (the answer is that text's) or a list of texts (a list of answers).
+    """
+    texts, single = text.friendly_texts(inputs)
+    checked = text.parameters_check(version.task, parameters)
+    outputs, timing = predict(version, {TEXT_INPUT: text.texts_tensor(texts)}, addressed, checked)
+    answers = text.friendly_answer(version.task, texts, outputs, checked, version.labels)
+    return {"outputs": answers[0] if single else answers, "timing": timing,
+            "usage": {"tokens": text.usage_tokens(outputs)}}  # fmt: skip
+
+
 def predict(
-    version: ModelVersion, tensors: dict[str, np.ndarray], addressed: str | None = None
+    version: ModelVersion,
+    tensors: dict[str, np.ndarray],
+    addressed: str | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run one request on a worker of the model's queue; outputs by name and the timing of the hop.
 
     `addressed` is the version number or alias the caller named (None: the production alias);
-    serving metrics record it.
+    serving metrics record it. `parameters` (a text model's top_k, ...) travel with the request.
     """
     sample = telemetry.Sample(version.pk, version.model.name, version.version, addressed, source="native")
-    sample.payload = sum(array.nbytes for array in tensors.values())
+    sample.payload = sum(_size(array) for array in tensors.values())
     try:
-        outputs, timing = _exchange(version, tensors, sample)
+        outputs, timing = _exchange(version, tensors, sample, parameters or {})
     except Exception as exc:
         sample.failed(exc)
         raise
@@ -85,8 +115,13 @@ def predict(
     return outputs, timing
 
 
+def _size(array: np.ndarray) -> int:
+    """Bytes of a tensor's data (a BYTES tensor's: its elements')."""
+    return sum(len(item) for item in array.reshape(-1).tolist()) if wire.is_bytes(array) else array.nbytes
+
+
 def _exchange(
-    version: ModelVersion, tensors: dict[str, np.ndarray], sample: telemetry.Sample
+    version: ModelVersion, tensors: dict[str, np.ndarray], sample: telemetry.Sample, parameters: dict[str, Any]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if version.status != VersionStatus.READY:
         raise ServiceUnavailable(
@@ -95,7 +130,7 @@ def _exchange(
     reply_key = f"{wire.REPLY_PREFIX}sync:{uuid.uuid4().hex}"
     now = time.time()
     timeout = settings.INFERENCE_TIMEOUT_SECONDS
-    message = BatchRequest(uuid.uuid4().hex, reply_key, version.pk, now, now + timeout, [tensors])
+    message = BatchRequest(uuid.uuid4().hex, reply_key, version.pk, now, now + timeout, [tensors], [parameters])
     started = time.perf_counter()
     try:
         # No read timeout: BRPOP waits on the server, up to the prediction timeout.

@@ -315,7 +315,12 @@ def _json_type_name(kind: type) -> str:
 def _json_bytes(header: _InputHeader, flat: list[Any]) -> np.ndarray:
     """BYTES data: JSON strings, kept as UTF-8 bytes in an object array."""
     _element_types(header, flat, {str}, "strings")
-    return np.fromiter((item.encode() for item in flat), dtype=object, count=len(flat))
+    try:
+        return np.fromiter((item.encode() for item in flat), dtype=object, count=len(flat))
+    except UnicodeEncodeError as exc:
+        # JSON's \ud800-style escapes can spell a lone surrogate, which no UTF-8 text holds.
+        raise InvalidInput(f"input '{header.name}': a string holds {exc.object[exc.start]!r}, not valid text "
+                           "(a lone surrogate).") from None  # fmt: skip
 
 
 def _json_bool(header: _InputHeader, flat: list[Any]) -> np.ndarray:

@@ -22,3 +22,4 @@ class Target:
     ready_versions: tuple[int, ...]
     model_id: int = 0
     actions: frozenset[str] = frozenset()  # what the caller's roles allow (registry.access)
+    task: str = ""  # the text task of a huggingface version (registry.text_tasks); "" for tensor models

@@ -51,15 +51,20 @@ class BodySizeLimit:
 
 
 class PredictionRouter:
-    """Sends /v2 (the Open Inference Protocol) to the prediction gateway, the rest to Django."""
+    """Sends /v2 (the Open Inference Protocol) to the prediction gateway, /v1 (OpenAI's API) to
+    its app beside the gateway, the rest to Django."""
 
-    def __init__(self, gateway: ASGIApp, django_app: ASGIApp) -> None:
+    def __init__(self, gateway: ASGIApp, django_app: ASGIApp, openai_app: ASGIApp | None = None) -> None:
         self.gateway = gateway
         self.django_app = django_app
+        self.openai_app = openai_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["path"] == "/v2" or scope["path"].startswith("/v2/")):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/v2" or path.startswith("/v2/")):
             await self.gateway(scope, receive, send)
+        elif self.openai_app is not None and scope["type"] == "http" and (path == "/v1" or path.startswith("/v1/")):
+            await self.openai_app(scope, receive, send)
         else:
             await self.django_app(scope, receive, send)
 
@@ -69,11 +74,12 @@ def _build() -> ASGIApp:
     from django.conf import settings
 
     from inference.gateway import gateway
+    from inference.openai import OpenAIApi
     from registry.uploads import FORM_OVERHEAD_BYTES, too_large_message
 
     limit = settings.MODEL_UPLOAD_MAX_BYTES + FORM_OVERHEAD_BYTES
     guarded = BodySizeLimit(cast(ASGIApp, django_app), limit, too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
-    return PredictionRouter(gateway, guarded)
+    return PredictionRouter(gateway, guarded, OpenAIApi(gateway))
 
 
 application = _build()

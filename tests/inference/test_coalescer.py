@@ -52,7 +52,9 @@ class FakeWorkers:
     most_in_flight: int = 0
     _gates: list[asyncio.Event] = field(default_factory=list)
 
-    async def exchange(self, target: Target, requests: list[dict[str, np.ndarray]]) -> BatchReply:
+    async def exchange(
+        self, target: Target, requests: list[dict[str, np.ndarray]], parameters: list[dict[str, Any]]
+    ) -> BatchReply:
         self.batches.append([float(t["features"][0, 0]) for t in requests])
         self.sent_at.append(asyncio.get_running_loop().time())
         self.in_flight += 1

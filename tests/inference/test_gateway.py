@@ -28,7 +28,7 @@ class Workers:
         self.release = asyncio.Event()
         self.drop = drop
 
-    async def exchange(self, target: Target, requests: list[Tensors]) -> BatchReply:
+    async def exchange(self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]]) -> BatchReply:
         self.batches.append(len(requests))
         await self.release.wait()
         answers: list[Outputs | Failure] = [Outputs(tensors) for tensors in requests[self.drop :]]
