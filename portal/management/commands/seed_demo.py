@@ -24,7 +24,7 @@ from django.core.management.base import BaseCommand, CommandError
 from inference import validation
 from portal import demo
 from portal.demo_monitoring import demo_evaluation_seed
-from portal.demo_text import text_demo_seed
+from portal.demo_text import text_demo_seed, text_evaluation_seed
 from registry import services
 from registry.models import RegisteredModel, VersionStatus, Visibility
 
@@ -86,6 +86,8 @@ class Command(BaseCommand):
             self.stdout.write(f"Seeded {name}: v1; production → v1")
         if demo_evaluation_seed(user) is not None:
             self.stdout.write("Queued an evaluation of iris-classifier on iris-holdout.")
+        if text_evaluation_seed(user) is not None:
+            self.stdout.write("Queued an evaluation of bert-sentiment on reviews-holdout.")
 
     def _admin(self) -> Any:
         users = get_user_model()
