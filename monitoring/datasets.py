@@ -306,10 +306,17 @@ def _text_csv_arrays(stream: IO[bytes], names: list[str], classes: int | None) -
 
 def _json_lines_arrays(stream: IO[bytes], names: list[str], classes: int | None) -> tuple[dict[str, np.ndarray], str]:
     """JSON lines: one object `{"text": "...", "label": ...}` per line; blank lines are skipped."""
+    content = _utf8(stream)
+    if content.lstrip().startswith("["):
+        raise InvalidInput(
+            'The file is one JSON array; send JSON lines instead: one {"text": "...", "label": "..."} object per '
+            "line, with no enclosing brackets or commas between lines.",
+            field=FILE,
+        )
     texts: list[str] = []
     labels: list[int] = []
     # Lines end at "\n" only: JSON strings may hold U+2028 and other breaks str.splitlines() splits at.
-    for number, line in enumerate(_utf8(stream).split("\n"), start=1):
+    for number, line in enumerate(content.split("\n"), start=1):
         where = f"Line {number}"
         if not line.strip():
             continue
@@ -339,7 +346,7 @@ def _text_arrays(
     classes = output_classes(signature, class_names)
     lower = filename.lower()
     json_lines = lower.endswith(JSON_LINES_SUFFIXES) or (
-        not lower.endswith(".csv") and head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{")
+        not lower.endswith(".csv") and head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"{", b"["))
     )
     if json_lines:
         return _json_lines_arrays(stream, class_names, classes)

@@ -97,11 +97,12 @@ def test_an_npz_of_texts_and_labels_is_accepted():
         (jsonl({"text": "Lovely", "label": "great"}), "d.jsonl", "Line 1: unknown label 'great'"),
         (b"text,label\nLovely,positive\nCaf\xe9,negative\n", "d.csv", "not UTF-8 text: line 3"),
         (b'{"text": "Caf\xe9", "label": 1}\n', "d.jsonl", "not UTF-8 text: line 1"),
+        (json.dumps([{"text": "Lovely", "label": 1}]), "d.json", "The file is one JSON array; send JSON lines"),
     ],
     ids=["no-text-column", "no-label-column", "empty-text", "unknown-label", "index-out-of-range", "ragged-line",
          "empty-label", "no-rows", "bad-json", "not-an-object", "no-text-key", "no-label-key", "json-empty-text",
          "text-not-a-string", "fractional-label", "boolean-label", "json-unknown-label", "csv-not-utf8",
-         "json-not-utf8"],
+         "json-not-utf8", "json-array"],
 )  # fmt: skip
 def test_bad_text_datasets_are_refused_naming_the_line_and_the_problem(content, filename, words):
     with pytest.raises(InvalidInput) as error:
