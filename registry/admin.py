@@ -35,8 +35,10 @@ class RegisteredModelAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["model", "version", "status", "format", "size_bytes", "created_by", "created_at", "validated_at"]
-    list_filter = ["status", "format", "created_at"]
+    list_display = [
+        "model", "version", "status", "format", "task", "size_bytes", "created_by", "created_at", "validated_at"
+    ]  # fmt: skip
+    list_filter = ["status", "format", "task", "created_at"]
     search_fields = ["model__name", "description", "sha256"]
     list_select_related = ["model", "created_by"]
     # The artifact, its hash and the signature are what validation checked: not editable.
@@ -44,6 +46,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "model",
         "version",
         "format",
+        "task",
         "artifact",
         "original_filename",
         "sha256",

@@ -12,6 +12,7 @@ top-level folder (`my-model/config.json`), that folder is the `root` and is stri
 
 from __future__ import annotations
 
+import gzip
 import stat
 import tarfile
 import zipfile
@@ -29,9 +30,17 @@ ZIP = "zip"
 TAR_GZ = "tar.gz"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 GZIP_MAGIC = b"\x1f\x8b"
+ZIP_ENCRYPTED = 0x1
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 CHUNK = 1024 * 1024
 # The largest member whose bytes a scan keeps in memory (config.json, a shard index).
 MAX_READ_BYTES = 16 * 1024 * 1024
+# A tar ends with zero blocks (10 kB by default); anything much longer after the last member is refused.
+MAX_TRAILER_BYTES = 1024 * 1024
+# What a scan keeps of a member, asked per relative name: 0 (nothing), WHOLE (the file, up to
+# MAX_READ_BYTES, refused beyond) or a number of leading bytes (a weights file's header).
+Wanted = Callable[[str], int]
+WHOLE = -1
 # Folders that archivers add beside the content (macOS Finder); skipped, never unpacked.
 IGNORED_ROOTS = ("__MACOSX",)
 
@@ -44,7 +53,7 @@ class ArchiveListing:
     root: str = ""
     files: dict[str, int] = field(default_factory=dict)
     total_bytes: int = 0
-    contents: dict[str, bytes] = field(default_factory=dict)
+    contents: dict[str, bytes] = field(default_factory=dict)  # the wanted files (or their heads)
 
 
 def archive_kind(stream: IO[bytes]) -> str | None:
@@ -128,6 +137,13 @@ def _zip_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
             raise _refuse(f"The archive contains a symbolic link {info.filename!r}; links are refused.")
+        if info.flag_bits & ZIP_ENCRYPTED:
+            raise _refuse(f"The archive member {info.filename!r} is encrypted; upload an archive without a password.")
+        if info.compress_type not in ZIP_METHODS:
+            raise _refuse(
+                f"The archive member {info.filename!r} uses a compression method ({info.compress_type}) that "
+                "cannot be read here; use deflate (the zip default) or store."
+            )
         budget.entry(info.filename, 0 if info.is_dir() else info.file_size)
         if name is not None:
             entries.append((name, info.file_size, info))
@@ -141,12 +157,14 @@ def _zip_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
 def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[bytes]] | None]]:
     """(name, declared size, opener or None for a folder) per entry, checked as the stream goes by.
 
-    The gzip stream is read once, front to back ("r|gz"): a member's header is checked
-    before its data is decompressed, so a header announcing a huge member stops the scan.
+    The gzip stream is read once, front to back: a member's header is checked before its
+    data is decompressed, so a header announcing a huge member stops the scan.
     """
     budget = _Budget()
     try:
-        with tarfile.open(fileobj=stream, mode="r|gz") as archive:
+        # gzip.GzipFile (not tarfile's own "r|gz") checks the stream's CRC and length at its
+        # end, and tarfile ends quietly at a garbled header: so the stream is read to its end.
+        with gzip.GzipFile(fileobj=stream, mode="rb") as unzipped, tarfile.open(fileobj=unzipped, mode="r|") as archive:
             for member in archive:
                 name = _clean_name(member.name)
                 if member.issym() or member.islnk():
@@ -165,8 +183,20 @@ def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
                     yield name, 0, None
                 else:
                     yield name, member.size, lambda member=member: archive.extractfile(member)  # type: ignore[misc,return-value]
+            _trailer_drain(unzipped)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise _refuse(f"The file is not a readable .tar.gz archive ({exc}); it may be corrupt or truncated.") from None
+
+
+def _trailer_drain(unzipped: gzip.GzipFile) -> None:
+    """Read what follows the tar's last member (its end blocks) to the gzip's end, which checks its CRC."""
+    left = MAX_TRAILER_BYTES
+    while chunk := unzipped.read(min(CHUNK, left + 1)):
+        left -= len(chunk)
+        if left < 0:
+            raise _refuse(
+                f"The archive holds more than {MAX_TRAILER_BYTES} bytes after its last member; it was refused."
+            )
 
 
 def _entries(stream: IO[bytes], kind: str) -> Iterator[tuple[str, int, Callable[[], IO[bytes]] | None]]:
@@ -195,22 +225,23 @@ class Sink:
 
 
 class _Keep(Sink):
-    """Keeps a small member's bytes in memory (config.json, a shard index)."""
+    """Keeps a member's bytes in memory: a small file whole (config.json), or a large one's head."""
 
-    def __init__(self, name: str, into: dict[str, bytes], then: Sink | None = None) -> None:
-        self.name, self.into, self.then = name, into, then
+    def __init__(self, name: str, into: dict[str, bytes], keep: int, then: Sink) -> None:
+        self.name, self.into, self.keep, self.then = name, into, keep, then
         self.buffer = bytearray()
 
     def write(self, chunk: bytes) -> None:
-        if self.then is not None:
-            self.then.write(chunk)
-        self.buffer += chunk
-        if len(self.buffer) > MAX_READ_BYTES:
-            raise _refuse(f"{self.name!r} is larger than {MAX_READ_BYTES // 1024**2} MiB; it was refused.")
+        self.then.write(chunk)
+        if self.keep == WHOLE:
+            self.buffer += chunk
+            if len(self.buffer) > MAX_READ_BYTES:
+                raise _refuse(f"{self.name!r} is larger than {MAX_READ_BYTES // 1024**2} MiB; it was refused.")
+        elif len(self.buffer) < self.keep:
+            self.buffer += chunk[: self.keep - len(self.buffer)]
 
     def close(self) -> None:
-        if self.then is not None:
-            self.then.close()
+        self.then.close()
         self.into[self.name] = bytes(self.buffer)
 
 
@@ -268,7 +299,7 @@ def _walk(stream: IO[bytes], kind: str, sink_for: Callable[[str], Sink]) -> dict
             if actual > limit:
                 raise _refuse(f"The archive expands to more than {limit / 1024**2:.0f} MiB (HF_ARCHIVE_MAX_BYTES).")
             files[name] = size
-    except (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError) as exc:
+    except (zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError, tarfile.TarError) as exc:
         raise _refuse(f"The archive is corrupt ({exc}); it was refused.") from None
     clash = next((name for name in files if name in folders), None)
     if clash is not None:
@@ -278,9 +309,7 @@ def _walk(stream: IO[bytes], kind: str, sink_for: Callable[[str], Sink]) -> dict
     return files
 
 
-def _listing(
-    kind: str, files: dict[str, int], captured: dict[str, bytes], wanted: Callable[[str], bool]
-) -> ArchiveListing:
+def _listing(kind: str, files: dict[str, int], captured: dict[str, bytes], wanted: Wanted) -> ArchiveListing:
     root = _root_of(list(files))
     strip = len(root) + 1 if root else 0
     relative = {name[strip:]: size for name, size in files.items()}
@@ -288,10 +317,17 @@ def _listing(
     return ArchiveListing(kind=kind, root=root, files=relative, total_bytes=sum(files.values()), contents=contents)
 
 
-def _is_wanted(name: str, wanted: Callable[[str], bool]) -> bool:
+def _kept(name: str, wanted: Wanted) -> int:
     # The root folder is known only once the last entry has gone by (a tar is one stream),
     # so a member is kept when it is wanted either as it stands or under a stripped root.
-    return wanted(name) or ("/" in name and wanted(name.split("/", 1)[1]))
+    as_is = wanted(name)
+    stripped = wanted(name.split("/", 1)[1]) if "/" in name else 0
+    return WHOLE if WHOLE in (as_is, stripped) else max(as_is, stripped)
+
+
+def _sink(name: str, wanted: Wanted, captured: dict[str, bytes], then: Sink) -> Sink:
+    keep = _kept(name, wanted)
+    return _Keep(name, captured, keep, then) if keep else then
 
 
 # Folders of tools, not of the model, left out when a directory is packed.
@@ -318,8 +354,8 @@ def directory_zip(directory: Path, target: IO[bytes]) -> int:
     return count
 
 
-def archive_scan(stream: IO[bytes], wanted: Callable[[str], bool]) -> ArchiveListing:
-    """Check a whole archive without writing anything, keeping the bytes of the `wanted` files.
+def archive_scan(stream: IO[bytes], wanted: Wanted) -> ArchiveListing:
+    """Check a whole archive without writing anything, keeping the bytes that `wanted` asks for.
 
     Every member is decompressed once and counted (a zip's CRC is verified on the way), so
     an archive that passes expands to what its headers say.
@@ -330,7 +366,7 @@ def archive_scan(stream: IO[bytes], wanted: Callable[[str], bool]) -> ArchiveLis
     captured: dict[str, bytes] = {}
 
     def sink_for(name: str) -> Sink:
-        return _Keep(name, captured) if _is_wanted(name, wanted) else Sink()
+        return _sink(name, wanted, captured, Sink())
 
     try:
         files = _walk(stream, kind, sink_for)
@@ -339,7 +375,7 @@ def archive_scan(stream: IO[bytes], wanted: Callable[[str], bool]) -> ArchiveLis
     return _listing(kind, files, captured, wanted)
 
 
-def archive_unpack(stream: IO[bytes], target: Path, wanted: Callable[[str], bool]) -> tuple[ArchiveListing, Path]:
+def archive_unpack(stream: IO[bytes], target: Path, wanted: Wanted) -> tuple[ArchiveListing, Path]:
     """Unpack an archive under the empty folder `target`, with the checks of archive_scan.
 
     Returns the listing and the folder holding the files (`target` or `target/root`).
@@ -351,8 +387,7 @@ def archive_unpack(stream: IO[bytes], target: Path, wanted: Callable[[str], bool
     captured: dict[str, bytes] = {}
 
     def sink_for(name: str) -> Sink:
-        sink = _File(target, name)
-        return _Keep(name, captured, sink) if _is_wanted(name, wanted) else sink
+        return _sink(name, wanted, captured, _File(target, name))
 
     try:
         files = _walk(stream, kind, sink_for)
@@ -362,4 +397,15 @@ def archive_unpack(stream: IO[bytes], target: Path, wanted: Callable[[str], bool
     return listing, target / listing.root if listing.root else target
 
 
-__all__ = ["TAR_GZ", "ZIP", "ArchiveListing", "Sink", "archive_kind", "archive_scan", "archive_unpack", "directory_zip"]
+__all__ = [
+    "TAR_GZ",
+    "WHOLE",
+    "ZIP",
+    "ArchiveListing",
+    "Sink",
+    "Wanted",
+    "archive_kind",
+    "archive_scan",
+    "archive_unpack",
+    "directory_zip",
+]

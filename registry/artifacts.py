@@ -90,8 +90,14 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
         raise InvalidInput("The uploaded file is empty.", field="file")
     stream.seek(0)
     kind = archive_kind(stream)
-    if kind == TAR_GZ or (kind == ZIP and format == ModelFormat.HUGGINGFACE):
+    if kind == TAR_GZ:
         return ArchiveCheck(ModelFormat.HUGGINGFACE, hf_inspect(stream, task))
+    if kind != ZIP and format == ModelFormat.HUGGINGFACE:
+        raise InvalidInput(
+            "The file is neither a .zip nor a .tar.gz archive; a Hugging Face model is its save_pretrained "
+            "directory packed as one of them.",
+            field="file",
+        )
     try:
         archive = zipfile.ZipFile(stream)
         names = archive.namelist()
@@ -116,7 +122,7 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
         "archive_format" in members or any(name.startswith("models/") and name.endswith(".json") for name in members)
     ):
         return ArchiveCheck(ModelFormat.EXPORTED_PROGRAM)
-    if _looks_huggingface(names) or (task and task.strip()):
+    if format == ModelFormat.HUGGINGFACE or _looks_huggingface(names) or (task and task.strip()):
         return ArchiveCheck(ModelFormat.HUGGINGFACE, hf_inspect(stream, task))
     if len(roots) != 1:
         raise InvalidInput(

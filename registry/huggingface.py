@@ -26,7 +26,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from core.errors import InvalidInput
-from registry.archives import ArchiveListing, archive_scan
+from registry.archives import WHOLE, ArchiveListing, archive_scan
 from registry.text_tasks import (
     LATER_TASKS,
     TASK_ALIASES,
@@ -43,6 +43,8 @@ INDEX_SUFFIX = ".safetensors.index.json"
 TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")
 # Weight formats that unpickle (or, for TensorFlow/Flax, are not loaded here at all).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".h5", ".msgpack")
+# The bytes of a safetensors file read at upload: its header's length and (usually) the header.
+SAFETENSORS_HEAD = 256 * 1024
 SHARD_RE = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")
 # The model types transformers has an auto class for, per task (fill-mask needs a masked-LM head…).
 TASK_MODEL_TYPES: dict[str, Mapping[str, object]] = {
@@ -85,9 +87,14 @@ def _refuse(message: str, field: str = "file") -> InvalidInput:
     return InvalidInput(message, field=field)
 
 
-def hf_wanted(name: str) -> bool:
-    """The members whose bytes a check reads: config.json, shard indexes, tokenizer configs."""
-    return name == CONFIG or name in TOKENIZER_CONFIGS or ("/" not in name and name.endswith(INDEX_SUFFIX))
+def hf_wanted(name: str) -> int:
+    """What a check reads of a member: config.json, shard indexes and tokenizer configs whole,
+    the head of each top-level safetensors file (its header), nothing of the rest."""
+    if name == CONFIG or name in TOKENIZER_CONFIGS or ("/" not in name and name.endswith(INDEX_SUFFIX)):
+        return WHOLE
+    if "/" not in name and name.endswith(WEIGHTS_SUFFIX):
+        return SAFETENSORS_HEAD
+    return 0
 
 
 def _json_member(listing: ArchiveListing, name: str) -> dict[str, Any] | None:
@@ -103,7 +110,7 @@ def _json_member(listing: ArchiveListing, name: str) -> dict[str, Any] | None:
     return value
 
 
-def _weights_check(listing: ArchiveListing) -> None:
+def _pickles_check(listing: ArchiveListing) -> None:
     pickled = sorted(name for name in listing.files if name.lower().endswith(PICKLE_SUFFIXES))
     if pickled:
         raise _refuse(
@@ -111,6 +118,9 @@ def _weights_check(listing: ArchiveListing) -> None:
             "weights are accepted only as safetensors (save_pretrained(..., safe_serialization=True)). "
             f"Remove {', '.join(repr(name) for name in pickled)} from the directory and upload it again."
         )
+
+
+def _weights_check(listing: ArchiveListing) -> None:
     root_files = {name for name in listing.files if "/" not in name}
     indexes = sorted(name for name in root_files if name.endswith(INDEX_SUFFIX))
     weights = {name for name in root_files if name.endswith(WEIGHTS_SUFFIX)}
@@ -126,12 +136,45 @@ def _weights_check(listing: ArchiveListing) -> None:
             if shard not in root_files:
                 raise _refuse(f"{index_name} names the shard {shard!r}, which is missing from the archive.")
             shards.add(shard)
+    for name in sorted(weights):
+        _safetensors_header_check(name, listing.files[name], listing.contents.get(name, b""))
     unindexed = sorted(name for name in weights - shards if SHARD_RE.search(name))
     if unindexed:
         raise _refuse(
             f"{unindexed[0]!r} is one shard of sharded weights, but the archive has no "
             "model.safetensors.index.json naming the shards; upload the whole save_pretrained directory."
         )
+
+
+def _safetensors_header_check(name: str, size: int, head: bytes) -> None:
+    """Refuse a file named .safetensors that is not one: an 8-byte header length, then a JSON
+    header whose tensors lie inside the file. (Loading never unpickles; this names the file early.)"""
+    problem = f"{name!r} is not a valid safetensors file"
+    if size < 8 or len(head) < 8:
+        raise _refuse(f"{problem} (too short).")
+    length = int.from_bytes(head[:8], "little")
+    if length < 2 or 8 + length > size:
+        raise _refuse(f"{problem} (its header length {length} does not fit the file's {size} bytes).")
+    if len(head) < 8 + length:
+        return  # a header larger than what was read: its bounds were checked, safetensors checks the rest
+    try:
+        header = json.loads(head[8 : 8 + length].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _refuse(f"{problem} (its header is not JSON).") from None
+    if not isinstance(header, dict):
+        raise _refuse(f"{problem} (its header is not a JSON object).")
+    data_bytes = size - 8 - length
+    for tensor, spec in header.items():
+        if tensor == "__metadata__":
+            continue
+        offsets = spec.get("data_offsets") if isinstance(spec, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(offset, int) for offset in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_bytes
+        ):
+            raise _refuse(f"{problem} (tensor {tensor!r} lies outside the file).")
 
 
 def _config_check(config: dict[str, Any]) -> None:
@@ -188,12 +231,13 @@ def hf_files_check(listing: ArchiveListing) -> dict[str, Any]:
     This is what a worker repeats when it unpacks a stored archive: it depends on the
     files alone, not on what the uploader declared.
     """
-    _weights_check(listing)
+    _pickles_check(listing)
     config = _json_member(listing, CONFIG)
     if config is None:
         nested = sorted(name for name in listing.files if name.endswith("/" + CONFIG))
         where = f" (found only {nested[0]!r}; put the model's files at the archive's top level)" if nested else ""
         raise _refuse(f"The archive has no config.json at the model directory's top level{where}. {SAVE_HINT}")
+    _weights_check(listing)
     _config_check(config)
     _tokenizer_check(listing)
     return config

@@ -2,9 +2,10 @@
 
 Texts are tokenised once without padding, then cut into forwards whose padding is as small
 as INFERENCE_TEXT_PADDING allows ("bucket": sorted by length, each forward padded to its
-own longest; "longest": arrival order; "max_length": every row padded to the model's
-maximum, the baseline), bounded by `max_rows` rows and INFERENCE_TEXT_MAX_BATCH_TOKENS
-padded tokens. Results are scattered back to the texts' order.
+own longest and cut where padding would outgrow its texts; "longest": arrival order;
+"max_length": every row padded to the model's maximum, the baseline), bounded by
+`max_rows` rows and INFERENCE_TEXT_MAX_BATCH_TOKENS padded tokens. Results are scattered
+back to the texts' order.
 """
 
 from __future__ import annotations
@@ -46,10 +47,19 @@ AUTO_CLASSES: dict[str, Any] = {
     TextTask.FEATURE_EXTRACTION: AutoModel,
 }
 PADDING_STRATEGIES = ("bucket", "longest", "max_length")
-POOLING_MODES = ("mean", "cls", "max")
+# sentence-transformers' Pooling config keys of the poolings served (one of them, alone).
+POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
+# "bucket" also starts a new forward once padding would make it this much larger than its
+# texts, provided the forward already has this many rows: on a CPU a forward costs about
+# its padded tokens, and a few more forwards of well-matched lengths cost less than one
+# padded to the longest.
+BUCKET_SLACK = 1.25
+BUCKET_MIN_ROWS = 4
 # A tokenizer is one of these files; without them transformers builds one with an empty vocabulary.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
                    "tokenizer.model")  # fmt: skip
+# The maximum sequence length when neither the tokenizer nor the config states one.
+FALLBACK_MAX_LENGTH = 512
 # Weights a task does not use: a missing pooler is no reason to refuse an embedding model.
 UNUSED_PREFIXES = ("pooler.",)
 
@@ -69,17 +79,22 @@ def forward_plan(lengths: list[int], padding: str, max_rows: int, max_tokens: in
     """
     if padding not in PADDING_STRATEGIES:
         raise ValueError(f"unknown padding strategy {padding!r}; known: {', '.join(PADDING_STRATEGIES)}")
-    order = sorted(range(len(lengths)), key=lengths.__getitem__) if padding == "bucket" else range(len(lengths))
+    bucket = padding == "bucket"
+    order = sorted(range(len(lengths)), key=lengths.__getitem__) if bucket else range(len(lengths))
     plan: list[Forward] = []
     indices: list[int] = []
-    width = 0
+    width = real = 0
     for index in order:
         wider = max_length if padding == "max_length" else max(width, lengths[index])
-        if indices and (len(indices) >= max_rows or (len(indices) + 1) * wider > max_tokens):
+        padded = (len(indices) + 1) * wider
+        wasteful = bucket and len(indices) >= BUCKET_MIN_ROWS and padded > BUCKET_SLACK * (real + lengths[index])
+        if indices and (len(indices) >= max_rows or padded > max_tokens or wasteful):
             plan.append(Forward(indices, width))
             indices = []
+            real = 0
             wider = max_length if padding == "max_length" else lengths[index]
         indices.append(index)
+        real += lengths[index]
         width = wider
     if indices:
         plan.append(Forward(indices, width))
@@ -119,30 +134,30 @@ def _top_k(parameters: Mapping[str, Any], default: int, limit: int) -> int:
     return value
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
+    """A JSON file's content (None when it is missing or not JSON: the loaders report those)."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None
 
 
 def _pooling_mode(path: Path) -> str:
     """Pooling of a sentence-transformers directory (its Pooling module's config), else mean."""
-    modules = json.loads((path / "modules.json").read_text()) if (path / "modules.json").is_file() else []
-    folder = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith(".Pooling")), None)
+    modules = _read_json(path / "modules.json")
+    modules = [m for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+    folder = next((str(m.get("path", "")) for m in modules if str(m.get("type", "")).endswith(".Pooling")), None)
     if folder is None:
         return "mean"
     config = _read_json(path / folder / "config.json")
-    modes = [mode for mode in POOLING_MODES if config.get(f"pooling_mode_{mode}_tokens" if mode != "cls" else
-                                                         "pooling_mode_cls_token")]  # fmt: skip
-    others = [key for key, value in config.items() if key.startswith("pooling_mode_") and value and
-              key not in ("pooling_mode_mean_tokens", "pooling_mode_max_tokens", "pooling_mode_cls_token")]  # fmt: skip
-    if len(modes) != 1 or others:
+    config = config if isinstance(config, dict) else {}
+    modes = [key for key, value in config.items() if key.startswith("pooling_mode_") and value is True]
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
         raise ModelLoadError(
-            f"the sentence-transformers pooling in {folder}/config.json is not one of {', '.join(POOLING_MODES)}"
+            f"the sentence-transformers pooling in {folder}/config.json is not one of "
+            f"{', '.join(POOLING_MODES.values())} (found {', '.join(modes) or 'none'})"
         )
-    return modes[0]
+    return POOLING_MODES[modes[0]]
 
 
 def _model_root(path: Path) -> Path:
@@ -208,8 +223,12 @@ class HuggingFaceRuntime(TextRuntime):
         if task == TextTask.FILL_MASK and tokenizer.mask_token_id is None:
             raise ModelLoadError("the tokenizer has no mask token, which a fill-mask model needs")
         limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
-        limits.append(_read_json(root / "sentence_bert_config.json").get("max_seq_length"))
-        max_length = min(int(limit) for limit in limits if isinstance(limit, int | float) and 0 < limit < 1e9)
+        sentence_config = _read_json(root / "sentence_bert_config.json")
+        limits.append(sentence_config.get("max_seq_length") if isinstance(sentence_config, dict) else None)
+        max_length = min(
+            (int(limit) for limit in limits if isinstance(limit, int | float) and 0 < limit < 1e9),
+            default=FALLBACK_MAX_LENGTH,
+        )
         pooling = _pooling_mode(root) if task == TextTask.FEATURE_EXTRACTION else ""
         return cls(module.to(device).eval(), device, task=task, tokenizer=tokenizer, max_length=max_length,
                    pooling=pooling)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,12 @@ def test_forward_plan_buckets_by_length_within_the_row_and_token_limits():
     # Sorted: 5, 6, 11, 12, 29, 30; a forward may hold rows x longest <= 36 tokens.
     assert [(f.indices, f.width) for f in plan] == [([1, 3, 5], 11), ([2], 12), ([4], 29), ([0], 30)]
     assert [f.indices for f in forward_plan(lengths, "bucket", 2, 10_000, 64)] == [[1, 3], [5, 2], [4, 0]]
+    # Bucketing also cuts once padding would outgrow the texts by BUCKET_SLACK (past BUCKET_MIN_ROWS rows).
+    mixed = [40, 5, 6, 41, 5, 42, 6, 40, 7]
+    plan = forward_plan(mixed, "bucket", max_rows=32, max_tokens=10_000, max_length=64)
+    assert [(sorted(mixed[i] for i in f.indices), f.width) for f in plan] == [([5, 5, 6, 6, 7], 7),
+                                                                              ([40, 40, 41, 42], 42)]  # fmt: skip
+    assert len(forward_plan([5, 5, 6, 40], "bucket", 32, 10_000, 64)) == 1  # too few rows to split
     longest = forward_plan(lengths, "longest", max_rows=3, max_tokens=10_000, max_length=64)
     assert [(f.indices, f.width) for f in longest] == [([0, 1, 2], 30), ([3, 4, 5], 29)]
     padded = forward_plan(lengths, "max_length", max_rows=8, max_tokens=200, max_length=64)
@@ -287,6 +294,43 @@ def test_an_archive_folder_holding_the_model_is_found(hf_dirs, tmp_path):
     assert HuggingFaceRuntime.load(tmp_path / "unpacked", CPU, task="fill-mask").task == "fill-mask"
 
 
+def _with_pooling(source: Path, target: Path, **modes: bool) -> Path:
+    """A copy of an encoder directory with sentence-transformers modules and a Pooling config."""
+    _copy(source, target)
+    (target / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))  # fmt: skip
+    (target / "1_Pooling").mkdir()
+    (target / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **modes}))
+    return target
+
+
+@pytest.mark.parametrize("mode", ["cls", "max"])
+def test_the_sentence_transformers_pooling_is_applied(hf_dirs, tmp_path, mode):
+    key = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"}[mode]
+    path = _with_pooling(hf_dirs[TextTask.FEATURE_EXTRACTION], tmp_path / "st", pooling_mode_mean_tokens=False,
+                         **{key: True})  # fmt: skip
+    runtime = HuggingFaceRuntime.load(path, CPU, task="feature-extraction")
+    assert runtime.pooling == mode
+    texts = ["Rome.", "Paris is the capital of France."]
+    batch = runtime.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = runtime.module(**batch).last_hidden_state
+    if mode == "cls":
+        expected = hidden[:, 0]
+    else:
+        expected = hidden.masked_fill(batch["attention_mask"].unsqueeze(-1) == 0, float("-inf")).max(dim=1).values
+    np.testing.assert_allclose(predict(runtime, texts, normalize=False)["embedding"], expected.numpy(), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_a_pooling_the_runtime_does_not_serve_is_refused_at_load(hf_dirs, tmp_path):
+    path = _with_pooling(hf_dirs[TextTask.FEATURE_EXTRACTION], tmp_path / "st", pooling_mode_weightedmean_tokens=True)
+    with pytest.raises(ModelLoadError, match="not one of mean, cls, max \\(found pooling_mode_weightedmean_tokens\\)"):
+        HuggingFaceRuntime.load(path, CPU, task="feature-extraction")
+
+
 def test_minilm_reads_its_sentence_transformers_settings(minilm):
     assert minilm.max_length == 256 and minilm.pooling == "mean"
     assert minilm.describe()["max_sequence_length"] == 256
@@ -311,3 +355,21 @@ def test_minilm_embedding_is_the_mean_pooled_normalised_model_output(minilm):
     mask = batch["attention_mask"].unsqueeze(-1).float()
     expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
     np.testing.assert_allclose(predict(minilm, texts)["embedding"], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("task", [TextTask.FEATURE_EXTRACTION, TextTask.TEXT_CLASSIFICATION])
+def test_on_cuda_text_models_run_in_half_precision_with_half_the_memory(hf_dirs, runtimes, settings, task):
+    settings.INFERENCE_TEXT_HALF_PRECISION = True
+    gpu = HuggingFaceRuntime.load(hf_dirs[task], torch.device("cuda"), task=task)
+    assert gpu.describe()["dtype"] == "float16" and next(gpu.module.parameters()).is_cuda
+    # Parameters halve; integer buffers (position ids) do not.
+    assert gpu.memory_bytes() < 0.6 * runtimes[task].memory_bytes()
+    on_gpu, on_cpu = predict(gpu, MIXED), predict(runtimes[task], MIXED)
+    for name, array in on_cpu.items():
+        if array.dtype.kind == "f":
+            assert on_gpu[name].dtype == np.float32
+            np.testing.assert_allclose(on_gpu[name], array, atol=2e-2, err_msg=name)
+    settings.INFERENCE_TEXT_HALF_PRECISION = False
+    assert HuggingFaceRuntime.load(hf_dirs[task], torch.device("cuda"), task=task).describe()["dtype"] == "float32"

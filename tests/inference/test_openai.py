@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from django.contrib.auth.models import AnonymousUser
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotFound
 from inference import openai as openai_api
 from inference.gateway import Gateway
 from inference.routes import Target
 from inference.wire import BatchReply, Outputs, Tensors
+from registry import services
 from registry.access import PREDICTOR
+from registry.models import ModelAlias, ModelVersion
 from registry.text_tasks import task_signature
 
 
@@ -181,3 +183,42 @@ def test_embeddings_refusals_are_openai_errors(task, body, status, param, fragme
 def test_an_unknown_v1_path_is_an_openai_404():
     status, _, body = call(openai_api.OpenAIApi(FakeGateway(_target("feature-extraction"))), "GET", "/v1/chat")
     assert status == 404 and body["error"]["code"] == "unknown_url"
+
+
+# --- GET /v1/models: what the caller may predict with --------------------------------------------
+
+
+def _text_version(owner: Any, name: str, *, status: str = "ready", format: str = "huggingface") -> Any:
+    model = services.model_create(actor=owner, name=name)
+    return ModelVersion.objects.create(
+        model=model, version=1, format=format, task="feature-extraction" if format == "huggingface" else "",
+        artifact=f"{name}.zip", sha256="0" * 64, size_bytes=1, status=status,
+    )  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_the_model_list_names_each_alias_of_a_ready_text_model_the_caller_may_predict_with(owner, member, outsider):
+    ready = _text_version(owner, "minilm")
+    for alias in ("production", "staging"):
+        ModelAlias.objects.create(model=ready.model, name=alias, version=ready)
+    pending = _text_version(owner, "pending", status="validating")
+    ModelAlias.objects.create(model=pending.model, name="production", version=pending)
+    tensor = _text_version(owner, "iris", format="torchscript")
+    ModelAlias.objects.create(model=tensor.model, name="production", version=tensor)
+
+    cards = openai_api.models_usable(owner)
+    assert [card["id"] for card in cards] == ["minilm", "minilm:staging"]
+    assert cards[0] == {"id": "minilm", "object": "model", "created": int(ready.created_at.timestamp()),
+                        "owned_by": owner.username}  # fmt: skip
+    assert openai_api.models_usable(outsider) == []
+    services.role_grant(actor=owner, model=ready.model, role="viewer", username=member.username)
+    assert openai_api.models_usable(member) == []  # may see it, not predict with it
+    services.role_grant(actor=owner, model=ready.model, role="predictor", username=member.username)
+    assert [card["id"] for card in openai_api.models_usable(member)] == ["minilm", "minilm:staging"]
+    assert openai_api.models_usable(AnonymousUser()) == []
+
+    assert openai_api.model_retrieve(owner, "minilm:1")["id"] == "minilm:1"
+    with pytest.raises(NotFound, match="tensor"):
+        openai_api.model_retrieve(owner, "iris")
+    with pytest.raises(NotFound):
+        openai_api.model_retrieve(outsider, "minilm")
