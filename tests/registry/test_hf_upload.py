@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 
 from core.errors import InvalidInput
 from portal.text_models import bert_save, directory_tar_gz, directory_zip
-from registry import services
+from registry import services, signatures
 from registry.artifacts import artifact_storage
 from registry.models import AuditEvent, ModelFormat, ModelVersion, RegisteredModel
 from tests.conftest import SIGNATURE, multipart
@@ -109,6 +109,7 @@ def test_classifier_labels_and_a_given_text_example(owner: Any, registered_model
         ("fill_mask_zip", {"signature": SIGNATURE}, "signature follows from its task"),
         ("fill_mask_zip", {"labels": ["a", "b"]}, "id2label"),
         ("fill_mask_zip", {"format": "torchscript"}, "declared as torchscript"),
+        ("pickled", {"format": "exported_program"}, "declared as exported_program but it is a huggingface archive"),
         ("fill_mask_zip", {"example_input": {"inputs": [{"name": "x", "data": [[1.0]]}]}}, "one BYTES input"),
         ("fill_mask_zip", {"example_input": {"inputs": [{"name": "text", "data": ["no mask"]}]}}, "mask token"),
         ("fill_mask_zip", {"example_input": {"inputs": [{"name": "text", "datatype": "BYTES", "data": [1]}]}},
@@ -239,3 +240,38 @@ def test_declared_huggingface_format_needs_an_archive(owner: Any, registered_mod
     with pytest.raises(InvalidInput, match="declared as huggingface but it is a torchscript archive"):
         upload(owner, registered_model, model_files["torchscript"], format="huggingface")
     assert not ModelVersion.objects.exists() and stored_files() == []
+
+
+def test_version_model_directory_unpacks_once(owner: Any, registered_model: RegisteredModel, hf_files, settings: Any):
+    version = upload(owner, registered_model, hf_files["fill_mask_tar"])
+    directory = services.version_model_directory(version)
+    assert directory == settings.DATA_DIR / "hf-unpacked" / version.sha256
+    assert sorted(p.name for p in directory.iterdir()) == sorted(p.name for p in hf_files["fill_mask_dir"].iterdir())
+    # Once unpacked, the archive is not read again (not even to hash it).
+    Path(artifact_storage().path(version.artifact)).unlink()
+    assert services.version_model_directory(version) == directory
+    torchscript = ModelVersion(format=ModelFormat.TORCHSCRIPT)
+    with pytest.raises(ValueError, match="not a huggingface one"):
+        services.version_model_directory(torchscript)
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        ({"name": "text", "datatype": "BYTES", "data": [1, 2]}, "strings"),
+        ({"name": "text", "datatype": "BYTES", "data": [["nested"]]}, "flat list of strings"),
+        ({"name": "text", "data": ["fine", "  "]}, "empty"),
+        ({"name": "text", "data": ["x"] * 65}, "more than 64 texts"),
+        ({"name": "text", "data": ["x" * 10_001]}, "longer than 10000"),
+        ({"name": "text", "data": ["a", "b"], "shape": [3]}, "does not match 2 text(s)"),
+    ],
+)
+def test_text_examples_are_strings_only(item: dict[str, Any], fragment: str):
+    with pytest.raises(InvalidInput) as caught:
+        signatures.example_parse({"inputs": [item]})
+    assert fragment in caught.value.message and caught.value.field == "example_input"
+
+
+def test_text_example_accepts_a_single_string():
+    parsed = signatures.example_parse({"inputs": [{"name": "text", "data": "Paris is the [MASK] of France."}]})
+    assert parsed == [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Paris is the [MASK] of France."]}]
