@@ -86,3 +86,10 @@ def test_tensor_versions_keep_their_json_form(page, ready_version):
 def test_the_delete_button_asks_through_a_script_not_an_inline_handler(page, ready_version):
     html = page(ready_version())
     assert "onsubmit" not in html and 'data-confirm="Delete version 1 and its artifact?"' in html
+
+
+def test_the_mask_marker_recorded_by_validation_is_the_one_shown(page, text_version, demo_dirs):
+    version = text_version("bert-mlm", TextTask.FILL_MASK, demo_dirs[TextTask.FILL_MASK])
+    version.validation = {**version.validation, "mask_token": "<mask>"}
+    version.save(update_fields=["validation"])
+    assert "The mask marker is <code>&lt;mask&gt;</code>" in page(version)
