@@ -60,7 +60,8 @@ class TaskType(models.TextChoices):
 
 class DatasetFormat(models.TextChoices):
     NPZ = "npz", ".npz (named input arrays + labels/targets)"
-    CSV = "csv", "CSV (feature columns + label/target)"
+    CSV = "csv", "CSV (feature columns + label/target, or text + label)"
+    JSON_LINES = "jsonl", "JSON lines (text + label per line)"
 
 
 class EvaluationDataset(models.Model):

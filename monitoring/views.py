@@ -159,7 +159,7 @@ def dataset_upload(request: HttpRequest, name: str) -> HttpResponse:
         model = selectors.model_get(request.user, name, action=Action.EVALUATE)
         upload = request.FILES.get("file")
         if upload is None:
-            raise PortalError("Choose a file (.npz or CSV).")
+            raise PortalError("Choose a file (.npz, CSV or JSON lines).")
         dataset = services.dataset_create(actor=request.user, model=model, name=request.POST.get("name", ""),
                                           file=upload, filename=upload.name or "")  # fmt: skip
         messages.success(request, f"Dataset {dataset.name} added: {dataset.rows} rows ({dataset.task}).")

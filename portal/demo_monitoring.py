@@ -20,7 +20,7 @@ from django.core.files import File
 from accounts import services as token_services
 from monitoring import services
 from monitoring.models import EvaluationRun
-from portal import demo
+from portal import demo, demo_text
 from registry.models import RegisteredModel
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ BODIES = {
     "iris-classifier": ("features", [1, 4], "FP32", lambda rng: rng.normal([5.8, 3.0, 3.7, 1.2], 0.5).tolist()),
     "house-price": ("features", [1, 3], "FP32", lambda rng: rng.uniform([1, 0, 0], [6, 80, 30]).tolist()),
     "sentiment": ("tokens", [1, 12], "INT64", lambda rng: rng.integers(0, 1000, 12).tolist()),
+    # Text models take BYTES: one UTF-8 string per row, sent as JSON strings.
+    "bert-sentiment": ("text", [1], "BYTES", lambda rng: [str(rng.choice(demo_text.sentiment_examples()[0]))]),
+    "bert-fill-mask": ("text", [1], "BYTES", lambda rng: [demo_text.FILL_MASK_EXAMPLE]),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from registry import selectors, services
 from registry.access import Action
 from registry.forms import AliasSetForm, ModelCreateForm, VersionUploadForm
 from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, ModelVersion, VersionStatus
+from registry.text_tasks import DEFAULT_TOP_K, MAX_TOP_K, TASK_PARAMETERS, TEXT_INPUT, TextTask
 
 
 def _json_or_none(raw: str, field: str) -> Any:
@@ -162,6 +164,7 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
         "settled": obj.status not in (VersionStatus.PENDING, VersionStatus.VALIDATING),
         "production": PRODUCTION_ALIAS,
         "try_it": json.dumps(_example_inputs(obj)),
+        "text_try_it": _text_try_it(obj) if obj.format == ModelFormat.HUGGINGFACE else None,
         "snippets": _snippets(obj, request.build_absolute_uri("/").rstrip("/")),
     }
     return render(request, "registry/version_detail.html", context)
@@ -188,8 +191,99 @@ def _filled(shape: list[int], value: Any) -> Any:
 NUMPY_NAMES = {"BOOL": "bool_", "FP16": "float16", "FP32": "float32", "FP64": "float64"}
 
 
+# Mask markers of the common tokenizers (BERT's [MASK], RoBERTa's <mask>).
+MASK_MARKER = re.compile(r"\[MASK\]|<mask>")
+
+
+def _text_example(version: ModelVersion) -> str:
+    """The text a Hugging Face version was validated with (the uploader's, or its task's default)."""
+    for tensor in version.example_input or []:
+        if tensor.get("name") == TEXT_INPUT and tensor.get("data"):
+            return str(tensor["data"][0])
+    return "Paris is the [MASK] of France." if version.task == TextTask.FILL_MASK else "Paris is the capital of France."
+
+
+def _mask_token(version: ModelVersion, example: str) -> str:
+    """A fill-mask version's mask marker: the validation's record, else the one its example holds."""
+    recorded = (version.validation or {}).get("mask_token")
+    if recorded:
+        return str(recorded)
+    found = MASK_MARKER.search(example)
+    return found.group(0) if found else "[MASK]"
+
+
+def _text_try_it(version: ModelVersion) -> dict[str, Any]:
+    """What the try-it form of a Hugging Face version needs: its task, an example text, the mask
+    marker (fill-mask) and the top_k control (tasks that rank answers)."""
+    example = _text_example(version)
+    takes_top_k = "top_k" in TASK_PARAMETERS.get(version.task, ())
+    return {
+        "task": version.task,
+        "example": example,
+        "mask_token": _mask_token(version, example) if version.task == TextTask.FILL_MASK else "",
+        "top_k": DEFAULT_TOP_K.get(TextTask(version.task), 1) if takes_top_k else None,
+        "max_top_k": MAX_TOP_K,
+    }
+
+
+def _text_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
+    """curl and Python (requests) calls of the friendly endpoint, tritonclient (BYTES) of /v2 and,
+    for embeddings, the openai client against /v1."""
+    name, number = version.model.name, version.version
+    url = f"{base_url}{reverse('api:model-predict', args=[name])}?version={number}"
+    try_it = _text_try_it(version)
+    body: dict[str, Any] = {"inputs": try_it["example"]}
+    if try_it["top_k"] is not None:
+        body["parameters"] = {"top_k": try_it["top_k"]}
+    printed: dict[str, str] = {
+        TextTask.FILL_MASK: 'print(answer["token_str"], answer["score"])',
+        TextTask.TEXT_CLASSIFICATION: 'print(answer["label"], answer["score"])',
+        TextTask.TOKEN_CLASSIFICATION: 'print(answer["entity"], answer["word"], answer["score"])',
+    }
+    lines = ["import requests", "",
+             f"response = requests.post(\n    {url!r},",
+             "    headers={\"Authorization\": \"Bearer <your API token>\"},",
+             f"    json={json.dumps(body, ensure_ascii=False)},",
+             "    timeout=30,", ")", "response.raise_for_status()"]  # fmt: skip
+    if version.task in printed:
+        lines += ['for answer in response.json()["outputs"]:', f"    {printed[version.task]}"]
+    else:
+        lines += ['embedding = response.json()["outputs"]', "print(len(embedding), embedding[:4])"]
+    # A quote in the text closes the shell's single-quoted string: spelled '\'' inside it.
+    quoted = json.dumps(body, ensure_ascii=False).replace("'", "'\\''")
+    snippets = {
+        "curl": f"curl -s '{url}' \\\n  -H 'Authorization: Bearer <your API token>' \\\n"
+        f"  -H 'Content-Type: application/json' \\\n  -d '{quoted}'",
+        "python": "\n".join(lines),
+    }
+    parameters = f", parameters={json.dumps(body['parameters'])}" if "parameters" in body else ""
+    snippets["triton"] = "\n".join([
+        "import numpy as np", "import tritonclient.http as httpclient", "",
+        f'client = httpclient.InferenceServerClient("{base_url.split("://", 1)[-1]}")',
+        'headers = {"Authorization": "Bearer <your API token>"}',
+        f'text = httpclient.InferInput("{TEXT_INPUT}", [1], "BYTES")',
+        f"text.set_data_from_numpy(np.array([{try_it['example']!r}], dtype=object))",
+        f'result = client.infer("{name}", [text], model_version="{number}", headers=headers{parameters})',
+        *[f'print(result.as_numpy("{o["name"]}"))' for o in version.outputs],
+    ])  # fmt: skip
+    if version.task == TextTask.FEATURE_EXTRACTION:
+        # "name" alone is the production alias; "name:3" a version, "name:staging" an alias.
+        model = name if version.aliases.filter(name=PRODUCTION_ALIAS).exists() else f"{name}:{number}"
+        snippets["openai"] = "\n".join([
+            "from openai import OpenAI", "",
+            f'client = OpenAI(base_url="{base_url}/v1", api_key="<your API token>")',
+            f'# model="{name}" is production; "{name}:{number}" this version, "{name}:staging" an alias.',
+            f"response = client.embeddings.create(model={model!r}, input=[{try_it['example']!r}, "
+            "'Another sentence.'])",
+            "print(len(response.data), len(response.data[0].embedding))",
+        ])  # fmt: skip
+    return snippets
+
+
 def _snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     """Copy-paste curl (small inputs only) and Python (tritonclient) calls of the v2 endpoint."""
+    if version.format == ModelFormat.HUGGINGFACE:
+        return _text_snippets(version, base_url)
     url = f"{base_url}/v2/models/{version.model.name}/versions/{version.version}/infer"
     lines = ["import numpy as np", "import tritonclient.http as httpclient", "",
              f'client = httpclient.InferenceServerClient("{base_url.split("://", 1)[-1]}")',

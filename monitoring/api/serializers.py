@@ -21,7 +21,10 @@ class DatasetSerializer(serializers.ModelSerializer):
 class DatasetCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=64)
     description = serializers.CharField(required=False, allow_blank=True, default="")
-    file = serializers.FileField(help_text=".npz (input arrays + labels/targets) or CSV (features + label/target).")
+    file = serializers.FileField(
+        help_text=".npz (input arrays + labels/targets), CSV (features + label/target; text + label for text "
+        'classifiers) or JSON lines ({"text": ..., "label": ...} per line, text classifiers).'
+    )
     version = serializers.IntegerField(
         required=False, min_value=1, help_text="Check against this version (default: production)."
     )

@@ -62,7 +62,9 @@ def dataset_create(
     if model.eval_datasets.filter(name=name).exists():
         raise Conflict(f"Model {model.name!r} already has a dataset named {name!r}.", field="name")
     reference = _reference_version(model, version)
-    labelled = datasets.dataset_read(file, filename, reference.signature, list(reference.labels or []))
+    labelled = datasets.dataset_read(
+        file, filename, reference.signature, list(reference.labels or []), task=reference.task
+    )
     prefix = f"evaluation/{model.pk}/{uuid.uuid4().hex}"
     path = npz_save(f"{prefix}/data.npz", labelled.arrays())
     try:
@@ -126,7 +128,11 @@ def evaluation_start(
         raise InvalidInput("batch_size must be between 1 and 65536.", field="batch_size")
     # The dataset was checked against one version; this one may have another signature.
     datasets.labelled_check(
-        _dataset_arrays(dataset), version.signature, list(version.labels or []), dataset.source_format
+        _dataset_arrays(dataset),
+        version.signature,
+        list(version.labels or []),
+        dataset.source_format,
+        task=version.task,
     )
     with transaction.atomic():
         run = EvaluationRun.objects.create(

@@ -1,9 +1,11 @@
-"""manage.py seed_demo: the demo admin and four demo models, each with `production` set.
+"""manage.py seed_demo: the demo admin and the demo models, each with `production` set.
 
 - iris-classifier: an MLP classifier with class labels, two versions (roll back ready to press)
 - house-price: a linear regressor
 - image-classifier: a small CNN on 3x64x64 images
 - sentiment: a tiny transformer encoder over INT64 token ids of any length
+
+and the Hugging Face text models of portal.demo_text (fill-mask, sentence classifier, embeddings).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from django.core.management.base import BaseCommand, CommandError
 from inference import validation
 from portal import demo
 from portal.demo_monitoring import demo_evaluation_seed
+from portal.demo_text import text_demo_seed, text_evaluation_seed
 from registry import services
 from registry.models import RegisteredModel, VersionStatus, Visibility
 
@@ -79,8 +82,12 @@ class Command(BaseCommand):
                     services.alias_set(actor=user, model=model, name="production", version_number=number)
                 services.alias_set(actor=user, model=model, name="staging", version_number=numbers[-1])
                 self.stdout.write(f"Seeded {name}: {', '.join(f'v{n}' for n in numbers)}; production → v{numbers[-1]}")
+        for name in text_demo_seed(user):
+            self.stdout.write(f"Seeded {name}: v1; production → v1")
         if demo_evaluation_seed(user) is not None:
             self.stdout.write("Queued an evaluation of iris-classifier on iris-holdout.")
+        if text_evaluation_seed(user) is not None:
+            self.stdout.write("Queued an evaluation of bert-sentiment on reviews-holdout.")
 
     def _admin(self) -> Any:
         users = get_user_model()
