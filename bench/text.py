@@ -339,7 +339,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured load")
     parser.add_argument("--only", default=",".join(TASKS), help="embeddings,classification")
-    parser.add_argument("--worker-concurrency", type=int, default=1, help="serving processes of the portal worker")
+    # Two serving processes: the model is compute-bound and the naive server computes in two.
+    parser.add_argument("--worker-concurrency", type=int, default=2, help="serving processes of the portal worker")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-portal", action="store_true", help="references only (checks the harness)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")

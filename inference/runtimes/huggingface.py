@@ -251,6 +251,7 @@ class HuggingFaceRuntime(TextRuntime):
             "transformers_version": transformers.__version__,
             "tokenizers_version": tokenizers.__version__,
             **({"pooling": self.pooling} if self.pooling else {}),
+            **({"mask_token": self.tokenizer.mask_token} if self.task == TextTask.FILL_MASK else {}),
         }
 
     def predict_texts(
@@ -301,14 +302,27 @@ class HuggingFaceRuntime(TextRuntime):
         return outputs
 
     def _forward(self, encoded: Any, forward: Forward) -> Any:
-        features = {
-            name: [encoded[name][i] for i in forward.indices]
-            for name in self.tokenizer.model_input_names
-            if name in encoded
-        }
-        batch = self.tokenizer.pad(features, padding="max_length", max_length=forward.width, return_tensors="pt")
+        batch = self._padded(encoded, forward)
         with torch.inference_mode():
             return self.module(**{name: tensor.to(self.device) for name, tensor in batch.items()}), batch
+
+    def _padded(self, encoded: Any, forward: Forward) -> dict[str, torch.Tensor]:
+        """The forward's rows padded to its width, filled in numpy (tokenizer.pad costs ~0.3 ms a call)."""
+        fill = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": self.tokenizer.pad_token_type_id}
+        left = self.tokenizer.padding_side == "left"
+        batch = {}
+        for name in self.tokenizer.model_input_names:
+            if name not in encoded:
+                continue
+            array = np.full((len(forward.indices), forward.width), fill.get(name, 0), dtype=np.int64)
+            for row, index in enumerate(forward.indices):
+                values = encoded[name][index]
+                if left:
+                    array[row, forward.width - len(values) :] = values
+                else:
+                    array[row, : len(values)] = values
+            batch[name] = torch.from_numpy(array)
+        return batch
 
     def _fill_mask(self, encoded: Any, plan: list[Forward], parameters: Mapping[str, Any]) -> dict[str, np.ndarray]:
         top_k = _top_k(parameters, DEFAULT_TOP_K[TextTask.FILL_MASK], min(MAX_TOP_K, len(self.tokenizer)))

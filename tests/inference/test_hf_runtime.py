@@ -254,6 +254,9 @@ def test_the_description_records_what_validation_shows(runtimes):
     assert described["max_sequence_length"] == 64
     assert described["memory_bytes"] == runtimes[TextTask.FILL_MASK].memory_bytes() > 0
     assert {"transformers_version", "tokenizers_version"} <= set(described)
+    # The try-it form shows the marker a fill-mask model expects.
+    assert described["mask_token"] == "[MASK]"
+    assert "mask_token" not in runtimes[TextTask.TEXT_CLASSIFICATION].describe()
 
 
 def test_tensors_are_refused_by_a_text_model(runtimes):
