@@ -270,7 +270,7 @@ class OpenAIApi:
         name, addressed = model_address(request.model)
         target = await self.gateway.target(user, name, addressed)
         guard.authorize(user, target, Action.PREDICT)
-        sample = telemetry.Sample(target.version_id, target.model_name, target.version, addressed)
+        sample = telemetry.Sample(target.version_id, target.model_name, target.version, addressed, source="v1")
         sample.payload = len(body)
         try:
             await guard.rate_limit(self.gateway.connection(), user)

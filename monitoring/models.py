@@ -15,6 +15,7 @@ class Source(models.TextChoices):
     V2 = "v2", "Open Inference Protocol v2"
     NATIVE = "native", "native REST / try-it"
     JOB = "job", "batch job"
+    OPENAI = "v1", "OpenAI-compatible /v1"
 
 
 class MetricBucket(models.Model):
