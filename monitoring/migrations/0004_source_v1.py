@@ -4,15 +4,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('monitoring', '0003_dataset_json_lines'),
+        ("monitoring", "0003_dataset_json_lines"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='metricbucket',
-            name='source',
-            field=models.CharField(choices=[('v2', 'Open Inference Protocol v2'), ('native', 'native REST / try-it'), ('job', 'batch job'), ('v1', 'OpenAI-compatible /v1')], max_length=8),
+            model_name="metricbucket",
+            name="source",
+            field=models.CharField(
+                choices=[
+                    ("v2", "Open Inference Protocol v2"),
+                    ("native", "native REST / try-it"),
+                    ("job", "batch job"),
+                    ("v1", "OpenAI-compatible /v1"),
+                ],
+                max_length=8,
+            ),
         ),
     ]
