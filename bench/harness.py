@@ -89,6 +89,22 @@ class Processes:
             self.finished.append(server)
 
 
+def embedded_redis(processes: Processes, env: dict[str, str]) -> Server:
+    """The portal's embedded Redis (core.embedded, as runportal starts it) in its own process group."""
+    socket_path = Path(env["PORTAL_DATA_DIR"]) / "redis.sock"
+    code = ("import sys; from pathlib import Path; from core.embedded import embedded_redis_start; "
+            "process = embedded_redis_start(Path(sys.argv[1])); process.wait()")  # fmt: skip
+    server = processes.start("embedded-redis", [PYTHON, "-c", code, str(socket_path)], env)
+
+    def alive() -> bool:
+        import redis
+
+        return socket_path.exists() and bool(redis.Redis(unix_socket_path=str(socket_path)).ping())
+
+    wait_until(alive, server, "embedded Redis", timeout=30)
+    return server
+
+
 def children(pid: int) -> list[int]:
     """Direct children of a process (from /proc)."""
     found: list[int] = []

@@ -61,6 +61,7 @@ from harness import (
     children,
     cmdline,
     cpu_meter,
+    embedded_redis,
     forward_seconds,
     free_port,
     http_request,
@@ -210,7 +211,7 @@ class Bench(BenchReport):
         started: list[Server] = []
         try:
             if backend == "embedded":
-                started.append(self._embedded_redis(env))
+                started.append(embedded_redis(self.processes, env))
             else:
                 started.append(self._private_redis(env))
                 _postgres_create()
@@ -313,21 +314,6 @@ class Bench(BenchReport):
               f"socket errors {sum(during.socket_errors.values())}, max latency {during.max_ms:,.0f} ms; "
               f"a new process answered {recovered} after the kill; after {after.rps:,.0f} req/s")  # fmt: skip
         print(f"    first error the probe got: {fault.first_error}")
-
-    def _embedded_redis(self, env: dict[str, str]) -> Server:
-        """The portal's embedded Redis (core.embedded, as runportal starts it) in its own process group."""
-        socket_path = Path(env["PORTAL_DATA_DIR"]) / "redis.sock"
-        code = ("import sys; from pathlib import Path; from core.embedded import embedded_redis_start; "
-                "process = embedded_redis_start(Path(sys.argv[1])); process.wait()")  # fmt: skip
-        server = self.processes.start("embedded-redis", [PYTHON, "-c", code, str(socket_path)], env)
-
-        def alive() -> bool:
-            import redis
-
-            return socket_path.exists() and bool(redis.Redis(unix_socket_path=str(socket_path)).ping())
-
-        wait_until(alive, server, "embedded Redis", timeout=30)
-        return server
 
     def _private_redis(self, env: dict[str, str]) -> Server:
         """A redis-server of this run's own (the machine's binary, as its service runs) on the port in env."""

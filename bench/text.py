@@ -40,7 +40,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from harness import PYTHON, ROOT, Processes, base_env, free_port, http_request, uvicorn_argv, wait_until, wrk_parse
+from harness import (
+    PYTHON,
+    ROOT,
+    Processes,
+    base_env,
+    embedded_redis,
+    free_port,
+    http_request,
+    uvicorn_argv,
+    wait_until,
+    wrk_parse,
+)
 
 sys.path.insert(0, str(ROOT))
 
@@ -215,7 +226,7 @@ class Bench:
         data = self.work / "portal"
         data.mkdir()
         env = base_env() | {"PORTAL_DATA_DIR": str(data)}
-        started = [self.embedded_redis(env)]
+        started = [embedded_redis(self.processes, env)]
         setup = subprocess.run(
             [PYTHON, str(ROOT / "bench" / "text_setup.py"),
              *(f"{n}={TASKS[n]}={self.zips[n]}" for n in self.args.only)],
@@ -258,22 +269,6 @@ class Bench:
         status, _, _ = http_request(port, "GET", f"/v2/models/{name}/ready", None, {"Authorization": f"Bearer {token}"})
         return status == 200
 
-    def embedded_redis(self, env: dict[str, str]) -> Any:
-        """The portal's embedded Redis (core.embedded, as runportal starts it) in its own process group."""
-        socket_path = Path(env["PORTAL_DATA_DIR"]) / "redis.sock"
-        code = ("import sys; from pathlib import Path; from core.embedded import embedded_redis_start; "
-                "process = embedded_redis_start(Path(sys.argv[1])); process.wait()")  # fmt: skip
-        server = self.processes.start("embedded-redis", [PYTHON, "-c", code, str(socket_path)], env)
-
-        def alive() -> bool:
-            import redis
-
-            return socket_path.exists() and bool(redis.Redis(unix_socket_path=str(socket_path)).ping())
-
-        wait_until(alive, server, "embedded Redis", timeout=30)
-        return server
-
-    # -- report ------------------------------------------------------------------------------
     def find(self, label: str, name: str, connections: int) -> Result | None:
         return next((r for r in self.results if r.label == label and r.model == name and r.connections == connections),
                     None)  # fmt: skip
