@@ -1,4 +1,4 @@
-"""Benchmark uploading a large real TorchScript model through the REST API.
+"""Benchmark uploading a large real model through the REST API.
 
 For each web server (gunicorn portal.wsgi, uvicorn portal.asgi) this starts the portal on
 a scratch SQLite database under /tmp/upbench, uploads a ~--size-mb MB model --repeat times
@@ -9,12 +9,19 @@ allows it). It then restarts the server with MODEL_UPLOAD_MAX_BYTES at half the 
 and reports how the over-limit upload is refused, with and without `Expect: 100-continue`:
 status, time, and the bytes the server process wrote to disk (/proc/<pid>/io write_bytes).
 
+--format picks the model: `torchscript` (default) a TorchScript Sequential of Linear layers
+uploaded with its signature; `huggingface` a BertModel saved with `save_pretrained`
+(safetensors weights, a WordPiece tokenizer trained locally) zipped (stored, not deflated)
+into one archive and uploaded with `format=huggingface` and `task=feature-extraction`.
+Either file is built once in a subprocess and cached under /tmp/upbench.
+
 Units: MB = 10**6 bytes throughout.
 
 Run from the repository root:
 
     .venv/bin/python bench/upload_large.py                      # 1024 MB, both servers, 2 uploads each
     .venv/bin/python bench/upload_large.py --size-mb 256 --servers uvicorn --repeat 1 --keep
+    .venv/bin/python bench/upload_large.py --format huggingface --size-mb 128 --servers uvicorn --repeat 1
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ BROKER_URL = "redis://127.0.0.1:6379/13"
 MODEL_NAME = "big"
 LAYER_BYTES = 4000 * 4000 * 4  # one Linear(4000, 4000) weight in float32: 64 MB
 SIGNATURE = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4000]}]})
+FORMATS = ("torchscript", "huggingface")
+HF_TASK = "feature-extraction"
 MB = 10**6
 
 BUILD_MODEL = """
@@ -61,21 +70,66 @@ with torch.no_grad():
 torch.jit.save(torch.jit.script(model), path)
 """
 
+# A BertModel (hidden 1024, as BERT-large) whose vocabulary is widened until the fp32 weights
+# reach the target size, saved by save_pretrained with a locally trained tokenizer, then
+# zipped under one top-level folder as a user zips the directory. Run with cwd = the repository.
+BUILD_HF = """
+import os, shutil, sys, warnings, zipfile
+from pathlib import Path
+warnings.simplefilter("ignore")
+os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+import torch
+from transformers import BertConfig, BertModel
+from transformers.utils import logging
+logging.disable_progress_bar()
+from portal.text_models import DEFAULT_CORPUS, pretrained_save, tokenizer_train
+target, directory, path = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+hidden, heads = (1024, 16) if target >= 64 * 10**6 else (256, 4)
+layers = max(1, min(24, target // (64 * 10**6)))
+tokenizer = tokenizer_train(DEFAULT_CORPUS, max_length=512)
+def config(vocab):
+    return BertConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=hidden * 4, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+    )
+def params(vocab):
+    with torch.device("meta"):
+        return sum(p.numel() for p in BertModel(config(vocab)).parameters())
+base = params(1) - hidden
+vocab = max(len(tokenizer), (target // 4 - base) // hidden)
+torch.manual_seed(0)
+model = BertModel(config(vocab)).eval()
+shutil.rmtree(directory, ignore_errors=True)
+pretrained_save(directory, model, tokenizer)
+del model
+with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+    for file in sorted(directory.rglob("*")):
+        if file.is_file():
+            archive.write(file, f"{directory.name}/{file.relative_to(directory)}")
+files = ", ".join(f"{f.name} {f.stat().st_size / 10**6:.1f} MB" for f in sorted(directory.iterdir()))
+shutil.rmtree(directory)
+print(f"model: BertModel {layers} layers, hidden {hidden}, vocab {vocab}, {base + vocab * hidden:,} params: {files}")
+"""
+
 
 # --- model file ------------------------------------------------------------------------------
 
 
-def model_path(size_mb: int) -> Path:
-    """Where the cached model of `size_mb` MB lives."""
+def model_path(size_mb: int, fmt: str = "torchscript") -> Path:
+    """Where the cached model file of `size_mb` MB in `fmt` lives (a .zip for huggingface)."""
+    if fmt == "huggingface":
+        return SCRATCH / f"hf-bert-{size_mb}mb.zip"
     return SCRATCH / f"model-{size_mb}mb.pt"
 
 
-def model_build(size_mb: int) -> Path:
-    """Build (or reuse) a TorchScript Sequential of Linear(4000, 4000) layers of about `size_mb` MB."""
-    path = model_path(size_mb)
+def model_build(size_mb: int, fmt: str = "torchscript") -> Path:
+    """Build (or reuse) the model file of about `size_mb` MB in `fmt`."""
+    path = model_path(size_mb, fmt)
     if path.exists():
         print(f"model: reusing {path} ({path.stat().st_size / MB:.0f} MB)")
         return path
+    if fmt == "huggingface":
+        return hf_build(size_mb, path)
     layers = max(1, round(size_mb * MB / LAYER_BYTES))
     partial = path.with_suffix(".partial")
     started = time.monotonic()
@@ -85,6 +139,31 @@ def model_build(size_mb: int) -> Path:
     took = time.monotonic() - started
     print(f"model: built {path} ({layers} layers, {path.stat().st_size / MB:.0f} MB) in {took:.1f}s")
     return path
+
+
+def hf_build(size_mb: int, path: Path) -> Path:
+    """Build a save_pretrained BertModel directory of about `size_mb` MB and zip it (stored) into `path`."""
+    partial = path.with_suffix(".partial")
+    directory = hf_build_dir(path)
+    started = time.monotonic()
+    # A subprocess, as for TorchScript: the model's memory (and transformers) are gone before any measuring.
+    subprocess.run([PYTHON, "-c", BUILD_HF, str(size_mb * MB), str(directory), str(partial)], cwd=REPO, check=True)
+    partial.rename(path)
+    took = time.monotonic() - started
+    print(f"model: built {path} (zip, stored, {path.stat().st_size / MB:.0f} MB) in {took:.1f}s")
+    return path
+
+
+def hf_build_dir(path: Path) -> Path:
+    """The scratch save_pretrained directory zipped into `path` (removed once zipped)."""
+    return path.with_name(path.name.removesuffix(".zip"))
+
+
+def upload_fields(fmt: str) -> list[str]:
+    """The multipart fields sent beside the file: the signature, or the Hugging Face format and task."""
+    if fmt == "huggingface":
+        return ["format=huggingface", f"task={HF_TASK}"]
+    return [f"signature={SIGNATURE}"]
 
 
 # --- portal setup ----------------------------------------------------------------------------
@@ -301,6 +380,7 @@ class Upload:
     """One curl upload and what the server did meanwhile."""
 
     label: str
+    format: str = "torchscript"
     status: str = ""
     seconds: float = 0.0
     sent: int = 0
@@ -319,16 +399,20 @@ class Upload:
         return self.sent / MB / self.seconds if self.seconds else 0.0
 
 
-def upload(server: Server, token: str, path: Path, label: str, expect_continue: bool = False) -> Upload:
+def upload(
+    server: Server, token: str, path: Path, label: str, fmt: str = "torchscript", expect_continue: bool = False
+) -> Upload:
     """POST the file as a new version with curl, sampling the handler's memory and disk writes."""
     pid = server.handler_pid
-    result = Upload(label, size=path.stat().st_size)
+    result = Upload(label, format=fmt, size=path.stat().st_size)
     response_file = SCRATCH / "response.json"
     command = ["curl", "-sS", "-o", str(response_file), "-w", "%{http_code} %{time_total} %{size_upload}"]
     command += ["--max-time", "600", "-H", f"Authorization: Bearer {token}"]
     if not expect_continue:
         command += ["-H", "Expect:"]  # send the body at once, as API clients (requests, httpx) do
-    command += ["-F", f"file=@{path}", "-F", f"signature={SIGNATURE}"]
+    command += ["-F", f"file=@{path}"]
+    for item in upload_fields(fmt):
+        command += ["-F", item]
     command.append(f"{server.url}/api/v1/models/{MODEL_NAME}/versions/")
     response_file.unlink(missing_ok=True)
     result.rss_before = proc_status(pid)["VmRSS"]
@@ -352,9 +436,23 @@ def upload(server: Server, token: str, path: Path, label: str, expect_continue: 
     if done.returncode:
         result.curl_error = f"curl exit {done.returncode}: {done.stderr.strip()}"
     if response_file.exists():
-        result.body = response_file.read_text(errors="replace")[:300]
+        text = response_file.read_text(errors="replace")
+        result.body = text[:300]
         response_file.unlink()
+        if result.status.startswith("2"):
+            with contextlib.suppress(ValueError, AttributeError):
+                answer = json.loads(text)
+                result.extra.update({key: answer.get(key) for key in ("version", "format", "task", "status")})
     return result
+
+
+def accepted(result: Upload) -> str:
+    """What the registry answered for an accepted upload: the version it created, its format and task."""
+    if "version" not in result.extra:
+        return ""
+    extra = result.extra
+    task = f", task {extra['task']}" if extra.get("task") else ""
+    return f" (version {extra['version']}, format {extra['format']}{task}, {extra['status']})"
 
 
 def log_problems(log: Path) -> list[str]:
@@ -367,7 +465,7 @@ def log_problems(log: Path) -> list[str]:
 # --- main ------------------------------------------------------------------------------------
 
 
-def bench_server(kind: str, token: str, path: Path, repeat: int) -> tuple[list[Upload], list[str]]:
+def bench_server(kind: str, token: str, path: Path, repeat: int, fmt: str) -> tuple[list[Upload], list[str]]:
     """Accepted uploads, then over-limit ones on a server restarted with half the file size as the limit."""
     results: list[Upload] = []
     problems: list[str] = []
@@ -375,9 +473,11 @@ def bench_server(kind: str, token: str, path: Path, repeat: int) -> tuple[list[U
     try:
         model_create(server, token)
         for run in range(1, repeat + 1):
-            result = upload(server, token, path, f"upload {run}")
+            result = upload(server, token, path, f"upload {run}", fmt)
             results.append(result)
-            print(f"  {kind} {result.label}: {result.status} in {result.seconds:.1f}s", flush=True)
+            print(
+                f"  {kind} {fmt} {result.label}: {result.status} in {result.seconds:.1f}s{accepted(result)}", flush=True
+            )
     finally:
         server_stop(server)
     problems += [f"{server.log.name}: {line}" for line in log_problems(server.log)]
@@ -386,10 +486,10 @@ def bench_server(kind: str, token: str, path: Path, repeat: int) -> tuple[list[U
     try:
         for expect in (False, True):
             label = "over limit" + (" (Expect: 100)" if expect else "")
-            result = upload(server, token, path, label, expect_continue=expect)
+            result = upload(server, token, path, label, fmt, expect_continue=expect)
             result.extra["limit"] = limit
             results.append(result)
-            print(f"  {kind} {result.label}: {result.status} in {result.seconds:.2f}s", flush=True)
+            print(f"  {kind} {fmt} {result.label}: {result.status} in {result.seconds:.2f}s", flush=True)
     finally:
         server_stop(server)
     problems += [f"{server.log.name}: {line}" for line in log_problems(server.log)]
@@ -399,14 +499,15 @@ def bench_server(kind: str, token: str, path: Path, repeat: int) -> tuple[list[U
 def table(rows: list[tuple[str, Upload]]) -> str:
     """The compact result table."""
     header = (
-        f"{'server':<9} {'upload':<24} {'status':>6} {'sec':>7} {'MB/s':>7} {'sent MB':>8} "
+        f"{'server':<9} {'format':<11} {'upload':<24} {'status':>6} {'sec':>7} {'MB/s':>7} {'sent MB':>8} "
         f"{'RSS before':>10} {'RSS peak':>9} {'VmHWM':>7} {'disk wr MB':>10}"
     )
     lines = [header, "-" * len(header)]
     for kind, r in rows:
         lines.append(
-            f"{kind:<9} {r.label:<24} {r.status:>6} {r.seconds:>7.2f} {r.mb_per_s:>7.1f} {r.sent / MB:>8.1f} "
-            f"{r.rss_before / MB:>10.1f} {r.rss_peak / MB:>9.1f} {r.hwm_after / MB:>7.1f} {r.write_bytes / MB:>10.1f}"
+            f"{kind:<9} {r.format:<11} {r.label:<24} {r.status:>6} {r.seconds:>7.2f} {r.mb_per_s:>7.1f} "
+            f"{r.sent / MB:>8.1f} {r.rss_before / MB:>10.1f} {r.rss_peak / MB:>9.1f} {r.hwm_after / MB:>7.1f} "
+            f"{r.write_bytes / MB:>10.1f}"
         )
     return "\n".join(lines)
 
@@ -415,6 +516,9 @@ def main() -> int:
     """Parse flags, run the benchmark, print the table; servers are always stopped."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="model size in MB (10**6 bytes); default 1024")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="torchscript", help="model uploaded: torchscript (default) or huggingface"
+    )
     parser.add_argument("--servers", default="gunicorn,uvicorn", help="comma-separated: gunicorn,uvicorn")
     parser.add_argument("--repeat", type=int, default=2, help="accepted uploads per server; default 2")
     parser.add_argument("--keep", action="store_true", help="keep the model file and uploaded artifacts")
@@ -434,22 +538,31 @@ def main() -> int:
     problems: list[str] = []
     started = time.monotonic()
     try:
-        path = model_build(args.size_mb)
+        path = model_build(args.size_mb, args.format)
         token = portal_setup()
         for kind in kinds:
             print(f"{kind}:", flush=True)
-            results, found = bench_server(kind, token, path, args.repeat)
+            results, found = bench_server(kind, token, path, args.repeat, args.format)
             rows += [(kind, result) for result in results]
             problems += found
     finally:
         servers_stop_all()
+        path = model_path(args.size_mb, args.format)
+        if args.format == "huggingface":
+            shutil.rmtree(hf_build_dir(path), ignore_errors=True)  # left only by an interrupted build
         if not args.keep:
-            model_path(args.size_mb).unlink(missing_ok=True)
-            model_path(args.size_mb).with_suffix(".partial").unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            path.with_suffix(".partial").unlink(missing_ok=True)
             shutil.rmtree(DATA_DIR, ignore_errors=True)
 
     size = rows[0][1].size if rows else 0
-    print(f"\nfile {size / MB:.1f} MB, over-limit runs with MODEL_UPLOAD_MAX_BYTES={size // 2} (MB = 10**6 bytes)")
+    what = (
+        f"huggingface: a zip (stored) of a save_pretrained BertModel directory, task={HF_TASK}"
+        if args.format == "huggingface"
+        else "torchscript: a scripted Sequential of Linear(4000, 4000), with its signature"
+    )
+    print(f"\nformat {what}")
+    print(f"file {size / MB:.1f} MB, over-limit runs with MODEL_UPLOAD_MAX_BYTES={size // 2} (MB = 10**6 bytes)")
     print("RSS/VmHWM are of the request-handling process (gunicorn worker / uvicorn); RSS peak sampled every 0.1 s;")
     reset = all(r.hwm_reset for _, r in rows)
     print("VmHWM " + ("reset before each upload (clear_refs)" if reset else "NOT reset: peak since process start"))
@@ -458,7 +571,7 @@ def main() -> int:
     for kind, r in rows:
         if r.curl_error or not r.status.startswith("2"):
             detail = r.curl_error or "-"
-            print(f"{kind} {r.label}: status {r.status}; {detail}; body: {r.body.strip()[:160] or '-'}")
+            print(f"{kind} {r.format} {r.label}: status {r.status}; {detail}; body: {r.body.strip()[:160] or '-'}")
     print(f"\nserver logs: {LOG_DIR}  ({len(problems)} suspicious lines)")
     for line in problems[:20]:
         print(f"  {line}")
