@@ -186,10 +186,3 @@
     }
   });
 })();
-
-// Buttons that destroy something ask first (data-confirm: no inline handlers under the CSP).
-document.querySelectorAll("form[data-confirm]").forEach(function (form) {
-  form.addEventListener("submit", function (event) {
-    if (!window.confirm(form.dataset.confirm)) event.preventDefault();
-  });
-});

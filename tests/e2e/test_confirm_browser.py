@@ -1,0 +1,81 @@
+"""Destructive buttons ask first, under the portal's own Content-Security-Policy.
+
+Inline `onsubmit="return confirm(...)"` handlers are blocked by `script-src 'self'`, so a
+Delete used to delete at once; the confirmation now comes from a static script reading
+`data-confirm`. A page that logs a CSP refusal fails here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from registry import services
+from registry.models import RegisteredModel
+from tests.e2e.conftest import login
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+INLINE_HANDLER = re.compile(r"\son[a-z]+\s*=", re.IGNORECASE)
+
+
+def _csp_refusals(page: Any) -> list[str]:
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None,
+    )
+    return refused
+
+
+def test_delete_model_asks_and_a_dismissed_dialog_keeps_the_model(page, owner):
+    services.model_create(actor=owner, name="keep-me", description="must survive a dismissed dialog")
+    refused = _csp_refusals(page)
+    login(page, "olivia", "owner-pass-123")
+    page.goto("/models/keep-me/")
+
+    asked: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    page.click("button:has-text('Delete model')")
+    expect(page.locator("h1")).to_contain_text("keep-me")
+    assert asked == ["Delete keep-me, all its versions and their artifacts?"]
+    assert RegisteredModel.objects.filter(name="keep-me").exists()
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Delete model')")
+    page.wait_for_url(lambda url: "keep-me" not in url)
+    assert not RegisteredModel.objects.filter(name="keep-me").exists()
+    assert refused == []
+
+
+def test_pages_log_no_csp_refusals_and_fetch_nothing_missing(page, owner):
+    services.model_create(actor=owner, name="quiet")
+    refused = _csp_refusals(page)
+    missing: list[str] = []
+    page.on("response", lambda response: missing.append(response.url) if response.status == 404 else None)
+    login(page, "olivia", "owner-pass-123")
+    for path in ("/", "/models/quiet/", "/models/quiet/upload/", "/jobs/", "/tokens/", "/monitoring/"):
+        page.goto(path)
+        page.wait_for_load_state("networkidle")
+    assert refused == [], refused
+    assert missing == [], missing  # the favicon too
+
+
+def test_no_template_has_an_inline_event_handler():
+    offenders = [
+        f"{path.relative_to(TEMPLATES)}:{number}"
+        for path in TEMPLATES.rglob("*.html")
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if INLINE_HANDLER.search(line)
+    ]
+    assert offenders == [], f"inline handlers are blocked by the CSP: {offenders}"
