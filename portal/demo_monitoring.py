@@ -61,9 +61,29 @@ BODIES = {
 }
 
 
+# A busy machine (a model loading, a first request warming up) may miss a timeout or two.
+SEND_ATTEMPTS = 4
+
+
+def traffic_send(request: urllib.request.Request, base_url: str) -> bool:
+    """Send one prediction, retrying timeouts with backoff; False once the server stays silent."""
+    for attempt in range(SEND_ATTEMPTS):
+        try:
+            with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - our own URL
+                return True
+        except urllib.error.HTTPError:
+            return True  # an answer, if not a 200 (the bad requests are meant)
+        except OSError:
+            time.sleep(2**attempt)
+    logger.warning("demo traffic stopped: %s did not answer %s times", base_url, SEND_ATTEMPTS)
+    return False
+
+
 def demo_traffic(base_url: str, user: Any, requests_per_model: int = 40, ready_timeout: float = 90.0) -> int:
     """Send some predictions (and a few bad ones) through /v2 with a short-lived token; returns how many."""
-    token, secret = token_services.token_create(user=user, name="demo traffic (revoked after use)")
+    # A name of its own per run: a restart on an existing data directory finds the last one's.
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    token, secret = token_services.token_create(user=user, name=f"demo traffic {started} (revoked after use)")
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     sent = 0
     try:
@@ -83,13 +103,7 @@ def demo_traffic(base_url: str, user: Any, requests_per_model: int = 40, ready_t
                 body = {"inputs": [{"name": tensor, "shape": shape, "datatype": datatype, "data": data}]}
                 url = f"{base_url}v2/models/{name}/infer"
                 request = urllib.request.Request(url, json.dumps(body).encode(), headers)  # noqa: S310 - our own URL
-                try:
-                    with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - our own URL
-                        pass
-                except urllib.error.HTTPError:
-                    pass
-                except OSError:
-                    logger.warning("demo traffic stopped: %s is not answering", base_url)
+                if not traffic_send(request, base_url):
                     return sent
                 sent += 1
             time.sleep(0.05)
