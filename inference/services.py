@@ -283,4 +283,8 @@ def _latency(run: Callable[[], object], device: torch.device) -> dict[str, float
 def exception_summary(exc: BaseException) -> str:
     """`Type: last line of the message` (at most 400 characters), for reasons shown to people."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1][:400]}" if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    last = lines[-1].strip()[:400]
+    # TorchScript's messages end with their own "RuntimeError: ..." line: name the type once.
+    return last if last.startswith(f"{type(exc).__name__}:") else f"{type(exc).__name__}: {last}"

@@ -28,6 +28,7 @@ from core import redis as shared_redis
 from inference import telemetry, wire
 from inference.cache import LoadedModel, ModelUnavailable, model_cache
 from inference.runtimes import TextInputError, token_rows_trim
+from inference.services import exception_summary
 from inference.wire import Answer, BatchReply, BatchRequest, Failure, Outputs
 
 logger = logging.getLogger(__name__)
@@ -246,9 +247,11 @@ def _failure(model: LoadedModel, exc: Exception) -> Failure:
     """A request's failure: 400 for a text the caller must fix, 422 when the model raised."""
     if isinstance(exc, TextInputError):
         return Failure(str(exc), 400)
-    message = str(exc).strip().splitlines()[-1][:400] if str(exc).strip() else ""
+    kind = type(exc).__name__
+    # exception_summary names the type once, even when the message already starts with it.
+    message = exception_summary(exc).removeprefix(kind).removeprefix(":").strip()
     return Failure(
-        f"Model {model.model_name!r} v{model.version} raised {type(exc).__name__} during the forward pass: {message}",
+        f"Model {model.model_name!r} v{model.version} raised {kind} during the forward pass: {message}",
         422,
     )
 

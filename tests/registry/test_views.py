@@ -110,6 +110,15 @@ def test_version_page_shows_signature_figures_and_failure_reason(
     assert "forward pass failed" in page and "Validate again" in page
 
 
+def test_version_page_says_what_validation_is_doing(client, owner, registered_model, model_files):
+    version = upload_file(owner, registered_model, model_files["torchscript"], enqueue=False)
+    client.force_login(owner)
+    assert "Waiting for a worker to validate this version" in client.get("/models/iris/versions/1/").content.decode()
+    ModelVersion.objects.filter(pk=version.pk).update(status="validating")
+    page = client.get("/models/iris/versions/1/").content.decode()
+    assert "A worker is validating this version" in page and "Validation is validating" not in page
+
+
 def test_outsider_gets_404_for_private_model_pages(client, outsider, registered_model):
     client.force_login(outsider)
     assert client.get("/models/iris/").status_code == 404
