@@ -98,12 +98,34 @@ def test_prometheus_exposition_counts_recorded_predictions(client, ready_version
     assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 403
 
 
-def test_vendored_plotly_is_the_pinned_packages_bundle():
+VENDORED_PLOTLY = Path(__file__).resolve().parents[2] / "static" / "vendor" / "plotly-cartesian.min.js"
+VENDORED_PLOTLY_SHA256 = "79542150855a52c567260e3137095dbe2b744e6d702a5cabe67da246942fba7a"
+# What plotly.js's cartesian bundle registers (its README); the charts may use only these.
+CARTESIAN_TRACES = {"scatter", "bar", "box", "heatmap", "histogram", "histogram2d", "histogram2dcontour", "contour",
+                    "image", "pie"}  # fmt: skip
+
+
+def test_vendored_plotly_is_the_cartesian_bundle_of_the_pinned_release():
+    import hashlib
+    import re
+
     import plotly
 
-    shipped = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    vendored = Path(__file__).resolve().parents[2] / "static" / "vendor" / "plotly.min.js"
-    assert vendored.read_bytes() == shipped.read_bytes()
+    shipped = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text()[:200]
+    vendored = VENDORED_PLOTLY.read_bytes()
+    assert hashlib.sha256(vendored).hexdigest() == VENDORED_PLOTLY_SHA256
+    release = re.search(r"plotly\.js v(\S+)", shipped)
+    assert release and f"(cartesian - minified) v{release[1]}" in vendored[:200].decode()
+
+
+def test_charts_use_only_trace_types_of_the_vendored_bundle():
+    import re
+
+    source = (Path(__file__).resolve().parents[2] / "monitoring" / "charts.py").read_text()
+    traces = {kind for kind in re.findall(r'"data": \[\{"type": "(\w+)"', source)}
+    traces |= set(re.findall(r'return \{"type": "(\w+)"', source))
+    traces |= set(re.findall(r'^\s+"type": "(\w+)", "name"', source, re.MULTILINE))
+    assert {"scatter", "bar", "heatmap"} <= traces <= CARTESIAN_TRACES, traces
 
 
 def test_grafana_dashboard_queries_only_metrics_the_portal_exports():
