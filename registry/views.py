@@ -240,9 +240,9 @@ def _text_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
         TextTask.TEXT_CLASSIFICATION: 'print(answer["label"], answer["score"])',
         TextTask.TOKEN_CLASSIFICATION: 'print(answer["entity"], answer["word"], answer["score"])',
     }
-    lines = ["import requests", "",
+    lines = ["import os", "", "import requests", "",
              f"response = requests.post(\n    {url!r},",
-             "    headers={\"Authorization\": \"Bearer <your API token>\"},",
+             "    headers={\"Authorization\": \"Bearer \" + os.environ[\"MAAS_TOKEN\"]},",
              f"    json={json.dumps(body, ensure_ascii=False)},",
              "    timeout=30,", ")", "response.raise_for_status()"]  # fmt: skip
     if version.task in printed:
@@ -252,15 +252,15 @@ def _text_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     # A quote in the text closes the shell's single-quoted string: spelled '\'' inside it.
     quoted = json.dumps(body, ensure_ascii=False).replace("'", "'\\''")
     snippets = {
-        "curl": f"curl -s '{url}' \\\n  -H 'Authorization: Bearer <your API token>' \\\n"
+        "curl": f"curl -s '{url}' \\\n  -H \"Authorization: Bearer $MAAS_TOKEN\" \\\n"
         f"  -H 'Content-Type: application/json' \\\n  -d '{quoted}'",
         "python": "\n".join(lines),
     }
     parameters = f", parameters={json.dumps(body['parameters'])}" if "parameters" in body else ""
     snippets["triton"] = "\n".join([
-        "import numpy as np", "import tritonclient.http as httpclient", "",
+        "import os", "", "import numpy as np", "import tritonclient.http as httpclient", "",
         f'client = httpclient.InferenceServerClient("{base_url.split("://", 1)[-1]}")',
-        'headers = {"Authorization": "Bearer <your API token>"}',
+        'headers = {"Authorization": "Bearer " + os.environ["MAAS_TOKEN"]}',
         f'text = httpclient.InferInput("{TEXT_INPUT}", [1], "BYTES")',
         f"text.set_data_from_numpy(np.array([{try_it['example']!r}], dtype=object))",
         f'result = client.infer("{name}", [text], model_version="{number}", headers=headers{parameters})',
@@ -270,8 +270,8 @@ def _text_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
         # "name" alone is the production alias; "name:3" a version, "name:staging" an alias.
         model = name if version.aliases.filter(name=PRODUCTION_ALIAS).exists() else f"{name}:{number}"
         snippets["openai"] = "\n".join([
-            "from openai import OpenAI", "",
-            f'client = OpenAI(base_url="{base_url}/v1", api_key="<your API token>")',
+            "import os", "", "from openai import OpenAI", "",
+            f'client = OpenAI(base_url="{base_url}/v1", api_key=os.environ["MAAS_TOKEN"])',
             f'# model="{name}" is production; "{name}:{number}" this version, "{name}:staging" an alias.',
             f"response = client.embeddings.create(model={model!r}, input=[{try_it['example']!r}, "
             "'Another sentence.'])",
@@ -285,9 +285,9 @@ def _snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     if version.format == ModelFormat.HUGGINGFACE:
         return _text_snippets(version, base_url)
     url = f"{base_url}/v2/models/{version.model.name}/versions/{version.version}/infer"
-    lines = ["import numpy as np", "import tritonclient.http as httpclient", "",
+    lines = ["import os", "", "import numpy as np", "import tritonclient.http as httpclient", "",
              f'client = httpclient.InferenceServerClient("{base_url.split("://", 1)[-1]}")',
-             'headers = {"Authorization": "Bearer <your API token>"}', "inputs = []"]  # fmt: skip
+             'headers = {"Authorization": "Bearer " + os.environ["MAAS_TOKEN"]}', "inputs = []"]  # fmt: skip
     tensors = []
     for name, data in _example_inputs(version).items():
         spec = next(s for s in version.inputs if s["name"] == name)
@@ -303,7 +303,7 @@ def _snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     snippets = {"python": "\n".join(lines)}
     if sum(len(t["data"]) for t in tensors) <= 64:
         body = json.dumps({"inputs": tensors})
-        snippets["curl"] = f"curl -s {url} \\\n  -H 'Authorization: Bearer <your API token>' \\\n  -d '{body}'"
+        snippets["curl"] = f"curl -s {url} \\\n  -H \"Authorization: Bearer $MAAS_TOKEN\" \\\n  -d '{body}'"
     return snippets
 
 

@@ -122,7 +122,7 @@ def test_charts_use_only_trace_types_of_the_vendored_bundle():
     import re
 
     source = (Path(__file__).resolve().parents[2] / "monitoring" / "charts.py").read_text()
-    traces = {kind for kind in re.findall(r'"data": \[\{"type": "(\w+)"', source)}
+    traces = set(re.findall(r'"data": \[\{"type": "(\w+)"', source))
     traces |= set(re.findall(r'return \{"type": "(\w+)"', source))
     traces |= set(re.findall(r'^\s+"type": "(\w+)", "name"', source, re.MULTILINE))
     assert {"scatter", "bar", "heatmap"} <= traces <= CARTESIAN_TRACES, traces

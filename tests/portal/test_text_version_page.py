@@ -63,7 +63,7 @@ def test_embeddings_page_shows_the_openai_client_against_v1(page, text_version, 
     directory = text_models.bert_save(tmp_path / "encoder", "feature-extraction")
     html = page(text_version("encoder", TextTask.FEATURE_EXTRACTION, directory))
     assert 'id="snippet-openai"' in html
-    assert "OpenAI(base_url=&quot;http://testserver/v1&quot;, api_key=&quot;&lt;your API token&gt;&quot;)" in html
+    assert "OpenAI(base_url=&quot;http://testserver/v1&quot;, api_key=os.environ[&quot;MAAS_TOKEN&quot;])" in html
     # v1 holds production: the model's name alone addresses it.
     assert "client.embeddings.create(model=&#x27;encoder&#x27;, input=[" in html
     assert 'id="try-it-top-k"' not in html

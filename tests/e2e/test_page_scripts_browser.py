@@ -1,4 +1,5 @@
-"""Destructive buttons ask first, under the portal's own Content-Security-Policy.
+"""The pages' small scripts under the portal's own Content-Security-Policy: destructive buttons ask
+first, code blocks copy with one click.
 
 Inline `onsubmit="return confirm(...)"` handlers are blocked by `script-src 'self'`, so a
 Delete used to delete at once; the confirmation now comes from a static script reading
@@ -79,3 +80,20 @@ def test_no_template_has_an_inline_event_handler():
         if INLINE_HANDLER.search(line)
     ]
     assert offenders == [], f"inline handlers are blocked by the CSP: {offenders}"
+
+
+def test_a_new_token_is_copied_with_one_click(page, owner):
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    refused = _csp_refusals(page)
+    login(page, "olivia", "owner-pass-123")
+    page.goto("/tokens/")
+    page.fill("input[name=name]", "laptop")
+    page.click("button:has-text('Create token')")
+    token = page.locator("#new-token-value").inner_text()
+    assert token.startswith("mp_")
+    button = page.locator("#new-token pre:has(#new-token-value) button.copy")
+    button.click()
+    expect(button).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == token
+    assert page.locator("#new-token-export").inner_text() == f"export MAAS_TOKEN={token}"
+    assert refused == []

@@ -1,0 +1,31 @@
+"""The version page's snippets run as pasted, with the token in MAAS_TOKEN (no placeholder to edit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from registry.views import _snippets
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_the_curl_and_python_snippets_answer_as_pasted(gateway_url, token, served, tmp_path):
+    snippets = _snippets(served, gateway_url)
+    env = {**os.environ, "MAAS_TOKEN": token}
+    curl = subprocess.run(["/bin/bash", "-c", snippets["curl"]], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert curl.returncode == 0, curl.stderr
+    answer = json.loads(curl.stdout)
+    assert answer["model_name"] == "iris" and answer["outputs"][0]["name"] == "output__0", answer
+
+    script = tmp_path / "snippet.py"
+    script.write_text(snippets["python"])
+    python = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120,
+                            check=False)  # fmt: skip
+    assert python.returncode == 0, python.stderr
+    assert "[[" in python.stdout  # the printed output array
