@@ -32,3 +32,32 @@ def model_access(context: dict[str, Any], model: RegisteredModel) -> dict[str, A
         "user": user,
         "csrf_token": context.get("csrf_token"),
     }
+
+
+def _shown(key: str, value: Any) -> str:
+    if value is None or value == "" or value == []:
+        return "—"
+    if key == "version" and isinstance(value, int):
+        return f"v{value}"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+@register.filter
+def audit_change(event: AuditEvent) -> str:
+    """What an audit event changed, one `field: before → after` per changed field ("version: v1 → v2")."""
+    before = event.before if isinstance(event.before, dict) else {}
+    after = event.after if isinstance(event.after, dict) else {}
+    parts = []
+    for key in [*before, *(k for k in after if k not in before)]:
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if key not in before:
+            parts.append(f"{key}: {_shown(key, new)}")
+        elif key not in after:
+            parts.append(f"{key}: {_shown(key, old)} removed")
+        else:
+            parts.append(f"{key}: {_shown(key, old)} → {_shown(key, new)}")
+    return "; ".join(parts)

@@ -162,9 +162,12 @@ def test_an_approval_required_alias_cannot_be_set_directly_by_a_service_caller(t
 
 def test_model_page_shows_roles_and_the_audit_trail(two_ready, owner, member, client):
     services.role_grant(actor=owner, model=two_ready, role="predictor", username=member.username)
+    services.alias_set(actor=owner, model=two_ready, name="production", version_number=2)
     client.force_login(owner)
     page = client.get("/models/iris/").content.decode()
     assert 'id="audit-trail"' in page and "role.grant" in page and "alias.move" in page
+    # Changes read as changes, not as raw documents.
+    assert "version: v1 → v2" in page and "{&#x27;version&#x27;" not in page
     assert 'id="roles"' in page and "predictor" in page
     assert "export=csv&amp;model=iris" in page
 
