@@ -181,6 +181,7 @@ def _spent(bucket: str, limit: int, counted: Count) -> None:
             f"Token limit of {limit} tokens per minute reached for {bucket} ({counted.count} used in this window); "
             f"retry in {counted.retry_after}s.",
             retry_after=counted.retry_after,
+            limit="tokens",
         )
 
 

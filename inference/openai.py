@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 from asgiref.sync import sync_to_async
 
-from core.errors import InvalidInput, NotFound, PortalError
+from core.errors import InvalidInput, NotFound, PortalError, TooManyRequests
 from inference import guard, telemetry, text
 from inference.gateway import AUTH_REQUIRED, Gateway, HttpError, Receive, Scope, Send, read_body, respond
 from inference.routes import Target
@@ -232,6 +232,9 @@ class OpenAIApi:
             status, document = exc.status, error_document(exc.status, exc.message)
         except PortalError as exc:
             document = error_document(exc.status_code, exc.message, exc.field)
+            if isinstance(exc, TooManyRequests):
+                # OpenAI names the limit that ran out in the type: requests or tokens (per minute).
+                document["error"]["type"] = exc.limit
             status, headers = exc.status_code, {**JSON_HEADERS, **getattr(exc, "headers", {})}
         except Exception:
             logger.exception("OpenAI API error")

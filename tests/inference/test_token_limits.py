@@ -97,7 +97,7 @@ def test_v1_refuses_in_openai_s_shape_once_the_window_s_tokens_reach_the_limit()
     status, headers, body = embed(app, ["a"])
     assert status == 429
     assert 0 < int(headers["retry-after"]) <= 60
-    assert body["error"]["code"] == "rate_limit_exceeded"
+    assert body["error"]["code"] == "rate_limit_exceeded" and body["error"]["type"] == "tokens"
     assert "Token limit of 25 tokens per minute reached for token 77 (25 used" in body["error"]["message"]
     assert TOKENS.peek(shared_redis.client(), "token 77")[0].count == 25  # a refused request costs nothing
     # Another token has its own window; a token without a limit is not counted at all.
