@@ -7,6 +7,7 @@ import io
 from typing import Any
 
 import pytest
+from django.db import DatabaseError, OperationalError, connection
 
 from accounts import services as token_services
 from inference import telemetry
@@ -182,3 +183,20 @@ def test_usage_is_pruned_after_its_retention(version, owner, settings):
     settings.USAGE_RETENTION_DAYS = 30
     assert metrics.usage_prune() == 1
     assert services.usage_summary(owner, "week")["totals"]["requests"] == 0
+
+
+def test_usage_the_database_refuses_is_kept_for_the_next_flush(version, owner):
+    table = UsageBucket._meta.db_table
+
+    def refuse(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if table in sql:
+            raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, params, many, context)
+
+    use(version, owner, prompt=6, n=2)
+    with connection.execute_wrapper(refuse), pytest.raises(DatabaseError):
+        metrics.recorder.flush()
+    use(version, owner, prompt=1)
+    metrics.recorder.flush()
+    row = UsageBucket.objects.get()
+    assert (row.requests, row.prompt_tokens) == (3, 13)
