@@ -145,6 +145,7 @@ def model_charts_data(request: HttpRequest, name: str) -> JsonResponse:
     split = services.series(window, model.versions.all(), split=True)
     traffic = charts.traffic_figures(split, per_version=True)
     figures = {"rps": traffic["rps"], "latency": traffic["latency"], "errors": traffic["errors"],
+               "tokens": charts.tokens_figure(services.usage_series(window, model.versions.all())),
                **_comparison(model)["figures"]}  # fmt: skip
     return JsonResponse({"window": window, "figures": figures})
 

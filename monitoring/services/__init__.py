@@ -36,7 +36,14 @@ from monitoring.services.stats import (
     version_stats,
     window_parse,
 )
-from monitoring.services.usage import token_filter_parse, usage_csv, usage_rows, usage_summary, usage_visible
+from monitoring.services.usage import (
+    token_filter_parse,
+    usage_csv,
+    usage_rows,
+    usage_series,
+    usage_summary,
+    usage_visible,
+)
 
 __all__ = [
     "FIELDS",
@@ -68,6 +75,7 @@ __all__ = [
     "token_filter_parse",
     "usage_csv",
     "usage_rows",
+    "usage_series",
     "usage_summary",
     "usage_visible",
     "version_stats",

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from django.db.models import QuerySet, Sum
@@ -17,6 +18,7 @@ from django.utils import timezone
 from core.errors import InvalidInput
 from monitoring.models import UsageBucket
 from monitoring.services.stats import WINDOWS
+from registry.models import ModelVersion
 
 SUMS = {"requests": Sum("requests"), "prompt_tokens": Sum("prompt_tokens"),
         "completion_tokens": Sum("completion_tokens")}  # fmt: skip
@@ -81,6 +83,36 @@ def usage_summary(user: Any, window: str, *, model: str | None = None, token: in
         "by_version": by_version,
         "by_caller": by_caller,
     }
+
+
+def usage_series(window: str, versions: QuerySet[ModelVersion]) -> dict[str, Any]:
+    """Tokens per minute of each version over a window, in the window's steps (everyone's usage, no callers).
+
+    For the model page: whoever sees a model sees its traffic, and this is its traffic in tokens.
+    """
+    span, step = WINDOWS[window]
+    now = timezone.now()
+    start = int((now - span).timestamp() // step * step)
+    points = int(span.total_seconds() // step) + 1
+    per_minute = 60 / step
+    lines: dict[int, dict[str, Any]] = {}
+    rows: Iterable[Mapping[str, Any]] = (
+        UsageBucket.objects.filter(version__in=versions, minute__gte=now - span)
+        .values("version_id", "version__version", "version__model__name", "minute")
+        .annotate(**SUMS)
+    )
+    for row in rows:
+        slot = int((row["minute"].timestamp() - start) // step)
+        if not 0 <= slot < points:
+            continue
+        line = lines.get(row["version_id"])
+        if line is None:
+            line = lines[row["version_id"]] = {"name": f"{row['version__model__name']} v{row['version__version']}",
+                                               "prompt": [0.0] * points, "completion": [0.0] * points}  # fmt: skip
+        line["prompt"][slot] += (row["prompt_tokens"] or 0) * per_minute
+        line["completion"][slot] += (row["completion_tokens"] or 0) * per_minute
+    times = [datetime.fromtimestamp(start + i * step, tz=now.tzinfo).isoformat() for i in range(points)]
+    return {"window": window, "times": times, "series": sorted(lines.values(), key=lambda line: line["name"])}
 
 
 def _token_label(row: Mapping[str, Any]) -> str | None:

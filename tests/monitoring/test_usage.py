@@ -200,3 +200,19 @@ def test_usage_the_database_refuses_is_kept_for_the_next_flush(version, owner):
     metrics.recorder.flush()
     row = UsageBucket.objects.get()
     assert (row.requests, row.prompt_tokens) == (3, 13)
+
+
+def test_the_model_page_charts_tokens_per_minute_per_version(client, version, owner, member):
+    use(version, owner, prompt=30, completion=6, n=2)
+    use(version, member, prompt=4)
+    metrics.recorder.flush()
+    series = services.usage_series("hour", version.model.versions.all())
+    ((line,),) = [series["series"]]
+    assert line["name"] == f"iris v{version.version}" and len(line["prompt"]) == len(series["times"]) == 61
+    assert sum(line["prompt"]) == 64 and sum(line["completion"]) == 12  # per minute: hour steps are minutes
+    day = services.usage_series("day", version.model.versions.all())["series"][0]
+    assert sum(day["prompt"]) == pytest.approx(64 / 15)  # a 15-minute step: its tokens per minute
+    client.force_login(owner)
+    figure = client.get("/models/iris/charts/?window=hour").json()["figures"]["tokens"]
+    assert [trace["name"] for trace in figure["data"]] == [f"iris v{version.version} prompt",
+                                                           f"iris v{version.version} completion"]  # fmt: skip
