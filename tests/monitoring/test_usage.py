@@ -216,3 +216,18 @@ def test_the_model_page_charts_tokens_per_minute_per_version(client, version, ow
     figure = client.get("/models/iris/charts/?window=hour").json()["figures"]["tokens"]
     assert [trace["name"] for trace in figure["data"]] == [f"iris v{version.version} prompt",
                                                            f"iris v{version.version} completion"]  # fmt: skip
+
+
+def test_the_usage_api_and_page_cost_the_same_few_queries_however_many_callers(
+    api, client, version, staff, django_user_model, django_assert_max_num_queries
+):
+    for i in range(12):
+        user = django_user_model.objects.create_user(f"user{i}")
+        token, _ = token_services.token_create(user=user, name=f"t{i}")
+        use(version, user, token, prompt=i + 1)
+    metrics.recorder.flush()
+    with django_assert_max_num_queries(6):
+        assert len(api(staff).get("/api/v1/usage/").json()["by_caller"]) == 12
+    client.force_login(staff)
+    with django_assert_max_num_queries(8):
+        assert client.get("/usage/").status_code == 200
