@@ -138,9 +138,18 @@ class Sample:
         self.done(int(status))
 
 
-def job_chunk(job: Any, rows: int, began: float, *, ok: bool) -> None:
-    """Record one chunk of a batch job as one prediction of `rows` rows (source `job`)."""
+def job_chunk(job: Any, rows: int, began: float, *, ok: bool, prompt_tokens: int = 0) -> None:
+    """Record one chunk of a batch job as one prediction of `rows` rows (source `job`).
+
+    A text model's chunk also meters the tokens it read, for the job's owner (no API token:
+    batch jobs are not held to a token's tokens per minute).
+    """
     ms = (time.perf_counter() - began) * 1000
+    if prompt_tokens:
+        _sink.usage(
+            version_id=job.version_id, model=job.model_name, version=job.version_number, user_id=job.created_by_id,
+            token_id=None, prompt_tokens=prompt_tokens, completion_tokens=0,
+        )  # fmt: skip
     _sink.record(
         version_id=job.version_id, model=job.model_name, version=job.version_number, source="job", alias="",
         status=200 if ok else 422, total_ms=ms, compute_ms=ms, batch_size=rows,

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+import time
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 from django.db import DatabaseError, OperationalError, connection
 
 from accounts import services as token_services
 from inference import telemetry
+from inference.runs.loop import ModelWork
+from inference.tasks import JobWork
 from monitoring import metrics, services
 from monitoring.metrics import UsageMeter
 from monitoring.models import UsageBucket
@@ -231,3 +236,16 @@ def test_the_usage_api_and_page_cost_the_same_few_queries_however_many_callers(
     client.force_login(staff)
     with django_assert_max_num_queries(8):
         assert client.get("/usage/").status_code == 200
+
+
+def test_a_text_job_chunk_meters_the_tokens_it_read_for_the_job_owner(monkeypatch):
+    metrics.recorder.reset()
+    monkeypatch.setattr(ModelWork, "chunk", lambda self, start, stop: {"tokens": np.array([3, 4])})
+    work = JobWork.__new__(JobWork)  # no claim: only the chunk hooks are exercised
+    work.run = SimpleNamespace(version_id=9, model_name="m", version_number=1, created_by_id=4)  # type: ignore[assignment]
+    work.chunk(0, 2)
+    work.chunk_done(2, time.perf_counter(), ok=True)
+    work.chunk_done(2, time.perf_counter(), ok=False)  # a failed chunk meters nothing
+    ((key, cell),) = metrics.recorder.usage_meter.take().items()
+    assert (key[0], key[2], key[3], cell) == (9, 4, None, [1, 7, 0])
+    metrics.recorder.reset()
