@@ -13,13 +13,13 @@ from accounts.services import token_revoke
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     list_display = [
-        *("name", "user", "prefix", "scopes", "rate_limit_per_minute"),
+        *("name", "user", "prefix", "scopes", "rate_limit_per_minute", "tokens_per_minute"),
         *("created_at", "expires_at", "last_used_at", "revoked_at"),
     ]
     list_filter = ["revoked_at", "created_at"]
     search_fields = ["name", "prefix", "user__username"]
     readonly_fields = ["user", "name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
-    fields = [*readonly_fields, "expires_at", "rate_limit_per_minute", "allowed_models"]
+    fields = [*readonly_fields, "expires_at", "rate_limit_per_minute", "tokens_per_minute", "allowed_models"]
     filter_horizontal = ["allowed_models"]
     actions = ["revoke"]
 

@@ -28,6 +28,8 @@ class ApiToken(models.Model):
     allowed_models = models.ManyToManyField("registry.RegisteredModel", blank=True, related_name="+")
     # Predictions per minute, shared by every web process (Redis); null: no limit.
     rate_limit_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    # Model tokens (read and generated) per minute, shared the same way; null: no limit.
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)

@@ -23,6 +23,7 @@ TOKEN_MARKER = "mp"  # noqa: S105 - the public prefix of every token, not a secr
 # How often last_used_at is written: a busy token must not cost a write per request.
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 MAX_RATE_LIMIT = 1_000_000
+MAX_TOKENS_PER_MINUTE = 1_000_000_000
 
 
 def token_create(
@@ -33,11 +34,12 @@ def token_create(
     expires_at: dt.datetime | None = None,
     models: list[str] | None = None,
     rate_limit_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token; returns it with the plain value, which is never stored or shown again.
 
     `models` restricts the token to those models (by name; each must be visible to the user);
-    `rate_limit_per_minute` caps its predictions.
+    `rate_limit_per_minute` caps its predictions, `tokens_per_minute` the model tokens they use.
     """
     name = name.strip()
     if not name:
@@ -53,6 +55,11 @@ def token_create(
             f"rate_limit_per_minute must be between 1 and {MAX_RATE_LIMIT} (or left out for no limit).",
             field="rate_limit_per_minute",
         )
+    if tokens_per_minute is not None and not 1 <= tokens_per_minute <= MAX_TOKENS_PER_MINUTE:
+        raise InvalidInput(
+            f"tokens_per_minute must be between 1 and {MAX_TOKENS_PER_MINUTE} (or left out for no limit).",
+            field="tokens_per_minute",
+        )
     allowed = _models_for_token(user, models or [])
     secret = secrets.token_urlsafe(32)
     try:
@@ -65,6 +72,7 @@ def token_create(
                 scopes=sorted(set(scopes)),
                 expires_at=expires_at,
                 rate_limit_per_minute=rate_limit_per_minute,
+                tokens_per_minute=tokens_per_minute,
             )
             token.allowed_models.set(allowed)
             audit_record(
@@ -78,6 +86,7 @@ def token_create(
                     "models": sorted(model.name for model in allowed),
                     "expires_at": expires_at.isoformat() if expires_at else None,
                     "rate_limit_per_minute": rate_limit_per_minute,
+                    "tokens_per_minute": tokens_per_minute,
                 },
             )
     except IntegrityError:
@@ -139,6 +148,7 @@ def token_authenticate(raw: str) -> ApiToken | None:
         scopes=frozenset(token.scopes),
         model_ids=model_ids or None,
         rate_limit_per_minute=token.rate_limit_per_minute,
+        tokens_per_minute=token.tokens_per_minute,
     )
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:

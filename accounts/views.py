@@ -31,7 +31,7 @@ class TokenSerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiToken
         fields = [
-            *("id", "name", "prefix", "scopes", "models", "rate_limit_per_minute", "state"),
+            *("id", "name", "prefix", "scopes", "models", "rate_limit_per_minute", "tokens_per_minute", "state"),
             *("created_at", "expires_at", "last_used_at", "revoked_at"),
         ]
         read_only_fields = fields
@@ -46,6 +46,13 @@ class TokenCreateSerializer(serializers.Serializer):
     )
     rate_limit_per_minute = serializers.IntegerField(
         required=False, allow_null=True, min_value=1, max_value=1_000_000, help_text="Predictions per minute."
+    )
+    tokens_per_minute = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=services.MAX_TOKENS_PER_MINUTE,
+        help_text="Model tokens (prompt and completion) per minute; a request is refused 429 once they are used.",
     )
 
 
@@ -115,6 +122,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
                 models=[name for name in request.POST.getlist("models") if name] or None,
                 expires_at=_expiry(request.POST.get("expires_in_days", "")),
                 rate_limit_per_minute=_positive_or_none(request.POST.get("rate_limit_per_minute", ""), "rate limit"),
+                tokens_per_minute=_positive_or_none(request.POST.get("tokens_per_minute", ""), "tokens per minute"),
             )
         except PortalError as exc:
             messages.error(request, exc.message)

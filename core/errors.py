@@ -73,14 +73,18 @@ class GatewayTimeout(PortalError):
 
 
 class TooManyRequests(PortalError):
-    """A token went over its rate limit; `retry_after` says when the next window opens."""
+    """A token went over its rate limit; `retry_after` says when the next window opens.
+
+    `limit` names what ran out: `requests` (per minute) or `tokens` (model tokens per minute).
+    """
 
     status_code = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
+    def __init__(self, message: str, *, retry_after: int, limit: str = "requests") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.limit = limit
 
     @property
     def headers(self) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Events counted per key in windows kept in Redis, so that every process shares the count.
 
 One primitive serves per-token rate limits (the /v2 gateway and the Django prediction
-endpoint) and sign-in throttling (accounts.login_throttle). A key's window opens with its
+endpoint), per-token model-token budgets (`TOKENS`: an event costs the tokens a request
+used) and sign-in throttling (accounts.login_throttle). A key's window opens with its
 first event and lasts `window_seconds`; one Lua call counts the event on each key and
 answers each count with the milliseconds its window has left (the Retry-After), in one
 round trip. Windows open at the first event rather than on clock-aligned minutes, so a
@@ -118,9 +119,24 @@ class Throttle:
         except (redis.RedisError, OSError) as exc:
             raise ThrottleUnavailable(f"The rate limiter (Redis) is unavailable: {exc}") from None
 
+    def charge(self, client: redis.Redis, bucket: str, cost: int) -> Count:
+        """Count `cost` events at once on a bucket (tokens a request used); its count including them."""
+        return self._call(client, (bucket,), cost)[0]
+
     async def hit_async(self, client: aioredis.Redis, *buckets: str) -> list[Count]:
         """hit() for the asyncio gateway."""
-        keys, args = self._keys(buckets), self._args(1)
+        return await self._call_async(client, buckets, 1)
+
+    async def peek_async(self, client: aioredis.Redis, *buckets: str) -> list[Count]:
+        """peek() for the asyncio gateway."""
+        return await self._call_async(client, buckets, 0)
+
+    async def charge_async(self, client: aioredis.Redis, bucket: str, cost: int) -> Count:
+        """charge() for the asyncio gateway."""
+        return (await self._call_async(client, (bucket,), cost))[0]
+
+    async def _call_async(self, client: aioredis.Redis, buckets: tuple[str, ...], cost: int) -> list[Count]:
+        keys, args = self._keys(buckets), self._args(cost)
         try:
             try:
                 reply = await client.evalsha(_SHA, len(keys), *keys, *args)
@@ -151,3 +167,29 @@ def rate_hit(client: redis.Redis, bucket: str, limit: int, throttle: Throttle = 
 async def rate_hit_async(client: aioredis.Redis, bucket: str, limit: int, throttle: Throttle = RATE) -> None:
     """rate_hit for the asyncio gateway."""
     _over(bucket, limit, (await throttle.hit_async(client, bucket))[0])
+
+
+# Per-token model tokens (prompt + completion): the limit is set per minute on the token.
+# A fixed window, like RATE's: it opens with the first tokens charged and lasts a minute.
+TOKENS = Throttle("maas:tokens:", 60)
+
+
+def _spent(bucket: str, limit: int, counted: Count) -> None:
+    # Charged after the answer, a window can overshoot by one request: refuse from `limit` on.
+    if counted.count >= limit:
+        raise TooManyRequests(
+            f"Token limit of {limit} tokens per minute reached for {bucket} ({counted.count} used in this window); "
+            f"retry in {counted.retry_after}s.",
+            retry_after=counted.retry_after,
+            limit="tokens",
+        )
+
+
+def tokens_check(client: redis.Redis, bucket: str, limit: int, throttle: Throttle = TOKENS) -> None:
+    """Refuse (429, with the window's time left) a request of `bucket` once its tokens this window reach `limit`."""
+    _spent(bucket, limit, throttle.peek(client, bucket)[0])
+
+
+async def tokens_check_async(client: aioredis.Redis, bucket: str, limit: int, throttle: Throttle = TOKENS) -> None:
+    """tokens_check for the asyncio gateway."""
+    _spent(bucket, limit, (await throttle.peek_async(client, bucket))[0])

@@ -400,9 +400,13 @@ class Gateway:
             return 200, b"", {}
         if tail == "/infer" and method == "POST":
             sample = telemetry.Sample(target.version_id, target.model_name, target.version, match["version"])
+            sample.caller(user)
+            client = self._connect()
             try:
-                await guard.rate_limit(self._connect(), user)
+                await guard.rate_limit(client, user)
+                await guard.tokens_check(client, user)
                 response = await self.infer(target, headers, receive, sample)
+                await guard.tokens_charge(client, user, sample.tokens)
             except Exception as exc:
                 sample.failed(exc)
                 raise
@@ -437,6 +441,8 @@ class Gateway:
         selected = [(name, specs[name], outputs[name]) for name in names]
         if sample is not None:
             sample.timing = {"qt": reply.queue_ms, "ct": reply.compute_ms, "bs": reply.batch_rows}
+            if target.task:
+                sample.prompt_tokens = text.usage_tokens(outputs)
         # Where the time went, for clients and dashboards: queue wait and compute on the
         # worker, and how many rows shared the forward pass.
         parameters = {"queue_ms": round(reply.queue_ms, 3), "compute_ms": round(reply.compute_ms, 3),

@@ -2,7 +2,8 @@
 
 The gateway caches the caller (user + token grant) and the route (with the caller's role
 actions on the model); this module checks a request against both, counts rate-limited
-tokens in Redis, and keeps the cache honest:
+tokens in Redis (requests per minute, and model tokens per minute: checked before a request,
+charged after its answer), and keeps the cache honest:
 
 - every invalidation message bumps a generation counter, and a lookup that raced with
   one is repeated, so a copy read before a revocation is never stored after it;
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 
 from core.errors import NotFound, PermissionDenied
 from core.invalidation import ACK_MARKER
-from core.throttle import rate_hit_async
+from core.throttle import TOKENS, ThrottleUnavailable, rate_hit_async, tokens_check_async
 from inference.routes import Target
 from registry.access import Action, grant_of, scopes_admitting
 
@@ -101,3 +102,23 @@ async def rate_limit(client: aioredis.Redis, user: Any) -> None:
     grant = grant_of(user)
     if grant is not None and grant.rate_limit_per_minute:
         await rate_hit_async(client, f"token {grant.token_id}", grant.rate_limit_per_minute)
+
+
+async def tokens_check(client: aioredis.Redis, user: Any) -> None:
+    """Refuse (429) a request of a token whose model tokens this minute reached its limit; free without one."""
+    grant = grant_of(user)
+    if grant is not None and grant.tokens_per_minute:
+        await tokens_check_async(client, f"token {grant.token_id}", grant.tokens_per_minute)
+
+
+async def tokens_charge(client: aioredis.Redis, user: Any, tokens: int) -> None:
+    """Charge an answered request's model tokens to its token's window (nothing without a limit).
+
+    The answer is already computed: a Redis that fails now is logged, and the answer still goes out.
+    """
+    grant = grant_of(user)
+    if grant is not None and grant.tokens_per_minute and tokens > 0:
+        try:
+            await TOKENS.charge_async(client, f"token {grant.token_id}", tokens)
+        except ThrottleUnavailable as exc:
+            logger.warning("could not charge %d tokens to token %s: %s", tokens, grant.token_id, exc.message)

@@ -2,7 +2,8 @@
 
 It lives beside the /v2 gateway and goes through the same steps as a /v2 request, so the
 same rules hold: the caller from the gateway's token cache, the route from its route cache,
-`guard.authorize` (roles, visibility, token scopes and model lists), `guard.rate_limit`,
+`guard.authorize` (roles, visibility, token scopes and model lists), `guard.rate_limit` and
+`guard.tokens_check` / `tokens_charge` (requests and model tokens per minute),
 the version's coalescer to the workers, and a `telemetry.Sample` per prediction. Only the
 shapes differ: OpenAI's requests, answers and errors (`{"error": {"message", "type",
 "param", "code"}}`), so the official `openai` client works unchanged.
@@ -27,7 +28,7 @@ import numpy as np
 import orjson
 from asgiref.sync import sync_to_async
 
-from core.errors import InvalidInput, NotFound, PortalError
+from core.errors import InvalidInput, NotFound, PortalError, TooManyRequests
 from inference import guard, telemetry, text
 from inference.gateway import AUTH_REQUIRED, Gateway, HttpError, Receive, Scope, Send, read_body, respond
 from inference.routes import Target
@@ -231,6 +232,9 @@ class OpenAIApi:
             status, document = exc.status, error_document(exc.status, exc.message)
         except PortalError as exc:
             document = error_document(exc.status_code, exc.message, exc.field)
+            if isinstance(exc, TooManyRequests):
+                # OpenAI names the limit that ran out in the type: requests or tokens (per minute).
+                document["error"]["type"] = exc.limit
             status, headers = exc.status_code, {**JSON_HEADERS, **getattr(exc, "headers", {})}
         except Exception:
             logger.exception("OpenAI API error")
@@ -272,20 +276,24 @@ class OpenAIApi:
         guard.authorize(user, target, Action.PREDICT)
         sample = telemetry.Sample(target.version_id, target.model_name, target.version, addressed, source="v1")
         sample.payload = len(body)
+        sample.caller(user)
+        client = self.gateway.connection()
         try:
-            await guard.rate_limit(self.gateway.connection(), user)
+            await guard.rate_limit(client, user)
+            await guard.tokens_check(client, user)
             embeddings_check(target, request)
             tensors = {TEXT_INPUT: text.texts_tensor(request.texts)}
             # OpenAI's embeddings are unit length, and a text over the model's maximum is refused.
             answer, reply = await self.gateway.submit(target, tensors, {"truncate": False, "normalize": True})
             sample.timing = {"qt": reply.queue_ms, "ct": reply.compute_ms, "bs": reply.batch_rows}
+            # The worker read these tokens whatever happens next: they are charged and metered.
+            sample.prompt_tokens = text.usage_tokens(answer.tensors)
+            await guard.tokens_charge(client, user, sample.tokens)
             vectors = answer.tensors["embedding"]
             if request.dimensions is not None and request.dimensions != vectors.shape[-1]:
                 raise OpenAIError(f"model {request.model!r} answers embeddings of {vectors.shape[-1]} dimensions, "
                                   f"not {request.dimensions}.", "dimensions")  # fmt: skip
-            document = embeddings_response(
-                request.model, vectors, text.usage_tokens(answer.tensors), request.encoding_format
-            )
+            document = embeddings_response(request.model, vectors, sample.prompt_tokens, request.encoding_format)
         except Exception as exc:
             sample.failed(exc)
             raise

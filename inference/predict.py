@@ -9,6 +9,7 @@ scripts, the gateway is for throughput).
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any, cast
@@ -26,12 +27,14 @@ from core.errors import (
     ServiceUnavailable,
     Unprocessable,
 )
-from core.throttle import rate_hit
+from core.throttle import TOKENS, rate_hit, tokens_check
 from inference import protocol, telemetry, text, wire
 from inference.wire import BatchReply, BatchRequest, Failure
 from registry.access import grant_of
 from registry.models import ModelVersion, VersionStatus
 from registry.text_tasks import TEXT_INPUT
+
+logger = logging.getLogger(__name__)
 
 STATUS_ERRORS: dict[int, type[PortalError]] = {
     400: InvalidInput,
@@ -42,15 +45,37 @@ STATUS_ERRORS: dict[int, type[PortalError]] = {
 }
 
 
+def _limiter() -> redis.Redis:
+    try:
+        return shared_redis.client()
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"The rate limiter (Redis) is unavailable: {exc}") from None
+
+
 def rate_limit(user: Any) -> None:
-    """Count a prediction of a rate-limited token (429 past its limit, 503 without Redis); free for others."""
+    """Admit a prediction of a limited token, or refuse it 429 (503 without Redis); free for others.
+
+    It counts one request against the token's requests per minute, and refuses one whose
+    model tokens this minute already reached its tokens per minute (charged after answers).
+    """
     grant = grant_of(user)
-    if grant is not None and grant.rate_limit_per_minute:
-        try:
-            client = shared_redis.client()
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"The rate limiter (Redis) is unavailable: {exc}") from None
+    if grant is None or not (grant.rate_limit_per_minute or grant.tokens_per_minute):
+        return
+    client = _limiter()
+    if grant.rate_limit_per_minute:
         rate_hit(client, f"token {grant.token_id}", grant.rate_limit_per_minute)
+    if grant.tokens_per_minute:
+        tokens_check(client, f"token {grant.token_id}", grant.tokens_per_minute)
+
+
+def tokens_charge(user: Any, tokens: int) -> None:
+    """Charge an answered request's model tokens to its token's window (a Redis failure is only logged)."""
+    grant = grant_of(user)
+    if grant is not None and grant.tokens_per_minute and tokens > 0:
+        try:
+            TOKENS.charge(_limiter(), f"token {grant.token_id}", tokens)
+        except ServiceUnavailable as exc:
+            logger.warning("could not charge %d tokens to token %s: %s", tokens, grant.token_id, exc.message)
 
 
 def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndarray]:
@@ -80,14 +105,17 @@ def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndar
     return request.inputs
 
 
-def text_predict(version: ModelVersion, inputs: Any, parameters: Any, addressed: str | None = None) -> dict[str, Any]:
+def text_predict(
+    version: ModelVersion, inputs: Any, parameters: Any, addressed: str | None = None, user: Any = None
+) -> dict[str, Any]:
     """A text model's friendly prediction: answers in its task's shape, the hop's timing and the tokens read.
 
     `inputs` is a text (the answer is that text's) or a list of texts (a list of answers).
+    `user` (the caller) is charged the tokens read: metered, and against its token's limit.
     """
     texts, single = text.friendly_texts(inputs)
     checked = text.parameters_check(version.task, parameters)
-    outputs, timing = predict(version, {TEXT_INPUT: text.texts_tensor(texts)}, addressed, checked)
+    outputs, timing = predict(version, {TEXT_INPUT: text.texts_tensor(texts)}, addressed, checked, user=user)
     answers = text.friendly_answer(version.task, texts, outputs, checked, version.labels)
     return {"outputs": answers[0] if single else answers, "timing": timing,
             "usage": {"tokens": text.usage_tokens(outputs)}}  # fmt: skip
@@ -98,16 +126,23 @@ def predict(
     tensors: dict[str, np.ndarray],
     addressed: str | None = None,
     parameters: dict[str, Any] | None = None,
+    user: Any = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run one request on a worker of the model's queue; outputs by name and the timing of the hop.
 
     `addressed` is the version number or alias the caller named (None: the production alias);
     serving metrics record it. `parameters` (a text model's top_k, ...) travel with the request.
+    A text model's tokens read are metered for `user` and charged to its token's limit.
     """
     sample = telemetry.Sample(version.pk, version.model.name, version.version, addressed, source="native")
     sample.payload = sum(_size(array) for array in tensors.values())
+    if user is not None:
+        sample.caller(user)
     try:
         outputs, timing = _exchange(version, tensors, sample, parameters or {})
+        if version.task:
+            sample.prompt_tokens = text.usage_tokens(outputs)
+            tokens_charge(user, sample.tokens)
     except Exception as exc:
         sample.failed(exc)
         raise

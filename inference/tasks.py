@@ -17,7 +17,7 @@ from celery import shared_task
 from django.conf import settings
 from django.core.files import File
 
-from inference import telemetry
+from inference import telemetry, text
 from inference.cache import ModelUnavailable
 from inference.models import BatchJob, DataFormat, JobStatus
 from inference.runs.arrays import npz_save, paths_delete
@@ -51,6 +51,7 @@ class JobWork(ModelWork[BatchJob]):
     """A job's chunks are forwards of its version; its result is one file in the job's format."""
 
     resumable = True
+    tokens = 0  # the tokens the last chunk read (text models)
 
     def model_source(self) -> tuple[Any, str, int]:
         if self.run.version_id is None:
@@ -59,8 +60,14 @@ class JobWork(ModelWork[BatchJob]):
         self.labels = list(self.run.version.labels or []) if self.run.version is not None else []
         return self.run.version_id, self.run.input_path, self.run.chunk_size
 
+    def chunk(self, start: int, stop: int) -> Outputs:
+        outputs = super().chunk(start, stop)
+        # A text model's chunk is metered like a prediction: the tokens it read, for the job's owner.
+        self.tokens = text.usage_tokens(outputs)
+        return outputs
+
     def chunk_done(self, rows: int, began: float, ok: bool) -> None:
-        telemetry.job_chunk(self.run, rows, began, ok=ok)
+        telemetry.job_chunk(self.run, rows, began, ok=ok, prompt_tokens=self.tokens if ok else 0)
 
     def finish(self, outputs: Outputs) -> dict[str, Any]:
         return {"result_path": self._result_store(outputs)}

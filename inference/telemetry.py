@@ -1,5 +1,9 @@
 """What the serving plane reports about each prediction, to whoever monitors it.
 
+Besides its timing, a prediction of a text model reports its usage: the prompt tokens the
+model read and the completion tokens it generated, with the caller (user and API token) it
+is charged to.
+
 The gateway, the friendly endpoint, batch jobs and workers call the functions here (and
 the gateway reads serving statistics through it); the monitoring app registers the sink (MonitoringConfig.ready), so the
 serving plane never imports monitoring. Without a sink, reports go nowhere.
@@ -11,6 +15,7 @@ import time
 from typing import Any, Protocol
 
 from core.errors import ServiceUnavailable
+from registry.access import grant_of
 from registry.models import RegisteredModel
 
 
@@ -32,6 +37,19 @@ class TelemetrySink(Protocol):
     ) -> None:
         """Count one prediction (called on the hot path: must not block)."""
 
+    def usage(
+        self,
+        *,
+        version_id: int,
+        model: str,
+        version: int,
+        user_id: int | None,
+        token_id: int | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        """Meter the tokens of one answered request (called on the hot path: must not block)."""
+
     def worker_heartbeat(self, worker: str, models_loaded: int) -> None:
         """A worker's periodic report of what it holds."""
 
@@ -41,6 +59,9 @@ class TelemetrySink(Protocol):
 
 class _NoSink:
     def record(self, **sample: Any) -> None:
+        pass
+
+    def usage(self, **usage: Any) -> None:
         pass
 
     def worker_heartbeat(self, worker: str, models_loaded: int) -> None:
@@ -69,7 +90,10 @@ def stats(model: RegisteredModel, window: str | None, number: int | None = None)
 class Sample:
     """One prediction being timed: started now, finished by `done(status)`."""
 
-    __slots__ = ("alias", "model", "payload", "source", "started", "timing", "version", "version_id")
+    __slots__ = (
+        *("alias", "completion_tokens", "model", "payload", "prompt_tokens", "source", "started", "timing"),
+        *("token_id", "user_id", "version", "version_id"),
+    )
 
     def __init__(self, version_id: int, model: str, version: int, path_version: str | None, source: str = "v2") -> None:
         self.version_id, self.model, self.version, self.source = version_id, model, version, source
@@ -78,9 +102,30 @@ class Sample:
         self.payload = 0
         # The worker's figures for the batch the request rode in: qt, ct (ms) and bs (rows).
         self.timing: dict[str, Any] | None = None
+        # Usage, set by text entry points once the worker answered; charged to the caller.
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.user_id: int | None = None
+        self.token_id: int | None = None
+
+    def caller(self, user: Any) -> None:
+        """Charge this request's usage to `user` (and the API token it came with, if any)."""
+        self.user_id = user.pk if user.is_authenticated else None
+        grant = grant_of(user)
+        self.token_id = grant.token_id if grant is not None else None
+
+    @property
+    def tokens(self) -> int:
+        """Prompt and completion tokens together (what a tokens-per-minute limit counts)."""
+        return self.prompt_tokens + self.completion_tokens
 
     def done(self, status: int) -> None:
         timing = self.timing or {}
+        if status < 400 and (self.prompt_tokens or self.completion_tokens):
+            _sink.usage(
+                version_id=self.version_id, model=self.model, version=self.version, user_id=self.user_id,
+                token_id=self.token_id, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+            )  # fmt: skip
         _sink.record(
             version_id=self.version_id, model=self.model, version=self.version, source=self.source, alias=self.alias,
             status=status, total_ms=(time.perf_counter() - self.started) * 1000, queue_ms=timing.get("qt", 0.0),
@@ -93,9 +138,18 @@ class Sample:
         self.done(int(status))
 
 
-def job_chunk(job: Any, rows: int, began: float, *, ok: bool) -> None:
-    """Record one chunk of a batch job as one prediction of `rows` rows (source `job`)."""
+def job_chunk(job: Any, rows: int, began: float, *, ok: bool, prompt_tokens: int = 0) -> None:
+    """Record one chunk of a batch job as one prediction of `rows` rows (source `job`).
+
+    A text model's chunk also meters the tokens it read, for the job's owner (no API token:
+    batch jobs are not held to a token's tokens per minute).
+    """
     ms = (time.perf_counter() - began) * 1000
+    if prompt_tokens:
+        _sink.usage(
+            version_id=job.version_id, model=job.model_name, version=job.version_number, user_id=job.created_by_id,
+            token_id=None, prompt_tokens=prompt_tokens, completion_tokens=0,
+        )  # fmt: skip
     _sink.record(
         version_id=job.version_id, model=job.model_name, version=job.version_number, source="job", alias="",
         status=200 if ok else 422, total_ms=ms, compute_ms=ms, batch_size=rows,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from monitoring.models import EvaluationDataset, EvaluationRun, MetricBucket, PromotionGate
+from monitoring.models import EvaluationDataset, EvaluationRun, MetricBucket, PromotionGate, UsageBucket
 
 
 @admin.register(EvaluationDataset)
@@ -35,6 +35,19 @@ class PromotionGateAdmin(admin.ModelAdmin):
 class MetricBucketAdmin(admin.ModelAdmin):
     list_display = ["version", "minute", "source", "alias", "process", "count", "errors"]
     list_filter = ["source"]
+    date_hierarchy = "minute"
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(UsageBucket)
+class UsageBucketAdmin(admin.ModelAdmin):
+    list_display = ["version", "minute", "user", "token", "process", "requests", "prompt_tokens", "completion_tokens"]
+    list_select_related = ["version__model", "user", "token"]
     date_hierarchy = "minute"
 
     def has_add_permission(self, request: object) -> bool:

@@ -121,3 +121,13 @@ def has_data(figure: Figure) -> bool:
         if values and any(v is not None and v != 0 for v in values):
             return True
     return False
+
+
+def tokens_figure(series: dict[str, Any]) -> Figure:
+    """Model tokens per minute of each version: prompt (solid) and completion (dotted)."""
+    times, data = series["times"], []
+    for i, line in enumerate(series["series"]):
+        colour = COLOURS[i % len(COLOURS)]
+        data += [_line(f"{line['name']} prompt", times, line["prompt"], colour),
+                 _line(f"{line['name']} completion", times, line["completion"], colour, "dot")]  # fmt: skip
+    return {"data": data, "layout": _layout("Tokens per minute", "tokens/min")}

@@ -1,4 +1,4 @@
-"""Serving metrics (per-minute aggregates), evaluation datasets and runs, promotion gates."""
+"""Serving metrics and token usage (per-minute aggregates), evaluation datasets and runs, promotion gates."""
 
 from __future__ import annotations
 
@@ -52,6 +52,34 @@ class MetricBucket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version_id}@{self.minute:%Y-%m-%d %H:%M} {self.source} ({self.count})"
+
+
+class UsageBucket(models.Model):
+    """One minute of model tokens used on one version by one caller, as seen by one process.
+
+    The caller is a user and, for a program, the API token it sent (blank for a browser
+    session). Like MetricBucket, each process merges into rows of its own (`process`), and
+    reads sum them. Rows outlive a deleted token or user (SET_NULL): chargeback needs the
+    totals even then.
+    """
+
+    version = models.ForeignKey("registry.ModelVersion", on_delete=models.CASCADE, related_name="usage_buckets")
+    minute = models.DateTimeField(db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")  # fmt: skip
+    token = models.ForeignKey("accounts.ApiToken", null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="+")  # fmt: skip
+    process = models.CharField(max_length=80)
+    requests = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        # Not unique: NULL users and tokens never compare equal, and only one process writes its rows.
+        indexes = [models.Index(fields=["minute", "user"]), models.Index(fields=["version", "minute"])]
+
+    def __str__(self) -> str:
+        return f"{self.version_id}@{self.minute:%Y-%m-%d %H:%M} user {self.user_id} token {self.token_id}"
 
 
 class TaskType(models.TextChoices):

@@ -30,10 +30,11 @@ def evaluation_run(run_id: str) -> str:
 
 @shared_task(name="monitoring.tasks.metrics_prune")
 def metrics_prune() -> int:
-    """Delete serving aggregates older than METRICS_RETENTION_DAYS; run by Celery beat."""
+    """Delete serving aggregates older than METRICS_RETENTION_DAYS, usage older than USAGE_RETENTION_DAYS (beat)."""
     deleted = metrics.buckets_prune()
-    logger.info("pruned %s metric buckets", deleted)
-    return deleted
+    used = metrics.usage_prune()
+    logger.info("pruned %s metric buckets and %s usage buckets", deleted, used)
+    return deleted + used
 
 
 def evaluation_enqueue(run_id: Any) -> None:

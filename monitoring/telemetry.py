@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitoring.metrics import record, worker_heartbeat
+from monitoring.metrics import record, usage, worker_heartbeat
 from monitoring.services.stats import version_stats, window_parse
 from registry.models import RegisteredModel
 
 
 class MonitoringSink:
-    """Predictions go to the recorder, worker reports to the gauges, stats come from the aggregates."""
+    """Predictions and their usage go to the recorder, worker reports to the gauges, stats come from the aggregates."""
 
     record = staticmethod(record)
+    usage = staticmethod(usage)
     worker_heartbeat = staticmethod(worker_heartbeat)
 
     @staticmethod

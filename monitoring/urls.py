@@ -12,6 +12,7 @@ M = "models/<str:name>"
 urlpatterns = [
     path("monitoring/", views.dashboard, name="dashboard"),
     path("monitoring/data/", views.dashboard_data, name="dashboard-data"),
+    path("usage/", views.usage, name="usage"),
     path(f"{M}/compare/", views.model_compare, name="model-compare"),
     path(f"{M}/charts/", views.model_charts_data, name="model-charts"),
     path(f"{M}/datasets/new/", views.dataset_upload, name="dataset-upload"),

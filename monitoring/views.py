@@ -1,4 +1,4 @@
-"""Browser pages of monitoring (dashboard, version comparison, evaluation runs) and /metrics."""
+"""Browser pages of monitoring (dashboard, token usage, version comparison, evaluation runs) and /metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import ipaddress
 import secrets
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -61,6 +62,20 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """Live serving charts of every model the user can see."""
     return render(request, "monitoring/dashboard.html", {"window": _window(request), "windows": list(services.WINDOWS),
                                                          "data_url": reverse("monitoring:dashboard-data")})  # fmt: skip
+
+
+@login_required
+def usage(request: HttpRequest) -> HttpResponse:
+    """Model tokens used per model version and per caller over a window (staff: everyone's)."""
+    window = _window(request)
+    model = request.GET.get("model") or None
+    summary = services.usage_summary(request.user, window, model=model)
+    query = urlencode({"window": window, **({"model": model} if model else {})})
+    return render(request, "monitoring/usage.html", {
+        "window": window, "windows": list(services.WINDOWS), "model": model or "", "usage": summary,
+        "everyone": request.user.is_staff, "csv_url": f"{reverse('api:usage-csv')}?{query}",
+        "api_url": f"{reverse('api:usage')}?{query}",
+    })  # fmt: skip
 
 
 def _visible_versions(request: HttpRequest) -> Any:
@@ -130,6 +145,7 @@ def model_charts_data(request: HttpRequest, name: str) -> JsonResponse:
     split = services.series(window, model.versions.all(), split=True)
     traffic = charts.traffic_figures(split, per_version=True)
     figures = {"rps": traffic["rps"], "latency": traffic["latency"], "errors": traffic["errors"],
+               "tokens": charts.tokens_figure(services.usage_series(window, model.versions.all())),
                **_comparison(model)["figures"]}  # fmt: skip
     return JsonResponse({"window": window, "figures": figures})
 

@@ -344,6 +344,8 @@ DEMO_PASSWORD = env_secret("DEMO_PASSWORD", "admin")
 METRICS_FLUSH_SECONDS = env_float("METRICS_FLUSH_SECONDS", 5.0, minimum=0.0)
 # Serving aggregates older than this are deleted (the dashboard shows a week at most).
 METRICS_RETENTION_DAYS = env_float("METRICS_RETENTION_DAYS", 30.0, minimum=1.0)
+# Token usage (chargeback) is kept longer than the serving aggregates.
+USAGE_RETENTION_DAYS = env_float("USAGE_RETENTION_DAYS", 400.0, minimum=1.0)
 # /metrics answers loopback clients and staff; a scraper elsewhere sends this bearer token.
 METRICS_TOKEN = env_secret("METRICS_TOKEN", "")
 # prometheus-client picks multiprocess mode from the environment when it is first imported,

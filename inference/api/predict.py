@@ -134,8 +134,8 @@ class PredictView(APIView):
             OpenApiParameter("alias", str, description="Use an alias (default: production)."),
         ],
         request=PredictRequestSerializer,
-        responses={200: PredictResponseSerializer, 400: ERROR, 404: ERROR, 413: ERROR, 422: ERROR, 503: ERROR,
-                   504: ERROR},
+        responses={200: PredictResponseSerializer, 400: ERROR, 404: ERROR, 413: ERROR, 422: ERROR, 429: ERROR,
+                   503: ERROR, 504: ERROR},
         examples=EXAMPLES,
     )  # fmt: skip
     def post(self, request: Request, name: str) -> Response:
@@ -152,10 +152,12 @@ class PredictView(APIView):
         data = serializer.validated_data
         addressed = request.query_params.get("version") or request.query_params.get("alias")
         if version.task:
-            answer = predict.text_predict(version, data["inputs"], data.get("parameters"), addressed=addressed)
+            answer = predict.text_predict(
+                version, data["inputs"], data.get("parameters"), addressed=addressed, user=request.user
+            )
             return Response({"model": version.model.name, "version": version.version, **answer})
         tensors = predict.friendly_to_tensors(version, data["inputs"])
-        outputs, timing = predict.predict(version, tensors, addressed=addressed)
+        outputs, timing = predict.predict(version, tensors, addressed=addressed, user=request.user)
         body = {
             "model": version.model.name,
             "version": version.version,

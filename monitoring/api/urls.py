@@ -14,6 +14,8 @@ urlpatterns = [
     path(f"{M}/datasets/", views.DatasetListView.as_view(), name="dataset-list"),
     path(f"{M}/datasets/<str:dataset>/", views.DatasetDetailView.as_view(), name="dataset-detail"),
     path(f"{M}/gate/", views.GateView.as_view(), name="model-gate"),
+    path("usage/", views.UsageView.as_view(), name="usage"),
+    path("usage/csv/", views.UsageCsvView.as_view(), name="usage-csv"),
     path("evaluations/", views.RunListView.as_view(), name="evaluation-list"),
     path("evaluations/<str:run_id>/", views.RunDetailView.as_view(), name="evaluation-detail"),
 ]

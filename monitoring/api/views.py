@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -173,3 +174,51 @@ class GateView(ModelScopedMixin, APIView):
         model = self.scoped_model(Action.MANAGE)
         services.gate_delete(actor=request.user, model=model)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+USAGE_PARAMETERS = [
+    WINDOW,
+    OpenApiParameter("model", str, description="Only this model (by name)."),
+    OpenApiParameter("token", int, description="Only this API token (its id, as GET /api/v1/tokens/ lists it)."),
+]
+USAGE = OpenApiResponse(
+    response=OpenApiTypes.OBJECT,
+    description="totals, by_version [{model, version, requests, prompt_tokens, completion_tokens, total_tokens}] "
+    "and by_caller [{user, token_id, token, ...the same sums}].",
+)
+
+
+def _usage_filters(request: Request) -> tuple[str, str | None, int | None]:
+    query = request.query_params
+    return (services.window_parse(query.get("window")), query.get("model") or None,
+            services.token_filter_parse(query.get("token")))  # fmt: skip
+
+
+class UsageView(APIView):
+    """GET /api/v1/usage/: model tokens used per model version and per caller, for chargeback."""
+
+    @extend_schema(
+        summary="Token usage over a window (staff: everyone's; others: their own)",
+        parameters=USAGE_PARAMETERS,
+        responses={200: USAGE, 400: ERROR},
+    )
+    def get(self, request: Request) -> Response:
+        window, model, token = _usage_filters(request)
+        return Response(services.usage_summary(request.user, window, model=model, token=token))
+
+
+class UsageCsvView(APIView):
+    """GET /api/v1/usage/csv/: the same usage, one CSV line per minute, model version and caller."""
+
+    @extend_schema(
+        summary="Token usage as CSV (per minute, model version and caller)",
+        parameters=USAGE_PARAMETERS,
+        responses={(200, "text/csv"): OpenApiTypes.STR, 400: ERROR},
+    )
+    def get(self, request: Request) -> HttpResponse:
+        window, model, token = _usage_filters(request)
+        response = HttpResponse(
+            services.usage_csv(request.user, window, model=model, token=token), content_type="text/csv"
+        )
+        response["Content-Disposition"] = f'attachment; filename="usage-{window}.csv"'
+        return response

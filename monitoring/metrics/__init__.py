@@ -1,4 +1,4 @@
-"""Serving metrics: the aggregates' histogram, the Prometheus metrics, and the recorder.
+"""Serving metrics and token usage: the aggregates' histogram, the Prometheus metrics, the recorder.
 
 The serving plane reports through `inference.telemetry`; monitoring registers the
 recorder there as its sink (MonitoringConfig.ready).
@@ -25,7 +25,8 @@ from monitoring.metrics.prometheus import (
     process_gone,
     worker_heartbeat,
 )
-from monitoring.metrics.recording import DRAIN_SECONDS, Recorder, buckets_prune, record, recorder
+from monitoring.metrics.recording import DRAIN_SECONDS, Recorder, buckets_prune, record, recorder, usage
+from monitoring.metrics.usage import UsageMeter, usage_prune, usage_write
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -35,6 +36,7 @@ __all__ = [
     "HIST_RATIO",
     "LATENCY_BUCKETS",
     "Recorder",
+    "UsageMeter",
     "batch_bucket",
     "bucket_value",
     "buckets_prune",
@@ -47,5 +49,8 @@ __all__ = [
     "quantiles",
     "record",
     "recorder",
+    "usage",
+    "usage_prune",
+    "usage_write",
     "worker_heartbeat",
 ]

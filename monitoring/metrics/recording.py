@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from monitoring.metrics.histogram import batch_bucket, hist_merge, latency_bucket
 from monitoring.metrics.prometheus import BATCH, COMPUTE, LATENCY, PAYLOAD, QUEUE, REQUESTS, histogram_add
+from monitoring.metrics.usage import UsageCell, UsageKey, UsageMeter, UsageSample, usage_write
 from monitoring.models import MetricBucket
 from registry.models import ModelVersion
 
@@ -44,6 +45,8 @@ class Recorder:
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: list[tuple[Any, ...]] = []
+        self._usage_pending: list[UsageSample] = []
+        self.usage_meter = UsageMeter()
         self._cells: dict[Key, Cell] = {}
         self._series: dict[tuple[str, int, str], tuple[Any, ...]] = {}
         self._counters: dict[tuple[str, int, str, int], Any] = {}
@@ -81,10 +84,34 @@ class Recorder:
         if self._thread is None:
             self.drain()
 
+    def usage(
+        self,
+        *,
+        version_id: int,
+        model: str,
+        version: int,
+        user_id: int | None,
+        token_id: int | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        """Meter one answered request's tokens: one append here, like record()."""
+        if self._pid != os.getpid():
+            self._forked()
+        sample = (version_id, model, version, user_id, token_id, prompt_tokens, completion_tokens,
+                  int(time.time() // 60))  # fmt: skip
+        with self._pending_lock:
+            self._usage_pending.append(sample)
+        if self._thread is None:
+            self.drain()
+
     def drain(self) -> None:
         """Apply the samples recorded since the last drain to the aggregates and to Prometheus, in bulk."""
         with self._pending_lock:
             pending, self._pending = self._pending, []
+            usage, self._usage_pending = self._usage_pending, []
+        if usage:
+            self.usage_meter.apply(usage)
         if not pending:
             return
         # Prometheus values per series, summed here so each mmap'ed value is written once per drain.
@@ -130,6 +157,8 @@ class Recorder:
         with self._lock:
             self._pid = os.getpid()
             self._pending = []
+            self._usage_pending = []
+            self.usage_meter.clear()
             self._cells.clear()
             self._series.clear()
             self._counters.clear()
@@ -170,18 +199,33 @@ class Recorder:
                 self._cells[key] = cell if mine is None else _cell_merge(mine, cell)
 
     def flush(self) -> int:
-        """Merge the recorded cells into this process's MetricBucket rows; returns rows written."""
-
+        """Merge the recorded cells into this process's MetricBucket and UsageBucket rows; returns rows written."""
         cells = self.take()
-        if not cells:
+        usage = self.usage_meter.take()
+        if not cells and not usage:
             return 0
+        process = self.process or f"{socket.gethostname()}:{os.getpid()}"
+        # Kept for the next flush if the database fails, unless it has been failing for an hour.
+        horizon = int(time.time() // 60) - 60
+        written = 0
         try:
-            return _cells_write(cells, self.process or f"{socket.gethostname()}:{os.getpid()}")
+            if cells:
+                written += _cells_write(cells, process)
         except DatabaseError:
-            # Kept for the next flush, unless it has been failing for an hour.
-            horizon = int(time.time() // 60) - 60
             self.restore({key: cell for key, cell in cells.items() if key[1] > horizon})
+            self.usage_restore(usage, horizon)
             raise
+        try:
+            if usage:
+                written += usage_write(usage, process)
+        except DatabaseError:
+            self.usage_restore(usage, horizon)
+            raise
+        return written
+
+    def usage_restore(self, usage: dict[UsageKey, UsageCell], horizon: int) -> None:
+        """Put back usage cells that could not be written (those newer than `horizon`, a minute number)."""
+        self.usage_meter.restore({key: cell for key, cell in usage.items() if key[1] > horizon})
 
     def flush_quietly(self) -> None:
         """Flush at exit: a failure is logged, never raised."""
@@ -193,6 +237,7 @@ class Recorder:
     def reset(self) -> None:
         """Drop everything recorded and not yet flushed (tests)."""
         self.take()
+        self.usage_meter.take()
 
 
 # How often the background thread applies recorded samples (Prometheus lags by at most this).
@@ -295,3 +340,4 @@ def _cells_write(cells: dict[Key, Cell], process: str) -> int:
 
 recorder = Recorder()
 record = recorder.record
+usage = recorder.usage

@@ -1,4 +1,4 @@
-"""Monitoring operations: serving statistics, evaluation datasets and runs, the promotion gate."""
+"""Monitoring operations: serving statistics, token usage, evaluation datasets and runs, the promotion gate."""
 
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ from monitoring.services.stats import (
     version_stats,
     window_parse,
 )
+from monitoring.services.usage import (
+    token_filter_parse,
+    usage_csv,
+    usage_rows,
+    usage_series,
+    usage_summary,
+    usage_visible,
+)
 
 __all__ = [
     "FIELDS",
@@ -64,6 +72,12 @@ __all__ = [
     "run_get",
     "runs_visible_to",
     "series",
+    "token_filter_parse",
+    "usage_csv",
+    "usage_rows",
+    "usage_series",
+    "usage_summary",
+    "usage_visible",
     "version_stats",
     "window_parse",
 ]

@@ -17,6 +17,7 @@ class TokenGrant:
     scopes: frozenset[str]
     model_ids: frozenset[int] | None  # None: every model the user may use
     rate_limit_per_minute: int | None
+    tokens_per_minute: int | None = None
 
     def covers(self, model_id: int) -> bool:
         return self.model_ids is None or model_id in self.model_ids

@@ -97,3 +97,25 @@ def test_token_page_shows_secret_once(client, owner):
     client.post(f"/tokens/{token.pk}/revoke/")
     token.refresh_from_db()
     assert token.revoked_at is not None
+
+
+def test_a_tokens_per_minute_limit_is_checked_audited_and_carried_by_the_grant(owner):
+    with pytest.raises(InvalidInput, match="tokens_per_minute must be between 1 and"):
+        services.token_create(user=owner, name="zero", tokens_per_minute=0)
+    token, secret = services.token_create(user=owner, name="llm", tokens_per_minute=5000, rate_limit_per_minute=60)
+    assert token.tokens_per_minute == 5000
+    grant = services.token_authenticate(secret).user.api_grant
+    assert (grant.tokens_per_minute, grant.rate_limit_per_minute) == (5000, 60)
+    assert (
+        services.token_authenticate(services.token_create(user=owner, name="free")[1]).user.api_grant.tokens_per_minute
+        is None
+    )
+
+
+def test_the_token_api_takes_and_shows_tokens_per_minute(api, owner):
+    client = api(owner)
+    created = client.post("/api/v1/tokens/", {"name": "gen", "tokens_per_minute": 1200}, format="json")
+    assert created.status_code == 201 and created.json()["tokens_per_minute"] == 1200
+    assert client.get("/api/v1/tokens/").json()["results"][0]["tokens_per_minute"] == 1200
+    refused = client.post("/api/v1/tokens/", {"name": "bad", "tokens_per_minute": -1}, format="json")
+    assert refused.status_code == 400

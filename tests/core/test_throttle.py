@@ -8,7 +8,15 @@ import pytest
 
 from core import redis as shared_redis
 from core.errors import ServiceUnavailable, TooManyRequests
-from core.throttle import Count, Throttle, ThrottleUnavailable, rate_hit, rate_hit_async
+from core.throttle import (
+    Count,
+    Throttle,
+    ThrottleUnavailable,
+    rate_hit,
+    rate_hit_async,
+    tokens_check,
+    tokens_check_async,
+)
 
 
 class FakeClock:
@@ -125,3 +133,46 @@ def test_without_redis_rate_limits_answer_503(settings, clock):
     with pytest.raises(ThrottleUnavailable):
         asyncio.run(hit_async())
     shared_redis.reset()
+
+
+def test_charge_counts_a_cost_at_once_in_the_window_the_first_charge_opens(throttle, clock):
+    client = shared_redis.client()
+    assert throttle.charge(client, "t", 40) == Count(40, 60)
+    clock.now += 10.5
+    assert throttle.charge(client, "t", 25) == Count(65, 50)  # 49.5 s left: rounds up
+    assert throttle.peek(client, "t") == [Count(65, 50)]
+    clock.now += 49.5  # a minute after the first charge: the next window
+    assert throttle.peek(client, "t") == [Count(0, 60)]
+    assert throttle.charge(client, "t", 7) == Count(7, 60)
+
+
+def test_tokens_check_refuses_once_the_window_reached_the_limit_until_it_closes(throttle, clock):
+    client = shared_redis.client()
+    tokens_check(client, "token 1", 100, throttle)  # nothing used: admitted, and nothing stored
+    assert client.keys("test:*") == []
+    throttle.charge(client, "token 1", 99)
+    tokens_check(client, "token 1", 100, throttle)  # 99 < 100: one more request may go
+    clock.now += 20.25
+    throttle.charge(client, "token 1", 30)  # that request overshot (charged after its answer)
+    with pytest.raises(TooManyRequests) as refused:
+        tokens_check(client, "token 1", 100, throttle)
+    assert refused.value.headers == {"Retry-After": "40"}  # 39.75 s left in the window
+    assert refused.value.status_code == 429
+    assert "Token limit of 100 tokens per minute reached for token 1 (129 used" in refused.value.message
+    tokens_check(client, "token 2", 100, throttle)  # other tokens count apart
+    clock.now += 39.75
+    tokens_check(client, "token 1", 100, throttle)  # the window closed
+
+
+def test_tokens_check_async_reads_what_charge_counted(throttle):
+    async def check_async() -> None:
+        await tokens_check_async(shared_redis.async_client(), "token 1", 10, throttle)
+
+    asyncio.run(check_async())
+
+    async def charge_async() -> Count:
+        return await throttle.charge_async(shared_redis.async_client(), "token 1", 10)
+
+    assert asyncio.run(charge_async()).count == 10
+    with pytest.raises(TooManyRequests):
+        asyncio.run(check_async())

@@ -229,3 +229,39 @@ def test_v1_applies_tokens_roles_scopes_and_rate_limits_like_v2(gateway_url, own
         stats = requests.get(f"{gateway_url}/v2/models/embedder/stats", headers=auth(limited), timeout=10).json()
         served = sum(entry["count"] for entry in stats["model_stats"])
     assert served >= 2, stats
+
+
+def test_a_tokens_per_minute_limit_refuses_v1_with_retry_after_and_the_usage_api_shows_the_tokens(
+    gateway_url, live_server, owner, archives
+):
+    version = serve(owner, "metered", archives["feature-extraction"], "feature-extraction")
+    token, secret = token_services.token_create(user=owner, name="metered", tokens_per_minute=20)
+    client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=secret, max_retries=0)
+    used, answered = 0, 0
+    while used < 20 and answered < 10:  # each request reads a few tokens; the window fills up
+        used += client.embeddings.create(model="metered", input=["hello world", "a second text"]).usage.prompt_tokens
+        answered += 1
+    assert used >= 20 and answered >= 2, (used, answered)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.embeddings.create(model="metered", input="one more")
+    assert 0 < int(caught.value.response.headers["Retry-After"]) <= 60
+    assert caught.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
+    assert "Token limit of 20 tokens per minute" in caught.value.message
+    # The friendly endpoint shares the token's window.
+    friendly = requests.post(f"{live_server.url}/api/v1/models/metered/predict/", json={"inputs": "hi"},
+                             headers=auth(secret), timeout=30)  # fmt: skip
+    assert friendly.status_code == 429 and 0 < int(friendly.headers["Retry-After"]) <= 60, friendly.text
+
+    # Metered in the gateway process, flushed within a second or two: per token and per version.
+    usage, deadline = {}, time.monotonic() + 15
+    while time.monotonic() < deadline:
+        usage = requests.get(f"{live_server.url}/api/v1/usage/", params={"token": token.pk}, headers=auth(secret),
+                             timeout=10).json()  # fmt: skip
+        if usage["totals"]["prompt_tokens"] >= used:
+            break
+        time.sleep(0.3)
+    assert usage["totals"] == {"requests": answered, "prompt_tokens": used, "completion_tokens": 0,
+                               "total_tokens": used}, usage  # fmt: skip
+    assert usage["by_version"] == [{"model": "metered", "version": version.version, "requests": answered,
+                                    "prompt_tokens": used, "completion_tokens": 0, "total_tokens": used}]  # fmt: skip
+    assert [(row["user"], row["token_id"]) for row in usage["by_caller"]] == [(owner.username, token.pk)]

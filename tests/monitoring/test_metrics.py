@@ -135,7 +135,8 @@ def test_grafana_dashboard_queries_only_metrics_the_portal_exports():
     path = Path(__file__).resolve().parents[2] / "monitoring" / "grafana" / "maas-portal-dashboard.json"
     dashboard = json.loads(path.read_text())
     families = (prom.REQUESTS, prom.LATENCY, prom.QUEUE, prom.COMPUTE, prom.BATCH, prom.PAYLOAD, prom.MODELS_LOADED,
-                prom.WORKER_MEMORY, prom.GPU_MEMORY, prom.GPU_UTILISATION)  # fmt: skip
+                prom.WORKER_MEMORY, prom.GPU_MEMORY, prom.GPU_UTILISATION, prom.PROMPT_TOKENS,
+                prom.COMPLETION_TOKENS)  # fmt: skip
     exported = {family._name for family in families}
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
             for name in re.findall(r"maas_[a-z_]+", target["expr"])}  # fmt: skip
