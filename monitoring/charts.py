@@ -14,15 +14,32 @@ HEAT = [[0, "#eff6ff"], [1, "#1e40af"]]
 COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#be185d"]
 
 
-def _layout(title: str, y_title: str, **extra: Any) -> dict[str, Any]:
-    return {
+# Values on axes and in tooltips: three significant figures ("0.364 ms", not "0.3644 ms").
+NUMBER_FORMAT = ".3~g"
+# Latency charts offer a log scale: one slow cold start would otherwise flatten every other point.
+SCALE_BUTTONS = [{
+    "type": "buttons", "direction": "left", "showactive": True, "x": 1, "xanchor": "right", "y": 1.18,
+    "yanchor": "top", "pad": {"r": 0, "t": 0}, "font": {"size": 11},
+    "buttons": [{"label": "linear", "method": "relayout", "args": [{"yaxis.type": "linear"}]},
+                {"label": "log", "method": "relayout", "args": [{"yaxis.type": "log"}]}],
+}]  # fmt: skip
+
+
+def _layout(title: str, y_title: str, *, log_scale: bool = False, **extra: Any) -> dict[str, Any]:
+    yaxis = {"title": {"text": y_title, "standoff": 8}, "rangemode": "tozero", "automargin": True,
+             "tickformat": NUMBER_FORMAT, "hoverformat": NUMBER_FORMAT, **extra.pop("yaxis", {})}  # fmt: skip
+    layout = {
         "title": {"text": title, "font": {"size": 14}},
         "margin": {"l": 55, "r": 15, "t": 40, "b": 40},
         "height": 280,
-        "yaxis": {"title": {"text": y_title}, "rangemode": "tozero"},
+        "yaxis": yaxis,
+        "xaxis": {"automargin": True, **extra.pop("xaxis", {})},
         "legend": {"orientation": "h", "y": -0.2},
         **extra,
     }
+    if log_scale:
+        layout["updatemenus"] = SCALE_BUTTONS
+    return layout
 
 
 def _line(name: str, x: list[str], y: list[Any], colour: str, dash: str = "solid") -> dict[str, Any]:
@@ -49,10 +66,13 @@ def traffic_figures(series: dict[str, Any], *, per_version: bool = False) -> dic
                         _line("p99", times, line["p99"], COLOURS[1])]  # fmt: skip
     queue_compute = []
     for i, line in enumerate(lines):
-        colour = COLOURS[i % len(COLOURS)]
         prefix = f"{line['name']} " if many else ""
-        queue_compute += [_line(f"{prefix}queue", times, line["queue_ms"], colour, "dot"),
-                          _line(f"{prefix}compute", times, line["compute_ms"], colour)]  # fmt: skip
+        # One series: queue and compute in colours of their own; per version, the version's
+        # colour with queue dotted.
+        compute = COLOURS[i % len(COLOURS)] if many else COLOURS[0]
+        queue = compute if many else COLOURS[4]
+        queue_compute += [_line(f"{prefix}queue", times, line["queue_ms"], queue, "dot"),
+                          _line(f"{prefix}compute", times, line["compute_ms"], compute)]  # fmt: skip
     return {
         "rps": {"data": [_line(line["name"], times, line["rps"], COLOURS[i % len(COLOURS)])
                          for i, line in enumerate(lines)],
@@ -60,10 +80,11 @@ def traffic_figures(series: dict[str, Any], *, per_version: bool = False) -> dic
         "errors": {"data": [_line(line["name"], times, line["error_rate"], COLOURS[i % len(COLOURS)])
                             for i, line in enumerate(lines)],
                    "layout": _layout("Error rate", "share of requests", yaxis={"tickformat": ".0%",
-                                                                              "rangemode": "tozero"})},
+                                                                              "hoverformat": ".1%"})},
         "latency": {"data": latency, "layout": _layout("Latency" + (" p95 per version" if many else " p50 / p95 / p99"),
-                                                       "ms")},
-        "queue_compute": {"data": queue_compute, "layout": _layout("Queue wait vs compute (mean)", "ms")},
+                                                       "ms", log_scale=True)},
+        "queue_compute": {"data": queue_compute, "layout": _layout("Queue wait vs compute (mean)", "ms",
+                                                                   log_scale=True)},
     }  # fmt: skip
 
 

@@ -5,6 +5,11 @@
   "use strict";
   const config = { displaylogo: false, responsive: true };
 
+  // Three significant figures: "0.364", not "0.3644".
+  function sig(value) {
+    return value === null || value === undefined ? "—" : String(Number(Number(value).toPrecision(3)));
+  }
+
   function hasData(figure) {
     return (figure.data || []).some((trace) => {
       const values = trace.type === "heatmap" ? trace.z : trace.y;
@@ -38,8 +43,8 @@
           const totals = root.querySelector("[data-totals]");
           if (totals && body.totals) {
             const t = body.totals;
-            totals.textContent = t.count + " requests, " + t.errors + " errors, p50 " + (t.latency_ms.p50 ?? "—") +
-              " ms, p95 " + (t.latency_ms.p95 ?? "—") + " ms, p99 " + (t.latency_ms.p99 ?? "—") + " ms";
+            totals.textContent = t.count + " requests, " + t.errors + " errors, p50 " + sig(t.latency_ms.p50) +
+              " ms, p95 " + sig(t.latency_ms.p95) + " ms, p99 " + sig(t.latency_ms.p99) + " ms";
           }
         })
         .catch(() => {})

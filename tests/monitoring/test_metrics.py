@@ -81,6 +81,15 @@ def test_traffic_figures_carry_the_recorded_points(ready_version):
     assert sum(v for v in figures["rps"]["data"][0]["y"] if v) == pytest.approx(12 / 60)
     assert charts.batch_size_figure(series["totals"]["batch_size"]["histogram"])["data"][0]["x"] == ["3-4"]
     assert not charts.has_data(charts.traffic_figures(services.series("hour", version.model.versions.none()))["rps"])
+    # One slow outlier must not flatten the latency charts: they offer a log scale.
+    for name in ("latency", "queue_compute"):
+        buttons = figures[name]["layout"]["updatemenus"][0]["buttons"]
+        assert [b["args"][0]["yaxis.type"] for b in buttons] == ["linear", "log"]
+    # Three significant figures on the axis and in tooltips; queue and compute told apart by colour.
+    assert figures["latency"]["layout"]["yaxis"]["hoverformat"] == ".3~g"
+    queue, compute = figures["queue_compute"]["data"]
+    assert queue["line"]["color"] != compute["line"]["color"]
+    assert figures["errors"]["layout"]["yaxis"]["title"]["text"] == "share of requests"
 
 
 def test_prometheus_exposition_counts_recorded_predictions(client, ready_version, django_user_model):
