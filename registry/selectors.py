@@ -80,6 +80,14 @@ def audit_events_visible_to(user: Any) -> QuerySet[AuditEvent]:
     return events.filter(Q(model__in=models_visible_to(user)) | Q(actor=user, model__isnull=True))
 
 
+def versions_identical(version: ModelVersion) -> list[int]:
+    """Numbers of the model's other versions whose artifact has the same sha256 (a re-upload)."""
+    return list(
+        version.model.versions.filter(sha256=version.sha256).exclude(pk=version.pk).order_by("version")
+        .values_list("version", flat=True)
+    )  # fmt: skip
+
+
 def version_for_serving(version_id: int) -> ModelVersion:
     """A version row for a worker about to load it (no access check: the caller was checked)."""
     version = ModelVersion.objects.select_related("model").filter(pk=version_id).first()

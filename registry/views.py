@@ -166,6 +166,7 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
         "try_it": json.dumps(_example_inputs(obj)),
         "text_try_it": _text_try_it(obj) if obj.format == ModelFormat.HUGGINGFACE else None,
         "snippets": _snippets(obj, request.build_absolute_uri("/").rstrip("/")),
+        "identical": selectors.versions_identical(obj),
     }
     return render(request, "registry/version_detail.html", context)
 

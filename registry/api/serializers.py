@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 
+from registry import selectors
 from registry.audit import EXPORT_FIELDS
 from registry.models import AuditEvent, ModelAlias, ModelFormat, ModelVersion, RegisteredModel, Visibility
 from registry.text_tasks import TextTask
@@ -94,6 +95,7 @@ class VersionSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
     aliases = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)  # type: ignore[var-annotated]
     download_url = serializers.SerializerMethodField()
+    identical_to = serializers.SerializerMethodField(help_text="Other versions with the same artifact (sha256).")
 
     class Meta:
         model = ModelVersion
@@ -111,6 +113,7 @@ class VersionSerializer(serializers.ModelSerializer):
             "max_batch_delay_ms",
             "signature",
             "signature_source",
+            "identical_to",
             "labels",
             "description",
             "tags",
@@ -126,6 +129,9 @@ class VersionSerializer(serializers.ModelSerializer):
 
     def get_download_url(self, obj: ModelVersion) -> str:
         return reverse("api:version-download", args=[obj.model.name, obj.version])
+
+    def get_identical_to(self, obj: ModelVersion) -> list[int]:
+        return selectors.versions_identical(obj)
 
 
 class VersionUploadSerializer(serializers.Serializer):

@@ -151,3 +151,13 @@ def test_model_list_pages_keep_the_search(client, owner):
     assert "Page 1 of 2" in page
     assert 'href="?q=vision&amp;page=2"' in page
     assert "net-29" in client.get("/?q=vision&page=2").content.decode()
+
+
+def test_a_re_upload_of_the_same_artifact_says_which_version_it_matches(client, owner, registered_model, model_files):
+    upload_file(owner, registered_model, model_files["torchscript"], enqueue=False)
+    upload_file(owner, registered_model, model_files["torchscript"], enqueue=False)
+    client.force_login(owner)
+    page = client.get("/models/iris/versions/2/").content.decode()
+    assert 'id="identical-versions"' in page and 'href="/models/iris/versions/1/"' in page
+    assert client.get("/api/v1/models/iris/versions/2/").json()["identical_to"] == [1]
+    assert client.get("/api/v1/models/iris/versions/1/").json()["identical_to"] == [2]
