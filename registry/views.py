@@ -88,6 +88,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "versions": versions,
         "aliases": [(alias, rollback_targets[alias.name]) for alias in aliases],
         "production_version": next((a.version.version for a in aliases if a.name == PRODUCTION_ALIAS), None),
+        "production_object": next((a.version for a in aliases if a.name == PRODUCTION_ALIAS), None),
         "history": selectors.alias_history(model)[:50],
         "ready_versions": [v.version for v in versions if v.status == VersionStatus.READY],
         "can_change": selectors.model_can_change(request.user, model),
