@@ -133,3 +133,14 @@ def test_gpt2_save_is_deterministic_and_complete(tiny_dir, tokenizer, tmp_path):
 def test_gpt2_save_refuses_an_unknown_size(tmp_path):
     with pytest.raises(ValueError, match="unknown GPT-2 size 'huge'"):
         gpt2_save(tmp_path / "x", size="huge")
+
+
+def test_random_token_streams_join_to_the_full_decode(tokenizer):
+    generator = torch.Generator().manual_seed(0)
+    vocabulary = len(tokenizer)
+    for _ in range(200):
+        tokens = torch.randint(
+            1, vocabulary, (int(torch.randint(1, 40, (1,), generator=generator)),), generator=generator
+        )
+        ids = tokens.tolist()
+        assert "".join(stream(tokenizer, ids)) == tokenizer.decode(ids)
