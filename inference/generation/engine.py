@@ -4,8 +4,10 @@ One `step()` is one decoding step for every running sequence in a single batched
 then the prefill of newcomers in a forward of their own (left-padded together, as
 `generate()` pads a batch): each emits its first token at once and joins the batch at the
 next step. Finished and cancelled sequences leave the
-batch between steps. Prefill per step is bounded by `prefill_tokens` so that a burst of
-long prompts does not stall the running streams for long.
+batch between steps. Prefill per step is bounded by `prefill_tokens` padded tokens so that
+a burst of prompts does not stall the running streams for long; a prompt longer than that
+is read in chunks of `prefill_tokens`, one per step, in a cache of its own, and joins the
+batch after its last chunk.
 
 The KV cache is one `DynamicCache` for the batch, left-padded: row r holds its sequence's
 keys and values right-aligned, an attention mask marks the padding and explicit position
@@ -129,6 +131,11 @@ class Engine:
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
         self.next_id = 0
         self.cancelled_waiting: list[Sequence] = []
+        # A prompt longer than `prefill_tokens` is prefilled in chunks, one per step, in a
+        # cache of its own; it joins the batch once its whole prompt has been read.
+        self.chunked: Sequence | None = None
+        self.chunked_cache: Any = None
+        self.chunked_done = 0
 
     # -- the queue ------------------------------------------------------------------------
 
@@ -163,7 +170,7 @@ class Engine:
 
     def cancel(self, sequence_id: int) -> bool:
         """Cancel a waiting or running sequence: it leaves at the next step (False if unknown or done)."""
-        for sequence in self.running:
+        for sequence in [*self.running, *([self.chunked] if self.chunked else [])]:
             if sequence.id == sequence_id and not sequence.cancelled:
                 sequence.cancelled = True
                 return True
@@ -176,15 +183,16 @@ class Engine:
 
     def has_work(self) -> bool:
         """Whether a step would do anything."""
-        return bool(self.running or self.waiting or self.cancelled_waiting)
+        return bool(self.running or self.waiting or self.cancelled_waiting or self.chunked)
 
     def stats(self) -> dict[str, int]:
         """Running and waiting sequences and cache use (real tokens, reserved, padded batch size)."""
         return {
             "running": len(self.running),
+            "prefilling": int(self.chunked is not None),
             "waiting": len(self.waiting),
-            "cached_tokens": sum(s.length for s in self.running),
-            "reserved_tokens": sum(s.reserved for s in self.running),
+            "cached_tokens": sum(s.length for s in self.running) + self.chunked_done,
+            "reserved_tokens": self._reserved(),
             "cache_positions": int(self.mask.numel()),
         }
 
@@ -198,6 +206,9 @@ class Engine:
         gone = [row for row, s in enumerate(self.running) if s.cancelled]
         outputs += [self._cancelled(self.running[row]) for row in gone]
         self._drop(gone)
+        if self.chunked is not None and self.chunked.cancelled:
+            outputs.append(self._cancelled(self.chunked))
+            self.chunked, self.chunked_cache, self.chunked_done = None, None, 0
         if self.running:
             outputs += self._decode()
         outputs += self._admit()
@@ -220,16 +231,22 @@ class Engine:
 
     def _admit(self) -> list[StepOutput]:
         """Prefill the waiting sequences that fit, in one left-padded forward; they emit their first token."""
+        if self.chunked is not None:
+            return self._prefill_chunk()
         newcomers: list[Sequence] = []
-        reserved = sum(s.reserved for s in self.running)
+        reserved = self._reserved()
         width = 0
         while self.waiting and len(self.running) + len(newcomers) < self.max_sequences:
             sequence = self.waiting[0]
             if reserved + sequence.reserved > self.max_tokens:
                 break
+            if not newcomers and len(sequence.prompt_ids) > self.prefill_tokens:
+                self.chunked = self.waiting.popleft()
+                self.chunked_cache = DynamicCache(config=self.model.config)
+                return self._prefill_chunk()
             wider = max(width, len(sequence.prompt_ids))
-            # Padded tokens bound the prefill's cost; the first newcomer runs however long its prompt.
-            if newcomers and wider * (len(newcomers) + 1) > self.prefill_tokens:
+            # Padded tokens bound the prefill's cost, so that running streams are not stalled for long.
+            if wider * (len(newcomers) + 1) > self.prefill_tokens:
                 break
             newcomers.append(self.waiting.popleft())
             reserved += sequence.reserved
@@ -251,6 +268,36 @@ class Engine:
         self._join(newcomers, cache, mask)
         self._drop([first + row for row, output in enumerate(outputs) if output.finished])
         return outputs
+
+    def _prefill_chunk(self) -> list[StepOutput]:
+        """Read the next `prefill_tokens` of the chunked prompt; at its end, its first token and it joins."""
+        sequence, done = self.chunked, self.chunked_done
+        if sequence is None:
+            return []
+        chunk = sequence.prompt_ids[done : done + self.prefill_tokens]
+        end = done + len(chunk)
+        out = self.model(
+            input_ids=torch.tensor([chunk], device=self.device),
+            attention_mask=torch.ones((1, end), dtype=torch.long, device=self.device),
+            position_ids=torch.arange(done, end, device=self.device).unsqueeze(0),
+            cache=self.chunked_cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if end < len(sequence.prompt_ids):
+            self.chunked_done = end
+            return []
+        cache = self.chunked_cache
+        self.chunked, self.chunked_cache, self.chunked_done = None, None, 0
+        outputs = self._advance([sequence], out.logits[:, -1, :])
+        first = len(self.running)
+        self._join([sequence], cache, torch.ones((1, end), dtype=torch.long, device=self.device))
+        self._drop([first] if outputs[0].finished else [])
+        return outputs
+
+    def _reserved(self) -> int:
+        """Cache positions reserved by the running sequences and a prompt being prefilled in chunks."""
+        return sum(s.reserved for s in self.running) + (self.chunked.reserved if self.chunked else 0)
 
     def _advance(self, sequences: list[Sequence], logits: torch.Tensor) -> list[StepOutput]:
         """Sample one token per sequence from its logits row and turn it into outputs."""

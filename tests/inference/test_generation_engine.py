@@ -231,3 +231,35 @@ def test_submit_refuses_requests_that_can_never_run(lm):
         engine.submit(GenerationRequest([5] * 90, SamplingParams(max_tokens=20)))
     with pytest.raises(ValueError, match="empty"):
         engine.submit(GenerationRequest([], SamplingParams()))
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_running_streams_keep_decoding(lm):
+    model, tokenizer = lm
+    long_prompt = tokenizer(" ".join(PROMPTS) * 20)["input_ids"][:300]
+    assert len(long_prompt) == 300
+    ids = torch.tensor([long_prompt])
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20)
+    engine = Engine(model, tokenizer, prefill_tokens=64)
+    running = engine.submit(GenerationRequest(PROMPTS[0], SamplingParams(max_tokens=40, temperature=0.0)))
+    engine.step()
+    long = engine.submit(GenerationRequest(long_prompt, GREEDY))
+    chunked_steps = 0
+    while engine.stats()["prefilling"] or chunked_steps == 0:
+        outputs = {o.sequence_id: o for o in engine.step()}
+        assert len(outputs[running].token_ids) == 1  # the running stream gets its token every step
+        chunked_steps += 1
+    assert chunked_steps == 5  # 300 tokens in chunks of 64: the fifth reads the rest and emits
+    results = run(engine)
+    assert [outputs[long].token_ids[0], *results[long]["tokens"]] == expected[0, 300:].tolist()
+
+
+def test_cancelling_a_prompt_being_prefilled_in_chunks_frees_its_reservation(lm):
+    model, tokenizer = lm
+    engine = Engine(model, tokenizer, prefill_tokens=16)
+    sequence = engine.submit(GenerationRequest(list(range(5, 105)), GREEDY))
+    assert engine.step() == []
+    assert engine.stats()["prefilling"] == 1 and engine.stats()["reserved_tokens"] == 120
+    assert engine.cancel(sequence)
+    (output,) = engine.step()
+    assert output.finish_reason == FinishReason.CANCELLED
+    assert engine.stats()["reserved_tokens"] == 0 and not engine.has_work()
