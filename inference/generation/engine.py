@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -102,7 +103,11 @@ class Sequence:
 
 
 class Engine:
-    """Continuous batching over `model.forward` for a Hugging Face causal LM and its fast tokenizer."""
+    """Continuous batching over `model.forward` for a Hugging Face causal LM and its fast tokenizer.
+
+    End-of-sequence ids come from the model's generation config (else the tokenizer) unless
+    `eos_token_ids` names them.
+    """
 
     def __init__(
         self,
@@ -113,6 +118,7 @@ class Engine:
         max_tokens: int = 16384,
         max_waiting: int = 256,
         prefill_tokens: int = 512,
+        eos_token_ids: Iterable[int] | None = None,
     ) -> None:
         if max_sequences < 1 or max_tokens < 1 or max_waiting < 0 or prefill_tokens < 1:
             raise ValueError("max_sequences, max_tokens and prefill_tokens must be positive, max_waiting not negative")
@@ -123,7 +129,7 @@ class Engine:
         self.max_waiting = max_waiting
         self.prefill_tokens = prefill_tokens
         self.context = int(model.config.max_position_embeddings)
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = frozenset(eos_token_ids) if eos_token_ids is not None else _eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # row r of the batch cache is running[r]

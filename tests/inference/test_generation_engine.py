@@ -263,3 +263,21 @@ def test_cancelling_a_prompt_being_prefilled_in_chunks_frees_its_reservation(lm)
     (output,) = engine.step()
     assert output.finish_reason == FinishReason.CANCELLED
     assert engine.stats()["reserved_tokens"] == 0 and not engine.has_work()
+
+
+def test_end_of_sequence_token_ends_with_stop_like_generate(lm, reference):
+    model, tokenizer = lm
+    tokens = reference[PROMPTS[3]]
+    eos = next(t for t in tokens[1:] if t not in tokens[:1])  # a token greedy decoding reaches after a few steps
+    ids = tokenizer(PROMPTS[3], return_tensors="pt")["input_ids"]
+    expected = model.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20, eos_token_id=eos, pad_token_id=0
+    )[0, ids.shape[1] :].tolist()
+    engine = Engine(model, tokenizer, eos_token_ids=[eos])
+    sequence = engine.submit(GenerationRequest(PROMPTS[3], GREEDY))
+    other = engine.submit(GenerationRequest(PROMPTS[0], GREEDY))
+    results = run(engine)
+    assert results[sequence]["tokens"] == expected[: expected.index(eos) + 1]
+    assert results[sequence]["outputs"][-1].finish_reason == FinishReason.STOP
+    assert "".join(results[sequence]["pieces"]) == tokenizer.decode(results[sequence]["tokens"][:-1])
+    assert len(results[other]["tokens"]) == 20 or results[other]["tokens"][-1] == eos
