@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from inference.generation import Engine, EngineFull, FinishReason, GenerationRequest, SamplingParams
 from portal.text_models import gpt2_save
@@ -281,3 +281,33 @@ def test_end_of_sequence_token_ends_with_stop_like_generate(lm, reference):
     assert results[sequence]["outputs"][-1].finish_reason == FinishReason.STOP
     assert "".join(results[sequence]["pieces"]) == tokenizer.decode(results[sequence]["tokens"][:-1])
     assert len(results[other]["tokens"]) == 20 or results[other]["tokens"][-1] == eos
+
+
+def test_greedy_outputs_equal_generate_for_a_llama_style_model(lm):
+    """Rotary positions and grouped-query attention: the padded batch cache keeps each row's own positions."""
+    _, tokenizer = lm
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+        model = LlamaForCausalLM(config).eval()
+    expected = {}
+    for prompt in PROMPTS[:4]:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16)
+        expected[prompt] = out[0, ids.shape[1] :].tolist()
+    engine = Engine(model, tokenizer, prefill_tokens=8)  # the longer prompts are read in chunks
+    params = SamplingParams(max_tokens=16, temperature=0.0)
+    engine.submit(GenerationRequest(PROMPTS[0], params))
+    results = run(engine, {2: [GenerationRequest(p, params) for p in PROMPTS[1:4]]})
+    assert [results[i]["tokens"] for i in range(4)] == [expected[p] for p in PROMPTS[:4]]
