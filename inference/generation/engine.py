@@ -168,7 +168,7 @@ class Engine:
             params=request.params,
             detokenizer=Detokenizer(self.tokenizer),
             stops=StopStrings(request.params.stop),
-            generator=request.params.generator(),
+            generator=request.params.generator(self.device),
         )
         self.next_id += 1
         self.waiting.append(sequence)
@@ -371,7 +371,8 @@ class Engine:
         """Remove batch rows, then the leading padding columns that no remaining row uses."""
         if not rows:
             return
-        keep = [row for row in range(len(self.running)) if row not in set(rows)]
+        leaving = set(rows)
+        keep = [row for row in range(len(self.running)) if row not in leaving]
         self.running = [self.running[row] for row in keep]
         if not keep:
             self.cache = None

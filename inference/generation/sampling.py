@@ -44,12 +44,12 @@ class SamplingParams:
         """Whether the request takes the most likely token (temperature 0)."""
         return self.temperature == 0.0
 
-    def generator(self) -> torch.Generator | None:
-        """A generator of its own for a sampled request (None for greedy), seeded by `seed` or at random."""
+    def generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
+        """A generator of its own on `device` for a sampled request (None for greedy), seeded by `seed` or at random."""
         if self.greedy:
             return None
         seed = self.seed if self.seed is not None else random.getrandbits(63)
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator(device=device).manual_seed(seed)
 
 
 def row_sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -83,7 +83,7 @@ def batch_sample(
 
 def token_logprobs(logits: torch.Tensor, tokens: list[int]) -> list[float]:
     """The model's log-probability of each row's chosen token (before temperature and cuts)."""
-    chosen = logits.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1).float()
+    chosen = logits.gather(1, torch.tensor(tokens, device=logits.device).unsqueeze(1)).squeeze(1).float()
     return (chosen - torch.logsumexp(logits.float(), dim=-1)).tolist()
 
 
