@@ -3,11 +3,11 @@
 One `step()` is one decoding step for every running sequence in a single batched forward,
 then the prefill of newcomers in a forward of their own (left-padded together, as
 `generate()` pads a batch): each emits its first token at once and joins the batch at the
-next step. Finished and cancelled sequences leave the
-batch between steps. Prefill per step is bounded by `prefill_tokens` padded tokens so that
-a burst of prompts does not stall the running streams for long; a prompt longer than that
-is read in chunks of `prefill_tokens`, one per step, in a cache of its own, and joins the
-batch after its last chunk.
+next step. Finished and cancelled sequences leave the batch between steps. Prefill per
+step is bounded by `prefill_tokens` padded tokens so that a burst of prompts does not
+stall the running streams for long; a prompt longer than that is read in chunks of
+`prefill_tokens`, one per step, in a cache of its own (newcomers wait behind it), and
+joins the batch after its last chunk.
 
 The KV cache is one `DynamicCache` for the batch, left-padded: row r holds its sequence's
 keys and values right-aligned, an attention mask marks the padding and explicit position
@@ -18,12 +18,15 @@ padding columns no row needs any more are cut off.
 Memory budget: at most `max_sequences` run at once and the running sequences together
 reserve at most `max_tokens` cache positions (prompt + max_tokens each, reserved at
 admission so that a running sequence never has to be evicted). Requests beyond wait in
-arrival order; `submit` raises `EngineFull` once `max_waiting` are waiting.
+arrival order; `submit` raises `EngineFull` once `max_waiting` are waiting. The padded
+batch cache may hold more positions than the reserved tokens (rows shorter than the
+longest are padded): `stats()["cache_positions"]` reports it.
+
+An engine is not thread-safe: one loop calls `submit`, `cancel` and `step`.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
@@ -37,8 +40,6 @@ from transformers import DynamicCache
 
 from inference.generation.detokenizer import Detokenizer, StopStrings
 from inference.generation.sampling import SamplingParams, batch_sample, token_logprobs
-
-logger = logging.getLogger(__name__)
 
 
 class EngineFull(Exception):
