@@ -16,13 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
@@ -234,6 +237,100 @@ def classifier_train(
     return model.eval()
 
 
+GPT2_EOS = "<|endoftext|>"
+# Sentences in several scripts: the trained merges join some multi-byte characters, others
+# stay lone bytes, as in a real byte-level vocabulary (and random weights emit any byte).
+GPT2_CORPUS = [
+    *DEFAULT_CORPUS,
+    "The model answers questions about the portal, its tokens and its quotas.",
+    "Write a short poem about the sea and the wind.",
+    "Café crème, naïve façade, jalapeño: 5 € or 4 £ each.",
+    "Größe, Straße und Übermaß sind deutsche Wörter.",
+    "日本語のテキストと中文文本 — 😀 🎉 emoji too.",
+    "def add(a, b):\n    return a + b  # numbers 0 1 2 3 4 5 6 7 8 9",
+]
+# A plain chat format: each turn is its role in angle bars, its text and the end-of-text token.
+GPT2_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}" + GPT2_EOS + "\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+# (layers, hidden, heads, context, vocabulary): tiny has about 1 M parameters, small about 61 M.
+GPT2_SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (4, 128, 4, 512, 1000),
+    "small": (12, 640, 10, 1024, 2000),
+}
+
+
+def gpt2_tokenizer_train(corpus: list[str], vocab_size: int = 1000, max_length: int = 1024) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE tokenizer trained on `corpus`, with a chat template.
+
+    The BPE trainer breaks ties between equally frequent pairs by the pairs themselves
+    (checked: the same corpus gives the same tokenizer.json in every process), so unlike
+    the WordPiece trainer it needs no hand-built vocabulary to be deterministic.
+    """
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[GPT2_EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=GPT2_EOS,
+        eos_token=GPT2_EOS,
+        pad_token=GPT2_EOS,
+        unk_token=GPT2_EOS,
+        model_max_length=max_length,
+        clean_up_tokenization_spaces=False,
+    )
+    wrapped.chat_template = GPT2_CHAT_TEMPLATE
+    return wrapped
+
+
+def gpt2_build(tokenizer: PreTrainedTokenizerFast, *, size: str = "tiny", seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised GPT-2 language model of `size` (see GPT2_SIZES) sized to the tokenizer."""
+    layers, hidden, heads, context, _ = GPT2_SIZES[size]
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=context,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # The seed decides the weights without disturbing the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    return model.eval()
+
+
+def gpt2_save(directory: Path, *, size: str = "tiny", seed: int = 0, corpus: list[str] | None = None) -> Path:
+    """Train a byte-level BPE tokenizer, build a random GPT-2 of `size` and save both into `directory`.
+
+    The directory is what `save_pretrained` writes for a causal LM: config.json,
+    model.safetensors, generation_config.json and the tokenizer files (with its chat
+    template). The same arguments give the same files.
+    """
+    if size not in GPT2_SIZES:
+        raise ValueError(f"unknown GPT-2 size {size!r}; known: {', '.join(GPT2_SIZES)}")
+    _, _, _, context, vocab_size = GPT2_SIZES[size]
+    tokenizer = gpt2_tokenizer_train(corpus or GPT2_CORPUS, vocab_size=vocab_size, max_length=context)
+    model = gpt2_build(tokenizer, size=size, seed=seed)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return pretrained_save(directory, model, tokenizer)
+
+
 def directory_zip(directory: Path, archive: Path, *, root: str | None = None, compress: bool = True) -> Path:
     """Zip a model directory (its files under `root/`, the directory's name by default); stored
     rather than deflated when not `compress` (weights barely compress and deflate is slow)."""
@@ -253,6 +350,7 @@ def directory_tar_gz(directory: Path, archive: Path) -> Path:
     return archive
 
 
-__all__ = ["ARCHITECTURES", "DEFAULT_CORPUS", "bert_build", "bert_save", "classifier_train", "directory_tar_gz",
-           "directory_zip", "masked_lm_train", "pretrained_save", "single_threaded", "tokenizer_from_words",
-           "tokenizer_train"]  # fmt: skip
+__all__ = ["ARCHITECTURES", "DEFAULT_CORPUS", "GPT2_CHAT_TEMPLATE", "GPT2_CORPUS", "GPT2_EOS", "GPT2_SIZES",
+           "bert_build", "bert_save", "classifier_train", "directory_tar_gz", "directory_zip", "gpt2_build",
+           "gpt2_save", "gpt2_tokenizer_train", "masked_lm_train", "pretrained_save", "single_threaded",
+           "tokenizer_from_words", "tokenizer_train"]  # fmt: skip
