@@ -88,6 +88,15 @@ def versions_identical(version: ModelVersion) -> list[int]:
     )  # fmt: skip
 
 
+def versions_by_sha256(model_id: int) -> dict[str, list[int]]:
+    """A model's version numbers grouped by artifact sha256 (one query)."""
+    grouped: dict[str, list[int]] = {}
+    rows = ModelVersion.objects.filter(model_id=model_id).order_by("version").values_list("sha256", "version")
+    for sha256, number in rows:
+        grouped.setdefault(sha256, []).append(number)
+    return grouped
+
+
 def version_for_serving(version_id: int) -> ModelVersion:
     """A version row for a worker about to load it (no access check: the caller was checked)."""
     version = ModelVersion.objects.select_related("model").filter(pk=version_id).first()

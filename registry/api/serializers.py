@@ -131,7 +131,11 @@ class VersionSerializer(serializers.ModelSerializer):
         return reverse("api:version-download", args=[obj.model.name, obj.version])
 
     def get_identical_to(self, obj: ModelVersion) -> list[int]:
-        return selectors.versions_identical(obj)
+        # One query per model for a whole list of its versions, not one per version.
+        index = self.context.setdefault("versions_by_sha256", {})
+        if obj.model_id not in index:
+            index[obj.model_id] = selectors.versions_by_sha256(obj.model_id)
+        return [number for number in index[obj.model_id].get(obj.sha256, []) if number != obj.version]
 
 
 class VersionUploadSerializer(serializers.Serializer):
