@@ -58,7 +58,9 @@
       .then((response) => response.json().then((data) => ({ ok: response.ok, status: response.status, data: data })))
       .then(({ ok, status, data }) => {
         if (!ok) { fail(data.error || "Prediction failed with HTTP " + status + "."); return; }
-        document.getElementById("try-it-outputs").textContent = JSON.stringify(data.outputs, null, 1);
+        // Four significant figures: the page is for reading, the API keeps full precision.
+        const rounded = (key, value) => (typeof value === "number" && !Number.isInteger(value) ? Number(value.toPrecision(4)) : value);
+        document.getElementById("try-it-outputs").textContent = JSON.stringify(data.outputs, rounded, 1);
         document.getElementById("try-it-labels").textContent = data.labels ? "Predicted: " + data.labels.join(", ") : "";
         document.getElementById("try-it-timing").textContent =
           "v" + data.version + " · " + data.timing.total_ms.toFixed(1) + " ms (compute " + data.timing.compute_ms.toFixed(2) + " ms)";

@@ -83,6 +83,9 @@ def test_try_it_form_predicts_on_the_version_page(page, owner, registered_model,
     page.click("#try-it-submit")
     expect(page.locator("#try-it-labels")).to_contain_text("Predicted: ")
     expect(page.locator("#try-it-outputs")).to_contain_text("output__0")
+    # Numbers are rounded for reading (four significant figures).
+    shown = json.loads(page.locator("#try-it-outputs").inner_text())["output__0"]
+    assert all(float(f"{value:.4g}") == value for row in shown for value in row), shown
     expect(page.locator("#snippet-python")).to_contain_text('client.infer("iris"')
     expect(page.locator("#snippet-curl")).to_contain_text("/v2/models/iris/versions/1/infer")
     page.fill("#try-it-inputs", '{"features": [1, 2]}')
