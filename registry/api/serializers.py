@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
@@ -132,7 +132,7 @@ class VersionSerializer(serializers.ModelSerializer):
 
     def get_identical_to(self, obj: ModelVersion) -> list[int]:
         # One query per model for a whole list of its versions, not one per version.
-        index = self.context.setdefault("versions_by_sha256", {})
+        index = cast(dict[str, Any], self.context).setdefault("versions_by_sha256", {})
         if obj.model_id not in index:
             index[obj.model_id] = selectors.versions_by_sha256(obj.model_id)
         return [number for number in index[obj.model_id].get(obj.sha256, []) if number != obj.version]
