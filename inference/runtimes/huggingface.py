@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from inference.runtimes.base import ModelLoadError, TextInputError, TextRuntime, first_line
+from inference.wire import bytes_array
 from registry.text_tasks import DEFAULT_TOP_K, MAX_TOP_K, TOKENS_OUTPUT, TextTask, task_from_architectures
 
 logger = logging.getLogger(__name__)
@@ -113,9 +114,7 @@ def token_rows_trim(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _bytes_array(items: list[str], shape: tuple[int, ...]) -> np.ndarray:
-    array = np.empty(len(items), dtype=object)
-    array[:] = [item.encode() for item in items]
-    return array.reshape(shape)
+    return bytes_array([item.encode() for item in items], shape)
 
 
 def _flag(parameters: Mapping[str, Any], name: str, default: bool) -> bool:

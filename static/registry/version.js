@@ -18,6 +18,17 @@
   setTimeout(poll, delay);
 })();
 
+// Both try-it forms (tensors and texts) show a failure the same way: the message, no stale
+// result, the button usable again.
+function tryItFailure(errorBox, result, submit) {
+  return function (message) {
+    errorBox.textContent = message;
+    errorBox.hidden = false;
+    result.hidden = true;
+    submit.disabled = false;
+  };
+}
+
 // Try-it form: posts the inputs to the friendly predict endpoint and shows the outputs.
 (function () {
   "use strict";
@@ -27,12 +38,7 @@
   const result = document.getElementById("try-it-result");
   const submit = document.getElementById("try-it-submit");
 
-  function fail(message) {
-    errorBox.textContent = message;
-    errorBox.hidden = false;
-    result.hidden = true;
-    submit.disabled = false;
-  }
+  const fail = tryItFailure(errorBox, result, submit);
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
@@ -86,12 +92,7 @@
   const summary = document.getElementById("try-it-summary");
   const submit = document.getElementById("try-it-submit");
 
-  function fail(message) {
-    errorBox.textContent = message;
-    errorBox.hidden = false;
-    result.hidden = true;
-    submit.disabled = false;
-  }
+  const fail = tryItFailure(errorBox, result, submit);
 
   function cell(row, value) {
     const td = document.createElement("td");
