@@ -23,3 +23,9 @@ class Target:
     model_id: int = 0
     actions: frozenset[str] = frozenset()  # what the caller's roles allow (registry.access)
     task: str = ""  # the text task of a huggingface version (registry.text_tasks); "" for tensor models
+    # Text generation (task text-generation): max_tokens when a request leaves it out, the most
+    # one may ask for, the model's context in tokens, and whether its tokenizer has a chat template.
+    max_tokens_default: int = 0
+    max_tokens_limit: int = 0
+    context_length: int = 0
+    chat_template: bool = False

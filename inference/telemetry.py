@@ -12,11 +12,26 @@ serving plane never imports monitoring. Without a sink, reports go nowhere.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.errors import ServiceUnavailable
 from registry.access import grant_of
 from registry.models import RegisteredModel
+
+
+@dataclass(frozen=True)
+class GenerationLoad:
+    """One generation engine of a worker: its sequences and its KV cache, in tokens."""
+
+    version_id: int
+    model: str
+    version: int
+    running: int  # sequences decoding (and one being prefilled in chunks)
+    waiting: int  # sequences taken from the queue, waiting for room in the batch
+    cached_tokens: int  # tokens held in the KV cache
+    reserved_tokens: int  # prompt + max_tokens of the running sequences
+    budget_tokens: int  # the engine's cache budget (GENERATION_MAX_CACHE_TOKENS)
 
 
 class TelemetrySink(Protocol):
@@ -50,8 +65,26 @@ class TelemetrySink(Protocol):
     ) -> None:
         """Meter the tokens of one answered request (called on the hot path: must not block)."""
 
+    def generation(
+        self,
+        *,
+        version_id: int,
+        model: str,
+        version: int,
+        source: str,
+        ttft_ms: float,
+        inter_token_ms: list[float],
+        completion_tokens: int,
+        decode_ms: float,
+    ) -> None:
+        """Time one generated answer: to its first token, between its tokens (each gap as
+        the client saw it), and from first to last token (called on the hot path: must not block)."""
+
     def worker_heartbeat(self, worker: str, models_loaded: int) -> None:
         """A worker's periodic report of what it holds."""
+
+    def generation_load(self, worker: str, loads: list[GenerationLoad]) -> None:
+        """A worker's periodic report of its generation engines (one entry per engine; [] when it has none)."""
 
     def stats(self, model: RegisteredModel, window: str | None, number: int | None) -> dict[str, Any]:
         """Serving statistics of a model, or of one version of it, over a window (hour, day, week)."""
@@ -59,6 +92,12 @@ class TelemetrySink(Protocol):
 
 class _NoSink:
     def record(self, **sample: Any) -> None:
+        pass
+
+    def generation(self, **sample: Any) -> None:
+        pass
+
+    def generation_load(self, worker: str, loads: list[GenerationLoad]) -> None:
         pass
 
     def usage(self, **usage: Any) -> None:
@@ -83,6 +122,10 @@ def worker_heartbeat(worker: str, models_loaded: int) -> None:
     _sink.worker_heartbeat(worker, models_loaded)
 
 
+def generation_load(worker: str, loads: list[GenerationLoad]) -> None:
+    _sink.generation_load(worker, loads)
+
+
 def stats(model: RegisteredModel, window: str | None, number: int | None = None) -> dict[str, Any]:
     return _sink.stats(model, window, number)
 
@@ -92,7 +135,7 @@ class Sample:
 
     __slots__ = (
         *("alias", "completion_tokens", "model", "payload", "prompt_tokens", "source", "started", "timing"),
-        *("token_id", "user_id", "version", "version_id"),
+        *("generation", "token_id", "user_id", "version", "version_id"),
     )
 
     def __init__(self, version_id: int, model: str, version: int, path_version: str | None, source: str = "v2") -> None:
@@ -107,6 +150,9 @@ class Sample:
         self.completion_tokens = 0
         self.user_id: int | None = None
         self.token_id: int | None = None
+        # A generated answer's timing, set by the generation entry points once its first token
+        # arrived: ttft_ms, inter_token_ms (list), decode_ms.
+        self.generation: dict[str, Any] | None = None
 
     def caller(self, user: Any) -> None:
         """Charge this request's usage to `user` (and the API token it came with, if any)."""
@@ -125,6 +171,12 @@ class Sample:
             _sink.usage(
                 version_id=self.version_id, model=self.model, version=self.version, user_id=self.user_id,
                 token_id=self.token_id, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+            )  # fmt: skip
+        if self.generation is not None:
+            _sink.generation(
+                version_id=self.version_id, model=self.model, version=self.version, source=self.source,
+                ttft_ms=self.generation["ttft_ms"], inter_token_ms=self.generation.get("inter_token_ms", []),
+                completion_tokens=self.completion_tokens, decode_ms=self.generation.get("decode_ms", 0.0),
             )  # fmt: skip
         _sink.record(
             version_id=self.version_id, model=self.model, version=self.version, source=self.source, alias=self.alias,

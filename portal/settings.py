@@ -236,6 +236,25 @@ INFERENCE_TEXT_HALF_PRECISION = env_bool("INFERENCE_TEXT_HALF_PRECISION", True)
 HF_ARCHIVE_MAX_ENTRIES = env_int("HF_ARCHIVE_MAX_ENTRIES", 2000, minimum=1)
 HF_ARCHIVE_MAX_BYTES = env_int("HF_ARCHIVE_MAX_BYTES", 2 * MODEL_UPLOAD_MAX_BYTES, minimum=1)
 
+# --- Text generation (task "text-generation": /v1/completions, /v1/chat/completions) --------
+# Each worker hosts one continuous-batching engine per generative model. Per engine: at most
+# this many sequences decode together, and their caches (prompt + max_tokens each, reserved
+# when a sequence is admitted) hold at most this many tokens.
+GENERATION_MAX_SEQUENCES = env_int("GENERATION_MAX_SEQUENCES", 32, minimum=1)
+GENERATION_MAX_CACHE_TOKENS = env_int("GENERATION_MAX_CACHE_TOKENS", 32768, minimum=64)
+# Padded prompt tokens prefilled per decoding step (longer prompts are read in chunks), so that
+# newcomers do not stall the running streams for long.
+GENERATION_PREFILL_TOKENS = env_int("GENERATION_PREFILL_TOKENS", 512, minimum=16)
+# Requests of one model waiting for a worker (queued in Redis) before new ones are refused 503
+# with Retry-After.
+GENERATION_MAX_QUEUED = env_int("GENERATION_MAX_QUEUED", 64, minimum=1)
+# max_tokens when a request leaves it out, and the most a request may ask for; a version may
+# set its own (ModelVersion.max_tokens_default / max_tokens_limit), within the model's context.
+GENERATION_MAX_TOKENS_DEFAULT = env_int("GENERATION_MAX_TOKENS_DEFAULT", 256, minimum=1)
+GENERATION_MAX_TOKENS_LIMIT = env_int("GENERATION_MAX_TOKENS_LIMIT", 2048, minimum=1)
+# A stream whose worker sends nothing for this long (it died, or lost Redis) ends with an error.
+GENERATION_STALL_SECONDS = env_float("GENERATION_STALL_SECONDS", 10.0, minimum=0.5)
+
 # --- REST API -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -113,6 +113,10 @@ class ModelVersion(models.Model):
     max_batch_size = models.PositiveIntegerField(default=32)
     # How long the gateway may hold a request to fill a batch (0: send what is there now).
     max_batch_delay_ms = models.PositiveIntegerField(default=0)
+    # Text generation: max_tokens when a request leaves it out, and the most one may ask for
+    # (empty: GENERATION_MAX_TOKENS_DEFAULT / GENERATION_MAX_TOKENS_LIMIT; both within the context).
+    max_tokens_default = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens_limit = models.PositiveIntegerField(null=True, blank=True)
     parent = models.ForeignKey(
         "self",
         null=True,

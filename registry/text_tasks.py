@@ -21,6 +21,7 @@ class TextTask(models.TextChoices):
     TEXT_CLASSIFICATION = "text-classification", "text classification"
     TOKEN_CLASSIFICATION = "token-classification", "token classification (named entities, tags)"
     FEATURE_EXTRACTION = "feature-extraction", "feature extraction (sentence embeddings)"
+    TEXT_GENERATION = "text-generation", "text generation (causal language model: completions and chat)"
 
 
 # Tasks that arrive later: named so that an upload of one is refused with a reason.
