@@ -184,9 +184,7 @@ def version_settings(request: HttpRequest, name: str, version: int) -> HttpRespo
     try:
         obj = selectors.version_get(request.user, name, version, for_change=True)
         if not form.is_valid():
-            raise PortalError("Settings are whole numbers: " + "; ".join(
-                f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()
-            ))  # fmt: skip
+            raise PortalError(f"Settings are whole numbers; check {', '.join(form.errors)}.")
         changes = {field: value for field, value in form.cleaned_data.items() if value is not None}
         services.version_update(actor=request.user, version=obj, **changes)
         messages.success(request, f"Settings of version {version} saved.")
