@@ -73,6 +73,7 @@ def test_max_tokens_are_set_per_version_checked_and_audited(api, owner, generati
     for body, fragment, field in [
         ({"max_tokens_default": 0}, "max_tokens_default must be a positive number", "max_tokens_default"),
         ({"max_tokens_limit": 600}, "over the model's context length of 512", "max_tokens_limit"),
+        ({"max_tokens_default": 513}, "max_tokens_default 513 is over the model's context", "max_tokens_default"),
         ({"max_tokens_default": 300}, "max_tokens_default 300 is over max_tokens_limit 256", "max_tokens_default"),
         ({"max_tokens_limit": 32}, "max_tokens_default 64 is over max_tokens_limit 32", "max_tokens_limit"),
     ]:
