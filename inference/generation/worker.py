@@ -264,7 +264,11 @@ class GenerationLoop(threading.Thread):
         if request.id in self.live:
             logger.warning("dropped a second copy of generation request %s", request.id)
             return
-        event = self._admit(request)
+        try:
+            event = self._admit(request)
+        except Exception as exc:  # one request's failure (a model that fails its warm-up…) ends only that request
+            logger.exception("generation request %s could not be admitted", request.id)
+            event = Refused(request.id, 500, f"The worker could not start the request: {exception_summary(exc)}")
         self._send(request.reply_to, event)
 
     def _admit(self, request: GenerateRequest) -> Event:

@@ -399,6 +399,27 @@ def test_an_engine_that_fails_ends_its_sequences_500_and_is_dropped(client, loop
     assert by_request(received(client, gateway))[again][-1].finish_reason in ("stop", "length")
 
 
+def test_a_request_whose_admission_fails_unexpectedly_is_refused_500_and_the_others_served(client, loop, cache):
+    class Exploding:
+        def get(self, version_id: int) -> LoadedModel:
+            if version_id == 77:
+                raise RuntimeError("warm-up crashed")
+            return cache.get(version_id)
+
+        def loaded(self) -> list[LoadedModel]:
+            return cache.loaded()
+
+    gateway = gateway_name()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generation_worker, "model_cache", Exploding)
+        bad = send(client, loop, gateway, prompt="Hi", version_id=77)
+        good = send(client, loop, gateway, prompt="Hi", max_tokens=2)
+        run_until_idle(loop)
+    events = by_request(received(client, gateway))
+    assert events[bad] == [Refused(bad, 500, "The worker could not start the request: RuntimeError: warm-up crashed")]
+    assert events[good][-1].finish_reason in ("stop", "length")
+
+
 def test_a_stopping_worker_ends_live_sequences_503(client, loop):
     gateway = gateway_name()
     ids = [send(client, loop, gateway, prompt=p, max_tokens=100) for p in PROMPTS[:3]]
