@@ -118,6 +118,7 @@ class GenerationLoop(threading.Thread):
         }
         self.steps = 0
         self._last_heartbeat = 0.0
+        self._load_report_failed = False
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -358,8 +359,10 @@ class GenerationLoop(threading.Thread):
                 logger.info("generation engine for %s v%s dropped", hosted.model.model_name, hosted.model.version)
         try:
             telemetry.generation_load(self.identity, [self._load(hosted) for hosted in self.engines.values()])
-        except Exception:  # telemetry must never stop generation
-            logger.exception("the generation load report failed")
+        except Exception:  # telemetry must never stop generation (logged once, not every heartbeat)
+            if not self._load_report_failed:
+                logger.exception("the generation load report failed (further failures are not logged)")
+            self._load_report_failed = True
 
     def _load(self, hosted: Hosted) -> telemetry.GenerationLoad:
         stats = hosted.engine.stats()
