@@ -36,7 +36,8 @@ def test_runportal_starts_everything_seeds_the_demo_and_prints_url_and_login(tmp
     # whole group (then SIGKILL) when the test ends, passed or failed.
     process = processes.start([sys.executable, "manage.py", "runportal", "--port", str(port)], environment,
                               data / "runportal.log")  # fmt: skip
-    deadline = time.monotonic() + 180
+    # Generous: it builds, trains and validates its eight demo models (four of them text models) first.
+    deadline = time.monotonic() + 240
     output = ""
     while time.monotonic() < deadline and "Press Ctrl-C" not in output:
         assert process.poll() is None, output
