@@ -302,6 +302,8 @@ class Generation:
         if self.accepted is None and self.worker is None and await self._take_back():
             return
         if self.worker is not None:
+            # Its events still in flight are not answered with a second cancel (the reader's orphans).
+            self.state.cancelled[self.id] = time.monotonic()
             await _cancel_push(self.worker, self.id)
         else:
             # Taken from the queue but not yet acknowledged: the reader cancels it when its Accepted comes.
