@@ -501,8 +501,8 @@ def _metadata(target: Target) -> dict[str, Any]:
         "platform": f"huggingface_{target.task.replace('-', '_')}"
         if target.task
         else PLATFORMS.get(target.format, target.format),
-        "inputs": target.signature["inputs"],
-        "outputs": target.signature["outputs"],
+        "inputs": target.signature.get("inputs", []),
+        "outputs": target.signature.get("outputs", []),
     }
 
 
