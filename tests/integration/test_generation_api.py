@@ -16,6 +16,9 @@ import openai
 import pytest
 import requests
 import torch
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
 from django.core.files import File
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -297,3 +300,60 @@ def test_every_bad_request_is_a_named_openai_error(gateway_url, owner, gpt, tmp_
         spent += answer.json()["usage"]["total_tokens"]
     assert answer.status_code == 429 and spent >= 60 and answer.headers["Retry-After"].isdigit()
     assert answer.json()["error"]["type"] == "tokens"
+
+
+def session_headers(user: Any) -> dict[str, str]:
+    """A signed-in browser's cookies and CSRF header, made here (the server's password hashers
+    differ from the tests' fast one, so a sign-in form would refuse the test password)."""
+    store = SessionStore()
+    store[SESSION_KEY] = str(user.pk)
+    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.save()
+    csrf = "c" * 32
+    cookie = f"{settings.SESSION_COOKIE_NAME}={store.session_key}; {settings.CSRF_COOKIE_NAME}={csrf}"
+    return {"Cookie": cookie, "X-CSRFToken": csrf}
+
+
+def test_the_playground_streams_through_django_unbuffered_and_a_disconnect_cancels(
+    worker, token, owner, gpt, service_environment, shared_data_dir, processes: Processes
+):
+    version = serve(owner, "gpt", gpt["archive"])
+    # A server that signs sessions with this process's key, so the session made here is valid there.
+    environment = {**service_environment, "SECRET_KEY": settings.SECRET_KEY}
+    _, gateway_url = start_gateway(processes, environment, shared_data_dir / "gateway-playground.log")
+    warm(gateway_url, token, "gpt")
+    url = f"{gateway_url}/playground/gpt/{version.version}/chat/"
+    headers = session_headers(owner)
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    refused = requests.post(url, json={"messages": messages}, headers={"Cookie": headers["Cookie"]}, timeout=30)
+    assert refused.status_code == 403  # no CSRF header
+    # Chunks arrive as they are generated (nothing buffers the whole answer on the way).
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    events: list[bytes] = []
+    with requests.post(url, json={"messages": messages, "temperature": 0, "max_tokens": 200}, headers=headers,
+                       stream=True, timeout=60) as response:  # fmt: skip
+        assert response.status_code == 200 and response.headers["Content-Type"] == "text/event-stream"
+        for line in response.iter_lines():
+            if line:
+                arrivals.append(time.perf_counter() - started)
+                events.append(line)
+    assert events[-1] == b"data: [DONE]"
+    chunks = [json.loads(event.removeprefix(b"data: ")) for event in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant" and chunks[0]["model"] == f"gpt:{version.version}"
+    assert len(chunks) > 20 and arrivals[0] < arrivals[-1] / 2, (arrivals[0], arrivals[-1])
+    # A browser that goes away cancels the sequence on the worker.
+    stop, lines = threading.Event(), []
+    watcher = threading.Thread(target=_monitor, args=(stop, lines), daemon=True)
+    watcher.start()
+    time.sleep(0.2)
+    with requests.post(url, json={"messages": messages, "temperature": 0, "max_tokens": 400}, headers=headers,
+                       stream=True, timeout=60) as response:  # fmt: skip
+        lines_in = response.iter_lines()
+        assert next(lines_in).startswith(b"data: {")
+    deadline = time.monotonic() + 10
+    while not any(line.startswith("LPUSH maas:gen:cancel:") for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    assert any(line.startswith("LPUSH maas:gen:cancel:") for line in lines), "no cancel reached the worker"
