@@ -4,50 +4,49 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('monitoring', '0005_usage_bucket'),
+        ("monitoring", "0005_usage_bucket"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='metricbucket',
-            name='decode_sum_ms',
+            model_name="metricbucket",
+            name="decode_sum_ms",
             field=models.FloatField(default=0.0),
         ),
         migrations.AddField(
-            model_name='metricbucket',
-            name='decode_tokens',
+            model_name="metricbucket",
+            name="decode_tokens",
             field=models.PositiveBigIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='metricbucket',
-            name='generated',
+            model_name="metricbucket",
+            name="generated",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='metricbucket',
-            name='inter_token_count',
+            model_name="metricbucket",
+            name="inter_token_count",
             field=models.PositiveBigIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='metricbucket',
-            name='inter_token_hist',
+            model_name="metricbucket",
+            name="inter_token_hist",
             field=models.JSONField(default=dict),
         ),
         migrations.AddField(
-            model_name='metricbucket',
-            name='inter_token_sum_ms',
+            model_name="metricbucket",
+            name="inter_token_sum_ms",
             field=models.FloatField(default=0.0),
         ),
         migrations.AddField(
-            model_name='metricbucket',
-            name='ttft_hist',
+            model_name="metricbucket",
+            name="ttft_hist",
             field=models.JSONField(default=dict),
         ),
         migrations.AddField(
-            model_name='metricbucket',
-            name='ttft_sum_ms',
+            model_name="metricbucket",
+            name="ttft_sum_ms",
             field=models.FloatField(default=0.0),
         ),
     ]

@@ -12,7 +12,6 @@ from django.urls import reverse
 from inference import telemetry
 from inference.telemetry import GenerationLoad
 from monitoring import charts, metrics, services
-from monitoring.metrics import prometheus as prom
 from monitoring.models import MetricBucket
 from registry.models import ModelVersion
 from registry.text_tasks import TextTask
