@@ -143,13 +143,18 @@ elif ARTIFACT_STORAGE == "s3":
 else:
     raise ImproperlyConfigured(f"ARTIFACT_STORAGE={ARTIFACT_STORAGE!r}: use 'local' or 's3'")
 
+# Static files collected (collectstatic into STATIC_ROOT): hashed names, cached for a year,
+# served gzip/brotli-compressed by WhiteNoise. Deployments collect; the embedded default's
+# `runportal` collects into the data directory at start and sets STATIC_COLLECTED for its
+# web server. Otherwise (tests, manage.py runserver) files come straight from the source tree.
+STATIC_COLLECTED = env_bool("STATIC_COLLECTED", not EMBEDDED)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "artifacts": _artifacts,
     "staticfiles": {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        if EMBEDDED
-        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if STATIC_COLLECTED
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
 
@@ -335,11 +340,10 @@ LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1)
 
 STATIC_URL = "static/"
-# The embedded default serves static files straight from the source tree through
-# WhiteNoise's finders; deployments run collectstatic into STATIC_ROOT.
-STATIC_ROOT = None if EMBEDDED else Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# Without collected files, WhiteNoise serves the source tree through the finders.
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "static" if EMBEDDED else BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
-WHITENOISE_USE_FINDERS = EMBEDDED
+WHITENOISE_USE_FINDERS = not STATIC_COLLECTED
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

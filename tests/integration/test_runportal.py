@@ -56,6 +56,14 @@ def test_runportal_starts_everything_seeds_the_demo_and_prints_url_and_login(tmp
         timeout=10,
     )
     assert response.status_code == 200 and "iris-classifier" in response.text
+    # Static files were collected: hashed names, compressed, cached for a year.
+    script = re.search(r'src="(/static/vendor/plotly-cartesian\.min\.[0-9a-f]{12}\.js)"',
+                       session.get(f"{base}/monitoring/", timeout=10).text)  # fmt: skip
+    assert script, "the model page does not load a hashed plotly bundle"
+    bundle = session.get(base + script[1], headers={"Accept-Encoding": "br, gzip"}, timeout=10)
+    assert bundle.status_code == 200 and bundle.headers["Content-Encoding"] in ("br", "gzip")
+    assert int(bundle.headers["Content-Length"]) < 520_000, bundle.headers  # 1.5 MB uncompressed
+    assert "max-age=315360000" in bundle.headers["Cache-Control"] and "immutable" in bundle.headers["Cache-Control"]
     model = session.get(f"{base}/api/v1/models/iris-classifier/", timeout=10).json()
     assert model["aliases"] == {"production": 2, "staging": 2}
     versions = session.get(f"{base}/api/v1/models/iris-classifier/versions/", timeout=10).json()["results"]
