@@ -91,6 +91,8 @@ def dashboard_data(request: HttpRequest) -> JsonResponse:
     figures = charts.traffic_figures(series)
     figures["latency_versions"] = charts.traffic_figures(split, per_version=True)["latency"]
     figures["batch_sizes"] = charts.batch_size_figure(series["totals"]["batch_size"]["histogram"])
+    generation = charts.generation_figures(split)
+    figures["ttft"], figures["output_speed"] = generation["ttft"], generation["output_speed"]
     return JsonResponse({"window": window, "totals": series["totals"], "figures": figures})
 
 

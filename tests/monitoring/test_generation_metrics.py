@@ -207,3 +207,13 @@ def test_the_model_page_of_a_model_that_does_not_generate_has_no_generation_char
     client.force_login(owner)
     page = client.get("/models/iris/").content.decode()
     assert 'data-figure="tokens"' in page and 'data-figure="ttft"' not in page
+
+
+def test_the_dashboard_charts_ttft_and_output_speed_of_the_generative_versions(client, owner, generative):
+    answer(generative, ttft_ms=60.0, gaps=[10.0, 10.0], tokens=3)
+    metrics.recorder.flush()
+    client.force_login(owner)
+    page = client.get(reverse("monitoring:dashboard")).content.decode()
+    assert 'data-figure="ttft"' in page and 'data-figure="output_speed"' in page
+    figures = client.get(reverse("monitoring:dashboard-data") + "?window=hour").json()["figures"]
+    assert charts.has_data(figures["ttft"]) and charts.has_data(figures["output_speed"])
