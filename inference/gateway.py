@@ -188,6 +188,7 @@ class Gateway:
         self.targets: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
         self.workers: tuple[float, list[wire.Heartbeat]] = (0.0, [])
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- plumbing ------------------------------------------------------------------------
     def connection(self) -> aioredis.Redis:
@@ -195,11 +196,14 @@ class Gateway:
         return self._connect()
 
     def _connect(self) -> aioredis.Redis:
-        if self.redis is None:
+        loop = asyncio.get_running_loop()
+        # One event loop in a server; a Django view run by a test client gets a loop per request,
+        # and a connection (and the reader tasks) belong to the loop that made them.
+        if self.redis is None or self._loop is not loop:
             if not settings.INFERENCE_REDIS_URL:
                 raise HttpError(503, "Online predictions need a Redis (INFERENCE_REDIS_URL) and none is configured.")
             self.redis = shared_redis.async_client()
-            loop = asyncio.get_running_loop()
+            self._loop = loop
             self._tasks = [loop.create_task(self._read_replies()), loop.create_task(self._listen_invalidations())]
         return self.redis
 
@@ -497,8 +501,8 @@ def _metadata(target: Target) -> dict[str, Any]:
         "platform": f"huggingface_{target.task.replace('-', '_')}"
         if target.task
         else PLATFORMS.get(target.format, target.format),
-        "inputs": target.signature["inputs"],
-        "outputs": target.signature["outputs"],
+        "inputs": target.signature.get("inputs", []),
+        "outputs": target.signature.get("outputs", []),
     }
 
 

@@ -356,11 +356,16 @@ class GenerationRun:
             with contextlib.suppress(HttpError):
                 await guard.tokens_charge(self.gateway.connection(), self.user, sample.tokens)
         if error is None:
-            sample.done(200)
+            status = 200
         elif isinstance(error, asyncio.CancelledError | GeneratorExit):
-            sample.done(CLIENT_CLOSED)
+            status = CLIENT_CLOSED
         else:
-            sample.done(_status_message(error)[0])
+            status = _status_message(error)[0]
+        try:
+            sample.done(status)
+        except Exception:
+            # The answer went out (or is going): a monitoring fault must not turn it into an error.
+            logger.exception("could not record a generation sample")
 
 
 def _status_message(exc: BaseException) -> tuple[int, str]:

@@ -261,7 +261,9 @@ class Generation:
     async def _take_back(self) -> bool:
         """LREM the request's exact bytes: True if it was still queued (no worker has it)."""
         try:
-            removed = int(await shared_redis.async_client().lrem(request_queue_key(self.target.queue), 1, cast(str, self.raw)))
+            # redis-py's stubs type LREM's value as str; bytes go through unchanged.
+            queue = request_queue_key(self.target.queue)
+            removed = int(await shared_redis.async_client().lrem(queue, 1, cast(str, self.raw)))
         except (redis.RedisError, OSError) as exc:
             logger.warning("could not take back generation request %s: %s", self.id, exc)
             return False
@@ -302,6 +304,8 @@ class Generation:
         if self.accepted is None and self.worker is None and await self._take_back():
             return
         if self.worker is not None:
+            # Its events still in flight are not answered with a second cancel (the reader's orphans).
+            self.state.cancelled[self.id] = time.monotonic()
             await _cancel_push(self.worker, self.id)
         else:
             # Taken from the queue but not yet acknowledged: the reader cancels it when its Accepted comes.
