@@ -68,7 +68,8 @@ def gpt2_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def chat_version(owner: Any, gpt2_archive: Path) -> ModelVersion:
+def chat_version(owner: Any, gpt2_archive: Path, gateway_url: str) -> ModelVersion:
+    """The tiny GPT-2, validated and loaded in the session's worker (its engine started)."""
     model = services.model_create(actor=owner, name="chatty", description="a tiny random GPT-2")
     with gpt2_archive.open("rb") as stream:
         version = services.version_upload(
@@ -78,12 +79,30 @@ def chat_version(owner: Any, gpt2_archive: Path) -> ModelVersion:
     status = validation.version_validate(version.pk)
     version.refresh_from_db()
     assert status == VersionStatus.READY, version.status_reason
+    # The worker loads the model on its first request, which on a busy machine takes longer than
+    # the tests' INFERENCE_TIMEOUT_SECONDS: ask until it answers, so the browser sees a warm engine.
+    shared_redis.client().publish(INVALIDATE_CHANNEL, "test")
+    secret = token_services.token_create(user=owner, name="warm-up")[1]
+    body = {"model": f"chatty:{version.version}", "prompt": "Hi", "max_tokens": 1}
+    deadline = time.monotonic() + 90
+    while True:
+        reply = requests.post(f"{gateway_url}/v1/completions", json=body, timeout=60,
+                              headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+        if reply.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert reply.status_code == 200, reply.text
     return version
 
 
 @pytest.fixture
-def portal_page(chromium: Any, gateway_url: str) -> Iterator[Any]:
+def portal_page(chromium: Any, gateway_url: str, owner: Any, settings: Any) -> Iterator[Any]:
     """A page on the portal served by uvicorn (the gateway process), with a worker behind it."""
+    # The tests hash passwords with MD5 (fast), which the gateway process does not accept: the
+    # owner's password is hashed again the way the portal's own settings check it.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    owner.set_password("owner-pass-123")
+    owner.save(update_fields=["password"])
     # Earlier tests' rows are gone (flushed without signals): make the gateway forget them.
     shared_redis.client().publish(INVALIDATE_CHANNEL, "test")
     context = chromium.new_context(base_url=gateway_url, viewport={"width": 1280, "height": 900})
