@@ -119,7 +119,9 @@ def send(page: Any, text: str, *, temperature: str, max_tokens: str) -> None:
     page.click("#chat-send")
 
 
-def test_the_playground_streams_the_answer_as_it_is_generated(portal_page, owner, chat_version, gateway_url):
+def test_the_playground_streams_the_answer_as_it_is_generated_and_the_model_page_charts_it(
+    portal_page, owner, chat_version, gateway_url
+):
     page = portal_page
     refused = csp_violations(page)
     login(page, "olivia", "owner-pass-123")
@@ -160,8 +162,22 @@ def test_the_playground_streams_the_answer_as_it_is_generated(portal_page, owner
     expect(page.locator(".chat-message.chat-assistant").last).to_have_attribute("data-state", "done", timeout=60_000)
     assert refused == []
 
+    # The model page then charts the tokens used and the answers' timing. The gateway flushes
+    # its aggregates every second (METRICS_FLUSH_SECONDS=1 in the tests).
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        timed = MetricBucket.objects.filter(version=chat_version, generated__gt=0, source="native").exists()
+        if timed and UsageBucket.objects.filter(version=chat_version, completion_tokens__gt=0).exists():
+            break
+        time.sleep(0.25)
+    else:
+        pytest.fail("the playground's answers never reached the aggregates")
+    page.goto("/models/chatty/")
+    for key in ("tokens", "ttft", "inter_token", "output_speed"):
+        expect(page.locator(f"#chart-{key}")).to_have_attribute("data-has-data", "true")
 
-def test_stop_ends_the_stream_and_the_engine_keeps_serving(portal_page, chat_version):
+
+def test_stop_ends_the_stream_a_refused_prompt_is_shown_and_the_engine_keeps_serving(portal_page, chat_version):
     page = portal_page
     login(page, "olivia", "owner-pass-123")
     page.goto(f"/models/chatty/versions/{chat_version.version}/")
@@ -179,39 +195,16 @@ def test_stop_ends_the_stream_and_the_engine_keeps_serving(portal_page, chat_ver
     assert int(answer.get_attribute("data-chunks")) == shown and stopped_at <= shown < 400
     assert answer.locator(".chat-text").inner_text()
 
-    # The engine serves the next message (the stopped sequence left the batch).
-    send(page, "A short one now.", temperature="0", max_tokens="8")
-    expect(page.locator(".chat-message.chat-assistant").last).to_have_attribute("data-state", "done", timeout=60_000)
-
-
-def test_a_refused_prompt_is_shown_and_given_back_to_edit(portal_page, chat_version):
-    page = portal_page
-    login(page, "olivia", "owner-pass-123")
-    page.goto(f"/models/chatty/versions/{chat_version.version}/")
+    # A prompt the model refuses (over its context) is shown, and given back to edit.
     long_text = "tell me everything " * 400  # far over the tiny model's 512-token context
     send(page, long_text, temperature="0", max_tokens="16")
     expect(page.locator("#chat-error")).to_be_visible()
     expect(page.locator("#chat-error")).to_contain_text("context")
-    expect(page.locator(".chat-message")).to_have_count(0)
+    expect(page.locator(".chat-message")).to_have_count(2)  # the stopped exchange only
     assert page.input_value("#chat-input") == long_text.strip()
     expect(page.locator("#chat-send")).to_be_enabled()
 
-
-def test_after_chatting_the_model_page_charts_tokens_and_time_to_first_token(portal_page, chat_version):
-    page = portal_page
-    login(page, "olivia", "owner-pass-123")
-    page.goto(f"/models/chatty/versions/{chat_version.version}/")
-    send(page, "Hello!", temperature="0", max_tokens="12")
+    # The engine serves the next message (the stopped sequence left the batch).
+    send(page, "A short one now.", temperature="0", max_tokens="8")
     expect(page.locator(".chat-message.chat-assistant").last).to_have_attribute("data-state", "done", timeout=60_000)
-    # The gateway flushes its aggregates every second (METRICS_FLUSH_SECONDS=1 in the tests).
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        timed = MetricBucket.objects.filter(version=chat_version, generated__gt=0, source="native").exists()
-        if timed and UsageBucket.objects.filter(version=chat_version, completion_tokens__gt=0).exists():
-            break
-        time.sleep(0.25)
-    else:
-        pytest.fail("the playground's answer never reached the aggregates")
-    page.goto("/models/chatty/")
-    for key in ("tokens", "ttft", "inter_token", "output_speed"):
-        expect(page.locator(f"#chart-{key}")).to_have_attribute("data-has-data", "true")
+    expect(page.locator("#chat-error")).to_be_hidden()
