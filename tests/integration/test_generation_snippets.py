@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from django.core.files import File
 
 from inference import validation
@@ -41,7 +43,22 @@ def generative(owner: Any, gpt2_archive: Path) -> ModelVersion:
     return version
 
 
+def engine_warm(gateway_url: str, token: str, version: ModelVersion) -> None:
+    """Ask until the worker answers: it loads the model on its first request, which on a busy
+    machine takes longer than the tests' INFERENCE_TIMEOUT_SECONDS."""
+    body = {"model": f"{version.model.name}:{version.version}", "prompt": "Hi", "max_tokens": 1}
+    deadline = time.monotonic() + 90
+    while True:
+        reply = requests.post(f"{gateway_url}/v1/completions", json=body, headers={"Authorization": f"Bearer {token}"},
+                              timeout=60)  # fmt: skip
+        if reply.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert reply.status_code == 200, reply.text
+
+
 def test_the_curl_and_openai_snippets_stream_a_chat_completion_as_pasted(gateway_url, token, generative, tmp_path):
+    engine_warm(gateway_url, token, generative)
     snippets = _snippets(generative, gateway_url)
     env = {**os.environ, "MAAS_TOKEN": token}
     curl = subprocess.run(["/bin/bash", "-c", snippets["curl"]], env=env, capture_output=True, text=True, timeout=60,
