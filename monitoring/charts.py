@@ -168,7 +168,7 @@ def generation_figures(series: dict[str, Any]) -> dict[str, Figure]:
                  _line(f"{line['name']} mean", times, line["inter_token_mean"], colour, "dot")]  # fmt: skip
         speed.append(_line(line["name"], times, line["tokens_per_second"], colour))
     return {
-        "ttft": {"data": ttft, "layout": _layout("Time to first token p50 / p95", "ms", log_scale=True)},
-        "inter_token": {"data": gaps, "layout": _layout("Inter-token latency p50 / mean", "ms", log_scale=True)},
-        "output_speed": {"data": speed, "layout": _layout("Output tokens/s per answer (decoding)", "tokens/s")},
+        "ttft": {"data": ttft, "layout": _layout("Time to first token", "ms", log_scale=True)},
+        "inter_token": {"data": gaps, "layout": _layout("Inter-token latency", "ms", log_scale=True)},
+        "output_speed": {"data": speed, "layout": _layout("Output tokens/s per answer", "tokens/s")},
     }
