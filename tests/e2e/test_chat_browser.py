@@ -8,6 +8,7 @@ production: the playground's endpoint is an async streaming view.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,17 @@ STOP_AFTER_THREE_CHUNKS = """() => {
   });
   observer.observe(list, {subtree: true, childList: true, characterData: true, attributes: true});
 }"""
+
+
+def series(exposition: str, name: str, labels: dict[str, str]) -> list[float]:
+    """The values of a metric's series whose labels include `labels` (in any order)."""
+    values = []
+    for line in exposition.splitlines():
+        if line.startswith(name + "{"):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+            if all(found.get(key) == value for key, value in labels.items()):
+                values.append(float(line.rsplit(" ", 1)[-1]))
+    return values
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +187,21 @@ def test_the_playground_streams_the_answer_as_it_is_generated_and_the_model_page
     page.goto("/models/chatty/")
     for key in ("tokens", "ttft", "inter_token", "output_speed"):
         expect(page.locator(f"#chart-{key}")).to_have_attribute("data-has-data", "true")
+
+    # Prometheus (summed over the gateway's and the worker's processes): the answers' timing, and
+    # the worker's engine gauges (reported every 2 s).
+    labels = {"model": "chatty", "version": str(chat_version.version)}
+    deadline = time.monotonic() + 15
+    while True:
+        text = requests.get(f"{gateway_url}/metrics", timeout=10).text
+        budget = series(text, "maas_generation_kv_cache_budget_tokens", labels)
+        if budget or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert budget and max(budget) > 0, text
+    assert sum(series(text, "maas_time_to_first_token_seconds_count", {**labels, "source": "native"})) >= 2
+    assert sum(series(text, "maas_inter_token_latency_seconds_count", {**labels, "source": "native"})) >= 2
+    assert series(text, "maas_generation_running_sequences", labels)
 
 
 def test_stop_ends_the_stream_a_refused_prompt_is_shown_and_the_engine_keeps_serving(portal_page, chat_version):
