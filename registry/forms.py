@@ -15,6 +15,16 @@ class ModelCreateForm(forms.Form):
     visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PRIVATE)
 
 
+class ModelEditForm(forms.Form):
+    """The model page's inline edit: what a maintainer may change without the admin."""
+
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    tags = forms.CharField(
+        required=False, help_text="Comma-separated; key=value tags (team=search, dataset=reviews-v2) work too."
+    )
+    visibility = forms.ChoiceField(choices=Visibility.choices)
+
+
 class VersionUploadForm(forms.Form):
     file = forms.FileField(
         help_text="TorchScript (torch.jit.save, .pt), torch.export (torch.export.save, .pt2), or a Hugging Face "

@@ -13,6 +13,7 @@ urlpatterns = [
     path("", views.model_list, name="model-list"),
     path("models/new/", views.model_create, name="model-create"),
     path(f"{M}/", views.model_detail, name="model-detail"),
+    path(f"{M}/edit/", views.model_edit, name="model-edit"),
     path(f"{M}/delete/", views.model_delete, name="model-delete"),
     path(f"{M}/upload/", views.version_upload, name="version-upload"),
     path(f"{M}/versions/<int:version>/", views.version_detail, name="version-detail"),

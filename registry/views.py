@@ -19,9 +19,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from core.errors import NotFound, PortalError
-from registry import selectors, services
+from registry import access, selectors, services
 from registry.access import Action
-from registry.forms import AliasSetForm, ModelCreateForm, VersionUploadForm
+from registry.forms import AliasSetForm, ModelCreateForm, ModelEditForm, VersionUploadForm
 from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, ModelVersion, VersionStatus
 from registry.text_tasks import DEFAULT_TOP_K, MAX_TOP_K, TASK_PARAMETERS, TEXT_INPUT, TextTask
 
@@ -93,10 +93,45 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "history": selectors.alias_history(model)[:50],
         "ready_versions": [v.version for v in versions if v.status == VersionStatus.READY],
         "can_change": selectors.model_can_change(request.user, model),
+        "can_manage": access.model_permits(request.user, model, Action.MANAGE),
+        "edit_form": ModelEditForm(
+            initial={
+                "description": model.description,
+                "tags": ", ".join(sorted(tag.name for tag in model.tags.all())),
+                "visibility": model.visibility,
+            },
+            auto_id="model-edit-%s",
+        ),
         "production": PRODUCTION_ALIAS,
         "alias_form": AliasSetForm(),
     }
     return render(request, "registry/model_detail.html", context)
+
+
+@login_required
+@require_POST
+def model_edit(request: HttpRequest, name: str) -> HttpResponse:
+    """Save the model page's inline edit (description, tags, visibility); audited by the service."""
+    model = _or_404(lambda: selectors.model_get(request.user, name))
+    form = ModelEditForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Not saved: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+        return redirect("registry:model-detail", name=name)
+    data = form.cleaned_data
+    before = (model.description, model.visibility, sorted(model.tags.values_list("name", flat=True)))
+    try:
+        services.model_update(
+            actor=request.user, model=model, description=data["description"], tags=data["tags"],
+            visibility=data["visibility"],
+        )  # fmt: skip
+    except PortalError as exc:
+        messages.error(request, f"Not saved: {exc.message}")
+        return redirect("registry:model-detail", name=name)
+    after = (model.description, model.visibility, sorted(model.tags.values_list("name", flat=True)))
+    changed = [label for label, old, new in zip(("description", "visibility", "tags"), before, after, strict=True)
+               if old != new]  # fmt: skip
+    messages.success(request, f"Saved {', '.join(changed)}." if changed else "Nothing changed.")
+    return redirect("registry:model-detail", name=name)
 
 
 @login_required
