@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -201,6 +202,7 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
         "production": PRODUCTION_ALIAS,
         "try_it": json.dumps(_example_inputs(obj)),
         "text_try_it": _text_try_it(obj) if obj.format == ModelFormat.HUGGINGFACE else None,
+        "chat": _chat(obj) if obj.task == TextTask.TEXT_GENERATION else None,
         "snippets": _snippets(obj, request.build_absolute_uri("/").rstrip("/")),
         "identical": selectors.versions_identical(obj),
         "generative": obj.task == TextTask.TEXT_GENERATION,
@@ -286,6 +288,49 @@ def _text_try_it(version: ModelVersion) -> dict[str, Any]:
     }
 
 
+def _chat(version: ModelVersion) -> dict[str, Any]:
+    """What the chat playground of a text-generation version needs: where it posts, its max_tokens
+    default and limit (the version's, else the portal's), and whether the model has a chat template."""
+    limit = version.max_tokens_limit or settings.GENERATION_MAX_TOKENS_LIMIT
+    return {
+        "url": reverse("inference:playground-chat", args=[version.model.name, version.version]),
+        "max_tokens": min(version.max_tokens_default or settings.GENERATION_MAX_TOKENS_DEFAULT, limit),
+        "max_tokens_limit": limit,
+        # Recorded by validation; a version validated before it was recorded is given the benefit of the doubt.
+        "chat_template": (version.validation or {}).get("chat_template", True),
+    }
+
+
+CHAT_EXAMPLE = [{"role": "user", "content": "Write a haiku about the sea."}]
+
+
+def _generation_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
+    """A streamed chat completion with curl and with the openai client, against /v1."""
+    name, number = version.model.name, version.version
+    # "name" alone is the production alias; "name:3" a version, "name:staging" an alias.
+    model = name if version.aliases.filter(name=PRODUCTION_ALIAS).exists() else f"{name}:{number}"
+    body = {"model": model, "messages": CHAT_EXAMPLE, "max_tokens": 32, "stream": True}
+    # Model names hold no quotes (MODEL_NAME_RE), nor does the example: single quotes hold the body.
+    quoted = json.dumps(body)
+    return {
+        "curl": f"curl -sN '{base_url}/v1/chat/completions' \\\n  -H \"Authorization: Bearer $MAAS_TOKEN\" \\\n"
+        f"  -H 'Content-Type: application/json' \\\n  -d '{quoted}'",
+        "openai": "\n".join([
+            "import os", "", "from openai import OpenAI", "",
+            f'client = OpenAI(base_url="{base_url}/v1", api_key=os.environ["MAAS_TOKEN"])',
+            f'# model="{name}" is production; "{name}:{number}" this version, "{name}:staging" an alias.',
+            "stream = client.chat.completions.create(",
+            f"    model={model!r},",
+            f"    messages={CHAT_EXAMPLE!r},",
+            "    max_tokens=32,", "    temperature=0.7,", "    stream=True,", ")",
+            "for chunk in stream:",
+            "    if chunk.choices and chunk.choices[0].delta.content:",
+            '        print(chunk.choices[0].delta.content, end="", flush=True)',
+            "print()",
+        ]),
+    }  # fmt: skip
+
+
 def _text_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     """curl and Python (requests) calls of the friendly endpoint, tritonclient (BYTES) of /v2 and,
     for embeddings, the openai client against /v1."""
@@ -342,6 +387,8 @@ def _text_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
 
 def _snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     """Copy-paste curl (small inputs only) and Python (tritonclient) calls of the v2 endpoint."""
+    if version.task == TextTask.TEXT_GENERATION:
+        return _generation_snippets(version, base_url)
     if version.format == ModelFormat.HUGGINGFACE:
         return _text_snippets(version, base_url)
     url = f"{base_url}/v2/models/{version.model.name}/versions/{version.version}/infer"
