@@ -1,0 +1,212 @@
+"""Batch generation jobs: the prompts file's checks, and the engine run over it in row order."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from core.errors import InvalidInput
+from inference import completions
+from inference.completions import CompletionRows, Defaults, prompts_dump, prompts_load, prompts_read
+from inference.generation import Engine
+from inference.runs.loop import RunStopped
+from portal.text_models import gpt2_save
+
+DEFAULTS = Defaults(max_tokens=16, max_tokens_limit=64, temperature=1.0)
+PROMPTS = ["Paris is", "The portal serves", "Hi", "def add(a, b):", "Rome is the capital", "Once upon"]
+
+
+def lines(*items: Any) -> io.BytesIO:
+    return io.BytesIO(
+        b"".join((item if isinstance(item, bytes) else json.dumps(item).encode()) + b"\n" for item in items)
+    )
+
+
+def refused(*items: Any, defaults: Defaults = DEFAULTS) -> str:
+    with pytest.raises(InvalidInput) as caught:
+        prompts_read(lines(*items), defaults)
+    return caught.value.message
+
+
+# --- the file's checks -----------------------------------------------------------------------
+
+
+def test_prompts_and_chats_are_stored_with_every_setting_resolved():
+    requests = prompts_read(
+        lines(
+            {"prompt": "Paris is"},
+            b"   ",
+            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+             "temperature": 0, "max_tokens": 8, "stop": "\n"},
+            {"prompt": "x", "top_p": 0.5, "top_k": 3, "seed": 7, "stop": ["a", "b"]},
+        ),
+        DEFAULTS,
+    )  # fmt: skip
+    assert requests == [
+        {"prompt": "Paris is",
+         "params": {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "seed": None, "stop": []}},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+         "params": {"max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None, "stop": ["\n"]}},
+        {"prompt": "x",
+         "params": {"max_tokens": 16, "temperature": 1.0, "top_p": 0.5, "top_k": 3, "seed": 7, "stop": ["a", "b"]}},
+    ]  # fmt: skip
+    # The stored form reads back the same.
+    assert prompts_load(io.BytesIO(prompts_dump(requests))) == requests
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'{"prompt": "a",}', "line 2 is not valid JSON: Expecting property name"),
+        (["a"], "line 2: must be a JSON object with 'prompt' or 'messages', not list"),
+        ({"prompt": "a", "n": 2}, "line 2: unknown key 'n'"),
+        ({"prompt": "a", "messages": []}, "line 2: needs exactly one of 'prompt'"),
+        ({"temperature": 0}, "line 2: needs exactly one of 'prompt'"),
+        ({"prompt": ""}, "line 2: 'prompt' must be a non-empty string"),
+        ({"messages": []}, "line 2: 'messages' must be a non-empty list"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, 'line 2: message 0 has an unknown role "robot"'),
+        ({"messages": [{"role": "user"}]}, "line 2: message 0 must be an object with exactly the keys"),
+        ({"messages": [{"role": "user", "content": 3}]}, "line 2: message 0's content must be a non-empty string"),
+        ({"prompt": "a", "temperature": 3}, "line 2: temperature must be between 0 and 2, not 3.0"),
+        ({"prompt": "a", "temperature": "hot"}, "line 2: 'temperature' must be a number, not \"hot\""),
+        ({"prompt": "a", "top_p": 0}, "line 2: top_p must be above 0"),
+        ({"prompt": "a", "top_k": -1}, "line 2: top_k must be a non-negative integer"),
+        ({"prompt": "a", "seed": 1.5}, "line 2: 'seed' must be an integer, not 1.5"),
+        ({"prompt": "a", "max_tokens": 65}, "line 2: 'max_tokens' must be from 1 to 64 for this model, not 65"),
+        ({"prompt": "a", "max_tokens": True}, "line 2: 'max_tokens' must be an integer, not true"),
+        ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "line 2: 'stop' takes at most 4 strings"),
+        ({"prompt": "a", "stop": [""]}, "line 2: 'stop' must be a non-empty string or a list of them"),
+        (b'{"prompt": "a", "temperature": NaN}', "line 2: 'temperature' must be a number, not NaN"),
+    ],
+)
+def test_a_bad_line_is_refused_naming_its_line_number(line, expected):
+    message = refused({"prompt": "fine"}, line, {"prompt": "fine"})
+    assert message.startswith("The prompts file has errors: ")
+    assert expected in message
+
+
+def test_several_bad_lines_are_named_together_up_to_a_few():
+    message = refused(
+        {"prompt": "ok"}, {"prompt": 1}, b"{", {"prompt": "ok"}, {"messages": [{"role": "x", "content": "y"}]}
+    )
+    assert "line 2:" in message and "line 3 is not valid JSON" in message and "line 5:" in message
+    many = refused(*[{"prompt": ""}] * 20)
+    assert many.count("line ") == completions.MAX_PROBLEMS and "maybe more" in many
+
+
+def test_an_empty_file_and_too_many_prompts_are_refused(monkeypatch):
+    assert "no rows" in refused(b"", b"  ")
+    monkeypatch.setattr(completions, "MAX_PROMPTS", 3)
+    assert "more than 3 prompts" in refused(*[{"prompt": "a"}] * 4)
+    assert len(prompts_read(lines(*[{"prompt": "a"}] * 3), DEFAULTS)) == 3
+
+
+# --- the engine run over the rows -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    directory = gpt2_save(Path(tmp_path_factory.mktemp("gpt2")) / "tiny", size="tiny")
+    return AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+
+
+def greedy(model: Any, tokenizer: Any, ids: list[int], max_tokens: int) -> str:
+    """What in-process generate(do_sample=False) continues `ids` with, decoded up to its end-of-sequence."""
+    tensor = torch.tensor([ids])
+    out = model.generate(tensor, attention_mask=torch.ones_like(tensor), do_sample=False, max_new_tokens=max_tokens)
+    new = out[0, len(ids) :].tolist()
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(new)
+
+
+def requests_of(*items: Any) -> list[dict[str, Any]]:
+    return prompts_read(lines(*items), DEFAULTS)
+
+
+def test_rows_come_back_in_order_and_greedy_ones_equal_generate(lm):
+    model, tokenizer = lm
+    requests = requests_of(*[{"prompt": p, "temperature": 0, "max_tokens": 4 + 3 * i} for i, p in enumerate(PROMPTS)])
+    engine = Engine(model, tokenizer, max_sequences=3)
+    rows = CompletionRows(engine, requests, lookahead=2)
+    got = rows.rows(0, 2) + rows.rows(2, 5) + rows.rows(5, 6)
+    assert [line["index"] for line in got] == list(range(6))
+    for i, (prompt, line) in enumerate(zip(PROMPTS, got, strict=True)):
+        ids = tokenizer(prompt)["input_ids"]
+        assert line["completion"] == greedy(model, tokenizer, ids, 4 + 3 * i), prompt
+        assert line["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 4 + 3 * i}
+        assert line["finish_reason"] == "length"
+    assert not engine.has_work() and not rows.flights and not rows.done
+    # Later rows joined the running batch: fewer steps than running the rows one after another.
+    assert rows.steps < sum(4 + 3 * i for i in range(6))
+
+
+def test_a_chat_line_runs_through_the_chat_template(lm):
+    model, tokenizer = lm
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    (line,) = CompletionRows(Engine(model, tokenizer), requests_of({"messages": messages, "temperature": 0})).rows(0, 1)
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert line["completion"] == greedy(model, tokenizer, ids, DEFAULTS.max_tokens)
+    assert line["usage"]["prompt_tokens"] == len(ids)
+
+
+def test_a_line_that_cannot_run_gets_an_error_line_and_the_others_run(lm):
+    model, tokenizer = lm
+    context = model.config.max_position_embeddings
+    requests = requests_of(
+        {"prompt": "Paris is", "temperature": 0},
+        {"prompt": "word " * context},
+        {"prompt": "Hi", "max_tokens": 8, "stop": ["a", "e", "o", " "]},
+    )
+    got = CompletionRows(Engine(model, tokenizer), requests).rows(0, 3)
+    assert got[1]["index"] == 1 and set(got[1]) == {"index", "error"}
+    assert "over the model's context" in got[1]["error"]["message"]
+    assert got[0]["completion"] == greedy(model, tokenizer, tokenizer("Paris is")["input_ids"], DEFAULTS.max_tokens)
+    assert got[2]["usage"]["completion_tokens"] >= 1 and not any(c in got[2]["completion"] for c in "aeo ")
+
+
+def test_chat_lines_on_a_model_without_a_chat_template_get_an_error_line(lm):
+    model, tokenizer = lm
+    template, tokenizer.chat_template = tokenizer.chat_template, None
+    try:
+        got = CompletionRows(Engine(model, tokenizer), requests_of(
+            {"messages": [{"role": "user", "content": "Hi"}]}, {"prompt": "Hi", "max_tokens": 2},
+        )).rows(0, 2)  # fmt: skip
+    finally:
+        tokenizer.chat_template = template
+    assert got[0] == {
+        "index": 0,
+        "error": {"message": "this model has no chat template; send a 'prompt' instead of 'messages'"},
+    }
+    assert got[1]["usage"]["completion_tokens"] == 2
+
+
+def test_seeded_sampled_lines_repeat_whatever_shares_their_batch(lm):
+    model, tokenizer = lm
+    line = {"prompt": "Once upon", "temperature": 0.9, "top_p": 0.9, "seed": 11, "max_tokens": 12}
+    alone = CompletionRows(Engine(model, tokenizer), requests_of(line)).rows(0, 1)[0]
+    crowd = requests_of(*[{"prompt": p, "max_tokens": 10} for p in PROMPTS], line)
+    shared = CompletionRows(Engine(model, tokenizer, max_sequences=8), crowd).rows(0, 7)[6]
+    assert shared["completion"] == alone["completion"] and shared["index"] == 6
+
+
+def test_a_stop_is_seen_between_two_decoding_steps(lm):
+    model, tokenizer = lm
+    requests = requests_of(*[{"prompt": "Paris is", "max_tokens": 64}] * 4)
+    rows = CompletionRows(Engine(model, tokenizer, max_sequences=2), requests)
+    asked = []
+
+    def alive() -> bool:
+        asked.append(rows.steps)
+        return len(asked) < 3
+
+    with pytest.raises(RunStopped):
+        rows.rows(0, 4, alive=alive, every=0.0)
+    assert asked == [0, 1, 2]
