@@ -1,4 +1,5 @@
-"""Batch generation jobs: the prompts file's checks, and the engine run over it in row order."""
+"""Batch generation jobs: the prompts file's checks, the engine run over it in row order, and
+jobs on a real (tiny, random) GPT-2 version: submitted, run by the task in-process, refused."""
 
 from __future__ import annotations
 
@@ -9,14 +10,23 @@ from typing import Any
 
 import pytest
 import torch
+from django.core.files.uploadedfile import SimpleUploadedFile
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.errors import InvalidInput
-from inference import completions
+from inference import completions, jobs, tasks, validation
 from inference.completions import CompletionRows, Defaults, prompts_dump, prompts_load, prompts_read
 from inference.generation import Engine
+from inference.models import BatchJob, JobStatus
+from inference.runs import loop
 from inference.runs.loop import RunStopped
-from portal.text_models import gpt2_save
+from monitoring import metrics
+from portal.text_models import directory_zip, gpt2_save
+from registry import services
+from registry.artifacts import artifact_storage
+from registry.models import ModelVersion, VersionStatus
+from registry.text_tasks import TextTask
+from tests.inference.conftest import JOBS, result_lines, run, stored_job_files
 
 DEFAULTS = Defaults(max_tokens=16, max_tokens_limit=64, temperature=1.0)
 PROMPTS = ["Paris is", "The portal serves", "Hi", "def add(a, b):", "Rome is the capital", "Once upon"]
@@ -110,10 +120,14 @@ def test_an_empty_file_and_too_many_prompts_are_refused(monkeypatch):
 # --- the engine run over the rows -----------------------------------------------------------
 
 
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return gpt2_save(Path(tmp_path_factory.mktemp("gpt2")) / "tiny", size="tiny")
+
+
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
-    directory = gpt2_save(Path(tmp_path_factory.mktemp("gpt2")) / "tiny", size="tiny")
-    return AutoModelForCausalLM.from_pretrained(directory).eval(), AutoTokenizer.from_pretrained(directory)
+def lm(gpt2_dir: Path) -> tuple[Any, Any]:
+    return AutoModelForCausalLM.from_pretrained(gpt2_dir).eval(), AutoTokenizer.from_pretrained(gpt2_dir)
 
 
 def greedy(model: Any, tokenizer: Any, ids: list[int], max_tokens: int) -> str:
@@ -210,3 +224,149 @@ def test_a_stop_is_seen_between_two_decoding_steps(lm):
     with pytest.raises(RunStopped):
         rows.rows(0, 4, alive=alive, every=0.0)
     assert asked == [0, 1, 2]
+
+
+# --- jobs on a text-generation version ------------------------------------------------------
+
+
+@pytest.fixture
+def writer(owner: Any, gpt2_dir: Path, tmp_path: Path, fresh_model_cache: Any) -> ModelVersion:
+    """A ready text-generation version "writer" v1: the tiny GPT-2 uploaded as a zip and validated in-process."""
+    model = services.model_create(actor=owner, name="writer", description="a tiny random GPT-2")
+    archive = directory_zip(gpt2_dir, tmp_path / "writer.zip")
+    version = services.version_upload(
+        actor=owner, model=model, file=SimpleUploadedFile("writer.zip", archive.read_bytes()), filename="writer.zip",
+        task=TextTask.TEXT_GENERATION, enqueue=False,
+    )  # fmt: skip
+    assert validation.version_validate(version.pk) == VersionStatus.READY
+    version.refresh_from_db()
+    return version
+
+
+def submit_prompts(actor: Any, *items: Any, **fields: Any) -> BatchJob:
+    return jobs.job_submit(
+        actor=actor, model_name="writer", version=1, file=SimpleUploadedFile("prompts.jsonl", lines(*items).read()),
+        filename="prompts.jsonl", **fields,
+    )  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_a_generation_job_writes_its_completions_in_order_and_meters_its_tokens(owner, writer, lm):
+    model, tokenizer = lm
+    metrics.recorder.reset()
+    chat = [{"role": "user", "content": "Hi"}]
+    job = submit_prompts(
+        owner,
+        *[{"prompt": p, "max_tokens": 3 + i} for i, p in enumerate(PROMPTS)],
+        {"prompt": "word " * model.config.max_position_embeddings},
+        {"messages": chat, "max_tokens": 5},
+        temperature=0,
+        chunk_size=3,
+    )
+    assert (job.status, job.total_rows, job.chunk_size, job.input_format, job.result_format) == (
+        "queued", 8, 3, "jsonl", "jsonl")  # fmt: skip
+    job = run(job)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert (job.rows_done, job.progress, job.parts) == (8, 100.0, [])
+    got = result_lines(job)
+    assert [line["index"] for line in got] == list(range(8))
+    for i, prompt in enumerate(PROMPTS):
+        assert got[i]["completion"] == greedy(model, tokenizer, tokenizer(prompt)["input_ids"], 3 + i)
+        assert got[i]["finish_reason"] == "length" and got[i]["usage"]["completion_tokens"] == 3 + i
+    assert "over the model's context" in got[6]["error"]["message"]
+    ids = tokenizer(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
+                    add_special_tokens=False)["input_ids"]  # fmt: skip
+    assert got[7]["completion"] == greedy(model, tokenizer, ids, 5)
+    assert [path.name for path in stored_job_files()] == ["input.jsonl", "result.jsonl"]
+    # Every answered line's tokens are metered for the job's owner (prompt, completion).
+    ((key, cell),) = metrics.recorder.usage_meter.take().items()
+    prompt_tokens, completion_tokens = completions.line_tokens(got)
+    assert (key[0], key[2], key[3]) == (writer.pk, owner.pk, None)
+    assert cell[1:] == [prompt_tokens, completion_tokens] and completion_tokens == sum(range(3, 9)) + 5
+    metrics.recorder.reset()
+
+
+@pytest.mark.django_db
+def test_a_generation_job_stops_between_two_decoding_steps_when_cancelled(owner, writer, monkeypatch):
+    job = submit_prompts(owner, *[{"prompt": "Paris is", "max_tokens": 200}] * 6, chunk_size=6)
+    steps = 0
+    real_step = Engine.step
+
+    def step(engine: Engine) -> Any:
+        nonlocal steps
+        steps += 1
+        if steps == 5:  # someone presses Cancel while the first chunk is generating
+            BatchJob.objects.filter(pk=job.pk).update(cancel_requested=True)
+        return real_step(engine)
+
+    monkeypatch.setattr(Engine, "step", step)
+    monkeypatch.setattr(tasks, "PROGRESS_SECONDS", 0.0)
+    job = run(job)
+    assert job.status == JobStatus.CANCELLED and job.rows_done == 0
+    assert steps < 10 and not job.result_path
+
+
+@pytest.mark.django_db
+def test_a_redelivered_generation_job_resumes_after_its_saved_rows(owner, writer, monkeypatch):
+    job = submit_prompts(owner, *[{"prompt": p, "max_tokens": 4, "temperature": 0} for p in PROMPTS], chunk_size=2)
+    whole = result_lines(run(job))
+    job = submit_prompts(owner, *[{"prompt": p, "max_tokens": 4, "temperature": 0} for p in PROMPTS], chunk_size=2)
+    # The first task hands over after its first chunk (as before the time limit); the next one resumes.
+    monkeypatch.setattr(loop, "segment_seconds", lambda: 0.0)
+    monkeypatch.setattr(tasks, "job_enqueue", lambda job_id: None)
+    assert tasks.job_run(str(job.pk)) == JobStatus.QUEUED
+    job.refresh_from_db()
+    assert (job.rows_saved, len(job.parts)) == (2, 1)
+    monkeypatch.setattr(loop, "segment_seconds", lambda: 600.0)
+    job = run(job)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert result_lines(job) == whole
+
+
+@pytest.mark.django_db
+def test_generation_files_are_refused_at_submission_naming_their_lines(api, owner, writer, settings):
+    client = api(owner)
+
+    def post(content: bytes, filename: str = "prompts.jsonl", **fields: Any) -> Any:
+        data = {"model": "writer", "version": "1", "file": SimpleUploadedFile(filename, content), **fields}
+        return client.post(JOBS, data, format="multipart")
+
+    good = lines({"prompt": "Hi"}).read()
+    bad = lines({"prompt": "Hi"}, {"messages": [{"role": "bot", "content": "x"}]}, b"{oops", {"prompt": "Hi"}).read()
+    response = post(bad)
+    assert response.status_code == 400, response.content
+    assert 'line 2: message 0 has an unknown role "bot"' in response.json()["error"]
+    assert "line 3 is not valid JSON" in response.json()["error"]
+    response = post(good, result_format="npz")
+    assert response.status_code == 400 and "writes JSON lines" in response.json()["error"]
+    response = post(b"PK\x03\x04zip", filename="prompts.npz")
+    assert response.status_code == 400 and "takes JSON lines" in response.json()["error"]
+    ModelVersion.objects.filter(pk=writer.pk).update(max_tokens_limit=8)
+    response = post(lines({"prompt": "Hi", "max_tokens": 9}).read())
+    assert response.status_code == 400 and "'max_tokens' must be from 1 to 8 for this model" in response.json()["error"]
+    assert not BatchJob.objects.exists() and not stored_job_files()
+    response = post(good)
+    assert response.status_code == 201, response.content
+    assert (response.json()["total_rows"], response.json()["chunk_size"]) == (1, settings.GENERATION_MAX_SEQUENCES)
+
+
+@pytest.mark.django_db
+def test_the_jobs_page_takes_a_generation_file_with_its_defaults_and_links_the_completions(client, owner, writer):
+    client.force_login(owner)
+    page = client.get("/jobs/new/?model=writer").content.decode()
+    assert 'name="max_tokens"' in page and 'name="temperature"' in page and "text-generation" in page
+    file = SimpleUploadedFile("prompts.jsonl", lines({"prompt": "Paris is"}, {"prompt": "Hi", "max_tokens": 2}).read())
+    data = {"model": "writer", "version": "1", "file": file, "max_tokens": 3, "temperature": 0}
+    response = client.post("/jobs/new/", data)
+    job = BatchJob.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
+    with artifact_storage().open(job.input_path, "rb") as stream:
+        stored = prompts_load(stream)
+    assert [(r["params"]["max_tokens"], r["params"]["temperature"]) for r in stored] == [(3, 0.0), (2, 0.0)]
+    run(job)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'href="/api/v1/jobs/{job.pk}/result/"' in page and "Download result (.jsonl)" in page
+    assert [line["usage"]["completion_tokens"] for line in result_lines(job)] == [3, 2]
+    response = client.post("/jobs/new/", {**data, "file": SimpleUploadedFile("p.jsonl", b'{"prompt": 1}\n'),
+                                          "temperature": 2.5})  # fmt: skip
+    assert response.status_code == 400 and "temperature" in response.content.decode()
