@@ -94,7 +94,7 @@ def _stop(value: Any) -> list[str]:
         raise LineError("'stop' must be a non-empty string or a list of them")
     if len(stops) > MAX_STOP_STRINGS:
         raise LineError(f"'stop' takes at most {MAX_STOP_STRINGS} strings")
-    return stops
+    return [_text(stop, "'stop'") for stop in stops]
 
 
 def line_check(line: Any, defaults: Defaults) -> dict[str, Any]:

@@ -179,6 +179,11 @@ def job_result_open(job: BatchJob) -> IO[bytes]:
     return artifact_storage().open(job.result_path, "rb")
 
 
+def job_generates(job: BatchJob) -> bool:
+    """Whether the job runs prompts through a text-generation model (its input is stored as prompts)."""
+    return job.input_path.endswith(PROMPTS_SUFFIX)
+
+
 # --- reads --------------------------------------------------------------------------------
 
 

@@ -77,6 +77,7 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
         "job": job,
         "api_url": reverse("api:job-detail", args=[job.pk]),
         "result_url": reverse("api:job-result", args=[job.pk]),
+        "generates": jobs.job_generates(job),
     }
     return render(request, "inference/job_detail.html", context)
 

@@ -93,6 +93,9 @@ def test_prompts_and_chats_are_stored_with_every_setting_resolved():
         ({"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "line 2: 'stop' takes at most 4 strings"),
         ({"prompt": "a", "stop": [""]}, "line 2: 'stop' must be a non-empty string or a list of them"),
         (b'{"prompt": "a", "temperature": NaN}', "line 2: 'temperature' must be a number, not NaN"),
+        (b'{"prompt": "\\ud800"}', "line 2: 'prompt' holds a lone surrogate"),
+        (b'{"prompt": "a", "stop": "\\udfff"}', "line 2: 'stop' holds a lone surrogate"),
+        (b'{"prompt": "\xff"}', "line 2 is not valid JSON: 'utf-8' codec can't decode"),
     ],
 )
 def test_a_bad_line_is_refused_naming_its_line_number(line, expected):
@@ -365,7 +368,8 @@ def test_the_jobs_page_takes_a_generation_file_with_its_defaults_and_links_the_c
     assert [(r["params"]["max_tokens"], r["params"]["temperature"]) for r in stored] == [(3, 0.0), (2, 0.0)]
     run(job)
     page = client.get(f"/jobs/{job.pk}/").content.decode()
-    assert f'href="/api/v1/jobs/{job.pk}/result/"' in page and "Download result (.jsonl)" in page
+    assert f'href="/api/v1/jobs/{job.pk}/result/"' in page and "Download completions (.jsonl)" in page
+    assert "JSON lines of prompts" in page
     assert [line["usage"]["completion_tokens"] for line in result_lines(job)] == [3, 2]
     response = client.post("/jobs/new/", {**data, "file": SimpleUploadedFile("p.jsonl", b'{"prompt": 1}\n'),
                                           "temperature": 2.5})  # fmt: skip
