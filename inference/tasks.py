@@ -29,9 +29,8 @@ from inference.models import BatchJob, DataFormat, JobStatus
 from inference.runs.arrays import npz_save, paths_delete
 from inference.runs.lifecycle import run_enqueue, stale_expire_all
 from inference.runs.loop import PROGRESS_SECONDS, ChunkedWork, ModelWork, Outputs, work_run
-from inference.runtimes.huggingface import HuggingFaceRuntime
+from inference.runtimes import TextRuntime
 from registry.artifacts import artifact_storage
-from registry.text_tasks import TextTask
 
 # The stored input of a generation job (canonical JSON lines of requests); others store `.npz`.
 PROMPTS_SUFFIX = ".jsonl"
@@ -126,9 +125,9 @@ class CompletionJobWork(ChunkedWork[BatchJob]):
     def start(self) -> None:
         job = self.run
         self.loaded: LoadedModel = model_cache().get(_version_id(job))
-        if self.loaded.task != TextTask.TEXT_GENERATION:
+        if not self.loaded.generative:
             raise ModelUnavailable(f"{job.model_name} v{job.version_number} is not a text-generation model.")
-        runtime = cast(HuggingFaceRuntime, self.loaded.runtime)
+        runtime = cast(TextRuntime, self.loaded.runtime)
         with artifact_storage().open(job.input_path, "rb") as stream:
             requests = prompts_load(stream)
         engine = Engine(
