@@ -13,7 +13,9 @@ of forward passes; its chunks are the rows whose completions are done, in order.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import time
 from typing import Any, cast
 
 import numpy as np
@@ -31,6 +33,8 @@ from inference.runs.lifecycle import run_enqueue, stale_expire_all
 from inference.runs.loop import PROGRESS_SECONDS, ChunkedWork, ModelWork, Outputs, work_run
 from inference.runtimes import TextRuntime
 from registry.artifacts import artifact_storage
+
+logger = logging.getLogger(__name__)
 
 # The stored input of a generation job (canonical JSON lines of requests); others store `.npz`.
 PROMPTS_SUFFIX = ".jsonl"
@@ -141,6 +145,8 @@ class CompletionJobWork(ChunkedWork[BatchJob]):
         self.completions = CompletionRows(engine, requests, first=job.resume_from, step=self._step)
         self.step = job.chunk_size
         self.tokens = (0, 0)
+        # What this task generated, and since when: its throughput, logged at the end.
+        self.generated, self.began = 0, time.perf_counter()
 
     def _step(self) -> list[StepOutput]:
         # The worker's own generation loop may share the module: one forward at a time.
@@ -151,6 +157,7 @@ class CompletionJobWork(ChunkedWork[BatchJob]):
         # A cancel is seen between two decoding steps, not only between chunks: a chunk may take long.
         lines = self.completions.rows(start, stop, alive=self.claim.heartbeat, every=PROGRESS_SECONDS)
         self.tokens = line_tokens(lines)
+        self.generated += self.tokens[1]
         return {"line": np.array([json.dumps(line, ensure_ascii=False) for line in lines])}
 
     def chunk_done(self, rows: int, began: float, ok: bool) -> None:
@@ -158,6 +165,9 @@ class CompletionJobWork(ChunkedWork[BatchJob]):
         telemetry.job_chunk(self.run, rows, began, ok=ok, prompt_tokens=prompt, completion_tokens=completion)
 
     def finish(self, outputs: Outputs) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.began
+        logger.info("%s: %s completion tokens in %.2fs (%.0f tokens/s, %s engine steps)", self.run, self.generated,
+                    seconds, self.generated / max(seconds, 1e-6), self.completions.steps)  # fmt: skip
         name = f"{self.run.storage_prefix}/result.{DataFormat.JSONL}"
         with tempfile.TemporaryFile() as tmp:
             for line in outputs["line"].tolist():
