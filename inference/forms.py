@@ -19,7 +19,8 @@ class BatchJobForm(forms.Form):
     )
     file = forms.FileField(
         help_text=".npz with one array per input (rows first), or JSON lines with one object "
-        '{"<input name>": [...]} per example.'
+        '{"<input name>": [...]} per example; for a text-generation model, JSON lines of '
+        '{"prompt": "..."} or {"messages": [...]}.'
     )
     result_format = forms.ChoiceField(choices=[("", "same as the input"), *DataFormat.choices], required=False)
     chunk_size = forms.IntegerField(
