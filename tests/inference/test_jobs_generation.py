@@ -348,9 +348,13 @@ def test_generation_files_are_refused_at_submission_naming_their_lines(api, owne
     response = post(lines({"prompt": "Hi", "max_tokens": 9}).read())
     assert response.status_code == 400 and "'max_tokens' must be from 1 to 8 for this model" in response.json()["error"]
     assert not BatchJob.objects.exists() and not stored_job_files()
-    response = post(good)
+    response = post(good, temperature="2.5")
+    assert response.status_code == 400 and "temperature" in response.json()["error"]
+    response = post(good, max_tokens="8", temperature="0")
     assert response.status_code == 201, response.content
     assert (response.json()["total_rows"], response.json()["chunk_size"]) == (1, settings.GENERATION_MAX_SEQUENCES)
+    with artifact_storage().open(BatchJob.objects.get().input_path, "rb") as stream:
+        assert prompts_load(stream)[0]["params"]["max_tokens"] == 8
 
 
 @pytest.mark.django_db
