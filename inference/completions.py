@@ -19,6 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -243,14 +244,15 @@ class CompletionRows:
         *,
         first: int = 0,
         lookahead: int | None = None,
-        step: Callable[[], list[Any]] | None = None,
+        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self.engine = engine
         self.requests = requests
         self.next_row = first
         self.lookahead = lookahead if lookahead is not None else 4 * engine.max_sequences
-        # How one step runs (the task holds the model's lock around it).
-        self._step = step or engine.step
+        # Held around each submit (the tokenizer) and step (the model): the worker's own
+        # generation loop may use the same model in another thread.
+        self.lock = lock if lock is not None else nullcontext()
         self.flights: dict[int, _Flight] = {}
         self.done: dict[int, dict[str, Any]] = {}
         self.steps = 0
@@ -262,7 +264,8 @@ class CompletionRows:
             row = self.next_row
             self.next_row += 1
             try:
-                sequence = self.engine.submit(generation_request(self.engine.tokenizer, self.requests[row]))
+                with self.lock:
+                    sequence = self.engine.submit(generation_request(self.engine.tokenizer, self.requests[row]))
             except ValueError as exc:  # LineError, or the engine's over-context and over-budget refusals
                 self.done[row] = error_line(row, str(exc))
                 continue
@@ -282,7 +285,9 @@ class CompletionRows:
                 if not alive():
                     raise RunStopped
                 checked = time.monotonic()
-            for output in self._step():
+            with self.lock:
+                outputs = self.engine.step()
+            for output in outputs:
                 flight = self.flights[output.sequence_id]
                 flight.pieces.append(output.text)
                 if output.finished:

@@ -26,7 +26,7 @@ from django.core.files import File
 from inference import telemetry, text
 from inference.cache import LoadedModel, ModelUnavailable, model_cache
 from inference.completions import CompletionRows, line_tokens, prompts_load
-from inference.generation import Engine, StepOutput
+from inference.generation import Engine
 from inference.models import BatchJob, DataFormat, JobStatus
 from inference.runs.arrays import npz_save, paths_delete
 from inference.runs.lifecycle import run_enqueue, stale_expire_all
@@ -142,16 +142,11 @@ class CompletionJobWork(ChunkedWork[BatchJob]):
             max_waiting=settings.GENERATION_MAX_SEQUENCES,
             prefill_tokens=settings.GENERATION_PREFILL_TOKENS,
         )
-        self.completions = CompletionRows(engine, requests, first=job.resume_from, step=self._step)
+        self.completions = CompletionRows(engine, requests, first=job.resume_from, lock=self.loaded.lock)
         self.step = job.chunk_size
         self.tokens = (0, 0)
         # What this task generated, and since when: its throughput, logged at the end.
         self.generated, self.began = 0, time.perf_counter()
-
-    def _step(self) -> list[StepOutput]:
-        # The worker's own generation loop may share the module: one forward at a time.
-        with self.loaded.lock:
-            return self.completions.engine.step()
 
     def chunk(self, start: int, stop: int) -> Outputs:
         # A cancel is seen between two decoding steps, not only between chunks: a chunk may take long.
