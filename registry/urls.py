@@ -16,6 +16,7 @@ urlpatterns = [
     path(f"{M}/delete/", views.model_delete, name="model-delete"),
     path(f"{M}/upload/", views.version_upload, name="version-upload"),
     path(f"{M}/versions/<int:version>/", views.version_detail, name="version-detail"),
+    path(f"{M}/versions/<int:version>/settings/", views.version_settings, name="version-settings"),
     path(f"{M}/versions/<int:version>/<slug:action>/", views.version_action, name="version-action"),
     path(f"{M}/aliases/", views.alias_set, name="alias-set"),
     path(f"{M}/aliases/<slug:alias>/<slug:action>/", views.alias_action, name="alias-action"),

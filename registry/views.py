@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 from core.errors import NotFound, PortalError
 from registry import selectors, services
 from registry.access import Action
-from registry.forms import AliasSetForm, ModelCreateForm, VersionUploadForm
+from registry.forms import AliasSetForm, ModelCreateForm, VersionSettingsForm, VersionUploadForm
 from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, ModelVersion, VersionStatus
 from registry.text_tasks import DEFAULT_TOP_K, MAX_TOP_K, TASK_PARAMETERS, TEXT_INPUT, TextTask
 
@@ -168,8 +168,31 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
         "text_try_it": _text_try_it(obj) if obj.format == ModelFormat.HUGGINGFACE else None,
         "snippets": _snippets(obj, request.build_absolute_uri("/").rstrip("/")),
         "identical": selectors.versions_identical(obj),
+        "generative": obj.task == TextTask.TEXT_GENERATION,
+        "settings_form": VersionSettingsForm(
+            initial={name: getattr(obj, name) for name in VersionSettingsForm.base_fields}
+        ),
     }
     return render(request, "registry/version_detail.html", context)
+
+
+@login_required
+@require_POST
+def version_settings(request: HttpRequest, name: str, version: int) -> HttpResponse:
+    """Change a version's batching and max_tokens from its page (the service checks and audits)."""
+    form = VersionSettingsForm(request.POST)
+    try:
+        obj = selectors.version_get(request.user, name, version, for_change=True)
+        if not form.is_valid():
+            raise PortalError(f"Settings are whole numbers; check {', '.join(form.errors)}.")
+        changes = {field: value for field, value in form.cleaned_data.items() if value is not None}
+        services.version_update(actor=request.user, version=obj, **changes)
+        messages.success(request, f"Settings of version {version} saved.")
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect("registry:version-detail", name=name, version=version)
 
 
 def _example_inputs(version: ModelVersion) -> dict[str, Any]:

@@ -73,6 +73,7 @@ def test_max_tokens_are_set_per_version_checked_and_audited(api, owner, generati
     for body, fragment, field in [
         ({"max_tokens_default": 0}, "max_tokens_default must be a positive number", "max_tokens_default"),
         ({"max_tokens_limit": 600}, "over the model's context length of 512", "max_tokens_limit"),
+        ({"max_tokens_default": 513}, "max_tokens_default 513 is over the model's context", "max_tokens_default"),
         ({"max_tokens_default": 300}, "max_tokens_default 300 is over max_tokens_limit 256", "max_tokens_default"),
         ({"max_tokens_limit": 32}, "max_tokens_default 64 is over max_tokens_limit 32", "max_tokens_limit"),
     ]:
@@ -101,3 +102,31 @@ def test_a_generative_archive_uploads_through_the_browser_form(client, owner, re
     assert response.status_code == 302, response.content.decode()[-2000:]
     version = ModelVersion.objects.get(model=registered_model)
     assert version.task == "text-generation" and version.format == "huggingface"
+
+
+def test_the_version_page_edits_max_tokens_through_the_service(client, owner, generative):
+    client.force_login(owner)
+    page = client.get("/models/gpt/versions/1/").content.decode()
+    assert 'name="max_tokens_limit"' in page and "The model's context is 512 tokens." in page
+    response = client.post("/models/gpt/versions/1/settings/", {"max_tokens_default": "32", "max_tokens_limit": "300"},
+                           follow=True)  # fmt: skip
+    assert "Settings of version 1 saved." in response.content.decode()
+    generative.refresh_from_db()
+    assert (generative.max_tokens_default, generative.max_tokens_limit, generative.max_batch_size) == (32, 300, 32)
+    response = client.post("/models/gpt/versions/1/settings/", {"max_tokens_limit": "600"}, follow=True)
+    assert "max_tokens_limit 600 is over the model&#x27;s context length of 512 tokens." in response.content.decode()
+    generative.refresh_from_db()
+    assert generative.max_tokens_limit == 300
+    assert AuditEvent.objects.filter(action="version.update").count() == 1
+
+
+def test_a_tensor_version_page_has_no_max_tokens_and_outsiders_cannot_change_settings(
+    client, owner, outsider, registered_model, ready_version
+):
+    ready_version()
+    client.force_login(owner)
+    page = client.get("/models/iris/versions/1/").content.decode()
+    assert 'name="max_batch_size"' in page and 'name="max_tokens_limit"' not in page
+    client.force_login(outsider)
+    assert client.post("/models/iris/versions/1/settings/", {"max_batch_size": "4"}).status_code == 404
+    assert ModelVersion.objects.get().max_batch_size == 32
