@@ -115,7 +115,8 @@ def model_edit(request: HttpRequest, name: str) -> HttpResponse:
     model = _or_404(lambda: selectors.model_get(request.user, name))
     form = ModelEditForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Not saved: " + "; ".join(f"{k}: {' '.join(str(e) for e in v)}" for k, v in form.errors.items()))
+        problems = "; ".join(f"{name}: {' '.join(str(e) for e in errors)}" for name, errors in form.errors.items())
+        messages.error(request, f"Not saved: {problems}")
         return redirect("registry:model-detail", name=name)
     data = form.cleaned_data
     before = (model.description, model.visibility, sorted(model.tags.values_list("name", flat=True)))
