@@ -24,7 +24,7 @@ import orjson
 
 from core.errors import InvalidInput
 from inference import text
-from inference.generation.messages import Output
+from inference.generation.messages import IMPLICIT_MAX_TOKENS, Output
 from inference.routes import Target
 from registry.text_tasks import TextTask
 
@@ -277,6 +277,8 @@ def generation_params(target: Target, call: GenerationCall) -> dict[str, Any]:
     params: dict[str, Any] = {
         "max_tokens": max_tokens, "temperature": call.temperature, "top_p": call.top_p, "top_k": call.top_k,
         "stop": list(call.stop), "logprobs": call.logprobs is not None,
+        # Left out by the caller: the worker shortens it to what the context leaves after the prompt.
+        IMPLICIT_MAX_TOKENS: call.max_tokens is None,
     }  # fmt: skip
     if call.seed is not None:
         params["seed"] = call.seed

@@ -35,6 +35,9 @@ STREAM_TTL_SECONDS = 120
 
 # The sampling settings a request may carry in `params` (see inference.generation.SamplingParams).
 PARAM_NAMES = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "logprobs")
+# A flag beside them: max_tokens is the model's default, not the caller's, so a worker shortens
+# it to the room the context leaves after the prompt instead of refusing the prompt.
+IMPLICIT_MAX_TOKENS = "max_tokens_implicit"
 
 
 def request_queue_key(queue: str) -> str:
@@ -191,6 +194,7 @@ class StepEvents:
 
 __all__ = [
     "CANCEL_PREFIX",
+    "IMPLICIT_MAX_TOKENS",
     "PARAM_NAMES",
     "REQUEST_PREFIX",
     "STREAM_PREFIX",

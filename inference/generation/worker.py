@@ -30,6 +30,7 @@ in torch and apply to this thread as to the main one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -44,6 +45,7 @@ from inference import telemetry
 from inference.cache import LoadedModel, ModelUnavailable, model_cache
 from inference.generation.engine import Engine, EngineFull, GenerationRequest, StepOutput
 from inference.generation.messages import (
+    IMPLICIT_MAX_TOKENS,
     PARAM_NAMES,
     STREAM_TTL_SECONDS,
     Accepted,
@@ -288,6 +290,9 @@ class GenerationLoop(threading.Thread):
             try:
                 prompt_ids = self._prompt_ids(model, runtime, request)
                 params = _sampling(request.params)
+                room = min(hosted.engine.context, hosted.engine.max_tokens) - len(prompt_ids)
+                if request.params.get(IMPLICIT_MAX_TOKENS) and 1 <= room < params.max_tokens:
+                    params = dataclasses.replace(params, max_tokens=room)
             except ValueError as exc:
                 return Refused(request.id, 400, str(exc))
             try:

@@ -25,6 +25,7 @@ from inference import serving, telemetry
 from inference.cache import LoadedModel, ModelUnavailable
 from inference.generation import worker as generation_worker
 from inference.generation.messages import (
+    IMPLICIT_MAX_TOKENS,
     Accepted,
     GenerateRequest,
     Output,
@@ -448,7 +449,10 @@ def test_the_thread_serves_requests_and_reports_its_engines(client, loop, monkey
             if item is not None:
                 events += [e for e in StepEvents.decode(item[1]).events if e.request_id == request_id]
         assert tokens_of(events) == reference[PROMPTS[0]]
-        time.sleep(0.2)
+        # A fast generation may end between two heartbeats; an idle loop reports after its blocking pop.
+        deadline = time.monotonic() + 5
+        while not any(loads for _, loads in reports) and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         loop.stopping.set()
         loop.join(timeout=10)
@@ -492,3 +496,14 @@ def test_the_worker_starts_the_generation_loop_beside_the_serving_loop_and_stopp
     assert not generation.is_alive() and serving._generation is None
     last = received(client, gateway)[-1].events[-1]
     assert last == Refused(request.id, 503, "The worker generating this request is stopping.")
+
+
+def test_a_default_max_tokens_is_shortened_to_the_room_the_context_leaves(client, loop):
+    """A caller that left max_tokens out is not refused for the model's default: it gets what fits."""
+    gateway = gateway_name()
+    request_id = send(client, loop, gateway, prompt="word " * 150, max_tokens=100, **{IMPLICIT_MAX_TOKENS: True})
+    run_until_idle(loop)
+    events = by_request(received(client, gateway))[request_id]
+    accepted, last = events[0], events[-1]
+    assert isinstance(accepted, Accepted) and isinstance(last, Output)
+    assert last.finish_reason == "length" and last.completion_tokens == 512 - accepted.prompt_tokens < 100

@@ -35,7 +35,7 @@ def test_a_completion_request_takes_a_prompt_and_openai_s_sampling_fields():
     assert (call.temperature, call.top_p, call.top_k, call.seed, call.stop) == (0.0, 0.5, 4, 7, ("\n",))
     assert call.stream and call.include_usage and call.logprobs == 2
     assert shaping.generation_params(generative(), call) == {
-        "max_tokens": 8, "temperature": 0.0, "top_p": 0.5, "top_k": 4, "stop": ["\n"], "logprobs": True, "seed": 7,
+        "max_tokens": 8, "temperature": 0.0, "top_p": 0.5, "top_k": 4, "stop": ["\n"], "logprobs": True, "seed": 7, "max_tokens_implicit": False,
     }  # fmt: skip
 
 
@@ -43,7 +43,15 @@ def test_defaults_come_from_openai_and_the_model():
     call = shaping.completion_request({"model": "gpt", "prompt": "x"})
     assert (call.temperature, call.top_p, call.top_k, call.stream, call.logprobs) == (1.0, 1.0, 0, False, None)
     params = shaping.generation_params(generative(max_tokens_default=12), call)
-    assert params == {"max_tokens": 12, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "stop": [], "logprobs": False}
+    assert params == {
+        "max_tokens": 12,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "stop": [],
+        "logprobs": False,
+        "max_tokens_implicit": True,
+    }
 
 
 def test_a_chat_request_takes_text_turns_and_the_newer_max_completion_tokens():
