@@ -21,10 +21,12 @@ import torch
 from django.conf import settings
 
 from core.datatypes import NUMPY_DTYPES
+from inference.generation import Engine, GenerationRequest, SamplingParams
 from inference.runtimes import ModelRuntime, TextRuntime, texts_of
 from inference.services import PROBE_SEQUENCE, device_select, model_load, model_path, random_tensor
 from registry import selectors, services
 from registry.models import VersionStatus
+from registry.text_tasks import TextTask
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,11 @@ class LoadedModel:
     def task(self) -> str:
         """The text task ("" for a tensor model)."""
         return cast(TextRuntime, self.runtime).task if self.text else ""
+
+    @property
+    def generative(self) -> bool:
+        """Whether it generates text: served by the worker's generation loop, not by `predict`."""
+        return self.task == TextTask.TEXT_GENERATION
 
     @property
     def input_names(self) -> list[str]:
@@ -95,6 +102,15 @@ class LoadedModel:
 
 def _warm_up(model: LoadedModel) -> None:
     """One forward on inputs built from the signature, so the first request pays no setup."""
+    if model.generative:
+        # Two greedy tokens of the example prompt through an engine of its own: a prefill and a decode step.
+        runtime = cast(TextRuntime, model.runtime)
+        engine = Engine(runtime.module, runtime.tokenizer, max_sequences=1)
+        with model.lock:
+            engine.submit(GenerationRequest(runtime.example_text(), SamplingParams(max_tokens=2, temperature=0.0)))
+            while engine.has_work():
+                engine.step()
+        return
     if model.text:
         example = cast(TextRuntime, model.runtime).example_text()
         model.predict({model.input_names[0]: np.array([example.encode()], dtype=object)})

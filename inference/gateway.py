@@ -40,12 +40,13 @@ from core import redis as shared_redis
 from core.errors import PortalError
 from core.invalidation import INVALIDATE_CHANNEL
 from inference import guard, protocol, telemetry, text, wire
-from inference.routes import Target
+from inference.generation.client import GenerationClient
+from inference.routes import HttpError, Target
 from inference.wire import BatchReply, BatchRequest, Failure, Outputs
 from registry import access, selectors
 from registry.access import Action
 from registry.models import VersionStatus
-from registry.text_tasks import TEXT_INPUT
+from registry.text_tasks import TEXT_INPUT, TextTask
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +72,6 @@ PLATFORMS = {"torchscript": "pytorch_torchscript", "exported_program": "pytorch_
 NO_PARAMETERS: dict[str, Any] = {}
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _resolve(user: Any, name: str, version: str | None) -> Target:
     """Access-checked lookup of what a path addresses (runs in a thread: it queries the database)."""
     if version is None or version.isdigit():
@@ -86,11 +80,20 @@ def _resolve(user: Any, name: str, version: str | None) -> Target:
         found = selectors.version_resolve(user, name, alias=version)
     model = found.model
     ready = model.versions.filter(status=VersionStatus.READY).order_by("version").values_list("version", flat=True)
+    generative = found.task == TextTask.TEXT_GENERATION
+    context = int(found.validation.get("context_length") or 0) if generative else 0
+    limit = found.max_tokens_limit or settings.GENERATION_MAX_TOKENS_LIMIT
+    if context:
+        # A prompt needs at least one token of the context.
+        limit = min(limit, context - 1)
+    default = min(found.max_tokens_default or settings.GENERATION_MAX_TOKENS_DEFAULT, limit)
     return Target(
         version_id=found.pk, model_name=model.name, version=found.version, status=found.status,
         format=found.format, signature=found.signature, queue=model.serving_queue,
         max_batch_size=found.max_batch_size, max_batch_delay_ms=found.max_batch_delay_ms,
         ready_versions=tuple(ready), model_id=model.pk, actions=access.role_actions(user, model), task=found.task,
+        max_tokens_default=default if generative else 0, max_tokens_limit=limit if generative else 0,
+        context_length=context, chat_template=generative and bool(found.validation.get("chat_template")),
     )  # fmt: skip
 
 
@@ -174,7 +177,10 @@ class Gateway:
     """One per process: the Redis connections, caches and coalescers of this process."""
 
     def __init__(self) -> None:
-        self.reply_key = f"{wire.REPLY_PREFIX}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.reply_key = f"{wire.REPLY_PREFIX}{identity}"
+        # Completions and chats: their own requests and event stream (inference.generation.client).
+        self.generation = GenerationClient(identity, self.live_queues)
         self.redis: aioredis.Redis | None = None
         self.pending: dict[str, asyncio.Future[BatchReply]] = {}
         self.coalescers: dict[int, Coalescer] = {}
@@ -182,6 +188,7 @@ class Gateway:
         self.targets: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
         self.workers: tuple[float, list[wire.Heartbeat]] = (0.0, [])
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- plumbing ------------------------------------------------------------------------
     def connection(self) -> aioredis.Redis:
@@ -189,11 +196,14 @@ class Gateway:
         return self._connect()
 
     def _connect(self) -> aioredis.Redis:
-        if self.redis is None:
+        loop = asyncio.get_running_loop()
+        # One event loop in a server; a Django view run by a test client gets a loop per request,
+        # and a connection (and the reader tasks) belong to the loop that made them.
+        if self.redis is None or self._loop is not loop:
             if not settings.INFERENCE_REDIS_URL:
                 raise HttpError(503, "Online predictions need a Redis (INFERENCE_REDIS_URL) and none is configured.")
             self.redis = shared_redis.async_client()
-            loop = asyncio.get_running_loop()
+            self._loop = loop
             self._tasks = [loop.create_task(self._read_replies()), loop.create_task(self._listen_invalidations())]
         return self.redis
 
@@ -352,7 +362,8 @@ class Gateway:
         try:
             status, body, headers = await self.route(scope, receive)
         except HttpError as exc:
-            status, body, headers = exc.status, protocol.error_body(exc.message), {"Content-Type": "application/json"}
+            status, body = exc.status, protocol.error_body(exc.message)
+            headers = {"Content-Type": "application/json", **exc.headers}
         except PortalError as exc:
             status, body, headers = (
                 exc.status_code,
@@ -421,6 +432,7 @@ class Gateway:
             raise HttpError(
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
+        text.not_generative(target.task, target.model_name, target.version)
         body = await read_body(headers, receive)
         if sample is not None:
             sample.payload = len(body)
@@ -489,8 +501,8 @@ def _metadata(target: Target) -> dict[str, Any]:
         "platform": f"huggingface_{target.task.replace('-', '_')}"
         if target.task
         else PLATFORMS.get(target.format, target.format),
-        "inputs": target.signature["inputs"],
-        "outputs": target.signature["outputs"],
+        "inputs": target.signature.get("inputs", []),
+        "outputs": target.signature.get("outputs", []),
     }
 
 

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible API (/v1) of the data plane: embeddings and the model list.
+"""The OpenAI-compatible API (/v1) of the data plane: completions, chat completions, embeddings
+and the model list.
 
 It lives beside the /v2 gateway and goes through the same steps as a /v2 request, so the
 same rules hold: the caller from the gateway's token cache, the route from its route cache,
@@ -12,25 +13,47 @@ Addressing a model: `model` is a model name (its `production` alias), `name:alia
 alias) or `name:3` (version 3). Model and alias names cannot hold a colon, so this is never
 ambiguous.
 
+Completions and chat completions go to the generation engines through the gateway's
+generation client (inference.generation.client) instead of a coalescer; `GenerationRun` is
+one such request with its limits, telemetry and token charges, shared with the playground
+(inference.playground). Their shaping lives in inference.openai_generation.
+
 The shaping of requests and answers are pure functions (`embeddings_request`,
 `embeddings_response`, `error_document`, ...); `OpenAIApi` is the ASGI app.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 from asgiref.sync import sync_to_async
 
-from core.errors import InvalidInput, NotFound, PortalError, TooManyRequests
+from core.errors import NotFound, PortalError, TooManyRequests
 from inference import guard, telemetry, text
 from inference.gateway import AUTH_REQUIRED, Gateway, HttpError, Receive, Scope, Send, read_body, respond
+from inference.generation.client import Generation
+from inference.generation.messages import Output
+from inference.openai_generation import (
+    SSE_DONE,
+    GenerationCall,
+    OpenAIError,
+    Shaper,
+    chat_request,
+    completion_request,
+    error_document,
+    generation_params,
+    sse,
+)
 from inference.routes import Target
 from registry import access, selectors
 from registry.access import Action
@@ -44,9 +67,11 @@ ENCODING_FORMATS = ("float", "base64")
 EMBEDDINGS_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
 MODEL_PATH = re.compile(r"^/v1/models/(?P<id>[^/]+)/?$")
 JSON_HEADERS = {"Content-Type": "application/json"}
-# OpenAI's error types and codes per HTTP status (its client picks the exception by status).
-ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "requests"}
-ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+GENERATION_PATHS = {"/v1/completions": completion_request, "/v1/chat/completions": chat_request}
+# A client that leaves is answered with this status in the serving metrics (nginx's "client closed").
+CLIENT_CLOSED = 499
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,13 +82,6 @@ class EmbeddingsRequest:
     texts: list[str]
     encoding_format: str
     dimensions: int | None
-
-
-class OpenAIError(InvalidInput):
-    """A 400 about one field of an OpenAI request (`param` in the error document)."""
-
-    def __init__(self, message: str, param: str | None) -> None:
-        super().__init__(message, field=param)
 
 
 # --- pure shaping -------------------------------------------------------------------------------
@@ -170,12 +188,6 @@ def model_card(identifier: str, created: int, owned_by: str) -> dict[str, Any]:
     return {"id": identifier, "object": "model", "created": created, "owned_by": owned_by}
 
 
-def error_document(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """An error as OpenAI answers one."""
-    kind = ERROR_TYPES.get(status) or ("server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code or ERROR_CODES.get(status)}}
-
-
 # --- lookups (run in threads: they query the database) -----------------------------------------
 
 
@@ -213,11 +225,189 @@ def model_retrieve(user: Any, identifier: str) -> dict[str, Any]:
     return model_card(identifier, int(found.created_at.timestamp()), found.model.owner.get_username())
 
 
+# --- generation: one request through the gateway ------------------------------------------------
+
+
+class GenerationRun:
+    """One completions or chat request: access, limits, the engines, telemetry and token charges.
+
+    `start()` raises (HttpError, PortalError) before anything is answered; then `stream()`
+    (server-sent events) or `document()` (the whole answer). Whatever ends it (the last token,
+    an error, the caller leaving), `finish` runs once: the request is cancelled on its worker
+    if it still runs, the tokens read and generated are charged, and the sample is recorded.
+    """
+
+    def __init__(self, gateway: Gateway, user: Any, call: GenerationCall, *, source: str, payload: int = 0) -> None:
+        self.gateway = gateway
+        self.user = user
+        self.call = call
+        self.source = source
+        self.payload = payload
+        self.shaper = Shaper(call)
+        self.sample: telemetry.Sample | None = None
+        self.generation: Generation | None = None
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.gaps: list[float] = []
+        self.ended = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        accepted = self.generation.accepted if self.generation is not None else None
+        return accepted.prompt_tokens if accepted is not None else 0
+
+    async def start(self) -> None:
+        name, addressed = model_address(self.call.model)
+        target = await self.gateway.target(self.user, name, addressed)
+        guard.authorize(self.user, target, Action.PREDICT)
+        sample = telemetry.Sample(target.version_id, target.model_name, target.version, addressed, source=self.source)
+        sample.payload = self.payload
+        sample.caller(self.user)
+        self.sample = sample
+        try:
+            params = generation_params(target, self.call)
+            if target.status != VersionStatus.READY:
+                raise HttpError(
+                    503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
+                )
+            client = self.gateway.connection()
+            await guard.rate_limit(client, self.user)
+            await guard.tokens_check(client, self.user)
+            self.generation = await self.gateway.generation.submit(
+                target, prompt=self.call.prompt, messages=self.call.messages, params=params
+            )
+            accepted = self.generation.accepted
+            sample.timing = {"qt": accepted.queue_ms if accepted is not None else 0.0}
+        except BaseException as exc:
+            await self.finish(exc)
+            raise
+
+    async def outputs(self) -> AsyncIterator[Output]:
+        """The generation's outputs, timed as this gateway sees them (first text, gaps between texts)."""
+        assert self.generation is not None, "start() first"
+        async for output in self.generation.outputs():
+            if output.text:
+                now = time.perf_counter()
+                if self.last_at is not None:
+                    self.gaps.append((now - self.last_at) * 1000)
+                if self.first_at is None:
+                    self.first_at = now
+                self.last_at = now
+            yield output
+
+    async def document(self) -> dict[str, Any]:
+        """The whole answer (stream: false)."""
+        try:
+            async for output in self.outputs():
+                self.shaper.add(output)
+        except BaseException as exc:
+            await self.finish(exc)
+            raise
+        await self.finish(None)
+        return self.shaper.response(self.prompt_tokens)
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        """Server-sent events: a chunk per output with text (the last with its finish reason), usage
+        when asked for, `[DONE]`. An error after the first byte is an error event before `[DONE]`."""
+        error: BaseException | None = None
+        try:
+            try:
+                async for output in self.outputs():
+                    chunk = self.shaper.chunk(output)
+                    if chunk is not None:
+                        yield sse(chunk)
+                if self.call.include_usage:
+                    yield sse(self.shaper.usage_chunk(self.prompt_tokens))
+            except (HttpError, PortalError) as exc:
+                error = exc
+                status, message = _status_message(exc)
+                yield sse(error_document(status, message))
+            except Exception as exc:
+                logger.exception("generation stream failed")
+                error = exc
+                yield sse(error_document(500, "Internal error in the prediction gateway."))
+            yield SSE_DONE
+        except BaseException as exc:  # the consumer left (GeneratorExit, CancelledError)
+            error = exc
+            raise
+        finally:
+            await self.finish(error)
+
+    async def finish(self, error: BaseException | None) -> None:
+        """Once: cancel what still runs, charge the tokens used, record the sample."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.generation is not None:
+            await self.generation.close()
+        sample = self.sample
+        if sample is None:
+            return
+        sample.prompt_tokens = self.prompt_tokens
+        sample.completion_tokens = self.shaper.completion_tokens
+        if self.first_at is not None and self.last_at is not None:
+            sample.generation = {
+                "ttft_ms": (self.first_at - sample.started) * 1000,
+                "inter_token_ms": self.gaps,
+                "decode_ms": (self.last_at - self.first_at) * 1000,
+            }
+        # Tokens read and generated are charged even when the answer was cut short.
+        if sample.tokens:
+            with contextlib.suppress(HttpError):
+                await guard.tokens_charge(self.gateway.connection(), self.user, sample.tokens)
+        if error is None:
+            status = 200
+        elif isinstance(error, asyncio.CancelledError | GeneratorExit):
+            status = CLIENT_CLOSED
+        else:
+            status = _status_message(error)[0]
+        try:
+            sample.done(status)
+        except Exception:
+            # The answer went out (or is going): a monitoring fault must not turn it into an error.
+            logger.exception("could not record a generation sample")
+
+
+def _status_message(exc: BaseException) -> tuple[int, str]:
+    if isinstance(exc, HttpError):
+        return exc.status, exc.message
+    if isinstance(exc, PortalError):
+        return exc.status_code, exc.message
+    return 500, "Internal error in the prediction gateway."
+
+
+async def until_disconnected(receive: Receive) -> None:
+    """Return once the client went away (after the request body, ASGI's receive waits for that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T | None:
+    """Run `work`; cancel it if the client disconnects first (then None)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(until_disconnected(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        watcher.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise
+    watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
 # --- the ASGI app -------------------------------------------------------------------------------
 
 
 class OpenAIApi:
-    """/v1 over the gateway's caches, guard, coalescers and telemetry."""
+    """/v1 over the gateway's caches, guard, coalescers, generation client and telemetry."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -227,9 +417,14 @@ class OpenAIApi:
             return
         headers = JSON_HEADERS
         try:
+            path = scope["path"].rstrip("/")
+            if path in GENERATION_PATHS and scope["method"] == "POST":
+                await self.generate(path, dict(scope.get("headers") or []), receive, send)
+                return
             status, document = await self.route(scope, receive)
         except HttpError as exc:
             status, document = exc.status, error_document(exc.status, exc.message)
+            headers = {**JSON_HEADERS, **exc.headers}
         except PortalError as exc:
             document = error_document(exc.status_code, exc.message, exc.field)
             if isinstance(exc, TooManyRequests):
@@ -244,6 +439,8 @@ class OpenAIApi:
     async def route(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
         path, method = scope["path"], scope["method"]
         headers = dict(scope.get("headers") or [])
+        if path.rstrip("/") in GENERATION_PATHS:
+            raise HttpError(405, f"Method {method} is not allowed on {path}; POST a request.")
         if path.rstrip("/") == "/v1/embeddings":
             if method != "POST":
                 raise HttpError(405, f"Method {method} is not allowed on {path}; POST an embeddings request.")
@@ -260,8 +457,35 @@ class OpenAIApi:
                 if not user.is_authenticated:
                     raise HttpError(401, AUTH_REQUIRED) from None
                 raise
-        message = f"Invalid URL ({method} {path}): this portal's /v1 serves /v1/embeddings and /v1/models."
+        message = (
+            f"Invalid URL ({method} {path}): this portal's /v1 serves /v1/completions, /v1/chat/completions, "
+            "/v1/embeddings and /v1/models."
+        )
         return 404, error_document(404, message, code="unknown_url")
+
+    async def generate(self, path: str, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
+        """POST /v1/completions and /v1/chat/completions: errors before the first byte are raised."""
+        user = await self.gateway.user(headers)
+        body = await read_body(headers, receive)
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise OpenAIError(f"The request body is not valid JSON: {exc}", None) from None
+        call = GENERATION_PATHS[path](raw)
+        run = GenerationRun(self.gateway, user, call, source="v1", payload=len(body))
+        await unless_disconnected(self._answer(run, send), receive)
+
+    async def _answer(self, run: GenerationRun, send: Send) -> None:
+        await run.start()
+        if not run.call.stream:
+            await respond(send, 200, orjson.dumps(await run.document()), JSON_HEADERS)
+            return
+        headers = [(k.lower().encode(), v.encode()) for k, v in SSE_HEADERS.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async with contextlib.aclosing(run.stream()) as events:
+            async for data in events:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def embeddings(self, headers: dict[bytes, bytes], receive: Receive) -> dict[str, Any]:
         user = await self.gateway.user(headers)
@@ -303,6 +527,7 @@ class OpenAIApi:
 
 __all__ = [
     "EmbeddingsRequest",
+    "GenerationRun",
     "OpenAIApi",
     "OpenAIError",
     "embedding_encode",

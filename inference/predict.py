@@ -113,6 +113,7 @@ def text_predict(
     `inputs` is a text (the answer is that text's) or a list of texts (a list of answers).
     `user` (the caller) is charged the tokens read: metered, and against its token's limit.
     """
+    text.not_generative(version.task, version.model.name, version.version)
     texts, single = text.friendly_texts(inputs)
     checked = text.parameters_check(version.task, parameters)
     outputs, timing = predict(version, {TEXT_INPUT: text.texts_tensor(texts)}, addressed, checked, user=user)

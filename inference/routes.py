@@ -1,4 +1,5 @@
-"""What the prediction gateway routes a request to (cached per caller, model and version)."""
+"""What the prediction gateway routes a request to (cached per caller, model and version), and
+the error its steps raise (an HTTP status, a message for a person, optional headers)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,13 @@ class Target:
     max_tokens_limit: int = 0
     context_length: int = 0
     chat_template: bool = False
+
+
+class HttpError(Exception):
+    """A request answered with `status` and `message` (and `headers`, e.g. Retry-After)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}

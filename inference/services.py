@@ -17,6 +17,7 @@ import torch
 from django.conf import settings
 
 from core.datatypes import NUMPY_DTYPES, TORCH_DTYPES, datatype_of_array, datatype_of_tensor, is_floating
+from inference.generation import Engine, GenerationRequest, SamplingParams
 from inference.runtimes import ModelLoadError, ModelRuntime, TextRuntime, runtime_for
 from registry.artifacts import artifact_unpacked
 from registry.text_tasks import TEXT_INPUT, TextTask
@@ -28,6 +29,8 @@ PROBE_BATCH = 1
 PROBE_SEQUENCE = 8
 LATENCY_RUNS = 20
 LATENCY_BUDGET_SECONDS = 2.0
+# Tokens a generative model produces greedily from its example prompt at validation.
+PROBE_GENERATION_TOKENS = 4
 
 
 class ProbeFailed(Exception):
@@ -240,6 +243,8 @@ def _text_probe(
     """Run a text model's task on one text and on two of different lengths; check the outputs."""
     text = _example_text(example) or runtime.example_text()
     declared = signature.get("outputs") or []
+    if runtime.task == TextTask.TEXT_GENERATION:
+        return _generation_probe(runtime, declared, text, load_seconds)
     for texts in ([text], [text, f"{text} It is also one of the oldest and largest cities of Europe."]):
         try:
             outputs = runtime.predict_texts(texts, {}, max_rows=len(texts))
@@ -257,6 +262,51 @@ def _text_probe(
         device=str(runtime.device),
         batching=True,
         extra=runtime.describe(),
+    )
+
+
+def generation_run(runtime: TextRuntime, prompt: str, max_tokens: int) -> list[int]:
+    """The greedy continuation of `prompt` (token ids) through an engine of its own, as the worker serves it."""
+    engine = Engine(runtime.module, runtime.tokenizer, max_sequences=1)
+    engine.submit(GenerationRequest(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0)))
+    tokens: list[int] = []
+    while engine.has_work():
+        for output in engine.step():
+            tokens += output.token_ids
+    return tokens
+
+
+def _generation_probe(
+    runtime: TextRuntime, declared: list[dict[str, Any]], prompt: str, load_seconds: float
+) -> ProbeResult:
+    """Generate a few greedy tokens of the example prompt; the latency is that whole (prefill + decode) run."""
+    try:
+        tokens = generation_run(runtime, prompt, PROBE_GENERATION_TOKENS)
+    except Exception as exc:
+        raise ProbeFailed(
+            f"the text-generation model failed on the prompt {prompt!r}: {exception_summary(exc)}"
+        ) from exc
+    if not tokens:
+        raise ProbeFailed(f"the text-generation model generated nothing from the prompt {prompt!r}")
+    describe = runtime.describe()
+    if describe.get("chat_template"):
+        try:
+            runtime.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:
+            raise ProbeFailed(
+                f"the tokenizer's chat template fails on one user message: {exception_summary(exc)}"
+            ) from exc
+    latency = _latency(lambda: generation_run(runtime, prompt, PROBE_GENERATION_TOKENS), runtime.device)
+    return ProbeResult(
+        outputs=declared,
+        parameter_count=runtime.parameter_count(),
+        load_seconds=load_seconds,
+        latency_ms={**latency, "tokens": PROBE_GENERATION_TOKENS},
+        device=str(runtime.device),
+        batching=True,
+        extra={**describe, "example_completion": runtime.tokenizer.decode(tokens)},
     )
 
 

@@ -4,7 +4,8 @@ Celery workers keep running Celery tasks (validation, batch jobs); beside them, 
 worker process started with an inference queue runs one thread that pops coalesced
 prediction batches from Redis, runs them through the model cache (stacking everything
 that is waiting for the same model into one forward pass), and pushes the outputs to the
-reply list of the gateway process that asked.
+reply list of the gateway process that asked. A second thread, the generation loop
+(inference.generation.worker), serves the same queues' generation requests.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from django.conf import settings
 from core import redis as shared_redis
 from inference import telemetry, wire
 from inference.cache import LoadedModel, ModelUnavailable, model_cache
+from inference.generation.worker import GenerationLoop
 from inference.runtimes import TextInputError, token_rows_trim
 from inference.services import exception_summary
 from inference.wire import Answer, BatchReply, BatchRequest, Failure, Outputs
@@ -41,6 +43,7 @@ CONTROL_QUEUES = {"default", "celery"}
 
 _serve_queues: list[str] = []
 _loop: ServingLoop | None = None
+_generation: GenerationLoop | None = None
 
 
 def worker_id() -> str:
@@ -276,19 +279,24 @@ def _decoded(messages: list[bytes]) -> list[BatchRequest]:
 
 
 def serving_start(queues: list[str]) -> None:
-    """Start this process's serving loop (once)."""
-    global _loop
+    """Start this process's serving loop and its generation loop beside it (once)."""
+    global _loop, _generation
     if _loop is None and queues and settings.INFERENCE_REDIS_URL:
         _loop = ServingLoop(queues)
         _loop.start()
+        _generation = GenerationLoop(queues, _loop.identity)
+        _generation.start()
 
 
 def serving_stop() -> None:
-    global _loop
-    if _loop is not None:
-        _loop.stopping.set()
-        _loop.join(timeout=5)
-        _loop = None
+    """Stop both loops: live generations end with a 503, the last replies are pushed."""
+    global _loop, _generation
+    loops = [loop for loop in (_generation, _loop) if loop is not None]
+    for loop in loops:
+        loop.stopping.set()
+    for loop in loops:
+        loop.join(timeout=5)
+    _loop = _generation = None
 
 
 @signals.celeryd_after_setup.connect

@@ -36,6 +36,16 @@ BOOL_PARAMETERS = frozenset({"truncate", "normalize"})
 MASK_MARKER = re.compile(r"\[MASK\]|<mask>")
 
 
+def not_generative(task: str, model: str, version: int) -> None:
+    """Refuse (400) a text-generation model at a door that does not generate: they answer on /v1."""
+    if task == TextTask.TEXT_GENERATION:
+        raise InvalidInput(
+            f"Model {model!r} v{version} generates text: this endpoint does not serve text-generation models; "
+            "use POST /v1/completions or /v1/chat/completions (OpenAI-compatible, see docs/openai.md).",
+            field="model",
+        )
+
+
 def texts_check(items: Sequence[bytes | str], where: str) -> list[str]:
     """The texts of a request, decoded; InvalidInput names the first problem (`where`: the input)."""
     limit = settings.INFERENCE_TEXT_MAX_ITEMS
@@ -194,6 +204,7 @@ __all__ = [
     "PROTOCOL_PARAMETERS",
     "friendly_answer",
     "friendly_texts",
+    "not_generative",
     "parameters_check",
     "texts_check",
     "texts_of_tensor",

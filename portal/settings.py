@@ -282,7 +282,8 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "MaaS Portal API",
-    "DESCRIPTION": "Registry, uploads, aliases, tokens and audit events of the model portal.",
+    "DESCRIPTION": "Registry, uploads, aliases, tokens, jobs, evaluations and audit events of the model portal, "
+    "and its data plane: predictions over the Open Inference Protocol v2 (/v2) and the OpenAI-compatible API (/v1).",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -292,6 +293,11 @@ SPECTACULAR_SETTINGS = {
     # Batch jobs and evaluation runs share one status enum (the tracked-run engine's).
     "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "inference.runs.models.RunStatus"},
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # The data plane (/v2 and /v1, served beside Django) is documented on the same page.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "inference.api.data_plane_schema.data_plane_paths",
+    ],
 }
 
 # --- Auth and security ----------------------------------------------------------------

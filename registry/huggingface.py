@@ -20,6 +20,7 @@ from typing import IO, Any
 import transformers
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
@@ -53,6 +54,7 @@ TASK_MODEL_TYPES: dict[str, Mapping[str, object]] = {
     TextTask.TEXT_CLASSIFICATION: MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     TextTask.TOKEN_CLASSIFICATION: MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
     TextTask.FEATURE_EXTRACTION: MODEL_MAPPING_NAMES,
+    TextTask.TEXT_GENERATION: MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
 }
 # The example text each task is validated with when the uploader gives none.
 EXAMPLE_TEXTS: dict[str, str] = {
@@ -60,6 +62,7 @@ EXAMPLE_TEXTS: dict[str, str] = {
     TextTask.TEXT_CLASSIFICATION: "This movie was wonderful and the actors were great.",
     TextTask.TOKEN_CLASSIFICATION: "Alice lives in London and works at Acme.",
     TextTask.FEATURE_EXTRACTION: "The portal serves language models to every team.",
+    TextTask.TEXT_GENERATION: "Once upon a time, the portal",
 }
 DEFAULT_MASK_TOKEN = "[MASK]"  # noqa: S105 (a token of text, not a secret)
 SAVE_HINT = "Save the model with model.save_pretrained(directory) and tokenizer.save_pretrained(directory)."

@@ -24,8 +24,8 @@ class TextTask(models.TextChoices):
     TEXT_GENERATION = "text-generation", "text generation (causal language model: completions and chat)"
 
 
-# Tasks that arrive later: named so that an upload of one is refused with a reason.
-LATER_TASKS = {"text-generation": "text generation (causal language models) is not served yet"}
+# Tasks that arrive later: named so that an upload of one is refused with a reason (none at present).
+LATER_TASKS: dict[str, str] = {}
 # "embeddings" is what the OpenAI API calls feature extraction.
 TASK_ALIASES = {"embeddings": TextTask.FEATURE_EXTRACTION, "sentence-similarity": TextTask.FEATURE_EXTRACTION}
 
@@ -34,8 +34,8 @@ ARCHITECTURE_SUFFIXES: tuple[tuple[str, str], ...] = (
     ("ForMaskedLM", TextTask.FILL_MASK),
     ("ForSequenceClassification", TextTask.TEXT_CLASSIFICATION),
     ("ForTokenClassification", TextTask.TOKEN_CLASSIFICATION),
-    ("ForCausalLM", "text-generation"),
-    ("LMHeadModel", "text-generation"),
+    ("ForCausalLM", TextTask.TEXT_GENERATION),
+    ("LMHeadModel", TextTask.TEXT_GENERATION),
     ("Model", TextTask.FEATURE_EXTRACTION),
 )
 
@@ -45,6 +45,8 @@ TASK_PARAMETERS: dict[str, tuple[str, ...]] = {
     TextTask.TEXT_CLASSIFICATION: ("top_k", "truncate"),
     TextTask.TOKEN_CLASSIFICATION: ("truncate",),
     TextTask.FEATURE_EXTRACTION: ("truncate", "normalize"),
+    # Generation takes its settings through /v1/completions and /v1/chat/completions, not /v2.
+    TextTask.TEXT_GENERATION: (),
 }
 DEFAULT_TOP_K = {TextTask.FILL_MASK: 5, TextTask.TEXT_CLASSIFICATION: 1}
 MAX_TOP_K = 100
@@ -97,6 +99,9 @@ def task_signature(task: str, config: dict[str, Any]) -> dict[str, list[dict[str
     elif task == TextTask.FEATURE_EXTRACTION:
         hidden = int(config.get("hidden_size") or config.get("d_model") or -1)
         outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, hidden]}]
+    elif task == TextTask.TEXT_GENERATION:
+        # The completion of each prompt; `tokens` counts the tokens generated.
+        outputs = [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
     else:
         raise ValueError(f"unknown text task {task!r}")
     outputs.append({"name": TOKENS_OUTPUT, "datatype": "INT64", "shape": [-1]})

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api import ERROR
-from inference import predict
+from inference import predict, text
 from registry import selectors
 from registry.access import Action
 
@@ -146,6 +146,8 @@ class PredictView(APIView):
             alias=request.query_params.get("alias"),
             action=Action.PREDICT,
         )
+        # A generative model answers on /v1 only: refused before it counts against any limit.
+        text.not_generative(version.task, version.model.name, version.version)
         predict.rate_limit(request.user)
         serializer = PredictRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -59,6 +59,7 @@ class TextRuntime(ModelRuntime):
     """A model that takes texts, not tensors: it tokenises, batches and decodes itself."""
 
     task: str
+    tokenizer: Any
 
     @abstractmethod
     def predict_texts(self, texts: list[str], parameters: Mapping[str, Any], *, max_rows: int) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ from django.conf import settings
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -46,6 +47,7 @@ AUTO_CLASSES: dict[str, Any] = {
     TextTask.TEXT_CLASSIFICATION: AutoModelForSequenceClassification,
     TextTask.TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
     TextTask.FEATURE_EXTRACTION: AutoModel,
+    TextTask.TEXT_GENERATION: AutoModelForCausalLM,
 }
 PADDING_STRATEGIES = ("bucket", "longest", "max_length")
 # sentence-transformers' Pooling config keys of the poolings served (one of them, alone).
@@ -63,6 +65,8 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
 FALLBACK_MAX_LENGTH = 512
 # Weights a task does not use: a missing pooler is no reason to refuse an embedding model.
 UNUSED_PREFIXES = ("pooler.",)
+# The prompt a generative model is warmed up and validated with.
+GENERATION_EXAMPLE = "Once upon a time, the portal"
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,25 @@ class HuggingFaceRuntime(TextRuntime):
         self.pooling = pooling
         self.labels = [str(self.config.id2label[i]) for i in range(len(self.config.id2label or {}))]
 
+    @property
+    def generative(self) -> bool:
+        """Whether the model generates text (served by an engine, not by `predict_texts`)."""
+        return self.task == TextTask.TEXT_GENERATION
+
+    @property
+    def context_length(self) -> int:
+        """Positions the model attends over (prompt + completion); 0 when its config states none."""
+        for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(self.config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 0
+
+    @property
+    def chat_template(self) -> bool:
+        """Whether the tokenizer carries a chat template (what /v1/chat/completions needs)."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
     @classmethod
     def load(cls, path: Path, device: torch.device, *, task: str = "") -> HuggingFaceRuntime:
         root = _model_root(path)
@@ -236,6 +259,8 @@ class HuggingFaceRuntime(TextRuntime):
         return sum(p.numel() for p in self.module.parameters())
 
     def example_text(self) -> str:
+        if self.generative:
+            return GENERATION_EXAMPLE
         if self.task == TextTask.FILL_MASK:
             return f"Paris is the {self.tokenizer.mask_token} of France."
         return "Paris is the capital of France."
@@ -251,6 +276,7 @@ class HuggingFaceRuntime(TextRuntime):
             "tokenizers_version": tokenizers.__version__,
             **({"pooling": self.pooling} if self.pooling else {}),
             **({"mask_token": self.tokenizer.mask_token} if self.task == TextTask.FILL_MASK else {}),
+            **({"context_length": self.context_length, "chat_template": self.chat_template} if self.generative else {}),
         }
 
     def predict_texts(
@@ -262,6 +288,11 @@ class HuggingFaceRuntime(TextRuntime):
         padding: str | None = None,
         max_tokens: int | None = None,
     ) -> dict[str, np.ndarray]:
+        if self.generative:
+            raise TextInputError(
+                "this is a text-generation model: send prompts to /v1/completions (or messages to "
+                "/v1/chat/completions), not to /v2 infer"
+            )
         if not texts:
             raise TextInputError("no texts were given")
         empty = next((index for index, text in enumerate(texts) if not text), None)

