@@ -334,6 +334,7 @@ class Level:
             "tokens_per_second": round(self.tokens_per_second, 2),
             "tokens_per_request_min": min(counts, default=0),
             "tokens_per_request_max": max(counts, default=0),
+            "text_chunks_per_request_min": min((s.text_chunks for s in self.ok), default=0),
             "ttft_p50_ms": _ms(percentile(ttfts, 50)),
             "ttft_p99_ms": _ms(percentile(ttfts, 99)),
             "inter_token_p50_ms": _ms(percentile(inter, 50)),
