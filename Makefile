@@ -58,7 +58,7 @@ bench-text: install
 
 # Generative LLM serving: streaming /v1/completions on two random GPT-2s against in-process
 # generate() and `transformers serve` (with and without continuous batching; its extra
-# packages are the `bench` group), plus a py-spy profile of the portal path (about 8 minutes).
+# packages are the `bench` group), plus a py-spy profile of the portal path (about 5 minutes).
 bench-gen: install
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/generation.py $(BENCH_ARGS)

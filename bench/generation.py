@@ -39,6 +39,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,7 @@ from harness import (
     base_env,
     children,
     cmdline,
+    cpu_meter,
     embedded_redis,
     free_port,
     http_request,
@@ -104,9 +106,12 @@ class Row:
     server: str
     model: str
     level: Level
+    server_cores: float  # cores the servers this benchmark started used during the level
+    other_cores: float  # cores busy with processes outside the benchmark (noise)
 
     def figures(self) -> dict[str, Any]:
-        return {"server": self.server, "model": self.model} | self.level.figures()
+        return {"server": self.server, "model": self.model} | self.level.figures() | {
+            "server_cores": round(self.server_cores, 2), "other_cores": round(self.other_cores, 2)}  # fmt: skip
 
 
 @dataclass
@@ -122,57 +127,64 @@ class Bench:
     profile_text: list[str] = field(default_factory=list)
     profile_figures: dict[str, Any] = field(default_factory=dict)
     portal_info: dict[str, Any] = field(default_factory=dict)
+    portal_servers: list[Server] = field(default_factory=list)
+    web: Server | None = None
+    worker: Server | None = None
+    port: int = 0
+    token: str = ""
 
     # -- preparation and (a) in-process ---------------------------------------------------
     def prepare(self) -> None:
         torch.set_num_threads(1)
-        print("(a) in-process, 1 torch thread (greedy, 64 new tokens)")
         for size in self.args.only:
-            directory = gpt2_save(self.work / "models" / size, size=size)
-            self.dirs[size] = directory
-            tokenizer = AutoTokenizer.from_pretrained(directory)
-            model = AutoModelForCausalLM.from_pretrained(directory).eval()
-            params = sum(p.numel() for p in model.parameters())
-            self.limits[size] = figures = {"parameters": params}
-            candidates = _candidate_prompts(CANDIDATES)
-            _generate(model, tokenizer, candidates[:2], 4, exact=True)  # warm-up
-            # The prompts: those whose greedy continuation runs 64 tokens without EOS and
-            # streams a piece of text at every token (a random byte-level model often emits
-            # lone UTF-8 bytes; a server holds those until the character completes, and a
-            # stream that shows no text for many tokens has no meaningful TTFT or inter-token
-            # latency). Checked on one left-padded batch of every candidate.
-            _, rows = _generate(model, tokenizer, candidates, MAX_TOKENS, exact=False)
-            kept = [p for p, row in zip(candidates, rows, strict=True) if _streams_cleanly(tokenizer, row)][:PROMPTS]
-            if len(kept) < 4:
-                raise RuntimeError(f"{size}: only {len(kept)} of {len(candidates)} prompts stream {MAX_TOKENS} tokens")
-            self.prompts[size] = kept
-            # Batch 32 (the limit): one left-padded batch of 32 of those, exactly 64 new tokens.
-            batch = list(itertools.islice(itertools.cycle(kept), PROMPTS))
-            # The best of runs over about --batch1-seconds (one run of `small` takes longer): the
-            # machine is shared, and a limit is what it can do, not what it did once.
-            best, spent = float("inf"), 0.0
-            while spent < self.args.batch1_seconds:
-                seconds, _ = _generate(model, tokenizer, batch, MAX_TOKENS, exact=True)
-                best, spent = min(best, seconds), spent + seconds
-            figures["batch32_tokens_per_second"] = PROMPTS * MAX_TOKENS / best
-            # Batch 1: one prompt at a time, exactly 64 new tokens.
-            spent, produced = 0.0, 0
-            for prompt in itertools.cycle(kept):
-                took, _ = _generate(model, tokenizer, [prompt], MAX_TOKENS, exact=True)
-                spent, produced = spent + took, produced + MAX_TOKENS
-                if spent >= self.args.batch1_seconds and produced >= 2 * MAX_TOKENS:
-                    break
-            figures["batch1_tokens_per_second"] = produced / spent
-            figures["batch1_inter_token_ms"] = 1000 * spent / produced
-            figures |= _engine_rate(model, tokenizer, kept, PROMPTS)
-            lengths = [len(tokenizer(p)["input_ids"]) for p in kept]
-            f = figures
-            print(f"  {size}: {params / 1e6:.2f} M parameters; {len(kept)} prompts of {len(candidates)} stream "
-                  f"{MAX_TOKENS} tokens, text at each, no EOS ({min(lengths)}-{max(lengths)} prompt tokens);\n"
-                  f"    generate() batch 1 {f['batch1_tokens_per_second']:,.0f} tok/s, batch 32 "
-                  f"{f['batch32_tokens_per_second']:,.0f} tok/s; portal engine in-process x32 "
-                  f"{f['engine32_tokens_per_second']:,.0f} tok/s (step "
-                  f"{f['engine32_step_ms']:.2f} ms, of which forward {f['engine32_forward_ms']:.2f} ms)")  # fmt: skip
+            self.dirs[size] = gpt2_save(self.work / "models" / size, size=size)
+
+    def in_process(self, size: str) -> None:
+        print(f"\n== {size}\n(a) in-process, 1 torch thread (greedy, 64 new tokens)")
+        directory = self.dirs[size]
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory).eval()
+        params = sum(p.numel() for p in model.parameters())
+        self.limits[size] = figures = {"parameters": params}
+        candidates = _candidate_prompts(CANDIDATES)
+        _generate(model, tokenizer, candidates[:2], 4, exact=True)  # warm-up
+        # The prompts: those whose greedy continuation runs 64 tokens without EOS and
+        # streams a piece of text at every token (a random byte-level model often emits
+        # lone UTF-8 bytes; a server holds those until the character completes, and a
+        # stream that shows no text for many tokens has no meaningful TTFT or inter-token
+        # latency). Checked on one left-padded batch of every candidate.
+        _, rows = _generate(model, tokenizer, candidates, MAX_TOKENS, exact=False)
+        kept = [p for p, row in zip(candidates, rows, strict=True) if _streams_cleanly(tokenizer, row)][:PROMPTS]
+        if len(kept) < 4:
+            raise RuntimeError(f"{size}: only {len(kept)} of {len(candidates)} prompts stream {MAX_TOKENS} tokens")
+        self.prompts[size] = kept
+        # Batch 32 (the limit): one left-padded batch of 32 of those, exactly 64 new tokens.
+        batch = list(itertools.islice(itertools.cycle(kept), PROMPTS))
+        # The best of runs over about --batch1-seconds (one run of `small` takes longer): the
+        # machine is shared, and a limit is what it can do, not what it did once.
+        best, spent = float("inf"), 0.0
+        while spent < self.args.batch1_seconds:
+            seconds, _ = _generate(model, tokenizer, batch, MAX_TOKENS, exact=True)
+            best, spent = min(best, seconds), spent + seconds
+        figures["batch32_tokens_per_second"] = PROMPTS * MAX_TOKENS / best
+        # Batch 1: one prompt at a time, exactly 64 new tokens.
+        spent, produced = 0.0, 0
+        for prompt in itertools.cycle(kept):
+            took, _ = _generate(model, tokenizer, [prompt], MAX_TOKENS, exact=True)
+            spent, produced = spent + took, produced + MAX_TOKENS
+            if spent >= self.args.batch1_seconds and produced >= 2 * MAX_TOKENS:
+                break
+        figures["batch1_tokens_per_second"] = produced / spent
+        figures["batch1_inter_token_ms"] = 1000 * spent / produced
+        figures |= _engine_rate(model, tokenizer, kept, PROMPTS)
+        lengths = [len(tokenizer(p)["input_ids"]) for p in kept]
+        f = figures
+        print(f"  {size}: {params / 1e6:.2f} M parameters; {len(kept)} prompts of {len(candidates)} stream "
+              f"{MAX_TOKENS} tokens, text at each, no EOS ({min(lengths)}-{max(lengths)} prompt tokens);\n"
+              f"    generate() batch 1 {f['batch1_tokens_per_second']:,.0f} tok/s, batch 32 "
+              f"{f['batch32_tokens_per_second']:,.0f} tok/s; portal engine in-process x32 "
+              f"{f['engine32_tokens_per_second']:,.0f} tok/s (step "
+              f"{f['engine32_step_ms']:.2f} ms, of which forward {f['engine32_forward_ms']:.2f} ms)")  # fmt: skip
 
     def bodies(self, size: str, model: str, max_tokens: int = MAX_TOKENS) -> Iterator[dict[str, Any]]:
         for prompt in itertools.cycle(self.prompts[size]):
@@ -180,7 +192,18 @@ class Bench:
                    "stream_options": {"include_usage": True}}  # fmt: skip
 
     # -- the load ------------------------------------------------------------------------------
-    def load(self, server: str, size: str, port: int, model: str, token: str | None, *, serial: bool = False) -> None:
+    def load(
+        self,
+        server: str,
+        size: str,
+        port: int,
+        model: str,
+        token: str | None,
+        groups: set[int],
+        *,
+        serial: bool = False,
+    ) -> None:
+        """Warm-up, then each level; `groups`: the process groups of the server under test (CPU meter)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         # Warm-up, unmeasured and the same for every server: two whole requests, then (with
         # continuous batching) a wave of 32 short ones, so that the first c=32 level does not
@@ -196,11 +219,17 @@ class Bench:
             requests = max(concurrency, round(planned * self.args.scale))
             limit = self.limits[size]["batch1_tokens_per_second" if concurrency == 1 else "batch32_tokens_per_second"]
             cap = CAP_SECONDS_SERIAL if serial else max(CAP_MIN_SECONDS, CAP_FACTOR * requests * MAX_TOKENS / limit)
-            level = asyncio.run(run_level(
-                "127.0.0.1", port, COMPLETIONS, self.bodies(size, model), concurrency=concurrency,
-                requests=requests, headers=headers, cap_seconds=cap,
-            ))  # fmt: skip
-            row = Row(server, size, level)
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            with cpu_meter(groups) as cpu:
+                level = asyncio.run(run_level(
+                    "127.0.0.1", port, COMPLETIONS, self.bodies(size, model), concurrency=concurrency,
+                    requests=requests, headers=headers, cap_seconds=cap,
+                ))  # fmt: skip
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            client = after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime
+            # Cores busy outside this benchmark's servers and its load generator: the noise.
+            others = max(0.0, cpu["other"] - client) / max(cpu["seconds"], 1e-9)
+            row = Row(server, size, level, cpu["servers"] / max(cpu["seconds"], 1e-9), others)
             self.rows.append(row)
             f = row.figures()
             print(f"  {server:<24} {size:<5} c={concurrency:<2} {f['tokens_per_second']:>8,.1f} tok/s  TTFT p50 "
@@ -215,72 +244,81 @@ class Bench:
                                      f"{f['tokens_per_request_min']} tokens, not {MAX_TOKENS}")  # fmt: skip
 
     # -- (b) transformers serve -------------------------------------------------------------
-    def serve(self) -> None:
+    def serve(self, size: str, continuous: bool) -> None:
         missing = [name for name in ("fastapi", "accelerate") if importlib.util.find_spec(name) is None]
         if missing:
-            self.problems.append(f"{SERVE} needs {', '.join(missing)}: pip install -e '.[bench]' (make bench-gen does)")
-            print(f"\n(b) skipped: {self.problems[-1]}")
+            problem = f"{SERVE} needs {', '.join(missing)}: pip install -e '.[bench]' (make bench-gen does)"
+            if problem not in self.problems:
+                self.problems.append(problem)
+            print(f"(b) skipped: {problem}")
             return
-        for continuous in (True, False):
-            label = f"{SERVE} " + ("--cb" if continuous else "(no cb)")
-            print(f"\n(b) {label}" + (f" {' '.join(CB_FLAGS)}" if continuous else ""))
-            for size in self.args.only:
-                port = free_port()
-                argv = [str(Path(PYTHON).parent / "transformers"), "serve", str(self.dirs[size]), "--host",
-                        "127.0.0.1", "--port", str(port), "--device", "cpu",
-                        *(["--continuous-batching", *CB_FLAGS] if continuous else [])]  # fmt: skip
-                env = base_env() | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-                server = self.processes.start(f"serve-{size}-{'cb' if continuous else 'plain'}", argv, env)
-                try:
-                    wait_until(lambda p=port: http_request(p, "GET", "/health")[0] == 200, server, label, timeout=180)
-                    self.load(label, size, port, str(self.dirs[size]), None, serial=not continuous)
-                finally:
-                    self.processes.stop([server])
+        label = f"{SERVE} " + ("--cb" if continuous else "(no cb)")
+        print(f"(b) {label}" + (f" {' '.join(CB_FLAGS)}" if continuous else ""))
+        port = free_port()
+        argv = [str(Path(PYTHON).parent / "transformers"), "serve", str(self.dirs[size]), "--host", "127.0.0.1",
+                "--port", str(port), "--device", "cpu"]  # fmt: skip
+        argv += ["--continuous-batching", *CB_FLAGS] if continuous else []
+        env = base_env() | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+        server = self.processes.start(f"serve-{size}-{'cb' if continuous else 'plain'}", argv, env)
+        try:
+            wait_until(lambda: http_request(port, "GET", "/health")[0] == 200, server, label, timeout=180)
+            self.load(label, size, port, str(self.dirs[size]), None, {server.process.pid}, serial=not continuous)
+        finally:
+            self.processes.stop([server])
 
     # -- (c) the portal -------------------------------------------------------------------------
-    def portal(self) -> None:
-        print(f"\n(c) portal, embedded: uvicorn portal.asgi --workers 2 + celery worker --concurrency "
-              f"{self.args.worker_concurrency}")  # fmt: skip
+    def portal_start(self) -> None:
+        """The portal on the embedded default, both models uploaded, validated and answering."""
+        print(f"(c) portal, embedded: uvicorn portal.asgi --workers 2 + celery worker --concurrency "
+              f"{self.args.worker_concurrency}, started first and idle while the references run")  # fmt: skip
         data = self.work / "portal"
         data.mkdir()
         env = base_env() | {"PORTAL_DATA_DIR": str(data)}
-        started = [embedded_redis(self.processes, env)]
-        try:
-            archives = {size: directory_zip(self.dirs[size], self.work / f"{size}.zip") for size in self.args.only}
-            setup = subprocess.run(
-                [PYTHON, str(ROOT / "bench" / "text_setup.py"),
-                 *(f"{size}=text-generation={archives[size]}" for size in self.args.only)],
-                cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
-            )  # fmt: skip
-            (self.work / "logs" / "setup.log").write_text(setup.stdout + setup.stderr)
-            if setup.returncode != 0:
-                raise RuntimeError(f"portal setup failed:\n{setup.stderr[-3000:]}")
-            info = self.portal_info = json.loads(setup.stdout.strip().splitlines()[-1])
-            token = info["token"]
-            for size, details in info["models"].items():
-                checked = details["validation"]
-                print(f"  {size} v{details['version']}: validated on {checked.get('device')}, context "
-                      f"{checked.get('context_length')}, chat template {checked.get('chat_template')}")  # fmt: skip
-            port = free_port()
-            web = self.processes.start("web", uvicorn_argv("portal.asgi:application", port), env)
-            started.append(web)
-            wait_until(lambda: http_request(port, "GET", "/v2/health/live")[0] == 200, web, "portal web server")
-            worker = self.processes.start(
-                "worker",
-                [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference", "--concurrency",
-                 str(self.args.worker_concurrency), "--loglevel", "WARNING"],
-                env,
-            )  # fmt: skip
-            started.append(worker)
-            for size in self.args.only:
-                wait_until(lambda s=size: self.ready(port, s, token), worker, f"worker serving {size}", timeout=180)
-            for size in self.args.only:
-                self.load("portal", size, port, size, token)
-            if self.args.profile:
-                for size in self.args.only:
-                    self.profile(size, port, web, worker, token)
-        finally:
-            self.processes.stop(started)
+        self.portal_servers = [embedded_redis(self.processes, env)]
+        archives = {size: directory_zip(self.dirs[size], self.work / f"{size}.zip") for size in self.args.only}
+        setup = subprocess.run(
+            [PYTHON, str(ROOT / "bench" / "text_setup.py"),
+             *(f"{size}=text-generation={archives[size]}" for size in self.args.only)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        (self.work / "logs" / "setup.log").write_text(setup.stdout + setup.stderr)
+        if setup.returncode != 0:
+            raise RuntimeError(f"portal setup failed:\n{setup.stderr[-3000:]}")
+        info = self.portal_info = json.loads(setup.stdout.strip().splitlines()[-1])
+        self.token = info["token"]
+        for size, details in info["models"].items():
+            checked = details["validation"]
+            print(f"  {size} v{details['version']}: validated on {checked.get('device')}, context "
+                  f"{checked.get('context_length')}, chat template {checked.get('chat_template')}")  # fmt: skip
+        self.port = port = free_port()
+        self.web = self.processes.start("web", uvicorn_argv("portal.asgi:application", port), env)
+        self.portal_servers.append(self.web)
+        wait_until(lambda: http_request(port, "GET", "/v2/health/live")[0] == 200, self.web, "portal web server")
+        self.worker = self.processes.start(
+            "worker",
+            [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference", "--concurrency",
+             str(self.args.worker_concurrency), "--loglevel", "WARNING"],
+            env,
+        )  # fmt: skip
+        self.portal_servers.append(self.worker)
+        for size in self.args.only:
+            wait_until(lambda s=size: self.ready(port, s, self.token), self.worker, f"worker serving {size}", 180)
+
+    def portal_load(self, size: str) -> None:
+        if self.worker is None:
+            return
+        print("(c) portal")
+        self.load("portal", size, self.port, size, self.token, {s.process.pid for s in self.portal_servers})
+
+    def portal_profile(self) -> None:
+        if self.worker is None or self.web is None or not self.args.profile:
+            return
+        for size in self.args.only:
+            self.profile(size, self.port, self.web, self.worker, self.token)
+
+    def portal_stop(self) -> None:
+        self.processes.stop([s for s in self.portal_servers if s in self.processes.running])
+        self.portal_servers = []
 
     def ready(self, port: int, size: str, token: str) -> bool:
         """The worker answers a one-token completion."""
@@ -350,7 +388,7 @@ class Bench:
                   f"batch 32 {limit['batch32_tokens_per_second']:,.0f} tok/s (the limit); the portal's engine "
                   f"in-process x32 {limit['engine32_tokens_per_second']:,.0f} tok/s")  # fmt: skip
             print(f"  {'server':<28} {'c':>3} {'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'errors':>6}"
-                  f" {'cut':>4} {'done':>7} {'% limit':>8}")  # fmt: skip
+                  f" {'cut':>4} {'done':>7} {'% limit':>8} {'cores':>6} {'others':>6}")  # fmt: skip
             for row in self.rows:
                 if row.model != size:
                     continue
@@ -360,10 +398,12 @@ class Bench:
                 print(f"  {row.server:<28} {f['concurrency']:>3} {f['tokens_per_second']:>9,.1f} "
                       f"{_fmt(f['ttft_p50_ms']):>9} {_fmt(f['ttft_p99_ms']):>9} {_fmt(f['inter_token_p50_ms']):>8} "
                       f"{f['errors']:>6} {f['unfinished']:>4} {f['finished']:>3}/{f['requests']:<3} "
-                      f"{share:>8}")  # fmt: skip
+                      f"{share:>8} {f['server_cores']:>6.2f} {f['other_cores']:>6.2f}")  # fmt: skip
         print(
             "  (ms; ITL = inter-token latency, (last - first token) / (tokens - 1) per request; % limit: of "
-            "generate() batch 1 at c=1, batch 32 at c=32; cut: streams still running at the level's cap)"
+            "generate() batch 1 at c=1, batch 32 at c=32; cut: streams still running at the level's cap;\n"
+            "   cores: CPU of the servers under test (all their processes); others: cores busy outside this "
+            f"benchmark (of {os.cpu_count()}), the noise)"
         )
         checks = self.checks()
         print("\nTarget checks (ratios measured in this run)")
@@ -429,21 +469,22 @@ class Bench:
         return checks
 
     def profile_steps(self) -> None:
-        """Time per decoding step: the engine in-process against the portal at c=32."""
-        print(
-            "  per decoding step at 32 sequences (ms): in-process engine step = forward + engine work; portal "
-            "= 32 / (c=32 tok/s); the difference is what the hop costs per step"
-        )
+        """Time per decoding step with 32 sequences: the engine in-process against the portal at c=32."""
+        print("  per decoding step with 32 sequences (ms): in-process = the portal's engine stepping 32 sequences "
+              "(forward + engine work);\n  portal steady = its inter-token p50 at c=32 (a step per token); portal "
+              "overall = 32 / its c=32 tok/s (with the prefills of newcomers and the ramps)")  # fmt: skip
         for size in self.args.only:
             portal32 = self.find("portal", size, 32)
-            limit = self.limits[size]
-            if portal32 is None or not portal32["tokens_per_second"]:
+            limit = self.limits.get(size)
+            if portal32 is None or limit is None or not portal32["tokens_per_second"]:
                 continue
-            portal_step = 1000 * 32 / portal32["tokens_per_second"]
+            overall = 1000 * 32 / portal32["tokens_per_second"]
+            steady = portal32["inter_token_p50_ms"] or 0.0
             step, forward = limit["engine32_step_ms"], limit["engine32_forward_ms"]
-            print(f"    {size}: forward {forward:.2f}, engine work {step - forward:.2f} (sampling, detokenizing, "
-                  f"cache bookkeeping), in-process step {step:.2f}; portal {portal_step:.2f} => hop and serving "
-                  f"{portal_step - step:+.2f} ms per step ({(portal_step - step) / portal_step:.0%})")  # fmt: skip
+            print(f"    {size}: in-process step {step:.2f} (forward {forward:.2f}, engine work {step - forward:.2f}: "
+                  f"sampling, detokenizing, cache); portal steady {steady:.2f} => the hop (Redis round trip, events) "
+                  f"and noise {steady - step:+.2f} per step ({(steady - step) / steady:.0%}); portal overall "
+                  f"{overall:.2f}")  # fmt: skip
 
     def write_json(self, checks: list[tuple[str, bool | None, str]]) -> None:
         path = Path(self.args.json) if self.args.json else self.work / "bench-generation.json"
@@ -632,14 +673,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupts_as_keyboard():
             bench.prepare()
-            if not args.skip_serve:
-                bench.serve()
             if not args.skip_portal:
                 try:
-                    bench.portal()
+                    bench.portal_start()
                 except RuntimeError as error:
                     bench.problems.append(f"portal: {error}")
                     print(f"  PORTAL FAILED: {error}")
+                    bench.portal_stop()
+                    bench.worker = None
+            # Per model, the references and the portal one after the other, so that the
+            # ratios compare figures measured minutes apart at most on a shared machine.
+            for size in args.only:
+                bench.in_process(size)
+                if not args.skip_serve:
+                    bench.serve(size, continuous=True)
+                bench.portal_load(size)
+                if not args.skip_serve:
+                    bench.serve(size, continuous=False)
+            bench.portal_profile()
+            bench.portal_stop()
             return bench.report()
     finally:
         processes.stop()
