@@ -19,14 +19,27 @@ class BatchJobForm(forms.Form):
     )
     file = forms.FileField(
         help_text=".npz with one array per input (rows first), or JSON lines with one object "
-        '{"<input name>": [...]} per example.'
+        '{"<input name>": [...]} per example; for a text-generation model, JSON lines of '
+        '{"prompt": "..."} or {"messages": [...]}.'
     )
     result_format = forms.ChoiceField(choices=[("", "same as the input"), *DataFormat.choices], required=False)
     chunk_size = forms.IntegerField(
         min_value=1,
         max_value=MAX_CHUNK_SIZE,
         required=False,
-        help_text="Rows per forward pass; default: the version's batch size.",
+        help_text="Rows per forward pass (text generation: rows per progress update); default: the version's "
+        "batch size (text generation: GENERATION_MAX_SEQUENCES).",
+    )
+    max_tokens = forms.IntegerField(
+        min_value=1,
+        required=False,
+        help_text="Text generation: the most tokens a line may generate when it does not say; default: the model's.",
+    )
+    temperature = forms.FloatField(
+        min_value=0.0,
+        max_value=2.0,
+        required=False,
+        help_text="Text generation: the temperature of lines that do not say (0 = greedy); default: 1.",
     )
 
     def __init__(self, user: Any, *args: Any, **kwargs: Any) -> None:

@@ -72,7 +72,7 @@ PLATFORMS = {"torchscript": "pytorch_torchscript", "exported_program": "pytorch_
 NO_PARAMETERS: dict[str, Any] = {}
 
 
-def _resolve(user: Any, name: str, version: str | None) -> Target:
+def target_resolve(user: Any, name: str, version: str | None) -> Target:
     """Access-checked lookup of what a path addresses (runs in a thread: it queries the database)."""
     if version is None or version.isdigit():
         found = selectors.version_resolve(user, name, version=version)
@@ -310,7 +310,7 @@ class Gateway:
             return cached[1]
         seen = guard.generation()
         try:
-            target = await sync_to_async(_resolve, thread_sensitive=False)(user, name, version)
+            target = await sync_to_async(target_resolve, thread_sensitive=False)(user, name, version)
         except PortalError as exc:
             if not user.is_authenticated:
                 # Without a token, whatever is not public answers alike: nothing leaks.
@@ -513,4 +513,4 @@ def _json(data: dict[str, Any], status: int = 200) -> tuple[int, bytes, dict[str
 gateway = Gateway()
 
 
-__all__ = ["NO_PARAMETERS", "Gateway", "HttpError", "Target", "gateway", "read_body", "respond"]
+__all__ = ["NO_PARAMETERS", "Gateway", "HttpError", "Target", "gateway", "read_body", "respond", "target_resolve"]

@@ -5,6 +5,10 @@ anything, and stores it normalised to `.npz` (so workers never parse user JSON);
 refused file leaves no row and no stored file. Workers save outputs in parts as they go,
 so a redelivered run resumes where the last one saved and a run nearing the task time
 limit hands the rest to a fresh task instead of being killed (see inference/tasks.py).
+
+A job on a text-generation version takes JSON lines of prompts (or chats) instead, checked
+line by line and stored as canonical JSON lines (inference.completions); its result is a
+JSON lines file of completions.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from typing import IO, Any
 import numpy as np
 from django.conf import settings
 from django.core.files import File
+from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import QuerySet
 from django.template.defaultfilters import filesizeformat
 
 from core.datatypes import NUMPY_DTYPES
 from core.errors import Conflict, InvalidInput, PayloadTooLarge
+from inference.completions import Defaults, prompts_dump, prompts_read
 from inference.models import BatchJob, DataFormat, JobStatus
 from inference.runs.arrays import (
     FILE,
@@ -35,11 +41,13 @@ from inference.runs.arrays import (
     value_cast,
 )
 from inference.runs.lifecycle import run_cancel, run_lookup, stale_expire
-from inference.tasks import job_enqueue
+from inference.tasks import PROMPTS_SUFFIX, job_enqueue
 from registry import selectors
 from registry.access import Action
 from registry.artifacts import artifact_storage
+from registry.models import ModelVersion
 from registry.signatures import shape_fits
+from registry.text_tasks import TextTask
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +138,32 @@ def input_read(file: File, filename: str, signature: dict[str, Any]) -> tuple[st
     return input_format, arrays
 
 
+def generation_defaults(version: ModelVersion, max_tokens: int | None, temperature: float | None) -> Defaults:
+    """The settings a generation job's lines fall back to: the job's, else the version's, else the portal's."""
+    limit = version.max_tokens_limit or settings.GENERATION_MAX_TOKENS_LIMIT
+    default = max_tokens or min(version.max_tokens_default or settings.GENERATION_MAX_TOKENS_DEFAULT, limit)
+    if not 1 <= default <= limit:
+        raise InvalidInput(f"max_tokens must be from 1 to {limit} for this model.", field="max_tokens")
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
+        raise InvalidInput("temperature must be between 0 and 2.", field="temperature")
+    return Defaults(max_tokens=default, max_tokens_limit=limit, temperature=1.0 if temperature is None else temperature)
+
+
+def prompts_file_read(file: File, filename: str, defaults: Defaults) -> list[dict[str, Any]]:
+    """The checked requests of a generation job's file (JSON lines only); InvalidInput says what is wrong."""
+    file.seek(0)
+    head = file.read(8)
+    file.seek(0)
+    if not head:
+        raise InvalidInput("The uploaded file is empty.", field=FILE)
+    if head.startswith((b"PK", b"\x93NUMPY")) or filename.lower().endswith((".npz", ".npy")):
+        raise InvalidInput(
+            'A text-generation job takes JSON lines: one {"prompt": "..."} or {"messages": [...]} per line.',
+            field=FILE,
+        )
+    return prompts_read(file, defaults)
+
+
 # --- storage ------------------------------------------------------------------------------
 
 
@@ -143,6 +177,11 @@ def job_result_open(job: BatchJob) -> IO[bytes]:
     if job.status != JobStatus.SUCCEEDED or not job.result_path:
         raise Conflict(f"Job {job.short_id} is {job.status}; its result can be downloaded once it has succeeded.")
     return artifact_storage().open(job.result_path, "rb")
+
+
+def job_generates(job: BatchJob) -> bool:
+    """Whether the job runs prompts through a text-generation model (its input is stored as prompts)."""
+    return job.input_path.endswith(PROMPTS_SUFFIX)
 
 
 # --- reads --------------------------------------------------------------------------------
@@ -181,8 +220,13 @@ def job_submit(
     alias: str | None = None,
     result_format: str | None = None,
     chunk_size: int | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
 ) -> BatchJob:
-    """Check a file of inputs against the addressed version and queue a job for it."""
+    """Check a file of inputs against the addressed version and queue a job for it.
+
+    `max_tokens` and `temperature` are the defaults of a generation job's lines.
+    """
     limit = settings.BATCH_INPUT_MAX_BYTES
     if file.size is not None and file.size > limit:
         raise PayloadTooLarge(f"The input file is larger than the limit of {filesizeformat(limit)}.")
@@ -197,12 +241,29 @@ def job_submit(
     if chunk_size is not None and not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise InvalidInput(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}.", field="chunk_size")
     filename = filename or getattr(file, "name", "") or ""
-    input_format, arrays = input_read(file, filename, target.signature)
+    generative = target.task == TextTask.TEXT_GENERATION
+    requests: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    input_format: str
+    if generative:
+        if result_format == DataFormat.NPZ:
+            raise InvalidInput("A text-generation job writes JSON lines; leave result_format empty.",
+                               field="result_format")  # fmt: skip
+        requests = prompts_file_read(file, filename, generation_defaults(target, max_tokens, temperature))
+        input_format, rows = DataFormat.JSONL, len(requests)
+        chunk_size = chunk_size or settings.GENERATION_MAX_SEQUENCES
+    else:
+        input_format, arrays = input_read(file, filename, target.signature)
+        rows = len(next(iter(arrays.values())))
 
     job_id = uuid.uuid4()
     prefix = f"jobs/{job_id}"
     try:
-        path = npz_save(f"{prefix}/input.npz", arrays)
+        if generative:
+            name = f"input{PROMPTS_SUFFIX}"
+            path = artifact_storage().save(f"{prefix}/{name}", ContentFile(prompts_dump(requests), name=name))
+        else:
+            path = npz_save(f"{prefix}/input.npz", arrays)
         with transaction.atomic():
             job = BatchJob.objects.create(
                 id=job_id,
@@ -214,7 +275,7 @@ def job_submit(
                 result_format=result_format or input_format,
                 input_filename=os.path.basename(filename)[:255],
                 input_path=path,
-                total_rows=len(next(iter(arrays.values()))),
+                total_rows=rows,
                 chunk_size=chunk_size or target.max_batch_size,
             )
             transaction.on_commit(lambda: job_enqueue(job.pk))

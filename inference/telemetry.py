@@ -190,17 +190,20 @@ class Sample:
         self.done(int(status))
 
 
-def job_chunk(job: Any, rows: int, began: float, *, ok: bool, prompt_tokens: int = 0) -> None:
+def job_chunk(
+    job: Any, rows: int, began: float, *, ok: bool, prompt_tokens: int = 0, completion_tokens: int = 0
+) -> None:
     """Record one chunk of a batch job as one prediction of `rows` rows (source `job`).
 
-    A text model's chunk also meters the tokens it read, for the job's owner (no API token:
-    batch jobs are not held to a token's tokens per minute).
+    A text model's chunk also meters the tokens it read (and a generation job's chunk the
+    tokens it wrote), for the job's owner (no API token: batch jobs are not held to a
+    token's tokens per minute).
     """
     ms = (time.perf_counter() - began) * 1000
-    if prompt_tokens:
+    if prompt_tokens or completion_tokens:
         _sink.usage(
             version_id=job.version_id, model=job.model_name, version=job.version_number, user_id=job.created_by_id,
-            token_id=None, prompt_tokens=prompt_tokens, completion_tokens=0,
+            token_id=None, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         )  # fmt: skip
     _sink.record(
         version_id=job.version_id, model=job.model_name, version=job.version_number, source="job", alias="",

@@ -56,6 +56,8 @@ def job_create(request: HttpRequest) -> HttpResponse:
                     alias=data["alias"] or None,
                     result_format=data["result_format"] or None,
                     chunk_size=data["chunk_size"],
+                    max_tokens=data["max_tokens"],
+                    temperature=data["temperature"],
                 )
             except PortalError as exc:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)
@@ -75,6 +77,7 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
         "job": job,
         "api_url": reverse("api:job-detail", args=[job.pk]),
         "result_url": reverse("api:job-result", args=[job.pk]),
+        "generates": jobs.job_generates(job),
     }
     return render(request, "inference/job_detail.html", context)
 

@@ -152,3 +152,23 @@ def tokens_figure(series: dict[str, Any]) -> Figure:
         data += [_line(f"{line['name']} prompt", times, line["prompt"], colour),
                  _line(f"{line['name']} completion", times, line["completion"], colour, "dot")]  # fmt: skip
     return {"data": data, "layout": _layout("Tokens per minute", "tokens/min")}
+
+
+def generation_figures(series: dict[str, Any]) -> dict[str, Figure]:
+    """Time to first token (p50 solid, p95 dotted), inter-token latency (p50 solid, mean dotted)
+    and output tokens/s of each version's generated answers over a window."""
+    times = series["times"]
+    lines = [line for line in series["series"] if line.get("generated")]
+    ttft, gaps, speed = [], [], []
+    for i, line in enumerate(lines):
+        colour = COLOURS[i % len(COLOURS)]
+        ttft += [_line(f"{line['name']} p50", times, line["ttft_p50"], colour),
+                 _line(f"{line['name']} p95", times, line["ttft_p95"], colour, "dot")]  # fmt: skip
+        gaps += [_line(f"{line['name']} p50", times, line["inter_token_p50"], colour),
+                 _line(f"{line['name']} mean", times, line["inter_token_mean"], colour, "dot")]  # fmt: skip
+        speed.append(_line(line["name"], times, line["tokens_per_second"], colour))
+    return {
+        "ttft": {"data": ttft, "layout": _layout("Time to first token", "ms", log_scale=True)},
+        "inter_token": {"data": gaps, "layout": _layout("Inter-token latency", "ms", log_scale=True)},
+        "output_speed": {"data": speed, "layout": _layout("Output tokens/s per answer", "tokens/s")},
+    }

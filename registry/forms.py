@@ -15,6 +15,16 @@ class ModelCreateForm(forms.Form):
     visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PRIVATE)
 
 
+class ModelEditForm(forms.Form):
+    """The model page's inline edit: what a maintainer may change without the admin."""
+
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    tags = forms.CharField(
+        required=False, help_text="Comma-separated; key=value tags (team=search, dataset=reviews-v2) work too."
+    )
+    visibility = forms.ChoiceField(choices=Visibility.choices)
+
+
 class VersionUploadForm(forms.Form):
     file = forms.FileField(
         help_text="TorchScript (torch.jit.save, .pt), torch.export (torch.export.save, .pt2), or a Hugging Face "
@@ -52,3 +62,18 @@ class AliasSetForm(forms.Form):
     alias = forms.CharField(max_length=32)
     version = forms.IntegerField(min_value=1)
     force = forms.BooleanField(required=False)
+
+
+class VersionSettingsForm(forms.Form):
+    """A version's serving settings; an empty field leaves its value as it is."""
+
+    max_batch_size = forms.IntegerField(required=False, help_text="Rows stacked into one forward pass (1-4096).")
+    max_batch_delay_ms = forms.IntegerField(
+        required=False, help_text="How long the gateway may hold a request to fill a batch (0-1000 ms)."
+    )
+    max_tokens_default = forms.IntegerField(
+        required=False, help_text="Text generation: max_tokens of a request that leaves it out."
+    )
+    max_tokens_limit = forms.IntegerField(
+        required=False, help_text="Text generation: the most max_tokens a request may ask for (within the context)."
+    )

@@ -15,7 +15,8 @@ from registry.text_tasks import TextTask
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Alias names may not be all digits, so that "3" always means version 3.
 ALIAS_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,49}$")
+# A tag is a word or key=value (team=search): letters, digits and . _ : - around at most one '='.
+TAG_RE = re.compile(r"^(?=.{1,50}$)[A-Za-z0-9][A-Za-z0-9_.:-]*(=[A-Za-z0-9_.:-]+)?$")
 
 PRODUCTION_ALIAS = "production"
 

@@ -2,8 +2,9 @@
 
 A `huggingface` version declares one task. Its signature follows from the task: one BYTES
 input `text` (one UTF-8 string per row) and the task's outputs, ending with `tokens` (how
-many tokens the model read per text, after truncation: what usage is metered in). Shapes
-of `-1` past the batch dimension vary per request (fill-mask's top_k, token counts).
+many tokens the model read per text, after truncation: what usage is metered in; for text
+generation, the completion and how many tokens it has). Shapes of `-1` past the batch
+dimension vary per request (fill-mask's top_k, token counts).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -18,9 +19,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from core.errors import NotFound, PortalError
-from registry import selectors, services
+from registry import access, selectors, services
 from registry.access import Action
-from registry.forms import AliasSetForm, ModelCreateForm, VersionUploadForm
+from registry.forms import AliasSetForm, ModelCreateForm, ModelEditForm, VersionSettingsForm, VersionUploadForm
 from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, ModelVersion, VersionStatus
 from registry.text_tasks import DEFAULT_TOP_K, MAX_TOP_K, TASK_PARAMETERS, TEXT_INPUT, TextTask
 
@@ -92,10 +93,46 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "history": selectors.alias_history(model)[:50],
         "ready_versions": [v.version for v in versions if v.status == VersionStatus.READY],
         "can_change": selectors.model_can_change(request.user, model),
+        "can_manage": access.model_permits(request.user, model, Action.MANAGE),
+        "edit_form": ModelEditForm(
+            initial={
+                "description": model.description,
+                "tags": ", ".join(sorted(tag.name for tag in model.tags.all())),
+                "visibility": model.visibility,
+            },
+            auto_id="model-edit-%s",
+        ),
         "production": PRODUCTION_ALIAS,
         "alias_form": AliasSetForm(),
     }
     return render(request, "registry/model_detail.html", context)
+
+
+@login_required
+@require_POST
+def model_edit(request: HttpRequest, name: str) -> HttpResponse:
+    """Save the model page's inline edit (description, tags, visibility); audited by the service."""
+    model = _or_404(lambda: selectors.model_get(request.user, name))
+    form = ModelEditForm(request.POST)
+    if not form.is_valid():
+        problems = "; ".join(f"{name}: {' '.join(str(e) for e in errors)}" for name, errors in form.errors.items())
+        messages.error(request, f"Not saved: {problems}")
+        return redirect("registry:model-detail", name=name)
+    data = form.cleaned_data
+    before = (model.description, model.visibility, sorted(model.tags.values_list("name", flat=True)))
+    try:
+        services.model_update(
+            actor=request.user, model=model, description=data["description"], tags=data["tags"],
+            visibility=data["visibility"],
+        )  # fmt: skip
+    except PortalError as exc:
+        messages.error(request, f"Not saved: {exc.message}")
+        return redirect("registry:model-detail", name=name)
+    after = (model.description, model.visibility, sorted(model.tags.values_list("name", flat=True)))
+    changed = [label for label, old, new in zip(("description", "visibility", "tags"), before, after, strict=True)
+               if old != new]  # fmt: skip
+    messages.success(request, f"Saved {', '.join(changed)}." if changed else "Nothing changed.")
+    return redirect("registry:model-detail", name=name)
 
 
 @login_required
@@ -166,10 +203,34 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
         "production": PRODUCTION_ALIAS,
         "try_it": json.dumps(_example_inputs(obj)),
         "text_try_it": _text_try_it(obj) if obj.format == ModelFormat.HUGGINGFACE else None,
+        "chat": _chat(obj) if obj.task == TextTask.TEXT_GENERATION else None,
         "snippets": _snippets(obj, request.build_absolute_uri("/").rstrip("/")),
         "identical": selectors.versions_identical(obj),
+        "generative": obj.task == TextTask.TEXT_GENERATION,
+        "settings_form": VersionSettingsForm(
+            initial={name: getattr(obj, name) for name in VersionSettingsForm.base_fields}
+        ),
     }
     return render(request, "registry/version_detail.html", context)
+
+
+@login_required
+@require_POST
+def version_settings(request: HttpRequest, name: str, version: int) -> HttpResponse:
+    """Change a version's batching and max_tokens from its page (the service checks and audits)."""
+    form = VersionSettingsForm(request.POST)
+    try:
+        obj = selectors.version_get(request.user, name, version, for_change=True)
+        if not form.is_valid():
+            raise PortalError(f"Settings are whole numbers; check {', '.join(form.errors)}.")
+        changes = {field: value for field, value in form.cleaned_data.items() if value is not None}
+        services.version_update(actor=request.user, version=obj, **changes)
+        messages.success(request, f"Settings of version {version} saved.")
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect("registry:version-detail", name=name, version=version)
 
 
 def _example_inputs(version: ModelVersion) -> dict[str, Any]:
@@ -228,6 +289,49 @@ def _text_try_it(version: ModelVersion) -> dict[str, Any]:
     }
 
 
+def _chat(version: ModelVersion) -> dict[str, Any]:
+    """What the chat playground of a text-generation version needs: where it posts, its max_tokens
+    default and limit (the version's, else the portal's), and whether the model has a chat template."""
+    limit = version.max_tokens_limit or settings.GENERATION_MAX_TOKENS_LIMIT
+    return {
+        "url": reverse("inference:playground-chat", args=[version.model.name, version.version]),
+        "max_tokens": min(version.max_tokens_default or settings.GENERATION_MAX_TOKENS_DEFAULT, limit),
+        "max_tokens_limit": limit,
+        # Recorded by validation; a version validated before it was recorded is given the benefit of the doubt.
+        "chat_template": (version.validation or {}).get("chat_template", True),
+    }
+
+
+CHAT_EXAMPLE = [{"role": "user", "content": "Write a haiku about the sea."}]
+
+
+def _generation_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
+    """A streamed chat completion with curl and with the openai client, against /v1."""
+    name, number = version.model.name, version.version
+    # "name" alone is the production alias; "name:3" a version, "name:staging" an alias.
+    model = name if version.aliases.filter(name=PRODUCTION_ALIAS).exists() else f"{name}:{number}"
+    body = {"model": model, "messages": CHAT_EXAMPLE, "max_tokens": 32, "stream": True}
+    # Model names hold no quotes (MODEL_NAME_RE), nor does the example: single quotes hold the body.
+    quoted = json.dumps(body)
+    return {
+        "curl": f"curl -sN '{base_url}/v1/chat/completions' \\\n  -H \"Authorization: Bearer $MAAS_TOKEN\" \\\n"
+        f"  -H 'Content-Type: application/json' \\\n  -d '{quoted}'",
+        "openai": "\n".join([
+            "import os", "", "from openai import OpenAI", "",
+            f'client = OpenAI(base_url="{base_url}/v1", api_key=os.environ["MAAS_TOKEN"])',
+            f'# model="{name}" is production; "{name}:{number}" this version, "{name}:staging" an alias.',
+            "stream = client.chat.completions.create(",
+            f"    model={model!r},",
+            f"    messages={CHAT_EXAMPLE!r},",
+            "    max_tokens=32,", "    temperature=0.7,", "    stream=True,", ")",
+            "for chunk in stream:",
+            "    if chunk.choices and chunk.choices[0].delta.content:",
+            '        print(chunk.choices[0].delta.content, end="", flush=True)',
+            "print()",
+        ]),
+    }  # fmt: skip
+
+
 def _text_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     """curl and Python (requests) calls of the friendly endpoint, tritonclient (BYTES) of /v2 and,
     for embeddings, the openai client against /v1."""
@@ -284,6 +388,8 @@ def _text_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
 
 def _snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     """Copy-paste curl (small inputs only) and Python (tritonclient) calls of the v2 endpoint."""
+    if version.task == TextTask.TEXT_GENERATION:
+        return _generation_snippets(version, base_url)
     if version.format == ModelFormat.HUGGINGFACE:
         return _text_snippets(version, base_url)
     url = f"{base_url}/v2/models/{version.model.name}/versions/{version.version}/infer"

@@ -11,7 +11,7 @@ from typing import Any
 
 OIP = "Data plane: Open Inference Protocol v2"
 OPENAI = "Data plane: OpenAI-compatible"
-SECURITY = [{"bearerAuth": []}, {}]  # a token, or none for publicly predictable models
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]  # a token, or none for publicly predictable models
 
 
 def _ref(name: str) -> dict[str, str]:

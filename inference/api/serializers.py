@@ -59,7 +59,9 @@ class BatchJobCreateSerializer(serializers.Serializer):
     file = serializers.FileField(
         allow_empty_file=True,
         help_text=".npz with one array per input (rows first), or JSON lines: one object "
-        '{"<input name>": nested list} per example, without the batch dimension.',
+        '{"<input name>": nested list} per example, without the batch dimension. A text-generation model '
+        'takes JSON lines of {"prompt": "..."} or {"messages": [{"role", "content"}, ...]}, each with optional '
+        "max_tokens, temperature, top_p, top_k, seed and stop; its result is one JSON line per prompt.",
     )
     result_format = serializers.ChoiceField(
         choices=DataFormat.choices, required=False, help_text="Default: the input's format."
@@ -68,5 +70,17 @@ class BatchJobCreateSerializer(serializers.Serializer):
         required=False,
         min_value=1,
         max_value=MAX_CHUNK_SIZE,
-        help_text="Rows per forward pass; default: the version's max_batch_size.",
+        help_text="Rows per forward pass; default: the version's max_batch_size (text generation: rows per "
+        "progress update, default GENERATION_MAX_SEQUENCES).",
+    )
+    max_tokens = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="Text generation: max_tokens of the lines that do not set it; default: the version's.",
+    )
+    temperature = serializers.FloatField(
+        required=False,
+        min_value=0.0,
+        max_value=2.0,
+        help_text="Text generation: temperature of the lines that do not set it (0 = greedy); default: 1.",
     )

@@ -79,6 +79,8 @@ class BatchJobViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             alias=data.get("alias"),
             result_format=data.get("result_format"),
             chunk_size=data.get("chunk_size"),
+            max_tokens=data.get("max_tokens"),
+            temperature=data.get("temperature"),
         )
         return Response(BatchJobSerializer(job).data, status=status.HTTP_201_CREATED)
 

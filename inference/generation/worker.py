@@ -118,6 +118,7 @@ class GenerationLoop(threading.Thread):
         }
         self.steps = 0
         self._last_heartbeat = 0.0
+        self._load_report_failed = False
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -264,7 +265,11 @@ class GenerationLoop(threading.Thread):
         if request.id in self.live:
             logger.warning("dropped a second copy of generation request %s", request.id)
             return
-        event = self._admit(request)
+        try:
+            event = self._admit(request)
+        except Exception as exc:  # one request's failure (a model that fails its warm-up…) ends only that request
+            logger.exception("generation request %s could not be admitted", request.id)
+            event = Refused(request.id, 500, f"The worker could not start the request: {exception_summary(exc)}")
         self._send(request.reply_to, event)
 
     def _admit(self, request: GenerateRequest) -> Event:
@@ -354,8 +359,10 @@ class GenerationLoop(threading.Thread):
                 logger.info("generation engine for %s v%s dropped", hosted.model.model_name, hosted.model.version)
         try:
             telemetry.generation_load(self.identity, [self._load(hosted) for hosted in self.engines.values()])
-        except Exception:  # telemetry must never stop generation
-            logger.exception("the generation load report failed")
+        except Exception:  # telemetry must never stop generation (logged once, not every heartbeat)
+            if not self._load_report_failed:
+                logger.exception("the generation load report failed (further failures are not logged)")
+            self._load_report_failed = True
 
     def _load(self, hosted: Hosted) -> telemetry.GenerationLoad:
         stats = hosted.engine.stats()

@@ -35,6 +35,10 @@ PROGRESS_SECONDS = 0.5
 CHECKPOINT_SECONDS = 30.0
 
 
+class RunStopped(Exception):
+    """Raised by a chunk that saw its run cancelled (or its claim lost) in the middle: the run stops."""
+
+
 def forward(loaded: Any, arrays: dict[str, np.ndarray], start: int, stop: int, batched: bool) -> Outputs:
     """Outputs (rows first, in signature order) of rows start..stop of the input arrays."""
     if batched:
@@ -148,6 +152,8 @@ def _rows(work: ChunkedWork[Any]) -> str | None:
                 outputs = work.chunk(start, stop)
             except SoftTimeLimitExceeded:
                 raise
+            except RunStopped:
+                return claim.stopped()
             except Exception as exc:
                 work.chunk_done(stop - start, began, ok=False)
                 return claim.fail(f"Rows {start + 1} to {stop}: the model failed: {exception_summary(exc)}")

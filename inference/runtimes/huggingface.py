@@ -6,6 +6,10 @@ own longest and cut where padding would outgrow its texts; "longest": arrival or
 "max_length": every row padded to the model's maximum, the baseline), bounded by
 `max_rows` rows and INFERENCE_TEXT_MAX_BATCH_TOKENS padded tokens. Results are scattered
 back to the texts' order.
+
+A text-generation model (a causal LM, AutoModelForCausalLM) loads with the same checks but
+is not run by `predict_texts`: the worker's generation loop (inference.generation.worker)
+drives `module` and `tokenizer` through a continuous-batching engine.
 """
 
 from __future__ import annotations

@@ -20,12 +20,21 @@ from monitoring.metrics.prometheus import (
     BATCH_BUCKETS,
     LATENCY_BUCKETS,
     exposition,
+    generation_load,
     histogram_add,
     multiprocess_dir_reset,
     process_gone,
     worker_heartbeat,
 )
-from monitoring.metrics.recording import DRAIN_SECONDS, Recorder, buckets_prune, record, recorder, usage
+from monitoring.metrics.recording import (
+    DRAIN_SECONDS,
+    Recorder,
+    buckets_prune,
+    generation,
+    record,
+    recorder,
+    usage,
+)
 from monitoring.metrics.usage import UsageMeter, usage_prune, usage_write
 
 __all__ = [
@@ -41,6 +50,8 @@ __all__ = [
     "bucket_value",
     "buckets_prune",
     "exposition",
+    "generation",
+    "generation_load",
     "hist_merge",
     "histogram_add",
     "latency_bucket",

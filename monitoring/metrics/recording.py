@@ -3,7 +3,8 @@
 A prediction costs the process that answered it one list append: `record()` queues the
 sample, and a background thread applies the queue every DRAIN_SECONDS, in bulk, to an
 in-process aggregator (per version, minute, source and alias: counts, sums and a
-log-spaced latency histogram) and to the Prometheus metrics, then merges the aggregator
+log-spaced latency histogram; for generated answers also their time to first token,
+inter-token gaps and decoding time) and to the Prometheus metrics, then merges the aggregator
 into this process's MetricBucket rows every METRICS_FLUSH_SECONDS. Nothing on the
 prediction path waits on the database or writes a Prometheus file.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import socket
 import threading
@@ -24,7 +26,18 @@ from django.db import DatabaseError, close_old_connections, transaction
 from django.utils import timezone
 
 from monitoring.metrics.histogram import batch_bucket, hist_merge, latency_bucket
-from monitoring.metrics.prometheus import BATCH, COMPUTE, LATENCY, PAYLOAD, QUEUE, REQUESTS, histogram_add
+from monitoring.metrics.prometheus import (
+    BATCH,
+    COMPUTE,
+    INTER_TOKEN,
+    LATENCY,
+    OUTPUT_SPEED,
+    PAYLOAD,
+    QUEUE,
+    REQUESTS,
+    TTFT,
+    histogram_add,
+)
 from monitoring.metrics.usage import UsageCell, UsageKey, UsageMeter, UsageSample, usage_write
 from monitoring.models import MetricBucket
 from registry.models import ModelVersion
@@ -33,8 +46,12 @@ logger = logging.getLogger(__name__)
 
 # --- the aggregator -------------------------------------------------------------------------
 # A cell: count, errors, latency sum, queue sum, compute sum, batch-size sum, payload bytes,
-# latency histogram, batch-size histogram, counts by status code.
+# latency histogram, batch-size histogram, counts by status code; then, of generated answers:
+# answers, TTFT sum, TTFT histogram, inter-token gap sum, gap count, gap histogram, tokens
+# after the first, decoding time (first to last token) sum. Times in ms.
 Cell = list[Any]
+SUMMED = (*range(7), 10, 11, 13, 14, 16, 17)
+HISTOGRAMS = (7, 8, 9, 12, 15)
 Key = tuple[int, int, str, str]  # version id, minute (epoch // 60), source, alias
 
 
@@ -46,9 +63,11 @@ class Recorder:
         self._pending_lock = threading.Lock()
         self._pending: list[tuple[Any, ...]] = []
         self._usage_pending: list[UsageSample] = []
+        self._generation_pending: list[tuple[Any, ...]] = []
         self.usage_meter = UsageMeter()
         self._cells: dict[Key, Cell] = {}
         self._series: dict[tuple[str, int, str], tuple[Any, ...]] = {}
+        self._generation_series: dict[tuple[str, int, str], tuple[Any, ...]] = {}
         self._counters: dict[tuple[str, int, str, int], Any] = {}
         self._pid = 0
         self._thread: threading.Thread | None = None
@@ -105,13 +124,38 @@ class Recorder:
         if self._thread is None:
             self.drain()
 
+    def generation(
+        self,
+        *,
+        version_id: int,
+        model: str,
+        version: int,
+        source: str,
+        ttft_ms: float,
+        inter_token_ms: list[float],
+        completion_tokens: int,
+        decode_ms: float,
+    ) -> None:
+        """Time one generated answer: one append here, like record()."""
+        if self._pid != os.getpid():
+            self._forked()
+        sample = (version_id, model, version, source, ttft_ms, inter_token_ms, completion_tokens, decode_ms,
+                  int(time.time() // 60))  # fmt: skip
+        with self._pending_lock:
+            self._generation_pending.append(sample)
+        if self._thread is None:
+            self.drain()
+
     def drain(self) -> None:
         """Apply the samples recorded since the last drain to the aggregates and to Prometheus, in bulk."""
         with self._pending_lock:
             pending, self._pending = self._pending, []
             usage, self._usage_pending = self._usage_pending, []
+            generated, self._generation_pending = self._generation_pending, []
         if usage:
             self.usage_meter.apply(usage)
+        if generated:
+            self._generated(generated)
         if not pending:
             return
         # Prometheus values per series, summed here so each mmap'ed value is written once per drain.
@@ -152,15 +196,44 @@ class Recorder:
         if delta.payload_bytes:
             children[4].inc(delta.payload_bytes)
 
+    def _generated(self, samples: list[tuple[Any, ...]]) -> None:
+        # The telemetry hook names no alias: generation timing goes to the version's row
+        # without one (the pinned row), which every per-version sum includes.
+        series: dict[tuple[str, int, str], tuple[list[float], list[float], list[float]]] = {}
+        with self._lock:
+            for version_id, model, version, source, ttft_ms, gaps, tokens, decode_ms, minute in samples:
+                cell = self._cells.get((version_id, minute, source, ""))
+                if cell is None:
+                    cell = self._cells[(version_id, minute, source, "")] = _cell_new()
+                decoded = max(0, tokens - 1)
+                _generation_add(cell, ttft_ms, gaps, decoded, decode_ms)
+                ttfts, all_gaps, speeds = series.setdefault((model, version, source), ([], [], []))
+                ttfts.append(ttft_ms / 1000)
+                all_gaps.extend(gap / 1000 for gap in gaps)
+                if decoded and decode_ms > 0:
+                    speeds.append(decoded / (decode_ms / 1000))
+        for (model, version, source), (ttfts, all_gaps, speeds) in series.items():
+            children = self._generation_series.get((model, version, source))
+            if children is None:
+                labels = (model, str(version), source)
+                children = self._generation_series[(model, version, source)] = (
+                    TTFT.labels(*labels), INTER_TOKEN.labels(*labels), OUTPUT_SPEED.labels(*labels),
+                )  # fmt: skip
+            histogram_add(children[0], ttfts)
+            histogram_add(children[1], all_gaps)
+            histogram_add(children[2], speeds)
+
     def _forked(self) -> None:
         """First record in this process (or after a fork): start afresh, with a thread of our own."""
         with self._lock:
             self._pid = os.getpid()
             self._pending = []
             self._usage_pending = []
+            self._generation_pending = []
             self.usage_meter.clear()
             self._cells.clear()
             self._series.clear()
+            self._generation_series.clear()
             self._counters.clear()
             self.process = f"{socket.gethostname()}:{self._pid}"[:80]
             self._thread = None
@@ -250,7 +323,7 @@ def _cell_add(
 ) -> None:  # fmt: skip
     cell = cells.get(key)
     if cell is None:
-        cell = cells[key] = [0, 0, 0.0, 0.0, 0.0, 0, 0, {}, {}, {}]
+        cell = cells[key] = _cell_new()
     cell[0] += 1
     cell[2] += total_ms
     cell[6] += payload_bytes
@@ -268,6 +341,26 @@ def _cell_add(
         batches = cell[8]
         size = batch_bucket(batch_size)
         batches[size] = batches.get(size, 0) + 1
+
+
+def _cell_new() -> Cell:
+    return [0, 0, 0.0, 0.0, 0.0, 0, 0, {}, {}, {}, 0, 0.0, {}, 0.0, 0, {}, 0, 0.0]
+
+
+def _generation_add(cell: Cell, ttft_ms: float, gaps: list[float], decoded: int, decode_ms: float) -> None:
+    cell[10] += 1
+    cell[11] += ttft_ms
+    index = latency_bucket(ttft_ms)
+    cell[12][index] = cell[12].get(index, 0) + 1
+    if gaps:
+        cell[13] += math.fsum(gaps)
+        cell[14] += len(gaps)
+        hist = cell[15]
+        for gap in gaps:
+            index = latency_bucket(gap)
+            hist[index] = hist.get(index, 0) + 1
+    cell[16] += decoded
+    cell[17] += decode_ms
 
 
 class _SeriesDelta:
@@ -302,9 +395,9 @@ def buckets_prune() -> int:
 
 
 def _cell_merge(into: Cell, other: Cell) -> Cell:
-    for i in range(7):
+    for i in SUMMED:
         into[i] += other[i]
-    for i in (7, 8, 9):
+    for i in HISTOGRAMS:
         for key, count in other[i].items():
             into[i][key] = into[i].get(key, 0) + count
     return into
@@ -333,6 +426,15 @@ def _cells_write(cells: dict[Key, Cell], process: str) -> int:
             row.latency_hist = hist_merge(dict(row.latency_hist), cell[7])
             row.batch_hist = hist_merge(dict(row.batch_hist), cell[8])
             row.status_counts = hist_merge(dict(row.status_counts), cell[9])
+            if cell[10]:
+                row.generated += cell[10]
+                row.ttft_sum_ms += cell[11]
+                row.ttft_hist = hist_merge(dict(row.ttft_hist), cell[12])
+                row.inter_token_sum_ms += cell[13]
+                row.inter_token_count += cell[14]
+                row.inter_token_hist = hist_merge(dict(row.inter_token_hist), cell[15])
+                row.decode_tokens += cell[16]
+                row.decode_sum_ms += cell[17]
             row.save()
             written += 1
     return written
@@ -341,3 +443,4 @@ def _cells_write(cells: dict[Key, Cell], process: str) -> int:
 recorder = Recorder()
 record = recorder.record
 usage = recorder.usage
+generation = recorder.generation

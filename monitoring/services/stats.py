@@ -14,6 +14,7 @@ from core.errors import InvalidInput, NotFound
 from monitoring import metrics
 from monitoring.models import MetricBucket
 from registry.models import ModelVersion, RegisteredModel
+from registry.text_tasks import TextTask
 
 WINDOWS = {"hour": (timedelta(hours=1), 60), "day": (timedelta(days=1), 15 * 60), "week": (timedelta(days=7), 3600)}
 QUANTILES = (0.5, 0.95, 0.99)
@@ -37,6 +38,50 @@ def buckets_since(window: str, versions: QuerySet[ModelVersion] | None = None) -
 
 
 @dataclass
+class GenerationTotals:
+    """Summed timing of the generated answers in some MetricBucket rows."""
+
+    answers: int = 0
+    ttft_ms: float = 0.0
+    ttft_hist: dict[str, int] = field(default_factory=dict)
+    inter_token_ms: float = 0.0
+    inter_tokens: int = 0
+    inter_token_hist: dict[str, int] = field(default_factory=dict)
+    decode_tokens: int = 0
+    decode_ms: float = 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.answers += row["generated"]
+        self.ttft_ms += row["ttft_sum_ms"]
+        self.inter_token_ms += row["inter_token_sum_ms"]
+        self.inter_tokens += row["inter_token_count"]
+        self.decode_tokens += row["decode_tokens"]
+        self.decode_ms += row["decode_sum_ms"]
+        metrics.hist_merge(self.ttft_hist, row["ttft_hist"])
+        metrics.hist_merge(self.inter_token_hist, row["inter_token_hist"])
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Decoding speed: the tokens after each answer's first over the time from its first to its last."""
+        return round(self.decode_tokens / (self.decode_ms / 1000), 3) if self.decode_ms > 0 else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "answers": self.answers,
+            "ttft_ms": {
+                "mean": round(self.ttft_ms / self.answers, 4) if self.answers else None,
+                **metrics.quantiles(self.ttft_hist, QUANTILES),
+            },
+            "inter_token_ms": {
+                "mean": round(self.inter_token_ms / self.inter_tokens, 4) if self.inter_tokens else None,
+                **metrics.quantiles(self.inter_token_hist, QUANTILES),
+            },
+            "output_tokens_per_second": self.tokens_per_second,
+            "decode_tokens": self.decode_tokens,
+        }
+
+
+@dataclass
 class Totals:
     """Summed aggregates of some MetricBucket rows."""
 
@@ -50,6 +95,7 @@ class Totals:
     hist: dict[str, int] = field(default_factory=dict)
     batch_hist: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
+    generation: GenerationTotals = field(default_factory=GenerationTotals)
 
     def add(self, row: dict[str, Any]) -> None:
         self.count += row["count"]
@@ -62,6 +108,8 @@ class Totals:
         metrics.hist_merge(self.hist, row["latency_hist"])
         metrics.hist_merge(self.batch_hist, row["batch_hist"])
         metrics.hist_merge(self.statuses, row["status_counts"])
+        if row["generated"]:
+            self.generation.add(row)
 
     def summary(self) -> dict[str, Any]:
         ok = self.count - self.errors
@@ -81,6 +129,7 @@ class Totals:
             },
             "payload_bytes": self.payload_bytes,
             "status_counts": dict(sorted(self.statuses.items())),
+            **({"generation": self.generation.summary()} if self.generation.answers else {}),
         }
 
 
@@ -99,6 +148,14 @@ FIELDS = (
     "latency_hist",
     "batch_hist",
     "status_counts",
+    "generated",
+    "ttft_sum_ms",
+    "ttft_hist",
+    "inter_token_sum_ms",
+    "inter_token_count",
+    "inter_token_hist",
+    "decode_tokens",
+    "decode_sum_ms",
 )
 
 
@@ -130,6 +187,7 @@ def version_stats(model: RegisteredModel, window: str, number: int | None = None
     stats = []
     for version in versions:
         totals = per_version[version.pk]
+        generative = version.task == TextTask.TEXT_GENERATION or totals.generation.answers
         stats.append({
             "name": model.name, "version": str(version.version), "status": version.status,
             "aliases": sorted(a.name for a in version.aliases.all()),
@@ -137,7 +195,10 @@ def version_stats(model: RegisteredModel, window: str, number: int | None = None
             "requests_per_second": round(totals.count / span.total_seconds(), 4),
             **totals.summary(),
             "by_source": {k: v.summary() for k, v in sorted(by_source[version.pk].items())},
-            "by_alias": {k: {"count": v.count, "errors": v.errors} for k, v in sorted(by_alias[version.pk].items())},
+            # Generation timing alone (no requests) sits in the row without an alias: not an alias's traffic.
+            "by_alias": {k: {"count": v.count, "errors": v.errors} for k, v in sorted(by_alias[version.pk].items())
+                         if v.count},
+            **({"generation": totals.generation.summary()} if generative else {}),
         })  # fmt: skip
     return {"window": window, "since": (timezone.now() - span).isoformat(), "model_stats": stats}
 
@@ -173,6 +234,13 @@ def series(window: str, versions: QuerySet[ModelVersion] | None = None, *, split
             "queue_ms": [round(t.queue_ms / (t.count - t.errors), 4) if t.count > t.errors else None for t in slots],
             "compute_ms": [round(t.compute_ms / (t.count - t.errors), 4) if t.count > t.errors else None
                            for t in slots],
+            "generated": sum(t.generation.answers for t in slots),
+            "ttft_p50": [metrics.quantiles(t.generation.ttft_hist, (0.5,))["p50"] for t in slots],
+            "ttft_p95": [metrics.quantiles(t.generation.ttft_hist, (0.95,))["p95"] for t in slots],
+            "inter_token_p50": [metrics.quantiles(t.generation.inter_token_hist, (0.5,))["p50"] for t in slots],
+            "inter_token_mean": [round(t.generation.inter_token_ms / t.generation.inter_tokens, 4)
+                                 if t.generation.inter_tokens else None for t in slots],
+            "tokens_per_second": [t.generation.tokens_per_second for t in slots],
         })  # fmt: skip
     return {"window": window, "step_seconds": step, "times": times, "series": sorted(out, key=lambda s: s["name"]),
             "totals": overall.summary()}  # fmt: skip

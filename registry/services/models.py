@@ -28,7 +28,9 @@ def tags_parse(raw: Any) -> list[str]:
     tags = sorted({tag.strip() for tag in raw if tag.strip()})
     bad = [tag for tag in tags if not TAG_RE.match(tag)]
     if bad:
-        raise InvalidInput(f"Invalid tag {bad[0]!r}: use letters, digits, '.', '_', ':' or '-' (max 50).", field="tags")
+        raise InvalidInput(
+            f"Invalid tag {bad[0]!r}: use letters, digits, '.', '_', ':' or '-', or key=value (max 50).", field="tags"
+        )
     if len(tags) > MAX_TAGS:
         raise InvalidInput(f"At most {MAX_TAGS} tags.", field="tags")
     return tags

@@ -314,7 +314,7 @@ def version_update(
 
 
 def _max_tokens_check(version: ModelVersion, default: int | None, limit: int | None) -> None:
-    """A generative version's max_tokens default and limit: positive, default <= limit, limit within its context."""
+    """A generative version's max_tokens default and limit: positive, default <= limit, both within its context."""
     if default is None and limit is None:
         return
     named = "max_tokens_default" if default is not None else "max_tokens_limit"
@@ -325,11 +325,9 @@ def _max_tokens_check(version: ModelVersion, default: int | None, limit: int | N
         if value is not None and value < 1:
             raise InvalidInput(f"{name} must be a positive number of tokens, not {value}.", field=name)
     context = (version.validation or {}).get("context_length")
-    if limit is not None and isinstance(context, int) and context > 0 and limit > context:
-        raise InvalidInput(
-            f"max_tokens_limit {limit} is over the model's context length of {context} tokens.",
-            field="max_tokens_limit",
-        )
+    for name, value in (("max_tokens_limit", limit), ("max_tokens_default", default)):
+        if value is not None and isinstance(context, int) and 0 < context < value:
+            raise InvalidInput(f"{name} {value} is over the model's context length of {context} tokens.", field=name)
     effective_default = default if default is not None else version.max_tokens_default
     effective_limit = limit if limit is not None else version.max_tokens_limit
     if effective_default is not None and effective_limit is not None and effective_default > effective_limit:

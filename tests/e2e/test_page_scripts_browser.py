@@ -97,3 +97,27 @@ def test_a_new_token_is_copied_with_one_click(page, owner):
     assert page.evaluate("navigator.clipboard.readText()") == token
     assert page.locator("#new-token-export").inner_text() == f"export MAAS_TOKEN={token}"
     assert refused == []
+
+
+def test_token_model_picker_filters_and_keeps_ticked_models_in_view(page, owner):
+    for name in ("iris", "iris-large", "sentiment", "embeddings"):
+        services.model_create(actor=owner, name=name)
+    refused = _csp_refusals(page)
+    login(page, "olivia", "owner-pass-123")
+    page.goto("/tokens/")
+    picker = page.locator("#model-picker")
+    picker.locator("input[value=sentiment]").check()
+    expect(page.locator("#model-picker-summary")).to_have_text("(1 ticked: sentiment)")
+    page.fill("#model-picker-filter", "iris")
+    visible = picker.locator("label.check:visible")
+    # The matches, and the ticked model even though it does not match.
+    expect(visible).to_have_count(3)
+    assert sorted(text.strip() for text in visible.all_inner_texts()) == ["iris", "iris-large", "sentiment"]
+    page.keyboard.press("Enter")  # stays on the page: Enter in the filter does not submit
+    picker.locator("input[value=iris-large]").check()
+    page.fill("input[name=name]", "scoped")
+    page.click("button:has-text('Create token')")
+    assert page.locator("#new-token-value").inner_text().startswith("mp_")
+    row = page.locator("#token-table tr:has-text('scoped')")
+    expect(row).to_contain_text("iris-large, sentiment")
+    assert refused == []

@@ -21,7 +21,7 @@ import torch
 
 from core import redis as shared_redis
 from core.embedded import embedded_redis_start
-from inference import telemetry
+from inference import serving, telemetry
 from inference.cache import LoadedModel, ModelUnavailable
 from inference.generation import worker as generation_worker
 from inference.generation.messages import (
@@ -399,6 +399,27 @@ def test_an_engine_that_fails_ends_its_sequences_500_and_is_dropped(client, loop
     assert by_request(received(client, gateway))[again][-1].finish_reason in ("stop", "length")
 
 
+def test_a_request_whose_admission_fails_unexpectedly_is_refused_500_and_the_others_served(client, loop, cache):
+    class Exploding:
+        def get(self, version_id: int) -> LoadedModel:
+            if version_id == 77:
+                raise RuntimeError("warm-up crashed")
+            return cache.get(version_id)
+
+        def loaded(self) -> list[LoadedModel]:
+            return cache.loaded()
+
+    gateway = gateway_name()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generation_worker, "model_cache", Exploding)
+        bad = send(client, loop, gateway, prompt="Hi", version_id=77)
+        good = send(client, loop, gateway, prompt="Hi", max_tokens=2)
+        run_until_idle(loop)
+    events = by_request(received(client, gateway))
+    assert events[bad] == [Refused(bad, 500, "The worker could not start the request: RuntimeError: warm-up crashed")]
+    assert events[good][-1].finish_reason in ("stop", "length")
+
+
 def test_a_stopping_worker_ends_live_sequences_503(client, loop):
     gateway = gateway_name()
     ids = [send(client, loop, gateway, prompt=p, max_tokens=100) for p in PROMPTS[:3]]
@@ -448,3 +469,26 @@ def test_an_idle_engine_whose_model_left_the_cache_is_dropped(client, loop, cach
     del cache.models[GPT]
     loop.cycle(block=False)
     assert GPT not in loop.engines
+
+
+def test_the_worker_starts_the_generation_loop_beside_the_serving_loop_and_stopping_ends_streams_503(
+    client, cache, reports
+):
+    queue = f"test-gen-{uuid.uuid4().hex[:8]}"
+    serving.serving_start([queue])
+    try:
+        generation = serving._generation
+        assert generation is not None and generation.is_alive() and generation.queues == [queue]
+        gateway = gateway_name()
+        request = GenerateRequest(
+            id=uuid.uuid4().hex, reply_to=stream_key(gateway), version_id=GPT, sent_at=time.time(),
+            deadline=time.time() + 60, prompt="Paris is", messages=None, params={"max_tokens": 400, "temperature": 0.0},
+        )  # fmt: skip
+        client.lpush(request_queue_key(queue), request.encode())
+        first = StepEvents.decode(client.brpop([stream_key(gateway)], timeout=30)[1])
+        assert first.worker == generation.identity and isinstance(first.events[0], Accepted)
+    finally:
+        serving.serving_stop()
+    assert not generation.is_alive() and serving._generation is None
+    last = received(client, gateway)[-1].events[-1]
+    assert last == Refused(request.id, 503, "The worker generating this request is stopping.")

@@ -16,6 +16,9 @@ import openai
 import pytest
 import requests
 import torch
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
 from django.core.files import File
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -62,6 +65,20 @@ def serve(
     return version
 
 
+def warm(url: str, token: str, model: str) -> None:
+    """The first request of a model builds its engine on the worker (loading the model can take longer
+    than the test gateway's 4 s wait): ask until it answers."""
+    deadline = time.monotonic() + 120
+    while True:
+        answer = requests.post(f"{url}/v1/completions", json={"model": model, "prompt": "warm", "max_tokens": 1},
+                               headers=auth(token), timeout=60)  # fmt: skip
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            break
+        assert answer.status_code in (503, 504), answer.text
+        time.sleep(0.5)
+    assert answer.status_code == 200, answer.text
+
+
 def client_for(gateway_url: str, token: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=token, max_retries=0, timeout=60)
 
@@ -90,6 +107,7 @@ class Reference:
 def test_the_openai_client_streams_a_chat_with_a_scoped_token(gateway_url, owner, gpt):
     serve(owner, "gpt", gpt["archive"])
     token = token_services.token_create(user=owner, name="chat", scopes=["predict"], models=["gpt"])[1]
+    warm(gateway_url, token, "gpt")
     client = client_for(gateway_url, token)
     assert "gpt" in [model.id for model in client.models.list()]
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
@@ -114,6 +132,7 @@ def test_the_openai_client_streams_a_chat_with_a_scoped_token(gateway_url, owner
 
 def test_greedy_answers_equal_transformers_generate_alone_and_concurrently(gateway_url, token, owner, gpt):
     serve(owner, "gpt", gpt["archive"])
+    warm(gateway_url, token, "gpt")
     reference = Reference(gpt["directory"])
     client = client_for(gateway_url, token)
     expected = {prompt: reference.complete(prompt, 24) for prompt in PROMPTS}
@@ -150,6 +169,7 @@ def test_a_client_that_disconnects_cancels_its_sequence_on_the_worker(gateway_ur
     serve(owner, "gpt", gpt["archive"])
     # Greedy, this model runs its whole max_tokens (no end of text): only a cancel ends it early.
     assert Reference(gpt["directory"]).complete(LONG_PROMPT, 400)[1] == "length"
+    warm(gateway_url, token, "gpt")
     stop, lines = threading.Event(), []
     watcher = threading.Thread(target=_monitor, args=(stop, lines), daemon=True)
     watcher.start()
@@ -199,10 +219,7 @@ def test_a_worker_killed_mid_stream_ends_it_with_an_error_and_a_replacement_serv
     worker = start_worker(processes, environment, shared_data_dir / "worker-kill.log", queues="gen-kill")
     assert Reference(gpt["directory"]).complete(LONG_PROMPT, 480)[1] == "length"
     body = {"model": "gpt-kill", "prompt": LONG_PROMPT, "max_tokens": 480, "temperature": 0, "stream": True}
-    # A warm-up: the engine is built on the first request.
-    warm = requests.post(f"{url}/v1/completions", json={**body, "stream": False, "max_tokens": 2},
-                         headers=auth(token), timeout=60)  # fmt: skip
-    assert warm.status_code == 200, warm.text
+    warm(url, token, "gpt-kill")
     with requests.post(f"{url}/v1/completions", json=body, headers=auth(token), stream=True, timeout=30) as response:
         lines = response.iter_lines()
         assert next(lines).startswith(b"data: {")
@@ -232,14 +249,10 @@ def test_a_worker_killed_mid_stream_ends_it_with_an_error_and_a_replacement_serv
     start_worker(processes, environment, shared_data_dir / "worker-kill-2.log", queues="gen-kill")
     for thread in queued:
         thread.join(60)
-    deadline = time.monotonic() + 20
-    while True:
-        answer = requests.post(f"{url}/v1/completions", json={**body, "stream": False, "max_tokens": 4},
-                               headers=auth(token), timeout=60)  # fmt: skip
-        # Between the old heartbeat's expiry and the replacement's first one nobody serves the queue.
-        if answer.status_code != 503 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    # Its first request builds its engine (retried past the gateway's 4 s wait while it loads).
+    warm(url, token, "gpt-kill")
+    answer = requests.post(f"{url}/v1/completions", json={**body, "stream": False, "max_tokens": 4},
+                           headers=auth(token), timeout=60)  # fmt: skip
     assert answer.status_code == 200, answer.text
     assert answer.json()["usage"]["completion_tokens"] >= 1
 
@@ -249,6 +262,7 @@ def test_every_bad_request_is_a_named_openai_error(gateway_url, owner, gpt, tmp_
     bert = text_models.bert_save(tmp_path / "bert", "fill-mask")
     serve(owner, "bert", text_models.directory_zip(bert, tmp_path / "bert.zip"), task="fill-mask")
     token = token_services.token_create(user=owner, name="limited", tokens_per_minute=60)[1]
+    warm(gateway_url, token, "gpt")
     url = f"{gateway_url}/v1"
     chat = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     completion = {"model": "gpt", "prompt": "hi", "max_tokens": 4}
@@ -272,6 +286,9 @@ def test_every_bad_request_is_a_named_openai_error(gateway_url, owner, gpt, tmp_
         assert answer.status_code == status, (fragment, answer.text)
         error = answer.json()["error"]
         assert fragment in error["message"], (fragment, error)
+    # The other doors refuse a generative model and point here.
+    v2 = requests.post(f"{gateway_url}/v2/models/gpt/infer", json={"inputs": []}, headers=auth(token), timeout=30)
+    assert v2.status_code == 400 and "/v1/completions" in v2.json()["error"]
     # Tokens per minute: answers are charged (prompt + completion) until the window is spent.
     spent = 0
     for _ in range(40):
@@ -283,6 +300,60 @@ def test_every_bad_request_is_a_named_openai_error(gateway_url, owner, gpt, tmp_
         spent += answer.json()["usage"]["total_tokens"]
     assert answer.status_code == 429 and spent >= 60 and answer.headers["Retry-After"].isdigit()
     assert answer.json()["error"]["type"] == "tokens"
-    # The other doors refuse a generative model and point here.
-    v2 = requests.post(f"{gateway_url}/v2/models/gpt/infer", json={"inputs": []}, headers=auth(token), timeout=30)
-    assert v2.status_code == 400 and "/v1/completions" in v2.json()["error"]
+
+
+def session_headers(user: Any) -> dict[str, str]:
+    """A signed-in browser's cookies and CSRF header, made here (the server's password hashers
+    differ from the tests' fast one, so a sign-in form would refuse the test password)."""
+    store = SessionStore()
+    store[SESSION_KEY] = str(user.pk)
+    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.save()
+    csrf = "c" * 32
+    cookie = f"{settings.SESSION_COOKIE_NAME}={store.session_key}; {settings.CSRF_COOKIE_NAME}={csrf}"
+    return {"Cookie": cookie, "X-CSRFToken": csrf}
+
+
+def test_the_playground_streams_through_django_unbuffered_and_a_disconnect_cancels(
+    worker, token, owner, gpt, service_environment, shared_data_dir, processes: Processes
+):
+    version = serve(owner, "gpt", gpt["archive"])
+    # A server that signs sessions with this process's key, so the session made here is valid there.
+    environment = {**service_environment, "SECRET_KEY": settings.SECRET_KEY}
+    _, gateway_url = start_gateway(processes, environment, shared_data_dir / "gateway-playground.log")
+    warm(gateway_url, token, "gpt")
+    url = f"{gateway_url}/playground/gpt/{version.version}/chat/"
+    headers = session_headers(owner)
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    refused = requests.post(url, json={"messages": messages}, headers={"Cookie": headers["Cookie"]}, timeout=30)
+    assert refused.status_code == 403  # no CSRF header
+    # Chunks arrive as they are generated (nothing buffers the whole answer on the way).
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    events: list[bytes] = []
+    with requests.post(url, json={"messages": messages, "temperature": 0, "max_tokens": 200}, headers=headers,
+                       stream=True, timeout=60) as response:  # fmt: skip
+        assert response.status_code == 200 and response.headers["Content-Type"] == "text/event-stream"
+        for line in response.iter_lines():
+            if line:
+                arrivals.append(time.perf_counter() - started)
+                events.append(line)
+    assert events[-1] == b"data: [DONE]"
+    chunks = [json.loads(event.removeprefix(b"data: ")) for event in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant" and chunks[0]["model"] == f"gpt:{version.version}"
+    assert len(chunks) > 20 and arrivals[0] < arrivals[-1] / 2, (arrivals[0], arrivals[-1])
+    # A browser that goes away cancels the sequence on the worker.
+    stop, lines = threading.Event(), []
+    watcher = threading.Thread(target=_monitor, args=(stop, lines), daemon=True)
+    watcher.start()
+    time.sleep(0.2)
+    with requests.post(url, json={"messages": messages, "temperature": 0, "max_tokens": 400}, headers=headers,
+                       stream=True, timeout=60) as response:  # fmt: skip
+        lines_in = response.iter_lines()
+        assert next(lines_in).startswith(b"data: {")
+    deadline = time.monotonic() + 10
+    while not any(line.startswith("LPUSH maas:gen:cancel:") for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    assert any(line.startswith("LPUSH maas:gen:cancel:") for line in lines), "no cancel reached the worker"

@@ -36,7 +36,8 @@ def test_runportal_starts_everything_seeds_the_demo_and_prints_url_and_login(tmp
     # whole group (then SIGKILL) when the test ends, passed or failed.
     process = processes.start([sys.executable, "manage.py", "runportal", "--port", str(port)], environment,
                               data / "runportal.log")  # fmt: skip
-    deadline = time.monotonic() + 180
+    # Generous: it builds, trains and validates its eight demo models (four of them text models) first.
+    deadline = time.monotonic() + 240
     output = ""
     while time.monotonic() < deadline and "Press Ctrl-C" not in output:
         assert process.poll() is None, output
@@ -68,6 +69,9 @@ def test_runportal_starts_everything_seeds_the_demo_and_prints_url_and_login(tmp
     assert model["aliases"] == {"production": 2, "staging": 2}
     versions = session.get(f"{base}/api/v1/models/iris-classifier/versions/", timeout=10).json()["results"]
     assert [(v["version"], v["status"]) for v in versions] == [(2, "ready"), (1, "ready")]
+    # The generative demo model, ready for /v1/completions and the chat playground.
+    (chat,) = session.get(f"{base}/api/v1/models/gpt2-chat/versions/", timeout=10).json()["results"]
+    assert (chat["task"], chat["status"], chat["validation"]["chat_template"]) == ("text-generation", "ready", True)
     # The worker it started validates new uploads.
     with model_path.open("rb") as stream:
         uploaded = session.post(

@@ -145,11 +145,17 @@ def test_grafana_dashboard_queries_only_metrics_the_portal_exports():
     dashboard = json.loads(path.read_text())
     families = (prom.REQUESTS, prom.LATENCY, prom.QUEUE, prom.COMPUTE, prom.BATCH, prom.PAYLOAD, prom.MODELS_LOADED,
                 prom.WORKER_MEMORY, prom.GPU_MEMORY, prom.GPU_UTILISATION, prom.PROMPT_TOKENS,
-                prom.COMPLETION_TOKENS)  # fmt: skip
+                prom.COMPLETION_TOKENS, prom.TTFT, prom.INTER_TOKEN, prom.OUTPUT_SPEED, prom.RUNNING_SEQUENCES,
+                prom.WAITING_SEQUENCES, prom.CACHE_TOKENS, prom.CACHE_RESERVED, prom.CACHE_BUDGET)  # fmt: skip
     exported = {family._name for family in families}
-    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+    # Rows group panels and query nothing.
+    used = {name for panel in dashboard["panels"] for target in panel.get("targets", [])
             for name in re.findall(r"maas_[a-z_]+", target["expr"])}  # fmt: skip
     assert used and all(re.sub(r"_(bucket|total|count|sum)$", "", name) in exported for name in used), used
+    # Every family the portal exports has a panel: generation's included.
+    assert exported <= {re.sub(r"_(bucket|total|count|sum)$", "", name) for name in used}, exported
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
 
 
 def test_aggregates_older_than_the_retention_are_pruned(ready_version, settings):

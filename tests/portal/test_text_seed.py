@@ -1,4 +1,4 @@
-"""Seeding the text demo: three Hugging Face models uploaded through the registry, validated and in
+"""Seeding the text demo: four Hugging Face models uploaded through the registry, validated and in
 production, a held-out dataset of reviews evaluated; seeding again changes nothing."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def prebuilt(monkeypatch, demo_dirs):
 
 
 def test_the_text_demo_is_seeded_ready_in_production_and_only_once(owner, prebuilt):
-    assert demo_text.text_demo_seed(owner) == ["bert-fill-mask", "bert-sentiment", "minilm-embeddings"]
+    assert demo_text.text_demo_seed(owner) == ["bert-fill-mask", "bert-sentiment", "minilm-embeddings", "gpt2-chat"]
     tasks = {}
     for model in RegisteredModel.objects.all():
         production = model.aliases.get(name="production").version
@@ -41,9 +41,17 @@ def test_the_text_demo_is_seeded_ready_in_production_and_only_once(owner, prebui
         assert model.visibility == Visibility.INTERNAL and model.description
         tasks[model.name] = production.task
     assert tasks == {"bert-fill-mask": "fill-mask", "bert-sentiment": "text-classification",
-                     "minilm-embeddings": "feature-extraction"}  # fmt: skip
+                     "minilm-embeddings": "feature-extraction", "gpt2-chat": "text-generation"}  # fmt: skip
     assert demo_text.text_demo_seed(owner) == []
-    assert RegisteredModel.objects.count() == 3
+    assert RegisteredModel.objects.count() == 4
+
+
+def test_the_seeded_generative_model_has_a_chat_template_and_its_max_tokens(owner, prebuilt):
+    demo_text.text_demo_seed(owner)
+    version = RegisteredModel.objects.get(name=demo_text.GENERATIVE_MODEL).aliases.get(name="production").version
+    assert version.validation["chat_template"] is True and version.validation["context_length"] == 512
+    assert (version.max_tokens_default, version.max_tokens_limit) == (64, 256)
+    assert model_cache().get(version.pk).generative
 
 
 def test_the_seeded_fill_mask_model_answers_capital_through_the_serving_cache(owner, prebuilt):

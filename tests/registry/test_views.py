@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from inference import validation
 from registry import services
-from registry.models import ModelAlias, ModelVersion
+from registry.models import AuditEvent, ModelAlias, ModelVersion
 from tests.conftest import upload_file
 
 pytestmark = pytest.mark.django_db
@@ -163,3 +163,40 @@ def test_a_re_upload_of_the_same_artifact_says_which_version_it_matches(client, 
     assert 'id="identical-versions"' in page and 'href="/models/iris/versions/1/"' in page
     assert client.get("/api/v1/models/iris/versions/2/").json()["identical_to"] == [1]
     assert client.get("/api/v1/models/iris/versions/1/").json()["identical_to"] == [2]
+
+
+def test_model_page_edits_description_tags_and_visibility_inline_and_audits_it(client, owner, registered_model):
+    client.force_login(owner)
+    page = client.get("/models/iris/").content.decode()
+    assert 'id="model-edit"' in page and 'action="/models/iris/edit/"' in page
+    form = {"description": "Fisher's irises", "tags": "tabular, team=botany", "visibility": "internal"}
+    response = client.post("/models/iris/edit/", form, follow=True)
+    page = response.content.decode()
+    assert "Saved description, visibility, tags." in page
+    registered_model.refresh_from_db()
+    assert registered_model.description == "Fisher's irises" and registered_model.visibility == "internal"
+    assert sorted(registered_model.tags.values_list("name", flat=True)) == ["tabular", "team=botany"]
+    event = AuditEvent.objects.filter(action="model.update").get()
+    assert event.after["tags"] == ["tabular", "team=botany"] and event.before["visibility"] == "private"
+    assert client.get("/?tag=team=botany").content.decode().count('href="/models/iris/"') >= 1
+
+
+def test_inline_edit_refuses_bad_tags_and_changes_nothing(client, owner, registered_model):
+    client.force_login(owner)
+    form = {"description": "changed", "tags": "ok, bad tag!", "visibility": "private"}
+    page = client.post("/models/iris/edit/", form, follow=True).content.decode()
+    assert "Not saved: Invalid tag" in page
+    registered_model.refresh_from_db()
+    assert registered_model.description == "test model" and not registered_model.tags.exists()
+    assert not AuditEvent.objects.filter(action="model.update").exists()
+
+
+def test_inline_edit_is_not_offered_to_a_maintainer_and_refused_if_posted(client, owner, member, registered_model):
+    services.role_grant(actor=owner, model=registered_model, role="maintainer", username=member.username)
+    client.force_login(member)
+    assert 'id="model-edit"' not in client.get("/models/iris/").content.decode()
+    form = {"description": "taken over", "tags": "", "visibility": "public"}
+    page = client.post("/models/iris/edit/", form, follow=True).content.decode()
+    assert "Not saved:" in page
+    registered_model.refresh_from_db()
+    assert registered_model.visibility == "private" and registered_model.description == "test model"
