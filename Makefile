@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-text bench-broker bench-upload screenshot clean
+.PHONY: install run test lint format bench bench-text bench-gen bench-broker bench-upload screenshot clean
 
 install: $(STAMP)
 
@@ -55,6 +55,13 @@ bench: install
 # and a naive Starlette server; padding-aware batching against pad-to-max (about 4 minutes).
 bench-text: install
 	$(PY) bench/text.py
+
+# Generative LLM serving: streaming /v1/completions on two random GPT-2s against in-process
+# generate() and `transformers serve` (with and without continuous batching; its extra
+# packages are the `bench` group), plus a py-spy profile of the portal path (about 5 minutes).
+bench-gen: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/generation.py $(BENCH_ARGS)
 
 bench-broker: install
 	$(PY) bench/embedded_broker.py
