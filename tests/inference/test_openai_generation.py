@@ -35,7 +35,8 @@ def test_a_completion_request_takes_a_prompt_and_openai_s_sampling_fields():
     assert (call.temperature, call.top_p, call.top_k, call.seed, call.stop) == (0.0, 0.5, 4, 7, ("\n",))
     assert call.stream and call.include_usage and call.logprobs == 2
     assert shaping.generation_params(generative(), call) == {
-        "max_tokens": 8, "temperature": 0.0, "top_p": 0.5, "top_k": 4, "stop": ["\n"], "logprobs": True, "seed": 7, "max_tokens_implicit": False,
+        "max_tokens": 8, "temperature": 0.0, "top_p": 0.5, "top_k": 4, "stop": ["\n"], "logprobs": True, "seed": 7,
+        "max_tokens_implicit": False,
     }  # fmt: skip
 
 
