@@ -1,9 +1,9 @@
 """A continuous-batching generation engine for one causal language model, in-process.
 
 One `step()` is one decoding step for every running sequence in a single batched forward,
-then the prefill of newcomers in a forward of their own (left-padded together, as
-`generate()` pads a batch): each emits its first token at once and joins the batch at the
-next step. Finished and cancelled sequences leave the batch between steps. Prefill per
+then the prefill of newcomers in forwards of their own (prompts of similar lengths
+left-padded together, as `generate()` pads a batch; see `prefill_groups`): each emits its
+first token at once and joins the batch at the next step. Finished and cancelled sequences leave the batch between steps. Prefill per
 step is bounded by `prefill_tokens` padded tokens so that a burst of prompts does not
 stall the running streams for long; a prompt longer than that is read in chunks of
 `prefill_tokens`, one per step, in a cache of its own (newcomers wait behind it), and
@@ -40,6 +40,9 @@ from transformers import DynamicCache
 
 from inference.generation.detokenizer import Detokenizer, StopStrings
 from inference.generation.sampling import SamplingParams, batch_sample, token_logprobs
+
+# A prefill forward may be this much larger (in padded tokens) than the prompts it reads.
+PREFILL_SLACK = 1.25
 
 
 class EngineFull(Exception):
@@ -242,7 +245,6 @@ class Engine:
             return self._prefill_chunk()
         newcomers: list[Sequence] = []
         reserved = self._reserved()
-        width = 0
         while self.waiting and len(self.running) + len(newcomers) < self.max_sequences:
             sequence = self.waiting[0]
             if reserved + sequence.reserved > self.max_tokens:
@@ -251,15 +253,19 @@ class Engine:
                 self.chunked = self.waiting.popleft()
                 self.chunked_cache = DynamicCache(config=self.model.config)
                 return self._prefill_chunk()
-            wider = max(width, len(sequence.prompt_ids))
             # Padded tokens bound the prefill's cost, so that running streams are not stalled for long.
-            if wider * (len(newcomers) + 1) > self.prefill_tokens:
+            lengths = [len(s.prompt_ids) for s in newcomers] + [len(sequence.prompt_ids)]
+            if sum(group.width * len(group.rows) for group in prefill_groups(lengths)) > self.prefill_tokens:
                 break
             newcomers.append(self.waiting.popleft())
             reserved += sequence.reserved
-            width = wider
-        if not newcomers:
-            return []
+        outputs: list[StepOutput] = []
+        for group in prefill_groups([len(s.prompt_ids) for s in newcomers]):
+            outputs += self._prefill([newcomers[row] for row in group.rows], group.width)
+        return outputs
+
+    def _prefill(self, newcomers: list[Sequence], width: int) -> list[StepOutput]:
+        """One left-padded forward over the prompts of `newcomers`; they emit their first token and join."""
         mask = torch.tensor(
             [[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in newcomers], device=self.device
         )
@@ -388,6 +394,36 @@ class Engine:
             layer.values = layer.values[index, :, unused:, :]
 
 
+@dataclass(frozen=True)
+class PrefillGroup:
+    """Newcomers prefilled in one forward: their indices (shortest prompt first) and the padded width."""
+
+    rows: list[int]
+    width: int
+
+
+def prefill_groups(lengths: list[int]) -> list[PrefillGroup]:
+    """Cut prompts of `lengths` into forwards of similar lengths, so that little of a prefill is padding.
+
+    Sorted by length, a new forward starts where padding to the longer prompt would make the
+    forward PREFILL_SLACK times larger than its prompts: on a CPU a forward costs about its
+    padded tokens, and a burst of short and long prompts padded together cost up to twice
+    what they hold.
+    """
+    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
+    groups: list[PrefillGroup] = []
+    rows: list[int] = []
+    for index in order:
+        width = lengths[index]
+        if rows and width * (len(rows) + 1) > PREFILL_SLACK * (sum(lengths[row] for row in rows) + width):
+            groups.append(PrefillGroup(rows, lengths[rows[-1]]))
+            rows = []
+        rows.append(index)
+    if rows:
+        groups.append(PrefillGroup(rows, lengths[rows[-1]]))
+    return groups
+
+
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
     """Keys or values [batch, heads, length, dim] zero-padded on the left to `width` positions."""
     return F.pad(tensor, (0, 0, width - tensor.shape[2], 0))
@@ -404,4 +440,13 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset([eos] if isinstance(eos, int) else eos)
 
 
-__all__ = ["Engine", "EngineFull", "FinishReason", "GenerationRequest", "Sequence", "StepOutput"]
+__all__ = [
+    "Engine",
+    "EngineFull",
+    "FinishReason",
+    "GenerationRequest",
+    "PrefillGroup",
+    "Sequence",
+    "StepOutput",
+    "prefill_groups",
+]

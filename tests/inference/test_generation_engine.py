@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from inference.generation import Engine, EngineFull, FinishReason, GenerationRequest, SamplingParams
+from inference.generation.engine import prefill_groups
 from portal.text_models import gpt2_save
 
 PROMPTS = [
@@ -311,3 +312,17 @@ def test_greedy_outputs_equal_generate_for_a_llama_style_model(lm):
     engine.submit(GenerationRequest(PROMPTS[0], params))
     results = run(engine, {2: [GenerationRequest(p, params) for p in PROMPTS[1:4]]})
     assert [results[i]["tokens"] for i in range(4)] == [expected[p] for p in PROMPTS[:4]]
+
+
+def test_prefill_groups_keep_padding_small_and_cover_every_prompt():
+    lengths = [3, 19, 4, 18, 5, 17, 3]
+    groups = prefill_groups(lengths)
+    assert sorted(row for group in groups for row in group.rows) == list(range(len(lengths)))
+    for group in groups:
+        assert group.width == max(lengths[row] for row in group.rows)
+        real = sum(lengths[row] for row in group.rows)
+        assert group.width * len(group.rows) <= 1.25 * real
+    padded = sum(group.width * len(group.rows) for group in groups)
+    assert padded < 19 * len(lengths) * 0.6  # against one forward padded to the longest
+    assert [group.rows for group in prefill_groups([7, 7, 7])] == [[0, 1, 2]]
+    assert prefill_groups([]) == []
