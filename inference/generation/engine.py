@@ -3,9 +3,9 @@
 One `step()` is one decoding step for every running sequence in a single batched forward,
 then the prefill of newcomers in forwards of their own (prompts of similar lengths
 left-padded together, as `generate()` pads a batch; see `prefill_groups`): each emits its
-first token at once and joins the batch at the next step. Finished and cancelled sequences leave the batch between steps. Prefill per
-step is bounded by `prefill_tokens` padded tokens so that a burst of prompts does not
-stall the running streams for long; a prompt longer than that is read in chunks of
+first token at once and joins the batch at the next step. Finished and cancelled
+sequences leave the batch between steps. Prefill per step is bounded by `prefill_tokens`
+padded tokens so that a burst of prompts does not stall the running streams for long; a prompt longer than that is read in chunks of
 `prefill_tokens`, one per step, in a cache of its own (newcomers wait behind it), and
 joins the batch after its last chunk.
 
