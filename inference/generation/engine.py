@@ -6,8 +6,8 @@ left-padded together, as `generate()` pads a batch; see `prefill_groups`): each 
 first token at once and joins the batch at the next step. Finished and cancelled
 sequences leave the batch between steps. Prefill per step is bounded by `prefill_tokens`
 padded tokens so that a burst of prompts does not stall the running streams for long; a
-prompt longer than that is read in chunks of `prefill_tokens`, one per step, in a cache of its own (newcomers wait behind it), and
-joins the batch after its last chunk.
+prompt longer than that is read in chunks of `prefill_tokens`, one per step, in a cache
+of its own (newcomers wait behind it), and joins the batch after its last chunk.
 
 The KV cache is one `DynamicCache` for the batch, left-padded: row r holds its sequence's
 keys and values right-aligned, an attention mask marks the padding and explicit position
