@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import requests
 from django.core.files import File
@@ -235,3 +236,43 @@ def test_stop_ends_the_stream_a_refused_prompt_is_shown_and_the_engine_keeps_ser
     send(page, "A short one now.", temperature="0", max_tokens="8")
     expect(page.locator(".chat-message.chat-assistant").last).to_have_attribute("data-state", "done", timeout=60_000)
     expect(page.locator("#chat-error")).to_be_hidden()
+
+
+def test_a_model_uploaded_in_the_browser_streams_a_chat_to_the_openai_client_with_a_scoped_token(
+    portal_page, owner, gpt2_archive, gateway_url
+):
+    """The issue's finish line: browser upload → validated on the worker → the official client streams."""
+    services.model_create(actor=owner, name="uploaded-chat", description="uploaded through the page")
+    page = portal_page
+    login(page, "olivia", "owner-pass-123")
+    page.goto("/models/uploaded-chat/upload/")
+    page.set_input_files("input[name=file]", str(gpt2_archive))
+    page.select_option("select[name=task]", "text-generation")
+    page.click("#upload-submit")
+    page.wait_for_url(re.compile(r"/models/uploaded-chat/versions/1/$"))
+    expect(page.locator("h1 .status")).to_have_text("ready", timeout=90_000)
+    expect(page.locator("#chat")).to_be_visible()  # the playground is offered on a generative version
+
+    # A token that may only predict, and only with this model.
+    secret = token_services.token_create(user=owner, name="chat-app", scopes=["predict"], models=["uploaded-chat"])[1]
+    client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=secret, max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "Tell me about the portal."}]
+    deadline = time.monotonic() + 90
+    while True:  # the worker loads the model on its first request (longer than the tests' timeout)
+        try:
+            answer = client.chat.completions.create(
+                model="uploaded-chat:1", messages=messages, max_tokens=12, temperature=0
+            )
+            break
+        except openai.APIStatusError as exc:
+            if exc.status_code not in (503, 504) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    stream = client.chat.completions.create(
+        model="uploaded-chat:1", messages=messages, max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert len(chunks) > 2 and streamed == answer.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
