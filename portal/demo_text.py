@@ -130,7 +130,7 @@ def fill_mask_build(directory: Path, *, steps: int = 600, seed: int = 0) -> Path
     return text_models.pretrained_save(directory, model, tokenizer)
 
 
-def sentiment_build(directory: Path, *, steps: int = 150, seed: int = 0) -> Path:
+def sentiment_build(directory: Path, *, steps: int = 300, seed: int = 0) -> Path:
     """The sentence-classifier demo model (negative / positive) saved into `directory`."""
     texts, labels = sentiment_examples()
     tokenizer = text_models.tokenizer_from_words(texts, max_length=64)

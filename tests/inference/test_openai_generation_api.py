@@ -155,7 +155,7 @@ def test_a_completion_answers_its_text_usage_and_reports_its_timing(sink):
     (request,) = worker.taken
     assert request.prompt == "Once" and request.messages is None
     assert request.params == {"max_tokens": 3, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "stop": [],
-                              "logprobs": False}  # fmt: skip
+                              "logprobs": False, "max_tokens_implicit": False}  # fmt: skip
     (record,) = sink.records
     assert (record["source"], record["status"], record["queue_ms"]) == ("v1", 200, 1.5)
     (generation,) = sink.generations
