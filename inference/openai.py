@@ -465,15 +465,19 @@ class OpenAIApi:
 
     async def generate(self, path: str, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
         """POST /v1/completions and /v1/chat/completions: errors before the first byte are raised."""
-        user = await self.gateway.user(headers)
-        body = await read_body(headers, receive)
-        try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise OpenAIError(f"The request body is not valid JSON: {exc}", None) from None
+        user, body, raw = await self._caller_and_body(headers, receive)
         call = GENERATION_PATHS[path](raw)
         run = GenerationRun(self.gateway, user, call, source="v1", payload=len(body))
         await unless_disconnected(self._answer(run, send), receive)
+
+    async def _caller_and_body(self, headers: dict[bytes, bytes], receive: Receive) -> tuple[Any, bytes, Any]:
+        """The caller, the request body and its JSON (a 400 naming the syntax error when it is not JSON)."""
+        user = await self.gateway.user(headers)
+        body = await read_body(headers, receive)
+        try:
+            return user, body, orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise OpenAIError(f"The request body is not valid JSON: {exc}", None) from None
 
     async def _answer(self, run: GenerationRun, send: Send) -> None:
         await run.start()
@@ -488,12 +492,7 @@ class OpenAIApi:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def embeddings(self, headers: dict[bytes, bytes], receive: Receive) -> dict[str, Any]:
-        user = await self.gateway.user(headers)
-        body = await read_body(headers, receive)
-        try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise OpenAIError(f"The request body is not valid JSON: {exc}", None) from None
+        user, body, raw = await self._caller_and_body(headers, receive)
         request = embeddings_request(raw)
         name, addressed = model_address(request.model)
         target = await self.gateway.target(user, name, addressed)
