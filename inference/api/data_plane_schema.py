@@ -234,6 +234,24 @@ USAGE = {
     "type": "object",
     "properties": {name: {"type": "integer"} for name in ("prompt_tokens", "completion_tokens", "total_tokens")},
 }
+
+
+def _completion(kind: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """A completion or chat completion answer: the same envelope, choices holding `answer`'s field."""
+    choice = {"index": {"type": "integer"}, **answer, "finish_reason": {"type": "string", "enum": ["stop", "length"]}}
+    return {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": [kind]},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "usage": USAGE,
+            "choices": {"type": "array", "items": {"type": "object", "properties": choice}},
+        },
+    }
+
+
 SCHEMAS: dict[str, Any] = {
     "ServerMetadata": {
         "type": "object",
@@ -323,27 +341,7 @@ SCHEMAS: dict[str, Any] = {
             **SAMPLING,
         },
     },
-    "Completion": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"type": "string", "enum": ["text_completion"]},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "usage": USAGE,
-            "choices": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "text": {"type": "string"},
-                        "finish_reason": {"type": "string", "enum": ["stop", "length"]},
-                    },
-                },
-            },
-        },
-    },
+    "Completion": _completion("text_completion", {"text": {"type": "string"}}),
     "ChatCompletionRequest": {
         "type": "object",
         "required": ["model", "messages"],
@@ -366,30 +364,10 @@ SCHEMAS: dict[str, Any] = {
             **SAMPLING,
         },
     },
-    "ChatCompletion": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "object": {"type": "string", "enum": ["chat.completion"]},
-            "created": {"type": "integer"},
-            "model": {"type": "string"},
-            "usage": USAGE,
-            "choices": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "index": {"type": "integer"},
-                        "message": {
-                            "type": "object",
-                            "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
-                        },
-                        "finish_reason": {"type": "string", "enum": ["stop", "length"]},
-                    },
-                },
-            },
-        },
-    },
+    "ChatCompletion": _completion(
+        "chat.completion",
+        {"message": {"type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}},
+    ),
 }
 
 
