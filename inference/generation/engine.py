@@ -244,6 +244,7 @@ class Engine:
         if self.chunked is not None:
             return self._prefill_chunk()
         newcomers: list[Sequence] = []
+        groups: list[PrefillGroup] = []  # how the newcomers are prefilled (recut as each one is added)
         reserved = self._reserved()
         while self.waiting and len(self.running) + len(newcomers) < self.max_sequences:
             sequence = self.waiting[0]
@@ -254,13 +255,14 @@ class Engine:
                 self.chunked_cache = DynamicCache(config=self.model.config)
                 return self._prefill_chunk()
             # Padded tokens bound the prefill's cost, so that running streams are not stalled for long.
-            lengths = [len(s.prompt_ids) for s in newcomers] + [len(sequence.prompt_ids)]
-            if sum(group.width * len(group.rows) for group in prefill_groups(lengths)) > self.prefill_tokens:
+            candidate = prefill_groups([len(s.prompt_ids) for s in newcomers] + [len(sequence.prompt_ids)])
+            if sum(group.width * len(group.rows) for group in candidate) > self.prefill_tokens:
                 break
             newcomers.append(self.waiting.popleft())
             reserved += sequence.reserved
+            groups = candidate
         outputs: list[StepOutput] = []
-        for group in prefill_groups([len(s.prompt_ids) for s in newcomers]):
+        for group in groups:
             outputs += self._prefill([newcomers[row] for row in group.rows], group.width)
         return outputs
 
