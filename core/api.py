@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import exceptions, serializers, status
@@ -14,7 +15,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from core.errors import PayloadTooLarge, PortalError
+from core.errors import PayloadTooLarge, PortalError, ServiceUnavailable
 
 # The body of every REST API error (see exception_handler). Declared inline: a serializer
 # class cannot have a field named `fields`.
@@ -30,6 +31,15 @@ ERROR_BODY = inline_serializer(
 
 # The error response of every operation's schema.
 ERROR = OpenApiResponse(ERROR_BODY, description="An error with a message naming the problem.")
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database did not answer (an outage, a restart): 503 with a hint to retry."""
+
+    headers = {"Retry-After": "2"}
+
+
+DATABASE_UNAVAILABLE = DatabaseUnavailable("The database is unavailable; try again shortly.")
 
 
 class PagePagination(PageNumberPagination):
@@ -63,6 +73,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             f"The request body is larger than the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
             "(DATA_UPLOAD_MAX_MEMORY_SIZE)."
         )
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is down or restarting: the client may retry; nothing was changed.
+        exc = DATABASE_UNAVAILABLE
     if isinstance(exc, PortalError):
         body: dict[str, Any] = {"error": exc.message, "code": exc.code}
         if exc.field:

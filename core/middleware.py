@@ -8,8 +8,10 @@ The REST API parses its own bodies and maps errors in core.api.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
@@ -24,6 +26,27 @@ def _error_response(request: HttpRequest, error: PortalError) -> HttpResponse:
     return render(
         request, "error.html", {"status": error.status_code, "message": error.message}, status=error.status_code
     )
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's handler500: a database outage is a 503 the client may retry, JSON for the API.
+
+    Rendered without templates or context processors, which would query the database again.
+    """
+    error = sys.exc_info()[1]
+    unavailable = isinstance(error, OperationalError | InterfaceError)
+    status = 503 if unavailable else 500
+    message = "The database is unavailable; try again shortly." if unavailable else "Internal server error."
+    if request.path.startswith(API_PREFIXES) or "application/json" in request.headers.get("Accept", ""):
+        code = "unavailable" if unavailable else "error"
+        response: HttpResponse = JsonResponse({"error": message, "code": code}, status=status)
+    else:
+        response = HttpResponse(
+            f"<!doctype html><title>Error {status}</title><h1>Error {status}</h1><p>{message}</p>", status=status
+        )
+    if unavailable:
+        response["Retry-After"] = "2"
+    return response
 
 
 class PortalErrorMiddleware:

@@ -129,6 +129,9 @@ class ModelCache:
         # One load at a time per process: torch.export.load is not thread-safe (the serving
         # thread and a job or evaluation task may load at once), and a version loads only once.
         self._loading = threading.Lock()
+        # Versions asked for and not yet resident: the worker's heartbeat publishes them, so a
+        # gateway answers 503 "loading" instead of waiting past its timeout on a slow load.
+        self._pending: dict[int, int] = {}
 
     def get(self, version_id: int) -> LoadedModel:
         """The loaded model for a version, loading (and evicting) as needed."""
@@ -137,11 +140,19 @@ class ModelCache:
             if model is not None:
                 self._models.move_to_end(version_id)
                 return model
-        with self._loading:
+        with self._lock:
+            self._pending[version_id] = self._pending.get(version_id, 0) + 1
+        try:
+            with self._loading:
+                with self._lock:
+                    model = self._models.get(version_id)
+                if model is None:
+                    model = self._load(version_id)
+        finally:
             with self._lock:
-                model = self._models.get(version_id)
-            if model is None:
-                model = self._load(version_id)
+                self._pending[version_id] -= 1
+                if not self._pending[version_id]:
+                    del self._pending[version_id]
         with self._lock:
             self._models[version_id] = model
             self._models.move_to_end(version_id)
@@ -186,6 +197,11 @@ class ModelCache:
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
             return list(self._models.values())
+
+    def loading(self) -> list[int]:
+        """Version ids being loaded (or waiting for another load to finish) in this process."""
+        with self._lock:
+            return [version_id for version_id in self._pending if version_id not in self._models]
 
     def discard(self, version_id: int) -> None:
         with self._lock:

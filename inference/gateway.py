@@ -26,7 +26,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs
 
 import redis
@@ -34,6 +34,8 @@ import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.db import Error as DatabaseError
+from django.db import close_old_connections, connection
 
 from accounts.services import token_authenticate
 from core import redis as shared_redis
@@ -70,6 +72,41 @@ ANONYMOUS = AnonymousUser()
 PLATFORMS = {"torchscript": "pytorch_torchscript", "exported_program": "pytorch_exported_program"}
 # The parameters of a request that has none (shared: tensor requests never carry any).
 NO_PARAMETERS: dict[str, Any] = {}
+# What a client is told to wait before it retries a 503 (a database or broker outage, a model loading).
+RETRY_AFTER_SECONDS = 2
+# How often a request waiting for its batch's reply looks at the workers' heartbeats (the
+# worker died; the model is still loading), and how long a readiness answer is reused.
+WATCH_SECONDS = 0.5
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _with_fresh_connection(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a lookup in this pool thread, first replacing a connection broken meanwhile (a database
+    restart), and closing afterwards one the lookup found broken: the gateway has no request
+    cycle to do it, so without this a dead connection would answer every later lookup."""
+    close_old_connections()
+    try:
+        return function(*args, **kwargs)
+    finally:
+        close_old_connections()
+
+
+async def database(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """A database lookup from the event loop; an unavailable database is a 503, not a 500."""
+    try:
+        return await sync_to_async(_with_fresh_connection, thread_sensitive=False)(function, *args, **kwargs)
+    except DatabaseError as exc:
+        logger.warning("gateway database lookup failed: %s", exc)
+        raise HttpError(
+            503, "The database is unavailable; try again shortly.", {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        ) from None
+
+
+def _database_ping() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
 
 
 def target_resolve(user: Any, name: str, version: str | None) -> Target:
@@ -187,6 +224,7 @@ class Gateway:
         self.users: dict[str, tuple[float, Any]] = {}
         self.targets: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
         self.workers: tuple[float, list[wire.Heartbeat]] = (0.0, [])
+        self.database_ok_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -264,19 +302,63 @@ class Gateway:
         future: asyncio.Future[BatchReply] = asyncio.get_running_loop().create_future()
         self.pending[batch_id] = future
         try:
+            await self.serving_check(target)
             await client.lpush(wire.queue_key(target.queue), message.encode())
         except (redis.RedisError, OSError) as exc:
             self.pending.pop(batch_id, None)
             raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
+        except HttpError:
             self.pending.pop(batch_id, None)
+            raise
+        try:
+            # The reply usually comes at once; a long wait looks at the workers' heartbeats
+            # every WATCH_SECONDS, so a worker that died or a model still loading is answered
+            # 503 at once rather than 504 at the timeout.
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                done, _ = await asyncio.wait({future}, timeout=min(WATCH_SECONDS, remaining))
+                if done:
+                    return future.result()
+                await self.serving_check(target, sent=True)
+        except BaseException:
+            self.pending.pop(batch_id, None)
+            raise
+        self.pending.pop(batch_id, None)
+        raise HttpError(
+            504,
+            f"No worker answered for model {target.model_name!r} v{target.version} within {timeout:g}s "
+            "(workers busy, stopped, or one died while running the batch).",
+        )
+
+    async def serving_check(self, target: Target, *, sent: bool = False) -> None:
+        """Refuse (503) a batch no live worker can serve now: none listens on the target's queue
+        (any more, once `sent`), or the version is still loading (Retry-After) and none holds it."""
+        beats = [beat for beat in await self.live_workers() if target.queue in beat.queues]
+        if not beats:
+            if sent:
+                raise HttpError(
+                    503,
+                    f"The worker serving model {target.model_name!r} v{target.version} stopped (it died or was "
+                    f"shut down) while running the request; no live worker serves queue {target.queue!r}.",
+                    {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
             raise HttpError(
-                504,
-                f"No worker answered for model {target.model_name!r} v{target.version} within {timeout:g}s "
-                "(workers busy, stopped, or one died while running the batch).",
-            ) from None
+                503,
+                f"No live worker serves queue {target.queue!r} for model {target.model_name!r} "
+                f"(start one: celery -A portal worker -Q {target.queue}).",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        if any(target.version_id in beat.loading for beat in beats) and not any(
+            target.version_id in beat.loaded for beat in beats
+        ):
+            raise HttpError(
+                503,
+                f"Model {target.model_name!r} v{target.version} is loading on a worker; retry shortly.",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
 
     # -- lookups -------------------------------------------------------------------------
     async def user(self, headers: dict[bytes, bytes]) -> Any:
@@ -295,7 +377,7 @@ class Gateway:
         self._connect()
         while True:
             seen = guard.generation()
-            user = await sync_to_async(_authenticate, thread_sensitive=False)(token.strip())
+            user = await database(_authenticate, token.strip())
             if guard.generation() == seen:  # else a revocation raced the lookup: look again
                 break
         if user is None:
@@ -310,7 +392,7 @@ class Gateway:
             return cached[1]
         seen = guard.generation()
         try:
-            target = await sync_to_async(target_resolve, thread_sensitive=False)(user, name, version)
+            target = await database(target_resolve, user, name, version)
         except PortalError as exc:
             if not user.is_authenticated:
                 # Without a token, whatever is not public answers alike: nothing leaks.
@@ -338,9 +420,13 @@ class Gateway:
         return answer, reply
 
     async def live_queues(self) -> set[str]:
-        """Prediction queues with at least one live worker (heartbeats, cached for a second)."""
+        """Prediction queues with at least one live worker."""
+        return {queue for beat in await self.live_workers() for queue in beat.queues}
+
+    async def live_workers(self) -> list[wire.Heartbeat]:
+        """The heartbeats of live workers (read at most every WATCH_SECONDS)."""
         fetched, workers = self.workers
-        if time.monotonic() - fetched > 1.0:
+        if time.monotonic() - fetched > WATCH_SECONDS:
             try:
                 raw = await self._connect().hgetall(wire.WORKERS_KEY)
             except (redis.RedisError, OSError) as exc:
@@ -353,7 +439,17 @@ class Gateway:
                     logger.warning("ignoring worker %r: %s", key, exc)
             self.workers = (time.monotonic(), workers)
         horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
-        return {queue for beat in workers if beat.beat_at > horizon for queue in beat.queues}
+        return [beat for beat in workers if beat.beat_at > horizon]
+
+    async def database_check(self) -> None:
+        """503 unless the database answers within a second (a success is reused for WATCH_SECONDS)."""
+        if time.monotonic() - self.database_ok_at < WATCH_SECONDS:
+            return
+        try:
+            await asyncio.wait_for(database(_database_ping), 1.0)
+        except TimeoutError:
+            raise HttpError(503, "The database did not answer within a second.") from None
+        self.database_ok_at = time.monotonic()
 
     # -- HTTP ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -385,6 +481,7 @@ class Gateway:
         if path == "/v2/health/ready" and method == "GET":
             if not await self.live_queues():
                 raise HttpError(503, "No live prediction worker (start one: celery -A portal worker -Q inference).")
+            await self.database_check()
             return 200, b"", {}
         match = MODEL_PATH.match(path)
         if match is None:
@@ -396,7 +493,7 @@ class Gateway:
                 raise HttpError(401, AUTH_REQUIRED)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             window = query.get("window", [None])[0]
-            stats = await sync_to_async(_stats, thread_sensitive=False)(user, match["name"], match["version"], window)
+            stats = await database(_stats, user, match["name"], match["version"], window)
             return _json(stats)
         target = await self.target(user, match["name"], match["version"])
         tail = match["tail"]

@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.template.defaultfilters import filesizeformat
 
+from core import broker
 from core.datatypes import NUMPY_DTYPES
 from core.errors import Conflict, InvalidInput, PayloadTooLarge
 from inference.completions import Defaults, prompts_dump, prompts_read
@@ -256,6 +257,8 @@ def job_submit(
         input_format, arrays = input_read(file, filename, target.signature)
         rows = len(next(iter(arrays.values())))
 
+    # Refused (503) before anything is stored while the broker cannot take the job.
+    broker.broker_check()
     job_id = uuid.uuid4()
     prefix = f"jobs/{job_id}"
     try:

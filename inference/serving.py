@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 # Messages popped in one go after the blocking pop: what is waiting gets batched together.
 MAX_DRAIN = 64
-HEARTBEAT_SECONDS = 2.0
 # Celery queues that are not prediction queues.
 CONTROL_QUEUES = {"default", "celery"}
 
@@ -62,16 +61,18 @@ class ServingLoop(threading.Thread):
         self.redis = shared_redis.client(timeout=10)
         self.stopping = threading.Event()
         self.identity = worker_id()
-        self._last_heartbeat = 0.0
 
     def run(self) -> None:
         logger.info("serving predictions from %s as %s", ", ".join(self.queues), self.identity)
+        # The heartbeat has a thread of its own: a worker busy loading a model or computing a
+        # long batch is alive (and says what it loads), and one that died is seen within
+        # INFERENCE_WORKER_TTL_SECONDS, since nothing writes its heartbeat any more.
+        threading.Thread(target=self._beat, name="maas-serving-heartbeat", daemon=True).start()
         # Replies of the last batch ride in the same round trip as the next pop, so a busy
         # worker pays one Redis round trip per cycle; an idle one blocks in BRPOP.
         unsent: list[tuple[BatchRequest, BatchReply]] = []
         while not self.stopping.is_set():
             try:
-                self._heartbeat()
                 messages = self._exchange(unsent)
                 unsent = []
                 if not messages:
@@ -104,14 +105,21 @@ class ServingLoop(threading.Thread):
         popped = results[2 * len(replies) :]
         return [raw for batch in popped if batch for raw in batch]
 
+    def _beat(self) -> None:
+        """Write this worker's heartbeat every INFERENCE_HEARTBEAT_SECONDS until the loop stops."""
+        while not self.stopping.is_set():
+            try:
+                self._heartbeat()
+            except redis.RedisError as exc:
+                logger.warning("serving heartbeat lost Redis (%s); retrying", exc)
+            self.stopping.wait(settings.INFERENCE_HEARTBEAT_SECONDS)
+
     def _heartbeat(self) -> None:
-        now = time.time()
-        if now - self._last_heartbeat < HEARTBEAT_SECONDS:
-            return
-        loaded = [model.version_id for model in model_cache().loaded()]
-        self.redis.hset(wire.WORKERS_KEY, self.identity, wire.Heartbeat(self.queues, now, loaded).encode())
+        cache = model_cache()
+        loaded = [model.version_id for model in cache.loaded()]
+        beat = wire.Heartbeat(self.queues, time.time(), loaded, cache.loading())
+        self.redis.hset(wire.WORKERS_KEY, self.identity, beat.encode())
         telemetry.worker_heartbeat(self.identity, len(loaded))
-        self._last_heartbeat = now
 
     def handle(self, messages: list[BatchRequest]) -> list[tuple[BatchRequest, BatchReply]]:
         """Answer a set of messages, one forward per model version where it can batch.

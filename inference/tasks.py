@@ -29,7 +29,7 @@ from inference.completions import CompletionRows, line_tokens, prompts_load
 from inference.generation import Engine
 from inference.models import BatchJob, DataFormat, JobStatus
 from inference.runs.arrays import npz_save, paths_delete
-from inference.runs.lifecycle import run_enqueue, stale_expire_all
+from inference.runs.lifecycle import run_enqueue, run_kind_register, stale_expire_all
 from inference.runs.loop import PROGRESS_SECONDS, ChunkedWork, ModelWork, Outputs, work_run
 from inference.runtimes import TextRuntime
 from registry.artifacts import artifact_storage
@@ -59,6 +59,9 @@ def job_enqueue(job_id: Any) -> None:
         return
     queue = job.version.model.serving_queue if job.version else settings.CELERY_TASK_DEFAULT_QUEUE
     run_enqueue(job, batch_job_run, queue)
+
+
+run_kind_register(BatchJob, job_enqueue)
 
 
 def _version_id(job: BatchJob) -> int:

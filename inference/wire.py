@@ -238,27 +238,32 @@ class BatchReply:
 
 @dataclass(slots=True)
 class Heartbeat:
-    """A worker's registration: the queues it serves and the versions it holds, as of `beat_at`."""
+    """A worker's registration: the queues it serves, the versions it holds and those it is
+    loading, as of `beat_at`."""
 
-    KIND: ClassVar[str] = "beat.1"
+    KIND: ClassVar[str] = "beat.2"
 
     queues: list[str]
     beat_at: float  # epoch seconds
     loaded: list[int]  # model version ids resident in the worker's cache
+    loading: list[int] = field(default_factory=list)  # version ids being loaded right now
 
     def encode(self) -> bytes:
-        return _pack([self.KIND, self.queues, self.beat_at, self.loaded])
+        return _pack([self.KIND, self.queues, self.beat_at, self.loaded, self.loading])
 
     @classmethod
     def decode(cls, raw: bytes) -> Heartbeat:
-        _, queues, beat_at, loaded = _fields(raw, cls.KIND, 3)
-        if not (isinstance(queues, list) and isinstance(beat_at, float | int) and isinstance(loaded, list)):
-            raise _mistyped(cls.KIND, "queues beat_at loaded", queues, beat_at, loaded)
+        _, queues, beat_at, loaded, loading = _fields(raw, cls.KIND, 4)
+        if not (
+            isinstance(queues, list) and isinstance(beat_at, float | int) and isinstance(loaded, list)
+            and isinstance(loading, list)
+        ):  # fmt: skip
+            raise _mistyped(cls.KIND, "queues beat_at loaded loading", queues, beat_at, loaded, loading)
         if not all(isinstance(queue, str) for queue in queues):
             raise WireError("queues must be strings")
-        if not all(isinstance(version, int) for version in loaded):
-            raise WireError("loaded versions must be integers")
-        return cls(queues, beat_at, loaded)
+        if not all(isinstance(version, int) for version in [*loaded, *loading]):
+            raise WireError("loaded and loading versions must be integers")
+        return cls(queues, beat_at, loaded, loading)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from celery import shared_task
 
-from inference.runs.lifecycle import Claim, run_enqueue
+from inference.runs.lifecycle import Claim, run_enqueue, run_kind_register
 from inference.runs.loop import ModelWork, Outputs, work_run
 from monitoring import metrics, scoring
 from monitoring.models import EvaluationRun, RunStatus, TaskType
@@ -42,6 +42,9 @@ def evaluation_enqueue(run_id: Any) -> None:
     run = EvaluationRun.objects.select_related("version__model").filter(pk=run_id, status=RunStatus.QUEUED).first()
     if run is not None:
         run_enqueue(run, evaluation_run, run.version.model.serving_queue)
+
+
+run_kind_register(EvaluationRun, evaluation_enqueue)
 
 
 class EvaluationWork(ModelWork[EvaluationRun]):

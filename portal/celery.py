@@ -12,17 +12,22 @@ import os
 
 from celery import Celery
 
+from core.env import env_float
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-STALE_SWEEP_SECONDS = 300.0
+# Short: a run whose worker died is queued again (or failed) within a minute; the sweep is a
+# couple of indexed queries when nothing is stale.
+STALE_SWEEP_SECONDS = env_float("RUNS_SWEEP_SECONDS", 15.0, minimum=0.5)
 METRICS_PRUNE_SECONDS = 3600.0
 
 app.conf.beat_schedule = {
-    # Fail tracked runs (batch jobs, evaluations) whose worker died and whose message was lost.
+    # Tracked runs (batch jobs, evaluations) whose worker died are queued again or failed, and
+    # queued runs whose message may be lost are sent again (inference.runs.lifecycle).
     "runs-expire-stale": {
         "task": "inference.tasks.runs_expire_stale",
         "schedule": STALE_SWEEP_SECONDS,

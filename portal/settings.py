@@ -111,9 +111,17 @@ if EMBEDDED:
 else:
     DATABASES = {
         "default": dj_database_url.parse(
-            env_str("DATABASE_URL"), conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
+            env_str("DATABASE_URL"),
+            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+            # A persistent connection is checked before its first use in a request (and in each
+            # gateway lookup), so one broken by a database restart is replaced, not reused.
+            conn_health_checks=True,
         )
     }
+    # An unreachable server fails a connection attempt in seconds (503), not after the OS's minutes.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=1)
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Artifact storage -----------------------------------------------------------------
@@ -196,11 +204,29 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 900, minimum=1)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 840, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Redis redelivers an unacknowledged task after this long; it must exceed the task time limit.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 300}
+# Redis redelivers an unacknowledged task after this long. A tracked run (job, evaluation)
+# redelivered while its worker is alive is not run twice: its heartbeat (below) says it is
+# held. A worker that died is noticed by the heartbeat sweep long before this.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", CELERY_TASK_TIME_LIMIT + 300, minimum=1)
+}
 # Publishing must not hang a web request when the broker is down.
 CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT", 3.0, minimum=0.1)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+
+# Tracked runs (batch jobs, evaluations): a thread of the worker running one writes its
+# heartbeat this often; a running run silent for RUNS_STALE_SECONDS has lost its worker and
+# is queued again (or failed past its retry limit) by the sweep on Celery beat (every
+# RUNS_SWEEP_SECONDS, portal/celery.py). A queued run whose message may have been lost (a broker restarted
+# without persistence) is sent again after RUNS_RESEND_SECONDS.
+RUNS_HEARTBEAT_SECONDS = env_float("RUNS_HEARTBEAT_SECONDS", 5.0, minimum=0.1)
+RUNS_STALE_SECONDS = env_float("RUNS_STALE_SECONDS", 30.0, minimum=0.5)
+RUNS_RESEND_SECONDS = env_float("RUNS_RESEND_SECONDS", 300.0, minimum=1.0)
+if RUNS_STALE_SECONDS <= 2 * RUNS_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("RUNS_STALE_SECONDS must exceed twice RUNS_HEARTBEAT_SECONDS")
+# Submissions that need the broker (uploads, jobs, evaluations) check it first, waiting at
+# most this long, and are refused 503 while it is down rather than accepted and lost.
+BROKER_CHECK_TIMEOUT_SECONDS = env_float("BROKER_CHECK_TIMEOUT_SECONDS", 1.0, minimum=0.1)
 
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "auto")
 # --- Online predictions (the data plane) ---------------------------------------------------
@@ -216,8 +242,11 @@ INFERENCE_MAX_ELEMENTS = env_int("INFERENCE_MAX_ELEMENTS", 16 * 1024**2, minimum
 # Batches of one model version a gateway process keeps in flight at once; requests that
 # arrive meanwhile are coalesced into the next batch.
 INFERENCE_MAX_IN_FLIGHT = env_int("INFERENCE_MAX_IN_FLIGHT", 1, minimum=1)
-# A worker is live while its heartbeat is younger than this.
-INFERENCE_WORKER_TTL_SECONDS = env_float("INFERENCE_WORKER_TTL_SECONDS", 10.0, minimum=1.0)
+# A worker is live while its heartbeat (written by a thread of its own every
+# INFERENCE_HEARTBEAT_SECONDS, also while it loads or computes) is younger than this: the
+# gateway sees a worker's death within about this long (readiness, 503 to waiting requests).
+INFERENCE_HEARTBEAT_SECONDS = env_float("INFERENCE_HEARTBEAT_SECONDS", 0.5, minimum=0.05)
+INFERENCE_WORKER_TTL_SECONDS = env_float("INFERENCE_WORKER_TTL_SECONDS", 1.5, minimum=0.1)
 # Memory a worker may fill with resident models before it evicts the least recently used.
 INFERENCE_CACHE_BYTES = env_int("INFERENCE_CACHE_BYTES", 4 * 1024**3, minimum=1)
 

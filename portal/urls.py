@@ -30,6 +30,9 @@ api_patterns: list[URLPattern | URLResolver] = [
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
 ]
 
+# Errors escaping a view or a middleware: a database outage answers 503 (JSON for the API).
+handler500 = "core.middleware.server_error"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", ThrottledLoginView.as_view(redirect_authenticated_user=True), name="login"),

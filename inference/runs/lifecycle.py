@@ -4,14 +4,23 @@ A worker claims a run by raising its `attempts`; every later update it makes is
 conditional on `status=running` and that attempt (`Claim.owned`), so a run that lost its
 claim (cancelled, swept as stale, superseded by a redelivered message) stops instead of
 writing over another's state.
+
+While a worker holds a run, a thread of its own writes the run's heartbeat every
+RUNS_HEARTBEAT_SECONDS (also during a long model load or chunk). So a message redelivered
+while that worker lives (a short broker visibility timeout) is not run a second time, and
+the sweep on Celery beat sees a run whose worker died (kill -9, out of memory, a container
+stopped) within RUNS_STALE_SECONDS: it queues it again, or fails it past the retry limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -20,8 +29,8 @@ import numpy as np
 from celery import Task
 from django.apps import apps
 from django.conf import settings
-from django.db import transaction
-from django.db.models import QuerySet
+from django.db import DatabaseError, connections, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from core.errors import Conflict, NotFound
@@ -39,6 +48,33 @@ ERROR_CHARS = 2000
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_gone(worker: str) -> bool:
+    """Whether the process named `worker` (host:pid) is known not to run the run any more:
+    it is this process (which is claiming it now), or a process of this host that is gone."""
+    if worker == worker_name():
+        return True
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host's process: only its silence (the sweep) tells
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # A zombie (killed, not yet reaped) runs nothing either.
+            return stat.read().rpartition(b")")[2].split()[0] == b"Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+# How each kind of tracked run is sent to its queue (registered by the app that owns the kind).
+_enqueuers: dict[type[TrackedRun], Callable[[Any], None]] = {}
+
+
+def run_kind_register(model: type[TrackedRun], enqueue: Callable[[Any], None]) -> None:
+    """Say how the sweep sends a run of this kind to a worker again (its id to its queue)."""
+    _enqueuers[model] = enqueue
 
 
 def _end_fields(run: TrackedRun) -> dict[str, Any]:
@@ -67,6 +103,10 @@ class Claim(Generic[R]):
 
     def _live(self) -> QuerySet[R]:
         return self.owned().filter(cancel_requested=False)
+
+    def alive(self) -> bool:
+        """Only say the worker still holds the run (the heartbeat thread); False once the claim is lost."""
+        return bool(self.owned().update(heartbeat_at=timezone.now()))
 
     def heartbeat(self, rows: int | None = None) -> bool:
         """Say the run is alive (and how many rows are done); False once the claim is lost or cancelled."""
@@ -146,6 +186,11 @@ def run_claim(model: type[R], run_id: Any, *, max_attempts: int = MAX_ATTEMPTS) 
         run = model._default_manager.select_for_update().filter(pk=run_id).first()
         if run is None or run.status not in ACTIVE_STATUSES:
             return run.status if run else "missing"
+        fresh = run.heartbeat_at is not None and run.heartbeat_at > now - timedelta(seconds=settings.RUNS_STALE_SECONDS)
+        if run.status == RunStatus.RUNNING and fresh and not _holder_gone(run.worker):
+            # A redelivered message of a run whose worker still beats: not run twice.
+            logger.info("%s is held by %s (heartbeat %s); not claimed again", run, run.worker, run.heartbeat_at)
+            return RunStatus.RUNNING
         failure = run.claim_refusal()
         if not failure and run.attempts >= max_attempts:
             failure = (
@@ -184,16 +229,51 @@ def run_lookup(runs: QuerySet[R], run_id: Any) -> R:
 
 
 def run_enqueue(run: TrackedRun, task: Task, queue: str) -> None:
-    """Send a queued run to `queue`; if the broker cannot take it, fail the run saying so."""
+    """Send a queued run to `queue`, noting when (in `heartbeat_at`, while it is queued).
+
+    If the broker cannot take it, the run stays queued with no such note, and the next sweep
+    sends it again: accepted work is never lost to a broker outage.
+    """
+    queued = type(run)._default_manager.filter(pk=run.pk, status=RunStatus.QUEUED)
     try:
         task.apply_async(args=[str(run.pk)], queue=queue)
     except Exception as exc:  # kombu raises OperationalError and friends
-        logger.exception("could not enqueue %s", run)
-        type(run)._default_manager.filter(pk=run.pk, status=RunStatus.QUEUED).update(
-            status=RunStatus.FAILED,
-            finished_at=timezone.now(),
-            error=f"The {run.noun} could not be queued (broker unavailable: {exc}). {run.retry_hint.capitalize()}.",
-        )
+        logger.warning("could not enqueue %s (sent again by the next sweep): %s", run, exc)
+        queued.update(heartbeat_at=None)
+        return
+    queued.update(heartbeat_at=timezone.now())
+
+
+class _HeartbeatThread(threading.Thread):
+    """Writes a claim's heartbeat every RUNS_HEARTBEAT_SECONDS until told to stop."""
+
+    def __init__(self, claim: Claim[Any]) -> None:
+        super().__init__(name=f"maas-run-heartbeat-{claim.run.pk}", daemon=True)
+        self.claim = claim
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.wait(settings.RUNS_HEARTBEAT_SECONDS):
+                try:
+                    if not self.claim.alive():
+                        return
+                except DatabaseError as exc:  # the database is away: the next beat tries again
+                    logger.warning("heartbeat of %s failed: %s", self.claim.run, exc)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+
+@contextlib.contextmanager
+def claim_heartbeat(claim: Claim[Any]) -> Iterator[None]:
+    """Keep the claim's heartbeat fresh while the body runs (model loads and long chunks included)."""
+    beating = _HeartbeatThread(claim)
+    beating.start()
+    try:
+        yield
+    finally:
+        # Not joined: a beat may be waiting on a lock the caller's transaction holds.
+        beating.stopping.set()
 
 
 def run_cancel(model: type[R], run_id: Any) -> R:
@@ -220,30 +300,59 @@ def run_cancel(model: type[R], run_id: Any) -> R:
 
 
 def stale_cutoff() -> datetime:
-    """Runs silent since before this can have no live worker.
+    """Runs whose heartbeat is older than this have no live worker (RUNS_STALE_SECONDS)."""
+    return timezone.now() - timedelta(seconds=settings.RUNS_STALE_SECONDS)
 
-    A dead worker's run comes back from the broker (acks_late) within its visibility
-    timeout; a run silent for longer than that plus the task time limit lost its message.
-    """
-    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
-    return timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + timeout + 60)
+
+def _interrupted(run: TrackedRun) -> str:
+    return (
+        f"The {run.noun} was interrupted {run.attempts} times: its worker ({run.worker or 'unknown'}) stopped "
+        f"reporting (it died, was killed or ran out of memory); it was not retried again; {run.retry_hint}."
+    )
 
 
 def stale_expire(model: type[TrackedRun]) -> int:
-    """Fail the running runs of one kind that no worker can still be running; returns how many."""
-    failed = 0
-    cutoff = stale_cutoff()
-    for run in model._default_manager.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff):
-        error = (
-            f"The worker running this {run.noun} ({run.worker or 'unknown'}) stopped reporting and it was not "
-            f"redelivered; {run.retry_hint}."
-        )
-        mine = model._default_manager.filter(pk=run.pk, status=RunStatus.RUNNING, attempts=run.attempts)
-        if mine.update(status=RunStatus.FAILED, finished_at=timezone.now(), error=error, **_end_fields(run)):
+    """Recover the runs of one kind whose worker is gone; returns how many were queued again or failed.
+
+    A running run silent for RUNS_STALE_SECONDS is queued again and sent to a worker (or, past
+    the retry limit, failed with the reason; cancelled if a user asked). A queued run whose
+    message is not known to be with the broker (sending failed, or sent RUNS_RESEND_SECONDS
+    ago: a broker restarted without its queues) is sent again; a claim never runs it twice.
+    """
+    manager = model._default_manager
+    now = timezone.now()
+    enqueue = _enqueuers.get(model)
+    acted = 0
+    for run in manager.filter(status=RunStatus.RUNNING, heartbeat_at__lt=stale_cutoff()):
+        mine = manager.filter(pk=run.pk, status=RunStatus.RUNNING, attempts=run.attempts)
+        end = {"finished_at": now, **_end_fields(run)}
+        if run.cancel_requested:
+            changed, message = mine.update(status=RunStatus.CANCELLED, **end), "cancelled"
+        elif run.attempts >= MAX_ATTEMPTS or enqueue is None:
+            error = _interrupted(run) if enqueue else (
+                f"The worker running this {run.noun} ({run.worker or 'unknown'}) stopped reporting; {run.retry_hint}."
+            )  # fmt: skip
+            changed, message = mine.update(status=RunStatus.FAILED, error=error[:ERROR_CHARS], **end), error
+        else:
+            # Its parts stay: a resumable run resumes after the last one saved.
+            changed, message = mine.update(status=RunStatus.QUEUED, heartbeat_at=None), "queued again"
+        if not changed:
+            continue
+        acted += 1
+        logger.warning("%s (worker %s silent since %s): %s", run, run.worker, run.heartbeat_at, message)
+        if run.cancel_requested or message != "queued again":
             paths_delete(_parts(run))
-            logger.warning("%s failed: %s", run, error)
-            failed += 1
-    return failed
+        elif enqueue is not None:
+            enqueue(run.pk)
+    if enqueue is not None:
+        resend = Q(heartbeat_at__isnull=True, created_at__lt=stale_cutoff()) | Q(
+            heartbeat_at__lt=now - timedelta(seconds=settings.RUNS_RESEND_SECONDS)
+        )
+        for run_id in manager.filter(resend, status=RunStatus.QUEUED).values_list("pk", flat=True):
+            logger.warning("%s %s was not known to be queued; sending it again", model.noun, run_id)
+            enqueue(run_id)
+            acted += 1
+    return acted
 
 
 def run_kinds() -> list[type[TrackedRun]]:

@@ -21,7 +21,7 @@ from django.db import transaction
 
 from inference.cache import LoadedModel, model_cache
 from inference.runs.arrays import batched_layout, npz_load
-from inference.runs.lifecycle import Claim, R, run_claim
+from inference.runs.lifecycle import Claim, R, claim_heartbeat, run_claim
 from inference.runs.models import RunStatus
 from inference.services import exception_summary
 
@@ -184,6 +184,11 @@ def work_run(model: type[R], run_id: Any, work_class: type[ChunkedWork[R]]) -> s
     claimed = run_claim(model, run_id)
     if isinstance(claimed, str):
         return claimed
+    with claim_heartbeat(claimed):
+        return _work(claimed, work_class)
+
+
+def _work(claimed: Claim[R], work_class: type[ChunkedWork[R]]) -> str:
     work = work_class(claimed)
     try:
         work.start()

@@ -16,6 +16,7 @@ import numpy as np
 from django.db import transaction
 from django.db.models import QuerySet
 
+from core import broker
 from core.errors import Conflict, InvalidInput, NotFound
 from inference.runs.arrays import npz_load, npz_save, paths_delete
 from inference.runs.lifecycle import MAX_ATTEMPTS, run_lookup, stale_expire
@@ -134,6 +135,8 @@ def evaluation_start(
         dataset.source_format,
         task=version.task,
     )
+    # Refused (503) before the run exists while the broker cannot take it.
+    broker.broker_check()
     with transaction.atomic():
         run = EvaluationRun.objects.create(
             version=version, dataset=dataset, batch_size=batch_size or version.max_batch_size,

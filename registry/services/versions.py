@@ -11,6 +11,7 @@ from django.core.files import File
 from django.db import transaction
 from django.utils import timezone
 
+from core import broker
 from core.errors import Conflict, InvalidInput, PayloadTooLarge
 from registry import hooks, signatures
 from registry.access import Action, model_require
@@ -130,6 +131,9 @@ def version_upload(
     a file is written: size, archive structure and format, signature, example, labels.
     """
     model_require(actor, model, Action.UPLOAD)
+    if enqueue:
+        # Refused (503) before anything is stored while the broker cannot take the validation.
+        broker.broker_check()
     size = file.size or 0
     if size == 0:
         raise InvalidInput("The uploaded file is empty.", field="file")

@@ -110,7 +110,7 @@ def test_eager_submit_runs_the_whole_job(owner, version, django_capture_on_commi
     assert job.status == "succeeded", job.error
 
 
-def test_broker_error_at_enqueue_fails_the_job_saying_so(
+def test_broker_error_at_enqueue_leaves_the_job_queued_for_the_sweep(
     owner, version, monkeypatch, django_capture_on_commit_callbacks
 ):
     def refuse(**kwargs: Any) -> None:
@@ -120,8 +120,8 @@ def test_broker_error_at_enqueue_fails_the_job_saying_so(
     with django_capture_on_commit_callbacks(execute=True):
         job = submit(owner, npz_bytes(features=rows(2)))
     job.refresh_from_db()
-    assert job.status == "failed"
-    assert "could not be queued" in job.error and "Connection refused" in job.error
+    # Accepted work is not lost: the sweep on beat sends it again (tests/inference/test_runs.py).
+    assert (job.status, job.heartbeat_at, job.error) == ("queued", None, "")
 
 
 def test_a_long_job_hands_over_to_fresh_tasks_and_resumes_from_saved_parts(owner, version, net, monkeypatch):
@@ -189,8 +189,10 @@ def test_a_job_whose_worker_died_is_resumed_then_failed_after_three_attempts(own
 
 
 def test_a_running_job_nobody_reports_on_is_failed_not_left_running(owner, version):
+    # At its retry limit (below it the sweep queues it again: tests/inference/test_runs.py).
     job = submit(owner, npz_bytes(features=rows(3)))
-    BatchJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=timezone.now() - timedelta(days=1))
+    BatchJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=timezone.now() - timedelta(days=1),
+                                              attempts=3)  # fmt: skip
     fresh = submit(owner, npz_bytes(features=rows(3)))
     BatchJob.objects.filter(pk=fresh.pk).update(status="running", heartbeat_at=timezone.now())
     assert jobs.jobs_expire_stale() == 1

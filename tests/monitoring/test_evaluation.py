@@ -262,7 +262,7 @@ def test_a_running_evaluation_whose_worker_went_silent_is_failed_by_the_sweep_no
     dataset = services.dataset_create(actor=owner, model=production.model, name="d", filename="d.npz",
                                       file=npz_file(features=iris_data[0], labels=iris_data[1]))  # fmt: skip
     run = services.evaluation_start(actor=owner, version=production, dataset=dataset)
-    EvaluationRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, worker="gpu-3:41",
+    EvaluationRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, worker="gpu-3:41", attempts=3,
                                                    heartbeat_at=timezone.now() - timedelta(days=1))  # fmt: skip
     # Reading is only reading: the page and the API show the run as it is.
     assert api(owner).get(f"/api/v1/evaluations/{run.pk}/").json()["status"] == "running"

@@ -35,12 +35,13 @@ def test_the_beat_schedule_names_registered_tasks_each_expiring_before_its_next_
 
 @pytest.fixture
 def stale_runs(owner: Any, ready_version: Any) -> tuple[BatchJob, EvaluationRun]:
-    """A batch job and an evaluation that say `running` but whose worker went silent a day ago."""
+    """A batch job and an evaluation that say `running` but whose worker went silent a day ago,
+    at their retry limit (below it, the sweep queues them again: tests/inference/test_runs.py)."""
     version = ready_version()
     job = BatchJob.objects.create(
         version=version, model_name="iris", version_number=1, created_by=owner, input_format="npz",
         result_format="npz", input_path="jobs/x/input.npz", total_rows=3, chunk_size=1, status="running",
-        heartbeat_at=timezone.now() - LONG_AGO, attempts=1,
+        heartbeat_at=timezone.now() - LONG_AGO, attempts=3,
     )  # fmt: skip
     dataset = EvaluationDataset.objects.create(
         model=version.model, name="d", task="classification", source_format="npz", path="evaluation/d.npz",
@@ -48,12 +49,12 @@ def stale_runs(owner: Any, ready_version: Any) -> tuple[BatchJob, EvaluationRun]
     )  # fmt: skip
     evaluation = EvaluationRun.objects.create(
         version=version, dataset=dataset, batch_size=1, total_rows=3, created_by=owner, status="running",
-        heartbeat_at=timezone.now() - LONG_AGO, attempts=1,
+        heartbeat_at=timezone.now() - LONG_AGO, attempts=3,
     )  # fmt: skip
     return job, evaluation
 
 
-def test_the_sweep_task_fails_stale_jobs_and_evaluations_with_a_reason(stale_runs):
+def test_the_sweep_task_fails_stale_jobs_and_evaluations_at_their_retry_limit_with_a_reason(stale_runs):
     job, evaluation = stale_runs
     counts = runs_expire_stale.apply().get()
     assert counts == {"inference.BatchJob": 1, "monitoring.EvaluationRun": 1}
