@@ -322,7 +322,7 @@ class Gateway:
                 done, _ = await asyncio.wait({future}, timeout=min(WATCH_SECONDS, remaining))
                 if done:
                     return future.result()
-                await self.serving_check(target, sent=True)
+                await self.serving_check(target, sent=batch_id)
         except BaseException:
             self.pending.pop(batch_id, None)
             raise
@@ -333,18 +333,20 @@ class Gateway:
             "(workers busy, stopped, or one died while running the batch).",
         )
 
-    async def serving_check(self, target: Target, *, sent: bool = False) -> None:
-        """Refuse (503) a batch no live worker can serve now: none listens on the target's queue
-        (any more, once `sent`), or the version is still loading (Retry-After) and none holds it."""
+    async def serving_check(self, target: Target, *, sent: str = "") -> None:
+        """Refuse (503) a batch no live worker can serve now: none listens on the target's queue,
+        the worker computing the `sent` batch died, or the version is still loading (with a
+        Retry-After) and no worker holds it."""
         beats = [beat for beat in await self.live_workers() if target.queue in beat.queues]
+        horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
+        if sent and (not beats or any(sent in beat.batches and beat.beat_at <= horizon for beat in self.workers[1])):
+            raise HttpError(
+                503,
+                f"The worker running the request for model {target.model_name!r} v{target.version} stopped (it "
+                "died or was shut down) before it answered.",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         if not beats:
-            if sent:
-                raise HttpError(
-                    503,
-                    f"The worker serving model {target.model_name!r} v{target.version} stopped (it died or was "
-                    f"shut down) while running the request; no live worker serves queue {target.queue!r}.",
-                    {"Retry-After": str(RETRY_AFTER_SECONDS)},
-                )
             raise HttpError(
                 503,
                 f"No live worker serves queue {target.queue!r} for model {target.model_name!r} "

@@ -61,6 +61,9 @@ class ServingLoop(threading.Thread):
         self.redis = shared_redis.client(timeout=10)
         self.stopping = threading.Event()
         self.identity = worker_id()
+        # The batches being computed, published by the heartbeat: a gateway that sees them in
+        # the last heartbeat of a worker that died answers their requests 503 at once.
+        self.busy: list[str] = []
 
     def run(self) -> None:
         logger.info("serving predictions from %s as %s", ", ".join(self.queues), self.identity)
@@ -80,7 +83,10 @@ class ServingLoop(threading.Thread):
                     if item is None:
                         continue
                     messages = [cast(bytes, item[1])]
-                unsent = self.handle(_decoded(messages))
+                decoded = _decoded(messages)
+                self.busy = [message.batch_id for message in decoded]
+                unsent = self.handle(decoded)
+                self.busy = []
             except redis.RedisError as exc:
                 logger.warning("serving loop lost Redis (%s); retrying", exc)
                 time.sleep(1)
@@ -117,7 +123,7 @@ class ServingLoop(threading.Thread):
     def _heartbeat(self) -> None:
         cache = model_cache()
         loaded = [model.version_id for model in cache.loaded()]
-        beat = wire.Heartbeat(self.queues, time.time(), loaded, cache.loading())
+        beat = wire.Heartbeat(self.queues, time.time(), loaded, cache.loading(), list(self.busy))
         self.redis.hset(wire.WORKERS_KEY, self.identity, beat.encode())
         telemetry.worker_heartbeat(self.identity, len(loaded))
 

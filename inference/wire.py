@@ -238,8 +238,9 @@ class BatchReply:
 
 @dataclass(slots=True)
 class Heartbeat:
-    """A worker's registration: the queues it serves, the versions it holds and those it is
-    loading, as of `beat_at`."""
+    """A worker's registration as of `beat_at`: the queues it serves, the versions it holds and
+    those it is loading, and the batches it is computing (so a gateway knows whose death
+    leaves its request unanswered)."""
 
     KIND: ClassVar[str] = "beat.2"
 
@@ -247,23 +248,25 @@ class Heartbeat:
     beat_at: float  # epoch seconds
     loaded: list[int]  # model version ids resident in the worker's cache
     loading: list[int] = field(default_factory=list)  # version ids being loaded right now
+    batches: list[str] = field(default_factory=list)  # ids of the batches being computed right now
 
     def encode(self) -> bytes:
-        return _pack([self.KIND, self.queues, self.beat_at, self.loaded, self.loading])
+        return _pack([self.KIND, self.queues, self.beat_at, self.loaded, self.loading, self.batches])
 
     @classmethod
     def decode(cls, raw: bytes) -> Heartbeat:
-        _, queues, beat_at, loaded, loading = _fields(raw, cls.KIND, 4)
+        _, queues, beat_at, loaded, loading, batches = _fields(raw, cls.KIND, 5)
         if not (
             isinstance(queues, list) and isinstance(beat_at, float | int) and isinstance(loaded, list)
-            and isinstance(loading, list)
+            and isinstance(loading, list) and isinstance(batches, list)
         ):  # fmt: skip
-            raise _mistyped(cls.KIND, "queues beat_at loaded loading", queues, beat_at, loaded, loading)
-        if not all(isinstance(queue, str) for queue in queues):
-            raise WireError("queues must be strings")
+            raise _mistyped(cls.KIND, "queues beat_at loaded loading batches", queues, beat_at, loaded, loading,
+                            batches)  # fmt: skip
+        if not all(isinstance(text, str) for text in [*queues, *batches]):
+            raise WireError("queues and batches must be strings")
         if not all(isinstance(version, int) for version in [*loaded, *loading]):
             raise WireError("loaded and loading versions must be integers")
-        return cls(queues, beat_at, loaded, loading)
+        return cls(queues, beat_at, loaded, loading, batches)
 
 
 __all__ = [

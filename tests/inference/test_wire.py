@@ -95,8 +95,8 @@ def test_batch_reply_round_trips_outputs_and_failures_in_order():
 
 
 def test_heartbeat_round_trips():
-    assert Heartbeat.decode(Heartbeat(["inference", "gpu"], 12.5, [3, 4], [5]).encode()) == Heartbeat(
-        ["inference", "gpu"], 12.5, [3, 4], [5]
+    assert Heartbeat.decode(Heartbeat(["inference", "gpu"], 12.5, [3, 4], [5], ["b1"]).encode()) == Heartbeat(
+        ["inference", "gpu"], 12.5, [3, 4], [5], ["b1"]
     )
 
 
@@ -168,11 +168,13 @@ def test_batch_reply_refuses_malformed_answers(answers, fragment):
 @pytest.mark.parametrize(
     "fields",
     [
-        ["beat.2", "inference", 1.0, [], []],
-        ["beat.2", [1], 1.0, [], []],
-        ["beat.2", [], 1.0, ["3"], []],
-        ["beat.2", [], None, [], []],
-        ["beat.2", [], 1.0, [], ["4"]],
+        ["beat.2", "inference", 1.0, [], [], []],
+        ["beat.2", [1], 1.0, [], [], []],
+        ["beat.2", [], 1.0, ["3"], [], []],
+        ["beat.2", [], None, [], [], []],
+        ["beat.2", [], 1.0, [], ["4"], []],
+        ["beat.2", [], 1.0, [], [], [5]],
+        ["beat.2", [], 1.0, [], []],
         ["beat.1", [], 1.0, []],
     ],
 )
