@@ -273,11 +273,12 @@ class Worker:
 
 
 def start_worker(
-    processes: Processes, environment: dict[str, str], log: Path, queues: str = "default,inference"
-) -> Worker:
+    processes: Processes, environment: dict[str, str], log: Path, queues: str = "default,inference",
+    concurrency: int = 1,
+) -> Worker:  # fmt: skip
     """Start a worker owned by `processes` and wait until it consumes."""
     name = f"test-{uuid.uuid4().hex[:8]}@%h"
-    argv = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--queues", queues, "--concurrency", "1",
+    argv = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--queues", queues, "--concurrency", str(concurrency),
             "--hostname", name, "--without-mingle", "--without-gossip", "--loglevel", "INFO"]  # fmt: skip
     worker = Worker(processes.start(argv, environment, log), log, name)
 
