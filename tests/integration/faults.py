@@ -17,10 +17,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
-from tests.worker import ROOT, Processes, free_port
+from tests.worker import ROOT, Processes, free_port, redis_start, start_gateway, start_worker
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -106,3 +108,35 @@ def start_beat(processes: Processes, environment: dict[str, str], directory: Pat
     argv = [sys.executable, "-m", "celery", "-A", "portal", "beat", "--schedule", str(directory / "beat-schedule"),
             "--loglevel", "INFO"]  # fmt: skip
     processes.start(argv, environment, directory / "beat.log")
+
+
+class Stack:
+    """A private broker, web process and the environment for workers, for one test."""
+
+    def __init__(self, processes: Processes, environment: dict[str, str], directory: Path, token: str) -> None:
+        self.processes = processes
+        self.directory = directory
+        self.token = token
+        self.redis, self.redis_url = redis_start(processes, directory / "redis", unix_socket=False)
+        self.port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        self.environment = environment | {
+            "CELERY_BROKER_URL": self.redis_url, "CELERY_RESULT_BACKEND": self.redis_url,
+            "INFERENCE_REDIS_URL": self.redis_url,
+        }  # fmt: skip
+        _, self.base = start_gateway(processes, self.environment, directory / "gateway.log")
+
+    def worker(self, name: str, **kwargs: Any) -> Any:
+        return start_worker(self.processes, self.environment, self.directory / f"{name}.log", **kwargs)
+
+    def redis_restart(self) -> None:
+        """Stop the broker and start a fresh one on the same port: whatever it held is gone."""
+        self.processes.stop(self.redis)
+        self.redis, _ = redis_start(self.processes, self.directory / "redis", unix_socket=False, port=self.port)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return requests.post(f"{self.base}{path}", headers=headers, timeout=60, **kwargs)
+
+    def infer(self, model: str, body: Any, timeout: float = 60) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return requests.post(f"{self.base}/v2/models/{model}/infer", json=body, headers=headers, timeout=timeout)

@@ -30,9 +30,9 @@ from portal import demo
 from registry import services
 from registry.models import ModelVersion
 from tests.conftest import upload_file
-from tests.integration.faults import start_beat
+from tests.integration.faults import Stack, start_beat
 from tests.run_environment import run_dir
-from tests.worker import Processes, redis_start, start_gateway, start_worker, until
+from tests.worker import Processes, redis_start, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -72,36 +72,9 @@ def spinning(owner: Any, tmp_path: Path) -> ModelVersion:
     return version
 
 
-class Stack:
-    """A private broker, web process and the environment for workers, for one test."""
-
-    def __init__(self, processes: Processes, environment: dict[str, str], directory: Path, token: str) -> None:
-        self.processes = processes
-        self.directory = directory
-        self.token = token
-        self.redis, self.redis_url = redis_start(processes, directory / "redis", unix_socket=False)
-        self.port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
-        self.environment = environment | FAST_RECOVERY | {
-            "CELERY_BROKER_URL": self.redis_url, "CELERY_RESULT_BACKEND": self.redis_url,
-            "INFERENCE_REDIS_URL": self.redis_url,
-        }  # fmt: skip
-        _, self.base = start_gateway(processes, self.environment, directory / "gateway.log")
-
-    def worker(self, name: str, **kwargs: Any) -> Any:
-        return start_worker(self.processes, self.environment, self.directory / f"{name}.log", **kwargs)
-
-    def redis_restart(self) -> None:
-        """Stop the broker and start a fresh one on the same port: whatever it held is gone."""
-        self.processes.stop(self.redis)
-        self.redis, _ = redis_start(self.processes, self.directory / "redis", unix_socket=False, port=self.port)
-
-    def post(self, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        return requests.post(f"{self.base}{path}", headers=headers, timeout=60, **kwargs)
-
-    def submit_job(self, rows: int = ROWS) -> requests.Response:
-        return self.post("/api/v1/jobs/", files={"file": ("x.npz", _features(rows))},
-                         data={"model": "spin", "chunk_size": "1"})  # fmt: skip
+def submit_job(stack: Stack, rows: int = ROWS) -> requests.Response:
+    return stack.post("/api/v1/jobs/", files={"file": ("x.npz", _features(rows))},
+                      data={"model": "spin", "chunk_size": "1"})  # fmt: skip
 
 
 def _features(rows: int) -> bytes:
@@ -116,13 +89,13 @@ def _features(rows: int) -> bytes:
 def stack(service_environment: dict[str, str], owner: Any, processes: Processes, request: Any) -> Stack:
     token = token_services.token_create(user=owner, name="recovery")[1]
     directory = run_dir() / f"recovery-{request.node.name[:40]}"
-    return Stack(processes, service_environment, directory, token)
+    return Stack(processes, service_environment | FAST_RECOVERY, directory, token)
 
 
 def test_a_job_whose_worker_group_is_killed_is_taken_up_by_a_restarted_worker_within_a_minute(stack, spinning):
     start_beat(stack.processes, stack.environment, stack.directory)
     first = stack.worker("worker-1")
-    submitted = stack.submit_job()
+    submitted = submit_job(stack)
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["id"]
     until(lambda: BatchJob.objects.get(pk=job_id).rows_done >= 2, PATIENCE, "the job ran", first.log)
@@ -140,9 +113,7 @@ def test_a_job_whose_worker_group_is_killed_is_taken_up_by_a_restarted_worker_wi
     assert taken_up < 60
 
 
-def test_a_short_visibility_timeout_does_not_run_an_evaluation_twice_while_its_worker_lives(
-    stack, spinning, owner
-):
+def test_a_short_visibility_timeout_does_not_run_an_evaluation_twice_while_its_worker_lives(stack, spinning, owner):
     stack.environment["CELERY_VISIBILITY_TIMEOUT"] = "1"
     # Two pool processes: a redelivered message would be taken at once by the idle one.
     worker = stack.worker("worker", concurrency=2)
@@ -198,7 +169,7 @@ def test_a_broker_outage_refuses_submissions_at_once_and_a_job_queued_across_a_r
     jobs = BatchJob.objects.count()
     versions = ModelVersion.objects.count()
     for refused in (
-        lambda: stack.submit_job(rows=3),
+        lambda: submit_job(stack, rows=3),
         lambda: stack.post("/api/v1/models/spin/versions/", files={"file": ("m.pt", model_files["torchscript"]
                                                                             .read_bytes())},
                            data={"signature": '{"inputs": [{"name": "features", "datatype": "FP32", '
@@ -212,12 +183,13 @@ def test_a_broker_outage_refuses_submissions_at_once_and_a_job_queued_across_a_r
         assert answer.headers["Retry-After"]
         assert elapsed < 5, f"refused after {elapsed:.1f}s"
     # Nothing was stored: no job, no version, no evaluation.
-    assert (BatchJob.objects.count(), ModelVersion.objects.count(), EvaluationRun.objects.count()) == (jobs, versions, 0)
+    counts = (BatchJob.objects.count(), ModelVersion.objects.count(), EvaluationRun.objects.count())
+    assert counts == (jobs, versions, 0)
 
     # The broker returns; a job is accepted while no worker runs, then the broker restarts
     # empty (no persistence): the queued job's message is gone.
     stack.redis, _ = redis_start(stack.processes, stack.directory / "redis", unix_socket=False, port=stack.port)
-    submitted = stack.submit_job(rows=3)
+    submitted = submit_job(stack, rows=3)
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["id"]
     stack.redis_restart()

@@ -1,0 +1,133 @@
+"""The gateway knows when workers die or are busy loading, and says so at once (503), not at its timeout.
+
+A broker (Redis on TCP), web process and worker of each test's own; the database is the run's
+test database (SQLite or PostgreSQL). Workers are killed for real (kill -9 of the group).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import torch
+
+from accounts import services as token_services
+from inference import validation
+from portal import demo
+from registry import services
+from tests.conftest import upload_file
+from tests.integration.faults import Stack
+from tests.run_environment import run_dir
+from tests.worker import Processes, until
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+             "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]}  # fmt: skip
+# Matrix products: ~0.2 s of a core per 10,000 here.
+WARM_UP_SPIN = 300_000
+
+
+class SlowToWarm(torch.nn.Module):
+    """Spins for as many matrix products as its first feature asks, and for WARM_UP_SPIN on inputs
+    that are not whole numbers (the random warm-up of a load): its load takes seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.eye(64) * 0.5)
+        self.warm_up_spin = WARM_UP_SPIN
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spins = int(x[:, 0].sum().item())
+        if bool((x != x.round()).any()):
+            spins = self.warm_up_spin
+        spin = torch.zeros(1, 64)
+        for _ in range(spins):
+            spin = torch.tanh(spin @ self.weight)
+        return x + spin[:, :1] * 0.0
+
+
+def body(spins: int) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [float(spins), 1.0, 2.0, 3.0]}]}
+
+
+@pytest.fixture
+def slow(owner: Any, tmp_path: Path) -> Any:
+    model = services.model_create(actor=owner, name="slow")
+    version = upload_file(owner, model, demo.save_torchscript(SlowToWarm(), tmp_path / "slow.pt"),
+                          signature=SIGNATURE, enqueue=False)  # fmt: skip
+    assert validation.version_validate(version.pk) == "ready"
+    services.alias_set(actor=owner, model=model, name="production", version_number=version.version)
+    return version
+
+
+def stack_with(service_environment: dict[str, str], owner: Any, processes: Processes, name: str,
+               **settings: str) -> Stack:  # fmt: skip
+    token = token_services.token_create(user=owner, name=name)[1]
+    return Stack(processes, service_environment | settings, run_dir() / name, token)
+
+
+def test_ready_drops_within_two_seconds_of_the_last_worker_dying_and_a_waiting_request_gets_503(
+    service_environment, owner, processes, slow
+):
+    stack = stack_with(service_environment, owner, processes, "worker-death", INFERENCE_TIMEOUT_SECONDS="30")
+    worker = stack.worker("worker")
+    ready = f"{stack.base}/v2/health/ready"
+    until(lambda: requests.get(ready, timeout=5).status_code == 200, 30, "ready", worker.log)
+    # The model is loaded (the load is slow): then a request that computes for a long while.
+    until(lambda: stack.infer("slow", body(0)).status_code == 200, 90, "the model served", worker.log)
+    outcome: dict[str, Any] = {}
+
+    def long_request() -> None:
+        outcome["answer"] = stack.infer("slow", body(2_000_000))  # ~40 s of work
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    time.sleep(1.5)
+    os.killpg(worker.process.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    until(lambda: requests.get(ready, timeout=5).status_code == 503, 10, "not ready")
+    not_ready_after = time.monotonic() - killed
+    thread.join(timeout=30)
+    answered_after = time.monotonic() - killed
+    answer = outcome["answer"]
+    assert answer.status_code == 503, answer.text
+    assert "stopped" in answer.json()["error"] and answer.headers["Retry-After"]
+    print(f"not ready {not_ready_after:.2f}s and the waiting request answered 503 {answered_after:.2f}s after the kill")
+    assert not_ready_after < 3 and answered_after < 5
+    # A request with no worker left is refused at once, not after the 30 s timeout.
+    started = time.monotonic()
+    assert stack.infer("slow", body(0)).status_code == 503
+    assert time.monotonic() - started < 3
+
+
+def test_a_model_slower_to_load_than_the_timeout_is_answered_503_loading_until_it_serves(
+    service_environment, owner, processes, slow
+):
+    stack = stack_with(service_environment, owner, processes, "slow-load", INFERENCE_TIMEOUT_SECONDS="2")
+    worker = stack.worker("worker")
+    until(lambda: requests.get(f"{stack.base}/v2/health/ready", timeout=5).status_code == 200, 30, "ready")
+    answers = []
+    began = time.monotonic()
+    while time.monotonic() - began < 120:
+        started = time.monotonic()
+        answer = stack.infer("slow", body(0))
+        answers.append((answer.status_code, time.monotonic() - started, answer))
+        if answer.status_code == 200:
+            break
+        time.sleep(0.2)
+    statuses = [status for status, _, _ in answers]
+    assert statuses[-1] == 200, (statuses, worker.output()[-3000:])
+    loading = [answer for status, _, answer in answers if status == 503]
+    assert loading, statuses
+    assert all("is loading" in answer.json()["error"] and answer.headers["Retry-After"] for answer in loading)
+    # Never a 504: each refusal came before the 2 s timeout, and the load went on meanwhile.
+    assert set(statuses) == {503, 200}
+    assert max(elapsed for status, elapsed, _ in answers if status == 503) < 2
+    print(f"{len(loading)} answers 503 loading, then 200 after {time.monotonic() - began:.1f}s")
