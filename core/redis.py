@@ -52,6 +52,15 @@ def client(timeout: float | None = DEFAULT_TIMEOUT) -> redis.Redis:
     return found
 
 
+def named_client(name: str, timeout: float = DEFAULT_TIMEOUT) -> redis.Redis:
+    """A client of its own (not cached) whose connections carry `name` (CLIENT SETNAME): while
+    the process lives its connection stays open, so others can tell it is alive from CLIENT LIST."""
+    return redis.Redis.from_url(
+        redis_url(), socket_timeout=timeout, socket_connect_timeout=CONNECT_TIMEOUT, client_name=name,
+        health_check_interval=HEALTH_CHECK_SECONDS,
+    )  # fmt: skip
+
+
 def async_client(timeout: float | None = DEFAULT_TIMEOUT) -> aioredis.Redis:
     """The running event loop's client; `timeout=None` for BRPOP and pub/sub listeners."""
     clients = _async.setdefault(asyncio.get_running_loop(), {})

@@ -104,6 +104,16 @@ async def database(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) 
         ) from None
 
 
+async def _worker_connections(client: aioredis.Redis) -> set[str] | None:
+    """Identities of the workers whose heartbeat connection is open; None where CLIENT LIST is refused."""
+    try:
+        clients = await client.client_list(_type="normal")
+    except redis.ResponseError:  # disabled or renamed on some managed servers: the TTL alone decides
+        return None
+    prefix = wire.WORKER_CLIENT_PREFIX
+    return {entry["name"].removeprefix(prefix) for entry in clients if entry.get("name", "").startswith(prefix)}
+
+
 def _database_ping() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -223,8 +233,11 @@ class Gateway:
         self.coalescers: dict[int, Coalescer] = {}
         self.users: dict[str, tuple[float, Any]] = {}
         self.targets: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
-        self.workers: tuple[float, list[wire.Heartbeat]] = (0.0, [])
+        # When the heartbeats were read, those of live workers, and those of the dead.
+        self.workers: tuple[float, list[wire.Heartbeat], list[wire.Heartbeat]] = (0.0, [], [])
         self.database_ok_at = 0.0
+        # Versions seen loading on a worker, and since when (a short load is waited for).
+        self.loading_since: dict[int, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -323,6 +336,8 @@ class Gateway:
                 if done:
                     return future.result()
                 await self.serving_check(target, sent=batch_id)
+            # Out of time while the version still loads: 503 loading (retry), not a 504.
+            await self.serving_check(target, sent=batch_id, deadline=True)
         except BaseException:
             self.pending.pop(batch_id, None)
             raise
@@ -333,13 +348,13 @@ class Gateway:
             "(workers busy, stopped, or one died while running the batch).",
         )
 
-    async def serving_check(self, target: Target, *, sent: str = "") -> None:
+    async def serving_check(self, target: Target, *, sent: str = "", deadline: bool = False) -> None:
         """Refuse (503) a batch no live worker can serve now: none listens on the target's queue,
         the worker computing the `sent` batch died, or the version is still loading (with a
-        Retry-After) and no worker holds it."""
+        Retry-After) and no worker holds it: for longer than half the timeout (a request then
+        would likely wait past it), or at the `deadline` of a request that waited for it."""
         beats = [beat for beat in await self.live_workers() if target.queue in beat.queues]
-        horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
-        if sent and (not beats or any(sent in beat.batches and beat.beat_at <= horizon for beat in self.workers[1])):
+        if sent and (not beats or any(sent in beat.batches for beat in self.workers[2])):
             raise HttpError(
                 503,
                 f"The worker running the request for model {target.model_name!r} v{target.version} stopped (it "
@@ -353,9 +368,15 @@ class Gateway:
                 f"(start one: celery -A portal worker -Q {target.queue}).",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        if any(target.version_id in beat.loading for beat in beats) and not any(
+        if not any(target.version_id in beat.loading for beat in beats) or any(
             target.version_id in beat.loaded for beat in beats
         ):
+            self.loading_since.pop(target.version_id, None)
+            return
+        # A short load is waited for; once it has lasted half the timeout, requests are refused
+        # at once, so none runs into the timeout while the load goes on.
+        since = self.loading_since.setdefault(target.version_id, time.monotonic())
+        if deadline or time.monotonic() - since >= settings.INFERENCE_TIMEOUT_SECONDS / 2:
             raise HttpError(
                 503,
                 f"Model {target.model_name!r} v{target.version} is loading on a worker; retry shortly.",
@@ -426,22 +447,33 @@ class Gateway:
         return {queue for beat in await self.live_workers() for queue in beat.queues}
 
     async def live_workers(self) -> list[wire.Heartbeat]:
-        """The heartbeats of live workers (read at most every WATCH_SECONDS)."""
-        fetched, workers = self.workers
-        if time.monotonic() - fetched > WATCH_SECONDS:
-            try:
-                raw = await self._connect().hgetall(wire.WORKERS_KEY)
-            except (redis.RedisError, OSError) as exc:
-                raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
-            workers = []
-            for key, value in raw.items():
-                try:
-                    workers.append(wire.Heartbeat.decode(cast(bytes, value)))
-                except wire.WireError as exc:  # a worker of another release, or garbage: not live
-                    logger.warning("ignoring worker %r: %s", key, exc)
-            self.workers = (time.monotonic(), workers)
+        """The heartbeats of live workers (read at most every WATCH_SECONDS).
+
+        Live: a heartbeat younger than INFERENCE_WORKER_TTL_SECONDS and, where Redis lists its
+        clients, the worker's heartbeat connection still open (closed by the kernel when the
+        process dies, so a death is seen at the next read rather than after the TTL).
+        """
+        fetched, live, _ = self.workers
+        if time.monotonic() - fetched <= WATCH_SECONDS:
+            return live
+        client = self._connect()
+        try:
+            raw = await client.hgetall(wire.WORKERS_KEY)
+            connected = await _worker_connections(client)
+        except (redis.RedisError, OSError) as exc:
+            raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
         horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
-        return [beat for beat in workers if beat.beat_at > horizon]
+        live, dead = [], []
+        for key, value in raw.items():
+            try:
+                beat = wire.Heartbeat.decode(cast(bytes, value))
+            except wire.WireError as exc:  # a worker of another release, or garbage: not live
+                logger.warning("ignoring worker %r: %s", key, exc)
+                continue
+            alive = beat.beat_at > horizon and (connected is None or cast(bytes, key).decode() in connected)
+            (live if alive else dead).append(beat)
+        self.workers = (time.monotonic(), live, dead)
+        return live
 
     async def database_check(self) -> None:
         """503 unless the database answers within a second (a success is reused for WATCH_SECONDS)."""

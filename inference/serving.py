@@ -70,6 +70,7 @@ class ServingLoop(threading.Thread):
         # The heartbeat has a thread of its own: a worker busy loading a model or computing a
         # long batch is alive (and says what it loads), and one that died is seen within
         # INFERENCE_WORKER_TTL_SECONDS, since nothing writes its heartbeat any more.
+        self.beats = shared_redis.named_client(f"{wire.WORKER_CLIENT_PREFIX}{self.identity}")
         threading.Thread(target=self._beat, name="maas-serving-heartbeat", daemon=True).start()
         # Replies of the last batch ride in the same round trip as the next pop, so a busy
         # worker pays one Redis round trip per cycle; an idle one blocks in BRPOP.
@@ -124,7 +125,7 @@ class ServingLoop(threading.Thread):
         cache = model_cache()
         loaded = [model.version_id for model in cache.loaded()]
         beat = wire.Heartbeat(self.queues, time.time(), loaded, cache.loading(), list(self.busy))
-        self.redis.hset(wire.WORKERS_KEY, self.identity, beat.encode())
+        self.beats.hset(wire.WORKERS_KEY, self.identity, beat.encode())
         telemetry.worker_heartbeat(self.identity, len(loaded))
 
     def handle(self, messages: list[BatchRequest]) -> list[tuple[BatchRequest, BatchReply]]:

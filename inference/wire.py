@@ -29,6 +29,9 @@ from core.datatypes import NUMPY_DTYPES, datatype_of_array
 QUEUE_PREFIX = "maas:serve:"
 REPLY_PREFIX = "maas:reply:"
 WORKERS_KEY = "maas:workers"
+# A worker's heartbeat connection is named this plus its identity: it closes when the process
+# dies, however it dies, so a gateway sees the death at once in CLIENT LIST.
+WORKER_CLIENT_PREFIX = "maas-worker:"
 # A reply nobody collects (its gateway died) disappears after this many seconds.
 REPLY_TTL_SECONDS = 120
 

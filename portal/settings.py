@@ -243,10 +243,11 @@ INFERENCE_MAX_ELEMENTS = env_int("INFERENCE_MAX_ELEMENTS", 16 * 1024**2, minimum
 # arrive meanwhile are coalesced into the next batch.
 INFERENCE_MAX_IN_FLIGHT = env_int("INFERENCE_MAX_IN_FLIGHT", 1, minimum=1)
 # A worker is live while its heartbeat (written by a thread of its own every
-# INFERENCE_HEARTBEAT_SECONDS, also while it loads or computes) is younger than this: the
-# gateway sees a worker's death within about this long (readiness, 503 to waiting requests).
+# INFERENCE_HEARTBEAT_SECONDS, also while it loads or computes) is younger than
+# INFERENCE_WORKER_TTL_SECONDS and its heartbeat connection to Redis is open: a worker that
+# dies is seen at once (its connection closes), a hung one after the TTL.
 INFERENCE_HEARTBEAT_SECONDS = env_float("INFERENCE_HEARTBEAT_SECONDS", 0.5, minimum=0.05)
-INFERENCE_WORKER_TTL_SECONDS = env_float("INFERENCE_WORKER_TTL_SECONDS", 1.5, minimum=0.1)
+INFERENCE_WORKER_TTL_SECONDS = env_float("INFERENCE_WORKER_TTL_SECONDS", 5.0, minimum=0.1)
 # Memory a worker may fill with resident models before it evicts the least recently used.
 INFERENCE_CACHE_BYTES = env_int("INFERENCE_CACHE_BYTES", 4 * 1024**3, minimum=1)
 

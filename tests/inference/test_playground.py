@@ -51,7 +51,9 @@ def worker() -> Iterator[list[GenerateRequest]]:
     taken: list[GenerateRequest] = []
     stop = threading.Event()
     redis = shared_redis.client()
-    redis.hset(wire.WORKERS_KEY, WORKER, wire.Heartbeat([QUEUE], time.time() + 60, []).encode())
+    # Its heartbeat rides a connection named like a worker's, open while the fixture lasts.
+    beats = shared_redis.named_client(f"{wire.WORKER_CLIENT_PREFIX}{WORKER}")
+    beats.hset(wire.WORKERS_KEY, WORKER, wire.Heartbeat([QUEUE], time.time() + 60, []).encode())
 
     def run() -> None:
         while not stop.is_set():
@@ -69,6 +71,7 @@ def worker() -> Iterator[list[GenerateRequest]]:
     yield taken
     stop.set()
     thread.join(5)
+    beats.close()
 
 
 def post(client: Client, target: str, body: Any) -> Any:

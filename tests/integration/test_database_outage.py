@@ -61,7 +61,10 @@ def test_postgres_stopping_gives_json_503s_and_not_ready_then_service_resumes_wi
     directory = run_dir() / "database-outage"
     with private_postgres() as server:
         _, redis_url = redis_start(processes, directory / "redis", unix_socket=False)
-        fake_worker_beat["client"] = redis.Redis.from_url(redis_url)
+        # Named like a worker's heartbeat connection, which the gateway checks is open.
+        fake_worker_beat["client"] = redis.Redis.from_url(
+            redis_url, client_name=f"{wire.WORKER_CLIENT_PREFIX}outage-test:1"
+        )
         environment = {key: value for key, value in service_environment.items() if key != "SQLITE_PATH"}
         environment |= POSTGRES_SETTINGS | {
             "DATABASE_URL": server.create_database("portal"), "CELERY_BROKER_URL": redis_url,

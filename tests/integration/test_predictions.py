@@ -156,15 +156,15 @@ def test_model_that_raises_gets_422_naming_it_and_the_worker_stays_up(gateway_ur
     assert response.status_code == 200 and response.json()["outputs"][0]["data"] == [2, 2, 2, 2]
 
 
-def test_no_worker_on_the_queue_times_out_with_504(gateway_url, token, served, owner, registered_model,
-                                                  service_environment):  # fmt: skip
+def test_no_worker_on_the_queue_is_refused_503_at_once(gateway_url, token, served, owner, registered_model,
+                                                       service_environment):  # fmt: skip
     RegisteredModel.objects.filter(pk=registered_model.pk).update(serving_queue="nobody-listens")
     services.model_update(actor=owner, model=RegisteredModel.objects.get(pk=registered_model.pk), description="moved")
     started = time.monotonic()
     response = infer_json(gateway_url, token, "iris", request_body(FEATURES))
-    assert response.status_code == 504, response.text
-    assert "No worker answered" in response.json()["error"]
-    # It waited the gateway's INFERENCE_TIMEOUT_SECONDS, then answered rather than hang (the
-    # upper bound only has to separate an answer from the client's own 30 s timeout).
+    assert response.status_code == 503, response.text
+    assert "No live worker serves queue 'nobody-listens'" in response.json()["error"]
+    assert response.headers["Retry-After"]
+    # Known from the workers' heartbeats: not after the gateway's INFERENCE_TIMEOUT_SECONDS.
     timeout = float(service_environment["INFERENCE_TIMEOUT_SECONDS"])
-    assert timeout <= time.monotonic() - started < timeout + 20
+    assert time.monotonic() - started < timeout
