@@ -278,8 +278,9 @@ def start_worker(
 ) -> Worker:  # fmt: skip
     """Start a worker owned by `processes` and wait until it consumes."""
     name = f"test-{uuid.uuid4().hex[:8]}@%h"
-    argv = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--queues", queues, "--concurrency", str(concurrency),
-            "--hostname", name, "--without-mingle", "--without-gossip", "--loglevel", "INFO"]  # fmt: skip
+    argv = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--queues", queues,
+            "--concurrency", str(concurrency), "--hostname", name, "--without-mingle", "--without-gossip",
+            "--loglevel", "INFO"]  # fmt: skip
     worker = Worker(processes.start(argv, environment, log), log, name)
 
     def ready() -> bool:

@@ -12,6 +12,7 @@ import pytest
 import requests
 import torch
 import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
 
 from accounts import services as token_services
 from inference import validation
@@ -56,8 +57,21 @@ def test_versions_and_aliases_are_addressable(client, token, owner, registered_m
     tensor = triton.InferInput("features", [1, 4], "FP32")
     tensor.set_data_from_numpy(FEATURES[:1])
     for version, number in [("", "1"), ("2", "2"), ("staging", "2"), ("1", "1")]:
-        result = client.infer("iris", [tensor], model_version=version, headers=auth(token))
+        result = _infer_when_loaded(client, [tensor], version, token)
         assert result.get_response()["model_version"] == number
+
+
+def _infer_when_loaded(client: triton.InferenceServerClient, tensors: list[Any], version: str, token: str) -> Any:
+    """An inference, retried while the worker answers 503 "loading" (torch.export loads take
+    seconds on a busy machine, longer than the test gateway's timeout)."""
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return client.infer("iris", tensors, model_version=version, headers=auth(token))
+        except InferenceServerException as exc:
+            if "is loading" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def test_concurrent_requests_are_batched_and_correct(gateway_url, token, served, model_files):
