@@ -453,9 +453,9 @@ class Gateway:
         clients, the worker's heartbeat connection still open (closed by the kernel when the
         process dies, so a death is seen at the next read rather than after the TTL).
         """
-        fetched, live, _ = self.workers
+        fetched, cached, _ = self.workers
         if time.monotonic() - fetched <= WATCH_SECONDS:
-            return live
+            return cached
         client = self._connect()
         try:
             raw = await client.hgetall(wire.WORKERS_KEY)
@@ -463,7 +463,8 @@ class Gateway:
         except (redis.RedisError, OSError) as exc:
             raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
         horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
-        live, dead = [], []
+        live: list[wire.Heartbeat] = []
+        dead: list[wire.Heartbeat] = []
         for key, value in raw.items():
             try:
                 beat = wire.Heartbeat.decode(cast(bytes, value))

@@ -139,6 +139,22 @@ class Claim(Generic[R]):
         self.parts, self.pending, self.pending_from = parts, {}, rows
         return True
 
+    def out_of_memory(self, summary: str) -> str:
+        """The worker ran out of memory on this run: queued again (memory may be free on the next
+        try, or on another worker) until the retry limit, then failed saying so."""
+        run = self.run
+        if self.attempt < MAX_ATTEMPTS:
+            enqueue = _enqueuers.get(type(run))
+            with transaction.atomic():
+                if enqueue is not None and self._live().update(status=RunStatus.QUEUED, heartbeat_at=None):
+                    transaction.on_commit(lambda: enqueue(run.pk))
+                    logger.warning("%s ran out of memory (%s); queued again", run, summary)
+                    return RunStatus.QUEUED
+        return self.fail(
+            f"The {run.noun} ran out of memory on the worker ({self.attempt} of {MAX_ATTEMPTS} attempts; last: "
+            f"{summary}); use a smaller batch or chunk size, or a worker with more memory."
+        )
+
     def requeue(self) -> bool:
         """Give the run back to the queue (attempts start again: it made saved progress)."""
         return bool(self._live().update(status=RunStatus.QUEUED, attempts=0))
@@ -173,6 +189,14 @@ class Claim(Generic[R]):
             return RunStatus.CANCELLED
         model = type(self.run)
         return model._default_manager.filter(pk=self.run.pk).values_list("status", flat=True).first() or "missing"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception says the process ran out of (CPU or GPU) memory."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
 def run_claim(model: type[R], run_id: Any, *, max_attempts: int = MAX_ATTEMPTS) -> Claim[R] | str:

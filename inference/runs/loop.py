@@ -21,7 +21,7 @@ from django.db import transaction
 
 from inference.cache import LoadedModel, model_cache
 from inference.runs.arrays import batched_layout, npz_load
-from inference.runs.lifecycle import Claim, R, claim_heartbeat, run_claim
+from inference.runs.lifecycle import Claim, R, claim_heartbeat, out_of_memory, run_claim
 from inference.runs.models import RunStatus
 from inference.services import exception_summary
 
@@ -156,6 +156,8 @@ def _rows(work: ChunkedWork[Any]) -> str | None:
                 return claim.stopped()
             except Exception as exc:
                 work.chunk_done(stop - start, began, ok=False)
+                if out_of_memory(exc):
+                    return claim.out_of_memory(f"rows {start + 1} to {stop}: {exception_summary(exc)}")
                 return claim.fail(f"Rows {start + 1} to {stop}: the model failed: {exception_summary(exc)}")
             work.chunk_done(stop - start, began, ok=True)
             claim.keep(outputs)
@@ -193,6 +195,8 @@ def _work(claimed: Claim[R], work_class: type[ChunkedWork[R]]) -> str:
     try:
         work.start()
     except Exception as exc:  # ModelUnavailable, storage errors: the run cannot start; say why
+        if out_of_memory(exc):
+            return claimed.out_of_memory(f"loading: {exception_summary(exc)}")
         return claimed.fail(f"The {work.run.noun} could not start: {exception_summary(exc)}")
     try:
         ended = _rows(work)

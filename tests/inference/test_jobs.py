@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
@@ -227,3 +228,25 @@ def test_archived_version_fails_with_the_reason(owner, version):
     services.version_archive(actor=owner, version=version)
     job = run(job)
     assert job.status == "failed" and "archived" in job.error
+
+
+@pytest.mark.celery_eager
+def test_a_job_that_runs_out_of_memory_is_retried_then_failed_saying_so(
+    owner, version, monkeypatch, django_capture_on_commit_callbacks
+):
+    loaded = model_cache().get(version.pk)
+    attempts: list[int] = []
+
+    def greedy(inputs: Any, parameters: Any = None) -> Any:
+        attempts.append(1)
+        # A real allocation the allocator refuses (some 40 TB), as a model too big for the box would.
+        torch.empty(10**13, dtype=torch.float32)
+        raise AssertionError("the allocation above must fail")
+
+    monkeypatch.setattr(loaded, "predict", greedy)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = submit(owner, npz_bytes(features=rows(4)))
+    job.refresh_from_db()
+    assert (job.status, job.attempts, len(attempts)) == ("failed", 3, 3)
+    assert "ran out of memory" in job.error and "3 of 3 attempts" in job.error
+    assert "can't allocate memory" in job.error
