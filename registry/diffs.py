@@ -64,7 +64,7 @@ FIXED_ROWS: list[tuple[str, str, Callable[[ModelVersion], Any]]] = [
     ("Artifact", "Uploaded by", lambda v: v.created_by.username if v.created_by else ""),
     ("Artifact", "Description", lambda v: v.description),
     ("Artifact", "Tags", lambda v: ", ".join(sorted(tag.name for tag in v.tags.all()))),
-    ("Signature", "Source", lambda v: v.signature_source),
+    ("Signature", "Signature from", lambda v: v.signature_source),
     ("Signature", "Labels", lambda v: ", ".join(str(label) for label in v.labels or [])),
     ("Parameters", "Parameter count", lambda v: (v.validation or {}).get("parameter_count")),
     ("Parameters", "Weights dtype", lambda v: (v.validation or {}).get("dtype")),

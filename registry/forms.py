@@ -78,22 +78,28 @@ class VersionUploadForm(forms.Form):
     # script sends them to the API as one JSON object `source`; without it, source() does.
     source_run_url = forms.CharField(
         required=False,
-        label=SOURCE_KEYS["run_url"],
+        label=f"Source: {SOURCE_KEYS['run_url']}",
         help_text="A link to the training run (http:// or https://), e.g. the experiment tracker's page.",
         widget=forms.URLInput(attrs={"data-source-key": "run_url", "placeholder": "https://"}),
     )
     source_git_commit = forms.CharField(
-        required=False, label=SOURCE_KEYS["git_commit"], widget=forms.TextInput(attrs={"data-source-key": "git_commit"})
+        required=False,
+        label=f"Source: {SOURCE_KEYS['git_commit']}",
+        widget=forms.TextInput(attrs={"data-source-key": "git_commit"}),
     )
     source_dataset = forms.CharField(
-        required=False, label=SOURCE_KEYS["dataset"], widget=forms.TextInput(attrs={"data-source-key": "dataset"})
+        required=False,
+        label=f"Source: {SOURCE_KEYS['dataset']}",
+        widget=forms.TextInput(attrs={"data-source-key": "dataset"}),
     )
     source_run_id = forms.CharField(
-        required=False, label=SOURCE_KEYS["run_id"], widget=forms.TextInput(attrs={"data-source-key": "run_id"})
+        required=False,
+        label=f"Source: {SOURCE_KEYS['run_id']}",
+        widget=forms.TextInput(attrs={"data-source-key": "run_id"}),
     )
     source_more = forms.CharField(
         required=False,
-        label="More source",
+        label="Source: more",
         help_text="key=value per line (framework=pytorch-2.13, notebook_url=https://…); *_url values are links.",
         widget=forms.Textarea(attrs={"rows": 2, "data-source-lines": "", "placeholder": "key=value"}),
     )
