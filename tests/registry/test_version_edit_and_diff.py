@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from monitoring.models import EvaluationDataset, EvaluationRun, RunStatus, TaskType
@@ -146,3 +148,15 @@ def test_the_model_page_offers_the_comparison(client, owner, two_versions):
     page = client.get("/models/iris/").content.decode()
     assert 'id="version-diff-form"' in page and 'action="/models/iris/versions/diff/"' in page
     assert page.count('form="version-diff-form"') == 2
+
+
+def test_the_comparisons_queries_do_not_grow_with_versions(client, owner, registered_model, model_files):
+    for number in range(6):
+        upload_file(owner, registered_model, model_files["torchscript"], enqueue=False, tags=f"n={number}")
+    client.force_login(owner)
+    counts = []
+    for query in ("?v=1&v=2", "?v=1&v=2&v=3&v=4&v=5&v=6"):
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(f"/models/iris/versions/diff/{query}").status_code == 200
+        counts.append(len(captured))
+    assert counts[0] == counts[1], counts
