@@ -228,6 +228,9 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
         "edit_form": VersionEditForm.of(obj, "version-edit"),
         "source": source_rows(obj.source),
         "derived": list(obj.derived.order_by("version").values_list("version", "derivation")),
+        "production_number": obj.model.aliases.filter(name=PRODUCTION_ALIAS)
+        .values_list("version__version", flat=True)
+        .first(),
         "generative": obj.task == TextTask.TEXT_GENERATION,
         "settings_form": VersionSettingsForm(
             initial={name: getattr(obj, name) for name in VersionSettingsForm.base_fields}

@@ -160,3 +160,12 @@ def test_the_comparisons_queries_do_not_grow_with_versions(client, owner, regist
             assert client.get(f"/models/iris/versions/diff/{query}").status_code == 200
         counts.append(len(captured))
     assert counts[0] == counts[1], counts
+
+
+def test_the_version_page_links_the_comparison_with_production(client, owner, registered_model, ready_version):
+    ready_version(), ready_version()
+    services.alias_set(actor=owner, model=registered_model, name="production", version_number=1)
+    client.force_login(owner)
+    page = client.get("/models/iris/versions/2/").content.decode()
+    assert 'id="diff-production" href="/models/iris/versions/diff/?v=1&amp;v=2"' in page
+    assert 'id="diff-production"' not in client.get("/models/iris/versions/1/").content.decode()
