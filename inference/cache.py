@@ -25,7 +25,7 @@ from django.conf import settings
 from core.datatypes import NUMPY_DTYPES
 from inference.generation import Engine, GenerationRequest, SamplingParams
 from inference.runtimes import ModelRuntime, TextRuntime, texts_of
-from inference.services import PROBE_SEQUENCE, device_select, model_load, model_path, random_tensor
+from inference.services import PROBE_SEQUENCE, device_select, exception_summary, model_load, model_path, random_tensor
 from registry import selectors, services
 from registry.models import VersionStatus
 from registry.text_tasks import TextTask
@@ -169,7 +169,12 @@ def model_from_source(source: ModelSource) -> LoadedModel:
         batching=source.batching,
         max_batch_size=source.max_batch_size,
     )
-    _warm_up(model)
+    try:
+        _warm_up(model)
+    except Exception as exc:  # a model that fails on its own example input cannot be served (a 503, not a hang)
+        raise ModelUnavailable(
+            f"{source.model_name} v{source.version} failed its warm-up forward: {exception_summary(exc)}"
+        ) from exc
     return model
 
 

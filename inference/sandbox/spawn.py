@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 # A fresh host imports torch and Django: seconds on a busy machine.
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 5.0
+# Landlock's first ABI already confines the file system; later ones add TCP, scopes, truncate, ioctl.
+MINIMUM_ABI = 1
 # Variables a host inherits (when set): threads, devices, locale, import path. Nothing else.
 ENVIRONMENT_ALLOWED = (
     "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -158,7 +160,7 @@ def host_start(mode: str, models: Iterable[Path], *, queues: Iterable[str] = (),
         "mode": mode,
         "settings": host_settings(scratch),
         "queues": list(queues),
-        "minimum_abi": 1,
+        "minimum_abi": MINIMUM_ABI,
         "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         **host_policy(models, scratch),
     }
