@@ -134,7 +134,7 @@ class CompletionJobWork(ChunkedWork[BatchJob]):
             raise ModelUnavailable(f"{job.model_name} v{job.version_number} is not a text-generation model.")
         with artifact_storage().open(job.input_path, "rb") as stream:
             requests = prompts_load(stream)
-        options = {
+        options: dict[str, Any] = {
             "max_sequences": settings.GENERATION_MAX_SEQUENCES,
             "max_tokens": settings.GENERATION_MAX_CACHE_TOKENS,
             "max_waiting": settings.GENERATION_MAX_SEQUENCES,

@@ -46,7 +46,7 @@ class Channel:
         frame = HEADER.pack(len(body)) + body
         with self._send_lock:
             if fds:
-                sent = socket.send_fds(self.sock, [frame[:HEADER.size]], fds)
+                sent = socket.send_fds(self.sock, [frame[: HEADER.size]], fds)
                 self.sock.sendall(frame[sent:])
             else:
                 self.sock.sendall(frame)

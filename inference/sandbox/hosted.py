@@ -35,8 +35,8 @@ from inference.runs.loop import RunStopped
 from inference.runtimes import TextRuntime
 from inference.sandbox.channel import Channel, ChannelClosed
 from inference.sandbox.policy import Applied
-from inference.serving import ServingLoop
 from inference.services import ProbeFailed, model_probe
+from inference.serving import ServingLoop
 
 logger = logging.getLogger(__name__)
 

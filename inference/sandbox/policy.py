@@ -106,29 +106,77 @@ ARCHES = {
         capset=126,
         x32_bit=0x40000000,
         denied={
-            "socket": 41, "socketpair": 53, "execve": 59, "execveat": 322, "ptrace": 101,
-            "process_vm_readv": 310, "process_vm_writev": 311, "bpf": 321, "perf_event_open": 298,
-            "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313,
-            "delete_module": 176, "mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 272,
-            "setns": 308, "add_key": 248, "request_key": 249, "keyctl": 250, "userfaultfd": 323,
-            "open_by_handle_at": 304, "io_uring_setup": 425, "io_uring_enter": 426,
-            "io_uring_register": 427, "fsopen": 430, "fsmount": 432, "move_mount": 429, "open_tree": 428,
+            "socket": 41,
+            "socketpair": 53,
+            "execve": 59,
+            "execveat": 322,
+            "ptrace": 101,
+            "process_vm_readv": 310,
+            "process_vm_writev": 311,
+            "bpf": 321,
+            "perf_event_open": 298,
+            "kexec_load": 246,
+            "kexec_file_load": 320,
+            "init_module": 175,
+            "finit_module": 313,
+            "delete_module": 176,
+            "mount": 165,
+            "umount2": 166,
+            "pivot_root": 155,
+            "unshare": 272,
+            "setns": 308,
+            "add_key": 248,
+            "request_key": 249,
+            "keyctl": 250,
+            "userfaultfd": 323,
+            "open_by_handle_at": 304,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "fsopen": 430,
+            "fsmount": 432,
+            "move_mount": 429,
+            "open_tree": 428,
         },
-    ),  # fmt: skip
+    ),
     "aarch64": Arch(
         audit=0xC00000B7,
         prctl=167,
         capset=91,
         denied={
-            "socket": 198, "socketpair": 199, "execve": 221, "execveat": 281, "ptrace": 117,
-            "process_vm_readv": 270, "process_vm_writev": 271, "bpf": 280, "perf_event_open": 241,
-            "kexec_load": 104, "kexec_file_load": 294, "init_module": 105, "finit_module": 273,
-            "delete_module": 106, "mount": 40, "umount2": 39, "pivot_root": 41, "unshare": 97,
-            "setns": 268, "add_key": 217, "request_key": 218, "keyctl": 219, "userfaultfd": 282,
-            "open_by_handle_at": 265, "io_uring_setup": 425, "io_uring_enter": 426,
-            "io_uring_register": 427, "fsopen": 430, "fsmount": 432, "move_mount": 429, "open_tree": 428,
+            "socket": 198,
+            "socketpair": 199,
+            "execve": 221,
+            "execveat": 281,
+            "ptrace": 117,
+            "process_vm_readv": 270,
+            "process_vm_writev": 271,
+            "bpf": 280,
+            "perf_event_open": 241,
+            "kexec_load": 104,
+            "kexec_file_load": 294,
+            "init_module": 105,
+            "finit_module": 273,
+            "delete_module": 106,
+            "mount": 40,
+            "umount2": 39,
+            "pivot_root": 41,
+            "unshare": 97,
+            "setns": 268,
+            "add_key": 217,
+            "request_key": 218,
+            "keyctl": 219,
+            "userfaultfd": 282,
+            "open_by_handle_at": 265,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "fsopen": 430,
+            "fsmount": 432,
+            "move_mount": 429,
+            "open_tree": 428,
         },
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -174,7 +222,9 @@ def landlock_abi() -> int:
     if sys.platform != "linux":
         return 0
     try:
-        return _syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+        return _syscall(
+            SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION)
+        )
     except OSError:
         return 0
 
@@ -226,7 +276,13 @@ def _path_rule(ruleset: int, path: Path, access: int) -> int:
         if not os.path.isdir(path):
             access &= FILE_RIGHTS
         attr = ctypes.create_string_buffer(struct.pack("=Qi", access, fd), 12)
-        _syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), attr, ctypes.c_uint32(0))
+        _syscall(
+            SYS_LANDLOCK_ADD_RULE,
+            ctypes.c_int(ruleset),
+            ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+            attr,
+            ctypes.c_uint32(0),
+        )
     finally:
         os.close(fd)
     return 1
@@ -319,7 +375,7 @@ SYSTEM_WRITE = ["/dev/null"]
 
 def devices_gpu() -> list[Path]:
     """The NVIDIA device files present (the driver's ioctl interface needs them read-write)."""
-    return sorted(Path("/dev").glob("nvidia*")) + [Path("/dev/dri")] if Path("/dev/nvidiactl").exists() else []
+    return [*sorted(Path("/dev").glob("nvidia*")), Path("/dev/dri")] if Path("/dev/nvidiactl").exists() else []
 
 
 def paths(values: Iterable[str | Path]) -> list[Path]:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.conf import settings
@@ -145,7 +145,9 @@ class Host:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def host_start(mode: str, models: Iterable[Path], *, queues: Iterable[str] = (), timeout: float = START_TIMEOUT) -> Host:
+def host_start(
+    mode: str, models: Iterable[Path], *, queues: Iterable[str] = (), timeout: float = START_TIMEOUT
+) -> Host:
     """Start a host in `mode` ("serve" or "task") that may read only `models` of all model files.
 
     Returns once the host says its sandbox holds; SandboxError (with the host's reason)
@@ -235,9 +237,8 @@ def redis_socket_fd() -> int:
     Made with redis-py in this trusted process, then detached from its connection object
     without a shutdown, so the host gets the connection but never the password or address.
     """
-    connection = redis.Redis.from_url(
-        shared_redis.redis_url(), socket_connect_timeout=shared_redis.CONNECT_TIMEOUT
-    ).connection_pool.make_connection()
+    client = redis.Redis.from_url(shared_redis.redis_url(), socket_connect_timeout=shared_redis.CONNECT_TIMEOUT)
+    connection = cast(redis.connection.AbstractConnection, client.connection_pool.make_connection())
     connection.connect()
     sock = connection._sock
     if sock is None:

@@ -21,8 +21,10 @@ from tests.worker import until
 
 ROOT = Path(__file__).resolve().parents[2]
 
-needs_landlock = pytest.mark.skipif(policy.landlock_abi() < 1 or policy.arch() is None,
-                                    reason="the kernel has no Landlock (or no seccomp table for this machine)")  # fmt: skip
+needs_landlock = pytest.mark.skipif(
+    policy.landlock_abi() < 1 or policy.arch() is None,
+    reason="the kernel has no Landlock (or no seccomp table for this machine)",
+)
 
 
 def _restricted(tmp_path: Path, attempt: str, **extra: Any) -> dict[str, Any]:
@@ -30,7 +32,8 @@ def _restricted(tmp_path: Path, attempt: str, **extra: Any) -> dict[str, Any]:
     scratch = tmp_path / "scratch"
     scratch.mkdir(exist_ok=True)
     rules = host_policy([], scratch)
-    script = textwrap.dedent(f"""
+    script = (
+        textwrap.dedent(f"""
         import json, os, socket, sys
         from pathlib import Path
         from inference.sandbox import policy
@@ -43,7 +46,10 @@ def _restricted(tmp_path: Path, attempt: str, **extra: Any) -> dict[str, Any]:
                 found[name] = repr(action())
             except Exception as exc:
                 found[name] = "refused: " + type(exc).__name__ + ": " + str(exc)
-    """) + textwrap.dedent(attempt) + "\nprint(json.dumps(found))\n"
+    """)
+        + textwrap.dedent(attempt)
+        + "\nprint(json.dumps(found))\n"
+    )
     environment = {**host_environment(scratch), **extra}
     result = subprocess.run([sys.executable, "-c", script], env=environment, cwd=scratch, capture_output=True,
                             timeout=120, check=False)  # fmt: skip
@@ -133,8 +139,9 @@ def test_a_handed_redis_socket_is_authenticated_and_selected(settings, tmp_path)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     binary = shutil.which("redis-server") or str(redis_server_binary())
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                               "--requirepass", "pw-123", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)  # fmt: skip
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--requirepass", "pw-123", "--dir", str(tmp_path)]  # fmt: skip
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     try:
         settings.INFERENCE_REDIS_URL = f"redis://:pw-123@127.0.0.1:{port}/2"
         until(lambda: redis.Redis(port=port, password="pw-123").ping(), 10, "the private Redis answered")

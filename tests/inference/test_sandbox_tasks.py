@@ -60,7 +60,7 @@ def test_a_sandboxed_model_predicts_like_the_loaded_one(sandboxed, ready_version
     model = SandboxedModel(model_source(version.pk))
     try:
         features = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-        [(name, datatype, array)] = model.predict({"features": features})
+        [(_, datatype, array)] = model.predict({"features": features})
         module = torch.jit.load(str(model_files["torchscript"]))
         assert datatype == "FP32" and np.allclose(array, module(torch.from_numpy(features)).detach().numpy())
         with pytest.raises(RuntimeError):
