@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     django.setup()
-    from inference.sandbox.spawn import host_environment, host_policy, host_start  # noqa: PLC0415
+    from inference.sandbox.spawn import host_environment, host_policy, host_start
 
     with tempfile.TemporaryDirectory() as scratch:
         rules = host_policy([], Path(scratch))
