@@ -245,6 +245,7 @@ def evaluation_create(request: HttpRequest, name: str) -> HttpResponse:
     except PortalError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Evaluation {run.short_id} queued.")
+        # No "queued" flash: the run page shows the live status, and a flash would still say
+        # "queued" beside a run that finished before the page was drawn.
         return redirect("monitoring:run-detail", run_id=run.pk)
     return redirect("monitoring:model-compare", name=name)

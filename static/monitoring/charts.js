@@ -1,6 +1,8 @@
 // Monitoring charts: draws the plotly figures a page embeds (json_script "figures") or
 // fetches (data-figures-url on a container, re-fetched every data-refresh seconds).
 // Each chart is an element with data-figure="<key>"; it gets data-has-data once drawn with points.
+// Once the first figures are drawn the page gets a "charts-drawn" performance mark and
+// <html data-charts-drawn> (scripts/page_timings.py and the browser tests wait for them).
 (function () {
   "use strict";
   const config = { displaylogo: false, responsive: true };
@@ -17,7 +19,13 @@
     });
   }
 
+  function drawn() {
+    if (!performance.getEntriesByName("charts-drawn").length) performance.mark("charts-drawn");
+    document.documentElement.dataset.chartsDrawn = "true";
+  }
+
   function draw(root, figures) {
+    const pending = [];
     root.querySelectorAll("[data-figure]").forEach((el) => {
       const figure = figures[el.dataset.figure];
       if (!figure) return;
@@ -25,8 +33,9 @@
       el.dataset.hasData = filled ? "true" : "false";
       const empty = el.parentElement.querySelector(".chart-empty[data-for='" + el.dataset.figure + "']");
       if (empty) empty.hidden = filled;
-      window.Plotly.react(el, figure.data, figure.layout, config);
+      pending.push(window.Plotly.react(el, figure.data, figure.layout, config));
     });
+    return Promise.all(pending).then(drawn);
   }
 
   function follow(root) {
