@@ -68,3 +68,14 @@ def test_the_model_page_confusion_matrix_is_productions_latest_run(client, owner
     services.alias_delete(actor=owner, model=registered_model, name="production")
     confusion = client.get("/models/iris/charts/").json()["figures"]["confusion"]
     assert confusion["layout"]["title"]["text"] == "Confusion matrix: v2 on holdout"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(0.3644, "0.364"), (0.99333, "0.993"), (12.345, "12.3"), (0.000123456, "0.000123"), (75739.41, "75,739"),
+     (1, "1"), (None, "—"), ("n/a", "n/a")],
+)  # fmt: skip
+def test_figures_on_the_evaluation_pages_have_three_significant_figures(value, shown):
+    from monitoring.templatetags.evaluations import sig
+
+    assert sig(value) == shown
