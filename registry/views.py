@@ -84,6 +84,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     versions = model.versions.select_related("created_by").prefetch_related("aliases", "tags")
     aliases = list(model.aliases.select_related("version", "updated_by"))
     rollback_targets = {alias.name: services.alias_previous_version(model, alias.name) for alias in aliases}
+    permitted = access.actions_permitted(request.user, model)
     context = {
         "model": model,
         "versions": versions,
@@ -92,8 +93,13 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "production_object": next((a.version for a in aliases if a.name == PRODUCTION_ALIAS), None),
         "history": selectors.alias_history(model)[:50],
         "ready_versions": [v.version for v in versions if v.status == VersionStatus.READY],
-        "can_change": selectors.model_can_change(request.user, model),
-        "can_manage": access.model_permits(request.user, model, Action.MANAGE),
+        # Only what the user may do is offered (a button that then fails is worse than none).
+        "can_change": Action.UPLOAD in permitted,
+        "can_manage": Action.MANAGE in permitted,
+        "can_delete": Action.DELETE in permitted,
+        "can_override_gate": Action.OVERRIDE_GATE in permitted,
+        "can_set_alias": Action.MOVE_ALIAS in permitted,
+        "movable": _aliases_movable(permitted, model, [PRODUCTION_ALIAS, *(alias.name for alias in aliases)]),
         "edit_form": ModelEditForm(
             initial={
                 "description": model.description,
@@ -106,6 +112,16 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "alias_form": AliasSetForm(),
     }
     return render(request, "registry/model_detail.html", context)
+
+
+def _aliases_movable(permitted: frozenset[Action], model: Any, names: list[str]) -> set[str]:
+    """The aliases the user may move (roll back, delete, promote to) directly, without a request."""
+    movable = set()
+    for name in names:
+        protected, needs_approval = services.alias_protection(model, name)
+        if (Action.PROMOTE if protected else Action.MOVE_ALIAS) in permitted and not needs_approval:
+            movable.add(name)
+    return movable
 
 
 @login_required
