@@ -258,7 +258,7 @@ def test_application_developer_creates_a_token_and_the_copied_snippet_runs_as_pa
 
     page.click("a:has-text('API docs')")
     expect(page.locator("body")).to_contain_text("/v2")
-    steps.shot("api-docs")
+    steps.shot("api-docs", full_page=False)
 
 
 def test_operator_reads_usage_grants_a_role_checks_the_trail_and_the_health_endpoints(

@@ -24,7 +24,7 @@ from tests.monitoring.conftest import npz_file
 pytestmark = pytest.mark.django_db
 
 # The version page is being reworked on another branch; it is walked once that lands.
-PAGES = ["/", "/models/iris/", "/models/iris/compare/", "/monitoring/", "/usage/", "/jobs/", "/tokens/"]
+PAGES = ["/", "/models/iris/", "/models/iris/compare/", "/monitoring/", "/usage/", "/jobs/", "/jobs/new/", "/tokens/"]
 REFUSALS = ("but not change it this way", "lacks the", "moves only with a second person's approval")
 
 
@@ -157,3 +157,15 @@ def test_a_maintainer_moves_unprotected_aliases_but_is_not_offered_production(ow
     assert 'data-action="promote"' not in page and "Delete model" not in page
     # staging is not protected: its Delete is offered; production's is not.
     assert "Delete alias staging?" in page and "Delete alias production?" not in page
+
+
+def test_the_job_form_offers_only_models_the_user_may_predict_with(owner, member, served_model):
+    served_model.visibility = "internal"  # every signed-in user is a viewer of it
+    served_model.save(update_fields=["visibility"])
+    client = Client()
+    client.force_login(member)
+    page = client.get("/jobs/new/").content.decode()
+    assert 'id="job-form"' not in page and "You may run predictions on no model yet" in page
+    services.role_grant(actor=owner, model=served_model, role="predictor", username=member.username)
+    page = client.get("/jobs/new/").content.decode()
+    assert 'id="job-form"' in page and '<option value="iris"' in page
