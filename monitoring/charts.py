@@ -35,7 +35,8 @@ def _layout(
     yaxis = {"title": {"text": y_title, "standoff": 8}, "rangemode": "tozero", "automargin": automargin,
              "tickformat": NUMBER_FORMAT, "hoverformat": NUMBER_FORMAT, **extra.pop("yaxis", {})}  # fmt: skip
     layout = {
-        "title": {"text": title, "font": {"size": 14}},
+        # Left-aligned: the linear/log buttons on the right no longer cover the end of long titles.
+        "title": {"text": title, "font": {"size": 14}, "x": 0.02, "xanchor": "left"},
         "margin": {"l": 72, "r": 15, "t": 40, "b": 52} if time_axis else {"l": 55, "r": 15, "t": 40, "b": 40},
         "height": 280,
         "yaxis": yaxis,
