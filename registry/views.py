@@ -226,13 +226,23 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
 def version_detail(request: HttpRequest, name: str, version: int) -> HttpResponse:
     obj = _or_404(lambda: selectors.version_get(request.user, name, version))
     aliases = list(obj.aliases.all())
+    permitted = access.actions_permitted(request.user, obj.model)
+    held = {alias.name for alias in aliases}
     context = {
         "model": obj.model,
         "version": obj,
         "aliases": aliases,
         "is_production": any(alias.name == PRODUCTION_ALIAS for alias in aliases),
         "tags": list(obj.tags.all()),
-        "can_change": selectors.model_can_change(request.user, obj.model),
+        # Only what the user may do is offered, as on the model page.
+        "can_change": Action.UPLOAD in permitted,
+        "can_download": Action.DOWNLOAD in permitted,
+        "can_predict": Action.PREDICT in permitted,
+        "can_delete": Action.DELETE in permitted,
+        "can_set_alias": Action.MOVE_ALIAS in permitted,
+        "can_promote": PRODUCTION_ALIAS in _aliases_movable(permitted, obj.model, [PRODUCTION_ALIAS]),
+        # Archiving drops the version's aliases: each must be one the user may move.
+        "can_archive": Action.UPLOAD in permitted and held <= _aliases_movable(permitted, obj.model, list(held)),
         "api_url": reverse("api:version-detail", args=[name, version]),
         "settled": obj.status not in (VersionStatus.PENDING, VersionStatus.VALIDATING),
         "production": PRODUCTION_ALIAS,

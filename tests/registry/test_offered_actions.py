@@ -23,8 +23,8 @@ from tests.monitoring.conftest import npz_file
 
 pytestmark = pytest.mark.django_db
 
-# The version page is being reworked on another branch; it is walked once that lands.
-PAGES = ["/", "/models/iris/", "/models/iris/compare/", "/monitoring/", "/usage/", "/jobs/", "/jobs/new/", "/tokens/"]
+PAGES = ["/", "/models/iris/", "/models/iris/versions/1/", "/models/iris/versions/2/", "/models/iris/compare/",
+         "/monitoring/", "/usage/", "/jobs/", "/jobs/new/", "/tokens/"]  # fmt: skip
 REFUSALS = ("but not change it this way", "lacks the", "moves only with a second person's approval")
 
 
@@ -138,6 +138,12 @@ def test_a_user_with_only_a_model_role_is_offered_nothing_that_is_then_refused(
 ):
     services.role_grant(actor=owner, model=served_model, role=role, username=member.username, can_promote=can_promote)
     assert walk(member) == []
+    # The version page's try-it form (a script's fetch, not a POST form) and its Download link, too.
+    client = Client()
+    client.force_login(member)
+    page = client.get("/models/iris/versions/2/").content.decode()
+    assert ('id="try-it-form"' in page) == (role != "viewer")
+    assert ("/download/" in page) == (role == "maintainer")
 
 
 def test_the_owner_is_still_offered_everything(owner, served_model):
