@@ -1,8 +1,10 @@
-"""The serving benchmark's overload phase: closed-loop clients past the portal's admission limit.
+"""The serving benchmark's overload phase: requests arriving faster than the portal can answer.
 
-`run_overload` keeps `clients` HTTP/1.1 connections busy (each sends its next request when
-the last one is answered) for `seconds`, against a path of the portal, and records per
-request its status, latency and `Retry-After`; a sampler thread meanwhile counts the
+`capacity` measures what a path sustains (answers 200 per second with closed-loop clients);
+`run_overload` then sends requests at a fixed rate (open loop: a request goes out on time
+whether or not the earlier ones were answered, each on an idle keep-alive connection or a
+new one) for `seconds`, and records per request its status, latency and `Retry-After`; a
+sampler thread meanwhile counts the
 connections PostgreSQL holds to the run's database (pg_stat_activity). Standard library
 plus psycopg2 (the portal's driver); nothing here starts or stops a server.
 """
@@ -33,7 +35,7 @@ class Overload:
     """What one overload load saw."""
 
     label: str
-    clients: int
+    clients: int  # closed loop: connections; open loop: requests per second
     seconds: float
     answers: list[Answered] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)  # connection errors, by kind
@@ -52,7 +54,7 @@ class Overload:
         late = sum(1 for ms in admitted if ms > deadline_seconds * 1000)
         without_hint = sum(1 for a in self.answers if a.status == 503 and not (a.retry_after or "").isdigit())
         parts = [
-            f"{self.label}: {self.clients} clients for {self.seconds:g} s, {total:,} answers "
+            f"{self.label}: {self.clients:,} requests/s for {self.seconds:g} s, {total:,} answers "
             f"({', '.join(f'{status}: {count:,}' for status, count in sorted(counts.items()))})",
             f"503 {100 * counts[503] / max(1, total):.1f}%: p50 {_ms(percentile(refused, 50))}, "
             f"p99 {_ms(percentile(refused, 99))}, max {_ms(max(refused, default=None))}, "
@@ -74,48 +76,102 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f} ms"
 
 
-async def _client(port: int, request: bytes, stop_at: float, result: Overload) -> None:
-    reader = writer = None
-    while time.monotonic() < stop_at:
-        try:
-            if writer is None:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            assert reader is not None
-            started = time.monotonic()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status, headers = head_parse(head[:-4])
-            await reader.readexactly(int(headers.get("content-length", "0")))
-            result.answers.append(Answered(status, time.monotonic() - started, headers.get("retry-after")))
-            if headers.get("connection", "").lower() == "close":
-                writer.close()
-                reader = writer = None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            result.failures[type(exc).__name__] += 1
-            if writer is not None:
-                writer.close()
-            reader = writer = None
-            await asyncio.sleep(0.01)
-    if writer is not None:
-        writer.close()
+class _Connections:
+    """Idle keep-alive connections to the server, opened on demand (an open-loop client needs many)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.idle:
+            return self.idle.pop()
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
+async def _one(connections: _Connections, request: bytes, result: Overload) -> None:
+    """Send one request and record its answer (a connection error is counted, not raised)."""
+    started = time.monotonic()
+    writer = None
+    try:
+        reader, writer = await connections.take()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status, headers = head_parse(head[:-4])
+        await reader.readexactly(int(headers.get("content-length", "0")))
+        result.answers.append(Answered(status, time.monotonic() - started, headers.get("retry-after")))
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            connections.idle.append((reader, writer))
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        result.failures[type(exc).__name__] += 1
+        if writer is not None:
+            writer.close()
+
+
+def _request_bytes(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def capacity(port: int, path: str, body: bytes, headers: dict[str, str], clients: int, seconds: float) -> float:
+    """Answers with 200 per second with `clients` closed-loop connections: what the server sustains."""
+    request = _request_bytes(path, body, headers)
+    result = Overload("capacity", clients, seconds)
+
+    async def client(connections: _Connections, stop_at: float) -> None:
+        while time.monotonic() < stop_at:
+            await _one(connections, request, result)
+
+    async def main() -> None:
+        connections = _Connections(port)
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*(client(connections, stop_at) for _ in range(clients)))
+        connections.close()
+
+    started = time.monotonic()
+    asyncio.run(main())
+    return result.statuses()[200] / (time.monotonic() - started)
 
 
 def run_overload(
-    label: str, port: int, path: str, body: bytes, headers: dict[str, str], clients: int, seconds: float,
-    database: str | None = None,
+    label: str, port: int, path: str, body: bytes, headers: dict[str, str], rate: float, seconds: float,
+    database: str | None = None, drain_seconds: float = 15,
 ) -> Overload:  # fmt: skip
-    """`clients` closed-loop connections POSTing `body` to `path` for `seconds`."""
-    head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
-    head += [f"{name}: {value}" for name, value in headers.items()]
-    request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-    result = Overload(label, clients, seconds)
+    """Open loop: `rate` requests per second for `seconds`, however the server answers, then their answers."""
+    request = _request_bytes(path, body, headers)
+    result = Overload(label, round(rate), seconds)
 
     async def main() -> None:
-        stop_at = time.monotonic() + seconds
-        await asyncio.gather(*(_client(port, request, stop_at, result) for _ in range(clients)))
+        connections = _Connections(port)
+        tasks: set[asyncio.Task[None]] = set()
+        started = time.monotonic()
+        sent = 0
+        while (now := time.monotonic()) < started + seconds:
+            due = int((now - started) * rate) + 1
+            for _ in range(due - sent):
+                task = asyncio.create_task(_one(connections, request, result))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            sent = due
+            await asyncio.sleep(0.002)
+        if tasks:
+            await asyncio.wait(tasks, timeout=drain_seconds)
+        result.failures["unanswered"] += sum(1 for task in tasks if not task.done())
+        for task in tasks:
+            task.cancel()
+        connections.close()
 
     with _connections_sampled(database, result.connections):
         asyncio.run(main())
+    if not result.failures["unanswered"]:
+        del result.failures["unanswered"]
     return result
 
 

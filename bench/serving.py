@@ -26,15 +26,14 @@ within that timeout with a clear error, none may hang, and throughput must come 
 Celery has replaced the process.
 
 Overload (after each backend's loads; `--skip-overload` leaves it out, `--overload-only` runs
-nothing else on the portal): the slowest model measured (cnn if run, else mlp) is loaded by
-closed-loop clients at twice the admission capacity (2 x web processes x INFERENCE_MAX_QUEUED,
-the portal's default unless `--overload-queued` sets it), first on /v2 (JSON), then on the
-friendly /api/v1/models/{name}/predict/ endpoint (Django). Reported per load: the fraction
-answered 503 and their latency (target: within 100 ms, each with a Retry-After), the
-admitted requests' latency against INFERENCE_TIMEOUT_SECONDS, the 500s (target: none) and,
-on PostgreSQL, the connections the database held to the run's database (sampled every
-100 ms; target: bounded by DATABASE_MAX_CONNECTIONS per web process plus each process's
-gateway threads, see README).
+nothing else on the portal): on the last model of the run (cnn by default: the slow one), the
+capacity of a path is measured (3 s, 32 closed-loop clients), then requests arrive at twice
+that rate for `--overload-seconds` (open loop), first on /v2 (JSON), then on the friendly
+/api/v1/models/{name}/predict/ endpoint (Django). Reported per load: the fraction answered 503
+and their latency (target: within 100 ms, each with a Retry-After), the admitted requests'
+latency against INFERENCE_TIMEOUT_SECONDS, the 500s (target: none) and, on PostgreSQL, the
+connections the database held to the run's database (sampled every 100 ms; bounded per web
+process by WEB_MAX_CONCURRENT_REQUESTS plus its gateway threads, see portal/concurrency.py).
 
 `--profile` samples one gateway process and the worker process with py-spy during an extra
 (unmeasured) MLP c=32 JSON load and prints the functions with the most own time.
@@ -87,7 +86,7 @@ from harness import (
     wrk_parse,
     wrk_run,
 )
-from overload import Overload, run_overload
+from overload import Overload, capacity, run_overload
 from report import BenchReport, Fault, Row
 
 CONCURRENCY = (1, 32)
@@ -101,8 +100,6 @@ PG_URL = f"postgres://postgres@127.0.0.1:5432/{PG_DATABASE}"
 ATOL = 1e-4
 FAULT_LOAD_SECONDS = 10
 FAULT_KILL_AFTER_SECONDS = 2.0
-WEB_PROCESSES = 2  # uvicorn --workers, as runportal starts it (harness.uvicorn_argv)
-DEFAULT_MAX_QUEUED = 64  # the portal's INFERENCE_MAX_QUEUED default (portal/settings.py)
 
 
 # --- the benchmark --------------------------------------------------------------------------
@@ -337,12 +334,8 @@ class Bench(BenchReport):
         print(f"    first error the probe got: {fault.first_error}")
 
     def overload(self, backend: str, model: str, port: int, token: str) -> None:
-        """Closed-loop clients at twice the admission capacity, on /v2 and on the friendly endpoint."""
-        queued = self.args.overload_queued or DEFAULT_MAX_QUEUED
-        clients = self.args.overload_clients or 2 * WEB_PROCESSES * queued
+        """Twice the measured capacity, open loop, on /v2 and on the friendly endpoint (see the module's docstring)."""
         database = PG_DATABASE if backend == "postgres" else None
-        print(f"  overload: {model}, {clients} clients = 2 x {WEB_PROCESSES} web processes x INFERENCE_MAX_QUEUED "
-              f"{queued}, {self.args.overload_seconds:g} s each (INFERENCE_TIMEOUT_SECONDS={FAULT_TIMEOUT_SECONDS})")
         example = self.examples[model][0].tolist()
         auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         friendly = json.dumps({"inputs": {INPUT_NAMES[model]: example}}).encode()
@@ -350,11 +343,15 @@ class Bench(BenchReport):
             (f"/v2 {model} JSON", f"/v2/models/{model}/infer", self.json_bodies[model].content),
             (f"friendly {model}", f"/api/v1/models/{model}/predict/", friendly),
         ]
+        print(f"  overload: {model}, twice the capacity measured at c=32, {self.args.overload_seconds:g} s "
+              f"(INFERENCE_TIMEOUT_SECONDS={FAULT_TIMEOUT_SECONDS})")  # fmt: skip
         for label, path, body in loads:
-            result = run_overload(f"portal {backend} {label}", port, path, body, auth, clients,
+            sustained = capacity(port, path, body, auth, 32, 3)
+            rate = self.args.overload_rate or 2 * sustained
+            result = run_overload(f"portal {backend} {label}", port, path, body, auth, rate,
                                   self.args.overload_seconds, database)  # fmt: skip
             self.overloads.append((backend, result))
-            print(f"    {result.summary(FAULT_TIMEOUT_SECONDS)}")
+            print(f"    capacity {sustained:,.0f} req/s; {result.summary(FAULT_TIMEOUT_SECONDS)}")
             counts = result.statuses()
             refused = sorted(result.latencies_ms(503))
             if counts[500]:
@@ -467,9 +464,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overload-only", action="store_true", help="on the portal, run only the overload phase")
     parser.add_argument("--overload-seconds", type=float, default=10, help="seconds per overload load (default 10)")
     parser.add_argument("--overload-queued", type=int, default=0,
-                        help="INFERENCE_MAX_QUEUED for the portal (default: the portal's own, 64)")  # fmt: skip
-    parser.add_argument("--overload-clients", type=int, default=0,
-                        help="clients of the overload phase (default: 2 x the admission capacity)")  # fmt: skip
+                        help="INFERENCE_MAX_QUEUED for the portal (default: the portal's own)")  # fmt: skip
+    parser.add_argument("--overload-rate", type=float, default=0,
+                        help="requests/s of the overload phase (default: twice the capacity measured)")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="py-spy a gateway and the worker under MLP c=32 JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, bodies, profiles)")
     args = parser.parse_args(argv)

@@ -9,6 +9,11 @@ means the workers are behind, and a caller is better served by a fast refusal it
 queue a web process can fill (/v2 sends at most INFERENCE_MAX_IN_FLIGHT batches at once
 anyway; the friendly endpoint sends one message per request).
 
+The count alone would admit, for a slow model, more than its workers can answer in time:
+on /v2 a request is also refused when the wait it can expect in the coalescer (the batches
+ahead of it, at the recent time per batch) is longer than its deadline; it would only end
+in a 504.
+
 A request's rows are one forward pass on the worker: a tensor request with more rows than
 the version's max_batch_size is refused 400 naming the limit (the caller splits it, as it
 knows how; a worker never runs a batch larger than the owner allowed). Text requests are
@@ -31,6 +36,11 @@ RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 30
 SMOOTHING = 0.2
 
 
+def smoothed(previous: float, latest: float) -> float:
+    """An exponentially weighted mean (the first value taken as is)."""
+    return latest if not previous else previous + SMOOTHING * (latest - previous)
+
+
 def retry_after(latency_seconds: float) -> int:
     """Whole seconds a refused caller should wait: about what an answered request took lately."""
     return max(RETRY_AFTER_MIN, min(RETRY_AFTER_MAX, math.ceil(latency_seconds)))
@@ -40,6 +50,24 @@ def overload_message(model: str, version: int, backlog: int, limit: int) -> str:
     return (
         f"Model {model!r} v{version} has {backlog} requests waiting or running in this server, the limit "
         f"(INFERENCE_MAX_QUEUED) is {limit}: it is over capacity, retry shortly."
+    )
+
+
+def expected_wait(waiting: int, max_batch_size: int, in_flight: int, max_in_flight: int, batch_seconds: float) -> float:
+    """Seconds until a request joining `waiting` others is answered, at `batch_seconds` per batch.
+
+    Batches of max_batch_size go out max_in_flight at a time; when all are in flight, the new
+    request's batch waits for a wave to come back first.
+    """
+    batches_ahead = waiting // max(1, max_batch_size) + 1
+    waves = math.ceil(batches_ahead / max_in_flight) + (1 if in_flight >= max_in_flight else 0)
+    return waves * batch_seconds
+
+
+def late_message(model: str, version: int, waiting: int, expected: float, timeout: float) -> str:
+    return (
+        f"Model {model!r} v{version} has {waiting} requests waiting in this server; a new one would wait about "
+        f"{expected:.1f}s, past its deadline of {timeout:g}s (INFERENCE_TIMEOUT_SECONDS): retry shortly."
     )
 
 
@@ -92,7 +120,7 @@ class Backlog:
         took = time.monotonic() - started
         with self.lock:
             self.count -= 1
-            self.latency = took if not self.latency else self.latency + SMOOTHING * (took - self.latency)
+            self.latency = smoothed(self.latency, took)
 
     def retry_after(self) -> int:
         return retry_after(self.latency)
@@ -111,4 +139,7 @@ def backlog_of(version_id: int) -> Backlog:
     return backlog
 
 
-__all__ = ["Backlog", "backlog_of", "batches", "overload_message", "retry_after", "rows_refusal"]
+__all__ = [
+    "Backlog", "backlog_of", "batches", "expected_wait", "late_message", "overload_message", "retry_after",
+    "rows_refusal", "smoothed",
+]  # fmt: skip

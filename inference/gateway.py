@@ -135,6 +135,14 @@ class Coalescer:
         self.waiting: list[Waiting] = []
         self.in_flight = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.batch_seconds = 0.0  # smoothed time from sending a batch to its reply
+
+    def expected_wait(self) -> float:
+        """Seconds a request joining the queue now can expect to wait (0 while nothing waits)."""
+        if not self.waiting:
+            return 0.0
+        return admission.expected_wait(len(self.waiting), self.target.max_batch_size, self.in_flight,
+                                       settings.INFERENCE_MAX_IN_FLIGHT, self.batch_seconds)  # fmt: skip
 
     def submit(
         self, tensors: wire.Tensors, parameters: dict[str, Any] = NO_PARAMETERS, deadline: float | None = None
@@ -184,10 +192,12 @@ class Coalescer:
             )))  # fmt: skip
 
     async def _send(self, batch: list[Waiting]) -> None:
+        sent = time.monotonic()
         try:
             reply = await self.gateway.exchange(
                 self.target, [item[0] for item in batch], [item[1] for item in batch], min(item[3] for item in batch)
             )
+            self.batch_seconds = admission.smoothed(self.batch_seconds, time.monotonic() - sent)
             if len(reply.answers) != len(batch):
                 raise HttpError(502, f"A worker answered {len(reply.answers)} requests of a batch of {len(batch)}.")
             for item, answer in zip(batch, reply.answers, strict=True):
@@ -378,19 +388,35 @@ class Gateway:
         backlog = admission.backlog_of(target.version_id)
         admitted, seen = backlog.admit()
         if not admitted:
-            message = admission.overload_message(target.model_name, target.version, seen, settings.INFERENCE_MAX_QUEUED)
-            raise HttpError(503, message, {"Retry-After": str(backlog.retry_after())})
+            raise self._overloaded(target, backlog, seen)
         started = time.monotonic()
-        coalescer = self.coalescers.get(target.version_id)
-        if coalescer is None or coalescer.target != target:
-            coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
         try:
+            coalescer = self.coalescers.get(target.version_id)
+            if coalescer is None or coalescer.target != target:
+                coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
+            expected, timeout = coalescer.expected_wait(), settings.INFERENCE_TIMEOUT_SECONDS
+            if expected > timeout:
+                message = admission.late_message(
+                    target.model_name, target.version, len(coalescer.waiting), expected, timeout
+                )
+                raise HttpError(503, message, {"Retry-After": str(admission.retry_after(expected - timeout))})
             answer, reply = await coalescer.submit(tensors, parameters)
         finally:
             backlog.release(started)
         if isinstance(answer, Failure):
             raise HttpError(answer.status, answer.message)
         return answer, reply
+
+    def overload_check(self, target: Target) -> None:
+        """Refuse (503) a request of a version whose backlog is full now, before its body is read and decoded."""
+        backlog = admission.backlog_of(target.version_id)
+        if backlog.count >= settings.INFERENCE_MAX_QUEUED:
+            raise self._overloaded(target, backlog, backlog.count)
+
+    @staticmethod
+    def _overloaded(target: Target, backlog: admission.Backlog, seen: int) -> HttpError:
+        message = admission.overload_message(target.model_name, target.version, seen, settings.INFERENCE_MAX_QUEUED)
+        return HttpError(503, message, {"Retry-After": str(backlog.retry_after())})
 
     async def live_queues(self) -> set[str]:
         """Prediction queues with at least one live worker (heartbeats, cached for a second)."""
@@ -488,6 +514,7 @@ class Gateway:
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
         text.not_generative(target.task, target.model_name, target.version)
+        self.overload_check(target)
         body = await read_body(headers, receive)
         if sample is not None:
             sample.payload = len(body)

@@ -108,7 +108,12 @@ def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndar
 
 
 def text_predict(
-    version: ModelVersion, inputs: Any, parameters: Any, addressed: str | None = None, user: Any = None
+    version: ModelVersion,
+    inputs: Any,
+    parameters: Any,
+    addressed: str | None = None,
+    user: Any = None,
+    arrived: float | None = None,
 ) -> dict[str, Any]:
     """A text model's friendly prediction: answers in its task's shape, the hop's timing and the tokens read.
 
@@ -118,7 +123,8 @@ def text_predict(
     text.not_generative(version.task, version.model.name, version.version)
     texts, single = text.friendly_texts(inputs)
     checked = text.parameters_check(version.task, parameters)
-    outputs, timing = predict(version, {TEXT_INPUT: text.texts_tensor(texts)}, addressed, checked, user=user)
+    tensors = {TEXT_INPUT: text.texts_tensor(texts)}
+    outputs, timing = predict(version, tensors, addressed, checked, user=user, arrived=arrived)
     answers = text.friendly_answer(version.task, texts, outputs, checked, version.labels)
     return {"outputs": answers[0] if single else answers, "timing": timing,
             "usage": {"tokens": text.usage_tokens(outputs)}}  # fmt: skip
@@ -130,19 +136,21 @@ def predict(
     addressed: str | None = None,
     parameters: dict[str, Any] | None = None,
     user: Any = None,
+    arrived: float | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run one request on a worker of the model's queue; outputs by name and the timing of the hop.
 
     `addressed` is the version number or alias the caller named (None: the production alias);
     serving metrics record it. `parameters` (a text model's top_k, ...) travel with the request.
     A text model's tokens read are metered for `user` and charged to its token's limit.
+    `arrived` (epoch seconds; default now) starts the request's deadline, INFERENCE_TIMEOUT_SECONDS.
     """
     sample = telemetry.Sample(version.pk, version.model.name, version.version, addressed, source="native")
     sample.payload = sum(_size(array) for array in tensors.values())
     if user is not None:
         sample.caller(user)
     try:
-        outputs, timing = _exchange(version, tensors, sample, parameters or {})
+        outputs, timing = _exchange(version, tensors, sample, parameters or {}, arrived)
         if version.task:
             sample.prompt_tokens = text.usage_tokens(outputs)
             tokens_charge(user, sample.tokens)
@@ -159,7 +167,11 @@ def _size(array: np.ndarray) -> int:
 
 
 def _exchange(
-    version: ModelVersion, tensors: dict[str, np.ndarray], sample: telemetry.Sample, parameters: dict[str, Any]
+    version: ModelVersion,
+    tensors: dict[str, np.ndarray],
+    sample: telemetry.Sample,
+    parameters: dict[str, Any],
+    arrived: float | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if version.status != VersionStatus.READY:
         raise ServiceUnavailable(
@@ -179,24 +191,34 @@ def _exchange(
         raise Overloaded(message, retry_after=backlog.retry_after())
     started = time.monotonic()
     try:
-        return _exchange_admitted(version, tensors, sample, parameters)
+        return _exchange_admitted(version, tensors, sample, parameters, arrived)
     finally:
         backlog.release(started)
 
 
 def _exchange_admitted(
-    version: ModelVersion, tensors: dict[str, np.ndarray], sample: telemetry.Sample, parameters: dict[str, Any]
+    version: ModelVersion,
+    tensors: dict[str, np.ndarray],
+    sample: telemetry.Sample,
+    parameters: dict[str, Any],
+    arrived: float | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     reply_key = f"{wire.REPLY_PREFIX}sync:{uuid.uuid4().hex}"
     now = time.time()
     timeout = settings.INFERENCE_TIMEOUT_SECONDS
-    message = BatchRequest(uuid.uuid4().hex, reply_key, version.pk, now, now + timeout, [tensors], [parameters])
+    deadline = (arrived or now) + timeout
+    if deadline <= now:
+        raise GatewayTimeout(
+            f"The request for model {version.model.name!r} v{version.version} waited {timeout:g}s "
+            "(INFERENCE_TIMEOUT_SECONDS) for this server, which is busy: it was not sent."
+        )
+    message = BatchRequest(uuid.uuid4().hex, reply_key, version.pk, now, deadline, [tensors], [parameters])
     started = time.perf_counter()
     try:
         # No read timeout: BRPOP waits on the server, up to the prediction timeout.
         client = shared_redis.client(timeout=None)
         client.lpush(wire.queue_key(version.model.serving_queue), message.encode())
-        item = client.brpop([reply_key], timeout=max(1, round(timeout)))
+        item = client.brpop([reply_key], timeout=max(0.01, deadline - time.time()))
     except redis.RedisError as exc:
         raise ServiceUnavailable(f"The prediction broker is unavailable: {exc}") from None
     if item is None:

@@ -10,9 +10,12 @@ for minutes after the burst.
 
 So the ASGI entry point (portal.asgi) serves Django through `BoundedASGIHandler`:
 
-- at most WEB_MAX_CONCURRENT_REQUESTS requests run their views at once per process; the next
-  WEB_MAX_WAITING_REQUESTS wait their turn, at most WEB_QUEUE_SECONDS; past either bound a
-  request is answered 503 with Retry-After at once. Reading a request's body (an upload
+- at most WEB_MAX_CONCURRENT_REQUESTS requests run their views at once per process; others
+  wait their turn, at most WEB_QUEUE_SECONDS. A request is answered 503 with Retry-After at
+  once when WEB_MAX_WAITING_REQUESTS already wait, or when the wait it can expect (those
+  ahead of it times the recent view time, over the running limit) is longer than
+  WEB_QUEUE_SECONDS. Each request records when it arrived (`request.arrived_at`, epoch
+  seconds), so that a prediction's deadline covers this wait too. Reading a request's body (an upload
   streaming in) and sending the response (a download streaming out) take no turn: only the
   view, which is where a thread holds a connection.
 - when its view returns, a request's connections are closed, in its own thread: the thread
@@ -28,6 +31,7 @@ the connect per request; it needs the psycopg 3 driver, which this project does 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import django
@@ -52,6 +56,7 @@ class BoundedASGIHandler(ASGIHandler):
         self.waiting_limit = waiting
         self.seconds = seconds
         self.waiting = 0
+        self.view_seconds = 0.0  # smoothed time a view takes
         self._turns: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -61,12 +66,18 @@ class BoundedASGIHandler(ASGIHandler):
             self._turns, self._loop = asyncio.Semaphore(self.limit), loop
         return self._turns
 
+    def expected_wait(self) -> float:
+        """Seconds a request arriving now can expect to wait for its turn."""
+        return (self.waiting + 1) * self.view_seconds / self.limit
+
     async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
+        request.arrived_at = time.time()  # type: ignore[attr-defined]
         turns = self._semaphore()
         if turns.locked():
-            if self.waiting >= self.waiting_limit:
+            if self.waiting >= self.waiting_limit or self.expected_wait() > self.seconds:
                 return _refusal(f"{self.limit} requests are running and {self.waiting} waiting in this server "
-                                "(WEB_MAX_CONCURRENT_REQUESTS, WEB_MAX_WAITING_REQUESTS): retry shortly.")  # fmt: skip
+                                f"(WEB_MAX_CONCURRENT_REQUESTS, WEB_MAX_WAITING_REQUESTS, WEB_QUEUE_SECONDS "
+                                f"{self.seconds:g}): retry shortly.")  # fmt: skip
             self.waiting += 1
             try:
                 await asyncio.wait_for(turns.acquire(), self.seconds)
@@ -77,6 +88,7 @@ class BoundedASGIHandler(ASGIHandler):
                 self.waiting -= 1
         else:
             await turns.acquire()
+        started = time.monotonic()
         try:
             response = await super().run_get_response(request)
             # The request's own thread (thread-sensitive, like the view): its connection, not another's.
@@ -84,6 +96,8 @@ class BoundedASGIHandler(ASGIHandler):
             return response
         finally:
             turns.release()
+            took = time.monotonic() - started
+            self.view_seconds = took if not self.view_seconds else self.view_seconds + 0.2 * (took - self.view_seconds)
 
 
 def _refusal(message: str) -> JsonResponse:

@@ -114,13 +114,14 @@ else:
             env_str("DATABASE_URL"), conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
         )
     }
-# Under ASGI (portal.asgi) a web process runs at most this many Django requests at once, each
-# in a thread holding at most one database connection (closed when the request ends); the next
-# WEB_MAX_WAITING_REQUESTS wait their turn up to WEB_QUEUE_SECONDS, the others get 503 at once.
+# Under ASGI (portal.asgi) a web process runs at most this many Django views at once, each in a
+# thread holding at most one database connection (closed when the view returns); others wait
+# their turn up to WEB_QUEUE_SECONDS. A request that would wait longer (by the recent view
+# times), or finds WEB_MAX_WAITING_REQUESTS waiting, gets 503 with Retry-After at once.
 # See portal/concurrency.py for the connections a process can hold.
 WEB_MAX_CONCURRENT_REQUESTS = env_int("WEB_MAX_CONCURRENT_REQUESTS", 8, minimum=1)
 WEB_MAX_WAITING_REQUESTS = env_int("WEB_MAX_WAITING_REQUESTS", 128, minimum=0)
-WEB_QUEUE_SECONDS = env_float("WEB_QUEUE_SECONDS", 10.0, minimum=0.1)
+WEB_QUEUE_SECONDS = env_float("WEB_QUEUE_SECONDS", 3.0, minimum=0.1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Artifact storage -----------------------------------------------------------------

@@ -153,13 +153,15 @@ class PredictView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         addressed = request.query_params.get("version") or request.query_params.get("alias")
+        # When the request reached this server (portal.concurrency): its deadline covers the wait for a turn.
+        arrived = getattr(request._request, "arrived_at", None)
         if version.task:
             answer = predict.text_predict(
-                version, data["inputs"], data.get("parameters"), addressed=addressed, user=request.user
+                version, data["inputs"], data.get("parameters"), addressed=addressed, user=request.user, arrived=arrived
             )
             return Response({"model": version.model.name, "version": version.version, **answer})
         tensors = predict.friendly_to_tensors(version, data["inputs"])
-        outputs, timing = predict.predict(version, tensors, addressed=addressed, user=request.user)
+        outputs, timing = predict.predict(version, tensors, addressed=addressed, user=request.user, arrived=arrived)
         body = {
             "model": version.model.name,
             "version": version.version,
