@@ -14,6 +14,10 @@ on /v2 a request is also refused when the wait it can expect in the coalescer (t
 ahead of it, at the recent time per batch) is longer than its deadline; it would only end
 in a 504.
 
+A request's deadline (INFERENCE_TIMEOUT_SECONDS) starts when it reaches the server (`arrived`,
+set by the ASGI apps; the friendly endpoint's by portal.concurrency): its authorisation, the
+wait for a turn and the wait in the queues all count.
+
 A request's rows are one forward pass on the worker: a tensor request with more rows than
 the version's max_batch_size is refused 400 naming the limit (the caller splits it, as it
 knows how; a worker never runs a batch larger than the owner allowed). Text requests are
@@ -23,6 +27,7 @@ worker (inference.cache), and INFERENCE_TEXT_MAX_ITEMS bounds them.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 import time
@@ -32,8 +37,16 @@ import numpy as np
 from django.conf import settings
 
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 30
+# When the request being handled reached this server (epoch seconds): its deadline starts there.
+# Set by the ASGI apps (inference.gateway, inference.openai) as a request comes in.
+arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("maas_request_arrived", default=None)
 # Weight of the latest answer in the smoothed latency that Retry-After reports.
 SMOOTHING = 0.2
+
+
+def deadline() -> float:
+    """The deadline of the request being handled: INFERENCE_TIMEOUT_SECONDS after it arrived (or from now)."""
+    return (arrived.get() or time.time()) + settings.INFERENCE_TIMEOUT_SECONDS
 
 
 def smoothed(previous: float, latest: float) -> float:
@@ -140,6 +153,6 @@ def backlog_of(version_id: int) -> Backlog:
 
 
 __all__ = [
-    "Backlog", "backlog_of", "batches", "expected_wait", "late_message", "overload_message", "retry_after",
-    "rows_refusal", "smoothed",
+    "Backlog", "arrived", "backlog_of", "batches", "deadline", "expected_wait", "late_message", "overload_message",
+    "retry_after", "rows_refusal", "smoothed",
 ]  # fmt: skip

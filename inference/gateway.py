@@ -9,10 +9,11 @@ new requests wait for the next batch; nothing waits on a timer unless the versio
 for a batching delay.
 
 Admission (inference.admission): past INFERENCE_MAX_QUEUED requests of a version waiting or
-running in this process, a new one is refused at once (503, Retry-After). A request's
-deadline (INFERENCE_TIMEOUT_SECONDS) starts when it enters the coalescer and covers its whole
-wait: a request still waiting at its deadline is answered 504 without being sent, a batch
-carries the earliest deadline of its requests, and a worker drops a batch popped past it.
+running in this process, or when the coalescer's expected wait would outlast its deadline, a
+new request is refused at once (503, Retry-After). A request's deadline
+(INFERENCE_TIMEOUT_SECONDS) starts when it reaches the gateway and covers its whole wait: a
+request still waiting at its deadline is answered 504 without being sent, a batch carries the
+earliest deadline of its requests, and a worker drops a batch popped past it.
 
 A text (Hugging Face) version takes BYTES texts: they and the request's text parameters are
 checked by inference.text, and the parameters ride beside the request to the worker. The
@@ -394,13 +395,14 @@ class Gateway:
             coalescer = self.coalescers.get(target.version_id)
             if coalescer is None or coalescer.target != target:
                 coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
-            expected, timeout = coalescer.expected_wait(), settings.INFERENCE_TIMEOUT_SECONDS
-            if expected > timeout:
+            deadline, expected = admission.deadline(), coalescer.expected_wait()
+            if expected > deadline - time.time():
+                timeout = settings.INFERENCE_TIMEOUT_SECONDS
                 message = admission.late_message(
                     target.model_name, target.version, len(coalescer.waiting), expected, timeout
                 )
                 raise HttpError(503, message, {"Retry-After": str(admission.retry_after(expected - timeout))})
-            answer, reply = await coalescer.submit(tensors, parameters)
+            answer, reply = await coalescer.submit(tensors, parameters, deadline)
         finally:
             backlog.release(started)
         if isinstance(answer, Failure):
@@ -440,6 +442,7 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        admission.arrived.set(time.time())  # the request's deadline starts now
         try:
             status, body, headers = await self.route(scope, receive)
         except HttpError as exc:

@@ -108,12 +108,7 @@ def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndar
 
 
 def text_predict(
-    version: ModelVersion,
-    inputs: Any,
-    parameters: Any,
-    addressed: str | None = None,
-    user: Any = None,
-    arrived: float | None = None,
+    version: ModelVersion, inputs: Any, parameters: Any, addressed: str | None = None, user: Any = None
 ) -> dict[str, Any]:
     """A text model's friendly prediction: answers in its task's shape, the hop's timing and the tokens read.
 
@@ -123,8 +118,7 @@ def text_predict(
     text.not_generative(version.task, version.model.name, version.version)
     texts, single = text.friendly_texts(inputs)
     checked = text.parameters_check(version.task, parameters)
-    tensors = {TEXT_INPUT: text.texts_tensor(texts)}
-    outputs, timing = predict(version, tensors, addressed, checked, user=user, arrived=arrived)
+    outputs, timing = predict(version, {TEXT_INPUT: text.texts_tensor(texts)}, addressed, checked, user=user)
     answers = text.friendly_answer(version.task, texts, outputs, checked, version.labels)
     return {"outputs": answers[0] if single else answers, "timing": timing,
             "usage": {"tokens": text.usage_tokens(outputs)}}  # fmt: skip
@@ -136,21 +130,20 @@ def predict(
     addressed: str | None = None,
     parameters: dict[str, Any] | None = None,
     user: Any = None,
-    arrived: float | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run one request on a worker of the model's queue; outputs by name and the timing of the hop.
 
     `addressed` is the version number or alias the caller named (None: the production alias);
     serving metrics record it. `parameters` (a text model's top_k, ...) travel with the request.
     A text model's tokens read are metered for `user` and charged to its token's limit.
-    `arrived` (epoch seconds; default now) starts the request's deadline, INFERENCE_TIMEOUT_SECONDS.
+    Its deadline, INFERENCE_TIMEOUT_SECONDS, runs from when it reached the server (inference.admission).
     """
     sample = telemetry.Sample(version.pk, version.model.name, version.version, addressed, source="native")
     sample.payload = sum(_size(array) for array in tensors.values())
     if user is not None:
         sample.caller(user)
     try:
-        outputs, timing = _exchange(version, tensors, sample, parameters or {}, arrived)
+        outputs, timing = _exchange(version, tensors, sample, parameters or {})
         if version.task:
             sample.prompt_tokens = text.usage_tokens(outputs)
             tokens_charge(user, sample.tokens)
@@ -167,11 +160,7 @@ def _size(array: np.ndarray) -> int:
 
 
 def _exchange(
-    version: ModelVersion,
-    tensors: dict[str, np.ndarray],
-    sample: telemetry.Sample,
-    parameters: dict[str, Any],
-    arrived: float | None = None,
+    version: ModelVersion, tensors: dict[str, np.ndarray], sample: telemetry.Sample, parameters: dict[str, Any]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if version.status != VersionStatus.READY:
         raise ServiceUnavailable(
@@ -191,22 +180,18 @@ def _exchange(
         raise Overloaded(message, retry_after=backlog.retry_after())
     started = time.monotonic()
     try:
-        return _exchange_admitted(version, tensors, sample, parameters, arrived)
+        return _exchange_admitted(version, tensors, sample, parameters)
     finally:
         backlog.release(started)
 
 
 def _exchange_admitted(
-    version: ModelVersion,
-    tensors: dict[str, np.ndarray],
-    sample: telemetry.Sample,
-    parameters: dict[str, Any],
-    arrived: float | None,
+    version: ModelVersion, tensors: dict[str, np.ndarray], sample: telemetry.Sample, parameters: dict[str, Any]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     reply_key = f"{wire.REPLY_PREFIX}sync:{uuid.uuid4().hex}"
     now = time.time()
     timeout = settings.INFERENCE_TIMEOUT_SECONDS
-    deadline = (arrived or now) + timeout
+    deadline = admission.deadline()
     if deadline <= now:
         raise GatewayTimeout(
             f"The request for model {version.model.name!r} v{version.version} waited {timeout:g}s "

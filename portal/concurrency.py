@@ -14,8 +14,8 @@ So the ASGI entry point (portal.asgi) serves Django through `BoundedASGIHandler`
   wait their turn, at most WEB_QUEUE_SECONDS. A request is answered 503 with Retry-After at
   once when WEB_MAX_WAITING_REQUESTS already wait, or when the wait it can expect (those
   ahead of it times the recent view time, over the running limit) is longer than
-  WEB_QUEUE_SECONDS. Each request records when it arrived (`request.arrived_at`, epoch
-  seconds), so that a prediction's deadline covers this wait too. Reading a request's body (an upload
+  WEB_QUEUE_SECONDS. When a request arrived is recorded (inference.admission.arrived), so
+  that a prediction's deadline covers this wait too. Reading a request's body (an upload
   streaming in) and sending the response (a download streaming out) take no turn: only the
   view, which is where a thread holds a connection.
 - when its view returns, a request's connections are closed, in its own thread: the thread
@@ -23,7 +23,8 @@ So the ASGI entry point (portal.asgi) serves Django through `BoundedASGIHandler`
 
 The /v2 gateway and /v1 do not pass here: their database lookups (cache misses) run in the
 event loop's default thread pool, min(32, cores + 4) long-lived threads whose connections
-persist. A web process therefore holds at most WEB_MAX_CONCURRENT_REQUESTS + min(32, cores + 4)
+persist; the serving-metrics flusher (monitoring.metrics.recording) is one more thread. A web
+process therefore holds at most WEB_MAX_CONCURRENT_REQUESTS + min(32, cores + 4) + 1
 connections, whatever the load. (psycopg 3's pool, DATABASES OPTIONS "pool", would also save
 the connect per request; it needs the psycopg 3 driver, which this project does not ship.)
 """
@@ -40,6 +41,8 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
+
+from inference import admission
 
 
 def _close_connections() -> None:
@@ -70,8 +73,11 @@ class BoundedASGIHandler(ASGIHandler):
         """Seconds a request arriving now can expect to wait for its turn."""
         return (self.waiting + 1) * self.view_seconds / self.limit
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        admission.arrived.set(time.time())  # a prediction's deadline starts now (seen by the view's thread)
+        await super().__call__(scope, receive, send)
+
     async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
-        request.arrived_at = time.time()  # type: ignore[attr-defined]
         turns = self._semaphore()
         if turns.locked():
             if self.waiting >= self.waiting_limit or self.expected_wait() > self.seconds:

@@ -153,15 +153,13 @@ class PredictView(APIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         addressed = request.query_params.get("version") or request.query_params.get("alias")
-        # When the request reached this server (portal.concurrency): its deadline covers the wait for a turn.
-        arrived = getattr(request._request, "arrived_at", None)
         if version.task:
             answer = predict.text_predict(
-                version, data["inputs"], data.get("parameters"), addressed=addressed, user=request.user, arrived=arrived
+                version, data["inputs"], data.get("parameters"), addressed=addressed, user=request.user
             )
             return Response({"model": version.model.name, "version": version.version, **answer})
         tensors = predict.friendly_to_tensors(version, data["inputs"])
-        outputs, timing = predict.predict(version, tensors, addressed=addressed, user=request.user, arrived=arrived)
+        outputs, timing = predict.predict(version, tensors, addressed=addressed, user=request.user)
         body = {
             "model": version.model.name,
             "version": version.version,

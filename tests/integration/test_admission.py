@@ -171,8 +171,10 @@ def test_a_request_with_more_rows_than_max_batch_size_is_refused_400(served, tok
                        timeout=30)  # fmt: skip
     assert ok.status_code == 200, ok.text
 
-    friendly = requests.post(f"{gateway_url}/api/v1/models/iris/predict/",
-                             json={"inputs": {"features": three.tolist()}}, headers=auth(token), timeout=30)  # fmt: skip
+    friendly = requests.post(
+        f"{gateway_url}/api/v1/models/iris/predict/", json={"inputs": {"features": three.tolist()}},
+        headers=auth(token), timeout=30,
+    )  # fmt: skip
     assert friendly.status_code == 400 and "at most 2 per request" in friendly.json()["error"], friendly.text
 
 
@@ -209,10 +211,11 @@ def test_database_connections_stay_bounded_under_a_burst(
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 10, answers
     assert seen and max(seen) >= 1, seen
     # Unbounded, this burst opened a connection per request (80; PostgreSQL's default limit is 100).
-    assert max(seen) <= 3, seen
-    # And they are closed as their requests end, not left to the garbage collector.
+    # Bounded: the 3 views at once, and the serving-metrics flusher's own (portal/concurrency.py).
+    assert max(seen) <= 3 + 1, seen
+    # And the views' connections are closed as their requests end, not left to the garbage collector.
     for _ in range(40):
-        if _connections(application) == 0:
+        if _connections(application) <= 1:
             break
         time.sleep(0.1)
-    assert _connections(application) == 0
+    assert _connections(application) <= 1
