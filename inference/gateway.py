@@ -396,12 +396,14 @@ class Gateway:
             if coalescer is None or coalescer.target != target:
                 coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
             deadline, expected = admission.deadline(), coalescer.expected_wait()
-            if expected > deadline - time.time():
+            remaining = deadline - time.time()
+            if expected > remaining:
                 timeout = settings.INFERENCE_TIMEOUT_SECONDS
                 message = admission.late_message(
                     target.model_name, target.version, len(coalescer.waiting), expected, timeout
                 )
-                raise HttpError(503, message, {"Retry-After": str(admission.retry_after(expected - timeout))})
+                # By then the queue ahead of it has moved on far enough for a request to make it.
+                raise HttpError(503, message, {"Retry-After": str(admission.retry_after(expected - remaining))})
             answer, reply = await coalescer.submit(tensors, parameters, deadline)
         finally:
             backlog.release(started)

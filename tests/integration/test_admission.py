@@ -124,8 +124,10 @@ def test_excess_requests_get_503_with_retry_after_at_once_and_admitted_ones_fini
         assert retry_after is not None and retry_after.isdigit() and int(retry_after) >= 1, text
         # The model's queue is full, a new request would be late, or (friendly endpoint) Django's line is.
         assert any(name in text for name in LIMITS), text
-        # Refused at once, not after waiting for the slow model (a loaded 2-core machine: generous).
-        assert seconds < 1.5, (seconds, text)
+        # Refused at once, not after waiting for the slow model (30 x 0.3 s or more) or the 4 s deadline.
+        # Generous for a loaded 2-core machine; the friendly endpoint authenticates each request in
+        # a Django view (a database connection and queries) before it can refuse it.
+        assert seconds < (1.0 if endpoint.startswith("/v2") else 2.5), (seconds, text)
     assert max(seconds for _, seconds, _, _ in admitted) < 4 + 0.5
 
 
@@ -141,12 +143,12 @@ def test_the_deadline_covers_the_wait_in_the_gateways_queue(
     answers = burst(f"{url}/v2/models/slow/infer", token, 30, ONE_ROW)
 
     statuses = [status for status, _, _, _ in answers]
-    # Served one by one, at 0.1 s or more each (0.3 s on an idle machine): the first ones in time,
-    # the rest past a 2 s deadline. Before the deadline covered the queue, each got 2 s from when
-    # it was sent: the last was answered after 30 forwards (3 s or more).
+    # Served one by one, at about 0.3 s or more each: the first ones in time, the rest past a 2 s
+    # deadline. Before the deadline covered the queue, each got 2 s from when it was sent: the last
+    # was answered after 30 forwards (9 s or more). (The slack: 30 client threads on a busy machine.)
     # (Late arrivals of the burst may be refused 503 instead: by then the queue's expected wait is known.)
     assert 504 in statuses and set(statuses) <= {200, 503, 504}, answers
-    assert max(seconds for _, seconds, _, _ in answers) < 2 + 1.0, answers
+    assert max(seconds for _, seconds, _, _ in answers) < 2 + 2.0, answers
     late = [text for status, _, _, text in answers if status == 504]
     assert any("was not sent" in text for text in late), late
 
