@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen import head_parse, percentile
+from loadgen import ChunkedDecoder, ProtocolError, head_parse, percentile
 
 
 @dataclass
@@ -102,13 +102,18 @@ async def _one(connections: _Connections, request: bytes, result: Overload) -> N
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         status, headers = head_parse(head[:-4])
-        await reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            decoder = ChunkedDecoder()
+            while not decoder.finished:
+                decoder.feed(await reader.readuntil(b"\r\n"))
+        else:
+            await reader.readexactly(int(headers.get("content-length", "0")))
         result.answers.append(Answered(status, time.monotonic() - started, headers.get("retry-after")))
         if headers.get("connection", "").lower() == "close":
             writer.close()
         else:
             connections.idle.append((reader, writer))
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError) as exc:
         result.failures[type(exc).__name__] += 1
         if writer is not None:
             writer.close()

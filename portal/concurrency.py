@@ -109,6 +109,8 @@ class BoundedASGIHandler(ASGIHandler):
 def _refusal(message: str) -> JsonResponse:
     response = JsonResponse({"error": message, "code": "overloaded"}, status=503)
     response["Retry-After"] = "1"
+    # Answered before Django's middleware (which would add it): a length, not a chunked body.
+    response["Content-Length"] = str(len(response.content))
     return response
 
 
