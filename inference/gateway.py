@@ -398,12 +398,7 @@ class Gateway:
             deadline, expected = admission.deadline(), coalescer.expected_wait()
             remaining = deadline - time.time()
             if expected > remaining:
-                timeout = settings.INFERENCE_TIMEOUT_SECONDS
-                message = admission.late_message(
-                    target.model_name, target.version, len(coalescer.waiting), expected, timeout
-                )
-                # By then the queue ahead of it has moved on far enough for a request to make it.
-                raise HttpError(503, message, {"Retry-After": str(admission.retry_after(expected - remaining))})
+                raise self._late(target, coalescer, expected, remaining)
             answer, reply = await coalescer.submit(tensors, parameters, deadline)
         finally:
             backlog.release(started)
@@ -412,10 +407,22 @@ class Gateway:
         return answer, reply
 
     def overload_check(self, target: Target) -> None:
-        """Refuse (503) a request of a version whose backlog is full now, before its body is read and decoded."""
+        """Refuse (503) a request that submit() would refuse now, before its body is read and decoded."""
         backlog = admission.backlog_of(target.version_id)
         if backlog.count >= settings.INFERENCE_MAX_QUEUED:
             raise self._overloaded(target, backlog, backlog.count)
+        coalescer = self.coalescers.get(target.version_id)
+        if coalescer is not None and coalescer.waiting:
+            expected, remaining = coalescer.expected_wait(), admission.deadline() - time.time()
+            if expected > remaining:
+                raise self._late(target, coalescer, expected, remaining)
+
+    @staticmethod
+    def _late(target: Target, coalescer: Coalescer, expected: float, remaining: float) -> HttpError:
+        timeout = settings.INFERENCE_TIMEOUT_SECONDS
+        message = admission.late_message(target.model_name, target.version, len(coalescer.waiting), expected, timeout)
+        # By then the queue ahead has moved on far enough for a request to make its deadline.
+        return HttpError(503, message, {"Retry-After": str(admission.retry_after(expected - remaining))})
 
     @staticmethod
     def _overloaded(target: Target, backlog: admission.Backlog, seen: int) -> HttpError:
