@@ -8,6 +8,13 @@ the workers. While at most INFERENCE_MAX_IN_FLIGHT batches of a version are in f
 new requests wait for the next batch; nothing waits on a timer unless the version asks
 for a batching delay.
 
+Admission (inference.admission): past INFERENCE_MAX_QUEUED requests of a version waiting or
+running in this process, or when the coalescer's expected wait would outlast its deadline, a
+new request is refused at once (503, Retry-After). A request's deadline
+(INFERENCE_TIMEOUT_SECONDS) starts when it reaches the gateway and covers its whole wait: a
+request still waiting at its deadline is answered 504 without being sent, a batch carries the
+earliest deadline of its requests, and a worker drops a batch popped past it.
+
 A text (Hugging Face) version takes BYTES texts: they and the request's text parameters are
 checked by inference.text, and the parameters ride beside the request to the worker. The
 OpenAI-compatible /v1 (inference.openai) goes through this gateway's caches, guard,
@@ -39,7 +46,7 @@ from accounts.services import token_authenticate
 from core import redis as shared_redis
 from core.errors import PortalError
 from core.invalidation import INVALIDATE_CHANNEL
-from inference import guard, protocol, telemetry, text, wire
+from inference import admission, guard, protocol, telemetry, text, wire
 from inference.generation.client import GenerationClient
 from inference.routes import HttpError, Target
 from inference.wire import BatchReply, BatchRequest, Failure, Outputs
@@ -115,8 +122,9 @@ def _authenticate(raw: str) -> Any:
 
 # What a request's future resolves to: its own answer and the reply of the batch it rode in.
 Answered = tuple[Outputs | Failure, BatchReply]
-# A request waiting in a coalescer: its tensors, its parameters (top_k, ...) and its future.
-Waiting = tuple[wire.Tensors, dict[str, Any], asyncio.Future[Answered]]
+# A request waiting in a coalescer: its tensors, its parameters (top_k, ...), its future and
+# its deadline (epoch seconds).
+Waiting = tuple[wire.Tensors, dict[str, Any], asyncio.Future[Answered], float]
 
 
 class Coalescer:
@@ -128,11 +136,26 @@ class Coalescer:
         self.waiting: list[Waiting] = []
         self.in_flight = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.batch_seconds = 0.0  # smoothed time from sending a batch to its reply
 
-    def submit(self, tensors: wire.Tensors, parameters: dict[str, Any] = NO_PARAMETERS) -> asyncio.Future[Answered]:
-        """Queue one request (with its own parameters, which travel to the worker beside it)."""
+    def expected_wait(self) -> float:
+        """Seconds a request joining the queue now can expect to wait (0 while nothing waits)."""
+        if not self.waiting:
+            return 0.0
+        return admission.expected_wait(len(self.waiting), self.target.max_batch_size, self.in_flight,
+                                       settings.INFERENCE_MAX_IN_FLIGHT, self.batch_seconds)  # fmt: skip
+
+    def submit(
+        self, tensors: wire.Tensors, parameters: dict[str, Any] = NO_PARAMETERS, deadline: float | None = None
+    ) -> asyncio.Future[Answered]:
+        """Queue one request (with its own parameters, which travel to the worker beside it).
+
+        `deadline` (epoch seconds; default: INFERENCE_TIMEOUT_SECONDS from now) bounds its whole wait.
+        """
         future: asyncio.Future[Answered] = asyncio.get_running_loop().create_future()
-        self.waiting.append((tensors, parameters, future))
+        if deadline is None:
+            deadline = time.time() + settings.INFERENCE_TIMEOUT_SECONDS
+        self.waiting.append((tensors, parameters, future, deadline))
         if self.target.max_batch_delay_ms and self.timer is None and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
             self.timer = asyncio.get_running_loop().call_later(self.target.max_batch_delay_ms / 1000, self._timer_fired)
         elif not self.target.max_batch_delay_ms:
@@ -144,30 +167,47 @@ class Coalescer:
         self.flush()
 
     def flush(self) -> None:
+        now = time.time()
         while self.waiting and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
             batch: list[Waiting] = []
             rows = 0
             while self.waiting and (not batch or rows + wire.rows(self.waiting[0][0]) <= self.target.max_batch_size):
                 item = self.waiting.pop(0)
+                if item[3] <= now:
+                    self._expired(item)
+                    continue
                 rows += wire.rows(item[0])
                 batch.append(item)
+            if not batch:
+                continue
             self.in_flight += 1
             asyncio.get_running_loop().create_task(self._send(batch))
 
+    def _expired(self, item: Waiting) -> None:
+        """Answer 504 a request whose deadline passed while it waited here: it is never sent."""
+        if not item[2].done():
+            timeout = settings.INFERENCE_TIMEOUT_SECONDS
+            item[2].set_exception(HttpError(504, (
+                f"The request for model {self.target.model_name!r} v{self.target.version} waited {timeout:g}s "
+                "(INFERENCE_TIMEOUT_SECONDS) for the workers, which are busy: it was not sent."
+            )))  # fmt: skip
+
     async def _send(self, batch: list[Waiting]) -> None:
+        sent = time.monotonic()
         try:
             reply = await self.gateway.exchange(
-                self.target, [tensors for tensors, _, _ in batch], [parameters for _, parameters, _ in batch]
+                self.target, [item[0] for item in batch], [item[1] for item in batch], min(item[3] for item in batch)
             )
+            self.batch_seconds = admission.smoothed(self.batch_seconds, time.monotonic() - sent)
             if len(reply.answers) != len(batch):
                 raise HttpError(502, f"A worker answered {len(reply.answers)} requests of a batch of {len(batch)}.")
-            for (_, _, future), answer in zip(batch, reply.answers, strict=True):
-                if not future.done():
-                    future.set_result((answer, reply))
+            for item, answer in zip(batch, reply.answers, strict=True):
+                if not item[2].done():
+                    item[2].set_result((answer, reply))
         except HttpError as exc:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for item in batch:
+                if not item[2].done():
+                    item[2].set_exception(exc)
         finally:
             self.in_flight -= 1
             self.flush()
@@ -253,14 +293,21 @@ class Gateway:
         guard.forgotten()
 
     async def exchange(
-        self, target: Target, requests: list[wire.Tensors], parameters: list[dict[str, Any]]
+        self,
+        target: Target,
+        requests: list[wire.Tensors],
+        parameters: list[dict[str, Any]],
+        deadline: float | None = None,
     ) -> BatchReply:
-        """Send one batch to the workers of the target's queue and wait for its reply."""
+        """Send one batch to the workers of the target's queue and wait for its reply until `deadline`."""
         client = self._connect()
         batch_id = uuid.uuid4().hex
         now = time.time()
-        timeout = settings.INFERENCE_TIMEOUT_SECONDS
-        message = BatchRequest(batch_id, self.reply_key, target.version_id, now, now + timeout, requests, parameters)
+        if deadline is None:
+            deadline = now + settings.INFERENCE_TIMEOUT_SECONDS
+        # The whole wait's limit, as the caller sees it; what is left of it bounds this exchange.
+        timeout, remaining = settings.INFERENCE_TIMEOUT_SECONDS, max(0.0, deadline - now)
+        message = BatchRequest(batch_id, self.reply_key, target.version_id, now, deadline, requests, parameters)
         future: asyncio.Future[BatchReply] = asyncio.get_running_loop().create_future()
         self.pending[batch_id] = future
         try:
@@ -269,7 +316,7 @@ class Gateway:
             self.pending.pop(batch_id, None)
             raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(future, remaining)
         except TimeoutError:
             self.pending.pop(batch_id, None)
             raise HttpError(
@@ -324,18 +371,63 @@ class Gateway:
     async def submit(
         self, target: Target, tensors: wire.Tensors, parameters: dict[str, Any] = NO_PARAMETERS
     ) -> tuple[Outputs, BatchReply]:
-        """Run one checked request through the version's coalescer; a worker's Failure is raised as HttpError."""
+        """Run one checked request through the version's coalescer; a worker's Failure is raised as HttpError.
+
+        Refused at once: 400 when a tensor request has more rows than the version's max_batch_size,
+        503 with Retry-After when the version's backlog in this process is full (inference.admission).
+        """
         if target.status != VersionStatus.READY:
             raise HttpError(
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
-        coalescer = self.coalescers.get(target.version_id)
-        if coalescer is None or coalescer.target != target:
-            coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
-        answer, reply = await coalescer.submit(tensors, parameters)
+        if not target.task:
+            refusal = admission.rows_refusal(
+                target.signature, tensors, target.max_batch_size, target.model_name, target.version
+            )
+            if refusal is not None:
+                raise HttpError(400, refusal)
+        backlog = admission.backlog_of(target.version_id)
+        admitted, seen = backlog.admit()
+        if not admitted:
+            raise self._overloaded(target, backlog, seen)
+        started = time.monotonic()
+        try:
+            coalescer = self.coalescers.get(target.version_id)
+            if coalescer is None or coalescer.target != target:
+                coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
+            deadline, expected = admission.deadline(), coalescer.expected_wait()
+            remaining = deadline - time.time()
+            if expected > remaining:
+                raise self._late(target, coalescer, expected, remaining)
+            answer, reply = await coalescer.submit(tensors, parameters, deadline)
+        finally:
+            backlog.release(started)
         if isinstance(answer, Failure):
             raise HttpError(answer.status, answer.message)
         return answer, reply
+
+    def overload_check(self, target: Target) -> None:
+        """Refuse (503) a request that submit() would refuse now, before its body is read and decoded."""
+        backlog = admission.backlog_of(target.version_id)
+        if backlog.count >= settings.INFERENCE_MAX_QUEUED:
+            raise self._overloaded(target, backlog, backlog.count)
+        coalescer = self.coalescers.get(target.version_id)
+        if coalescer is not None and coalescer.waiting:
+            expected, remaining = coalescer.expected_wait(), admission.deadline() - time.time()
+            if expected > remaining:
+                raise self._late(target, coalescer, expected, remaining)
+
+    @staticmethod
+    def _late(target: Target, coalescer: Coalescer, expected: float, remaining: float) -> HttpError:
+        timeout = settings.INFERENCE_TIMEOUT_SECONDS
+        message = admission.late_message(target.model_name, target.version, len(coalescer.waiting), expected, timeout)
+        # By then the queue ahead has moved on far enough for a request to make its deadline.
+        return HttpError(503, message, {"Retry-After": str(admission.retry_after(expected - remaining))})
+
+    @staticmethod
+    def _overloaded(target: Target, backlog: admission.Backlog, seen: int) -> HttpError:
+        message = admission.overload_message(target.model_name, target.version, seen, settings.INFERENCE_MAX_QUEUED)
+        return HttpError(503, message, {"Retry-After": str(backlog.retry_after())})
 
     async def live_queues(self) -> set[str]:
         """Prediction queues with at least one live worker (heartbeats, cached for a second)."""
@@ -359,6 +451,7 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        admission.arrived.set(time.time())  # the request's deadline starts now
         try:
             status, body, headers = await self.route(scope, receive)
         except HttpError as exc:
@@ -433,6 +526,7 @@ class Gateway:
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
         text.not_generative(target.task, target.model_name, target.version)
+        self.overload_check(target)
         body = await read_body(headers, receive)
         if sample is not None:
             sample.payload = len(body)

@@ -39,7 +39,7 @@ import orjson
 from asgiref.sync import sync_to_async
 
 from core.errors import NotFound, PortalError, TooManyRequests
-from inference import guard, telemetry, text
+from inference import admission, guard, telemetry, text
 from inference.gateway import AUTH_REQUIRED, Gateway, HttpError, Receive, Scope, Send, read_body, respond
 from inference.generation.client import Generation
 from inference.generation.messages import Output
@@ -415,6 +415,7 @@ class OpenAIApi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        admission.arrived.set(time.time())  # the request's deadline starts now
         headers = JSON_HEADERS
         try:
             path = scope["path"].rstrip("/")

@@ -70,7 +70,11 @@ class PredictionRouter:
 
 
 def _build() -> ASGIApp:
-    django_app = get_asgi_application()
+    get_asgi_application()  # sets Django up
+    from portal.concurrency import bounded_asgi_application
+
+    # Django's views (each in a thread holding a database connection) are bounded per process.
+    django_app = bounded_asgi_application()
     from django.conf import settings
 
     from inference.gateway import gateway

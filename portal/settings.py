@@ -114,6 +114,14 @@ else:
             env_str("DATABASE_URL"), conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
         )
     }
+# Under ASGI (portal.asgi) a web process runs at most this many Django views at once, each in a
+# thread holding at most one database connection (closed when the view returns); others wait
+# their turn up to WEB_QUEUE_SECONDS. A request that would wait longer (by the recent view
+# times), or finds WEB_MAX_WAITING_REQUESTS waiting, gets 503 with Retry-After at once.
+# See portal/concurrency.py for the connections a process can hold.
+WEB_MAX_CONCURRENT_REQUESTS = env_int("WEB_MAX_CONCURRENT_REQUESTS", 8, minimum=1)
+WEB_MAX_WAITING_REQUESTS = env_int("WEB_MAX_WAITING_REQUESTS", 128, minimum=0)
+WEB_QUEUE_SECONDS = env_float("WEB_QUEUE_SECONDS", 3.0, minimum=0.1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Artifact storage -----------------------------------------------------------------
@@ -216,6 +224,10 @@ INFERENCE_MAX_ELEMENTS = env_int("INFERENCE_MAX_ELEMENTS", 16 * 1024**2, minimum
 # Batches of one model version a gateway process keeps in flight at once; requests that
 # arrive meanwhile are coalesced into the next batch.
 INFERENCE_MAX_IN_FLIGHT = env_int("INFERENCE_MAX_IN_FLIGHT", 1, minimum=1)
+# Requests of one model version a web process admits and has not answered yet (waiting to be
+# sent, queued for a worker, or running); past it a new one is refused at once with 503 and
+# Retry-After (inference.admission). Generation has its own bound, GENERATION_MAX_QUEUED.
+INFERENCE_MAX_QUEUED = env_int("INFERENCE_MAX_QUEUED", 64, minimum=1)
 # A worker is live while its heartbeat is younger than this.
 INFERENCE_WORKER_TTL_SECONDS = env_float("INFERENCE_WORKER_TTL_SECONDS", 10.0, minimum=1.0)
 # Memory a worker may fill with resident models before it evicts the least recently used.

@@ -123,7 +123,9 @@ class FakeGateway(Gateway):
     def connection(self) -> Any:
         return None
 
-    async def exchange(self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]]) -> BatchReply:
+    async def exchange(
+        self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]], deadline: float | None = None
+    ) -> BatchReply:
         self.sent.append((requests, parameters))
         answers = []
         for tensors in requests:

@@ -70,7 +70,9 @@ class TextWorkers(Gateway):
     def _connect(self) -> Any:
         return shared_redis.async_client()
 
-    async def exchange(self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]]) -> BatchReply:
+    async def exchange(
+        self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]], deadline: float | None = None
+    ) -> BatchReply:
         answers = []
         for tensors in requests:
             rows = len(tensors["text"])
