@@ -429,14 +429,16 @@ def version_action(request: HttpRequest, name: str, version: int, action: str) -
     try:
         needed = Action.DELETE if action == "delete" else Action.UPLOAD
         obj = selectors.version_get(request.user, name, version, action=needed)
+        # "Also remove its aliases" ticked: take the version offline on purpose (audited).
+        force = request.POST.get("force") == "1"
         if action == "delete":
-            services.version_delete(actor=request.user, version=obj)
+            services.version_delete(actor=request.user, version=obj, force=force)
             messages.success(request, f"Version {version} deleted.")
             return redirect("registry:model-detail", name=name)
         if action not in VERSION_ACTIONS:
             raise Http404(f"Unknown action {action!r}.")
         service, message = VERSION_ACTIONS[action]
-        service(actor=request.user, version=obj)
+        service(actor=request.user, version=obj, **({"force": force} if action == "archive" else {}))
         messages.success(request, message.format(v=version))
     except NotFound as exc:
         raise Http404(exc.message) from None

@@ -30,10 +30,26 @@ from registry.api.serializers import (
     VersionUpdateSerializer,
     VersionUploadSerializer,
 )
-from registry.artifacts import artifact_extension, artifact_stem, artifact_storage
+from registry.artifacts import artifact_extension, artifact_stem
 from registry.models import AuditEvent, ModelAlias, ModelVersion, RegisteredModel
 
 MODEL_NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Model name.")
+FORCE = OpenApiParameter(
+    "force",
+    bool,
+    OpenApiParameter.QUERY,
+    required=False,
+    description="Also remove the aliases the version holds (else 409 naming them); audited.",
+)
+FORCE_TRUE = ("1", "true", "yes", "on")
+
+
+def force_flag(request: Request) -> bool:
+    """`force` from the query string or a JSON/form body: true, 1, yes or on."""
+    raw = request.query_params.get("force")
+    if raw is None and hasattr(request.data, "get"):
+        raw = request.data.get("force")
+    return raw is True or str(raw).strip().lower() in FORCE_TRUE
 
 
 @extend_schema_view(
@@ -98,7 +114,9 @@ VERSION = OpenApiParameter("version", int, OpenApiParameter.PATH, description="V
         responses={200: VersionSerializer, 404: ERROR},
     ),
     destroy=extend_schema(
-        summary="Delete a version and its artifact", parameters=[MODEL_NAME, VERSION], responses={204: None, 404: ERROR}
+        summary="Delete a version and its artifact",
+        parameters=[MODEL_NAME, VERSION, FORCE],
+        responses={204: None, 404: ERROR, 409: ERROR},
     ),
 )
 class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
@@ -146,7 +164,9 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
 
     def destroy(self, request: Request, name: str, version: str) -> Response:
         services.version_delete(
-            actor=request.user, version=selectors.version_get(request.user, name, version, action=Action.DELETE)
+            actor=request.user,
+            version=selectors.version_get(request.user, name, version, action=Action.DELETE),
+            force=force_flag(request),
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -156,14 +176,16 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
         return Response(VersionSerializer(service(actor=request.user, version=obj)).data)
 
     @extend_schema(
-        summary="Archive a version (drops its aliases)",
-        parameters=[MODEL_NAME, VERSION],
+        summary="Archive a version (refused while it holds an alias, unless forced)",
+        parameters=[MODEL_NAME, VERSION, FORCE],
         request=None,
         responses={200: VersionSerializer, 404: ERROR, 409: ERROR},
     )
     @action(detail=True, methods=["post"])
     def archive(self, request: Request, name: str, version: str) -> Response:
-        return self._change(request, name, version, services.version_archive)
+        obj = selectors.version_get(request.user, name, version, for_change=True)
+        archived = services.version_archive(actor=request.user, version=obj, force=force_flag(request))
+        return Response(VersionSerializer(archived).data)
 
     @extend_schema(
         summary="Restore an archived version (validated again)",
@@ -188,14 +210,14 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
     @extend_schema(
         summary="Download the artifact",
         parameters=[MODEL_NAME, VERSION],
-        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 404: ERROR},
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 404: ERROR, 409: ERROR, 503: ERROR},
     )
     @action(detail=True, methods=["get"])
     def download(self, request: Request, name: str, version: str) -> FileResponse:
         obj = selectors.version_get(request.user, name, version, action=Action.DOWNLOAD)
         stem = artifact_stem(obj.original_filename) or obj.model.name
         response = FileResponse(
-            artifact_storage().open(obj.artifact, "rb"),
+            services.version_download(actor=request.user, version=obj),
             as_attachment=True,
             filename=f"{stem}-v{obj.version}{artifact_extension(obj.format, obj.artifact)}",
             content_type="application/octet-stream",
