@@ -51,6 +51,11 @@ ZIP_LOCAL_MAGIC = b"PK\x03\x04"
 ZIP_DESCRIPTOR_FLAG = 0x8
 ZIP_DESCRIPTOR_SIZES = (12, 16, 20, 24)
 ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+# Fields of zipfile's end record (a list): signature, total entries, directory size and
+# offset, the record's own position; and the sizes of the zip64 record and its locator.
+ECD_SIGNATURE, ECD_ENTRIES, ECD_SIZE, ECD_OFFSET, ECD_LOCATION = 0, 4, 5, 6, 9
+ZIP64_END_MAGIC = b"PK\x06\x06"
+ZIP64_END_SIZES = 56 + 20
 # Below this many declared bytes an archive's compression ratio is not judged: a few
 # megabytes of zeros compress a thousandfold and harm no one.
 RATIO_FLOOR_BYTES = 16 * 1024 * 1024
@@ -124,7 +129,8 @@ class ArchiveLimits:
         if declared > self.max_bytes:
             where = f" (at {at!r})" if at else ""
             raise _refuse(
-                f"The archive declares more than {_size_text(self.max_bytes)} uncompressed ({self.bytes_setting}){where}; "
+                f"The archive declares more than {_size_text(self.max_bytes)} uncompressed "
+                f"({self.bytes_setting}){where}; "
                 "it was refused before anything was stored."
             )
 
@@ -176,14 +182,14 @@ def zip_layout(stream: IO[bytes], limits: ArchiveLimits) -> ZipLayout:
         end = _end_record(stream)
         if not end:
             raise _refuse("The file is not a readable zip archive (no end record: it may be corrupt or truncated).")
-        entries = int(end[zipfile._ECD_ENTRIES_TOTAL])
+        entries = int(end[ECD_ENTRIES])
         limits.entries_check(entries)
         # Where the directory is, against where the end record says it is: they differ when
         # bytes were prepended (zipfile accepts that and shifts every offset).
-        directory_end = end[zipfile._ECD_LOCATION]
-        if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
-            directory_end -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
-        if directory_end - end[zipfile._ECD_SIZE] != end[zipfile._ECD_OFFSET]:
+        directory_end = end[ECD_LOCATION]
+        if end[ECD_SIGNATURE] == ZIP64_END_MAGIC:
+            directory_end -= ZIP64_END_SIZES
+        if directory_end - end[ECD_SIZE] != end[ECD_OFFSET]:
             raise _refuse(
                 "The zip's central directory is not where its end record says (data was prepended to the archive); "
                 "it was refused."
@@ -191,7 +197,7 @@ def zip_layout(stream: IO[bytes], limits: ArchiveLimits) -> ZipLayout:
         infos = zipfile.ZipFile(stream).infolist()
         if len(infos) != entries:
             raise _refuse(f"The zip's end record counts {entries} entries but its directory lists {len(infos)}.")
-        declared = _entries_layout_check(stream, infos, start_dir=int(end[zipfile._ECD_OFFSET]))
+        declared = _entries_layout_check(stream, infos, start_dir=int(end[ECD_OFFSET]))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError):
         raise _refuse("The file is not a readable zip archive (it may be corrupt or truncated).") from None
     finally:
@@ -578,8 +584,8 @@ __all__ = [
     "ArchiveLimits",
     "ArchiveListing",
     "Sink",
-    "ZipLayout",
     "Wanted",
+    "ZipLayout",
     "archive_kind",
     "archive_scan",
     "archive_unpack",

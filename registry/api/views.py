@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
@@ -20,6 +21,7 @@ from registry import selectors, services
 from registry.access import Action
 from registry.api.base import ModelScopedMixin
 from registry.api.filters import AuditEventFilter, ModelFilter
+from registry.api.idempotency import Remember, idempotent
 from registry.api.serializers import (
     AliasSerializer,
     AliasSetSerializer,
@@ -42,6 +44,14 @@ FORCE = OpenApiParameter(
     description="Also remove the aliases the version holds (else 409 naming them); audited.",
 )
 FORCE_TRUE = ("1", "true", "yes", "on")
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="A key of your choice (a UUID): a retry with the same key and request answers the first result "
+    "instead of creating again; the same key with another request is 422. Remembered for 24 hours.",
+)
 
 
 def force_flag(request: Request) -> bool:
@@ -54,7 +64,11 @@ def force_flag(request: Request) -> bool:
 
 @extend_schema_view(
     list=extend_schema(summary="List the models you can see"),
-    create=extend_schema(summary="Register a model", responses={201: ModelSerializer, 400: ERROR, 409: ERROR}),
+    create=extend_schema(
+        summary="Register a model",
+        parameters=[IDEMPOTENCY_KEY],
+        responses={201: ModelSerializer, 400: ERROR, 409: ERROR, 422: ERROR},
+    ),
     retrieve=extend_schema(summary="Get a model", responses={200: ModelSerializer, 404: ERROR}),
     partial_update=extend_schema(
         summary="Change description, tags or visibility",
@@ -81,8 +95,15 @@ class ModelViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericView
     def create(self, request: Request) -> Response:
         serializer = ModelSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        model = services.model_create(actor=request.user, **serializer.validated_data)
-        return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
+
+        def create(remember: Remember) -> Response:
+            with transaction.atomic():
+                model = services.model_create(actor=request.user, **serializer.validated_data)
+                body = ModelSerializer(model).data
+                remember(status.HTTP_201_CREATED, body)
+            return Response(body, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, create)
 
     def retrieve(self, request: Request, name: str) -> Response:
         return Response(ModelSerializer(self.scoped_model()).data)
@@ -132,9 +153,12 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
 
     @extend_schema(
         summary="Upload a new version (multipart)",
-        parameters=[MODEL_NAME],
+        parameters=[MODEL_NAME, IDEMPOTENCY_KEY],
         request={"multipart/form-data": VersionUploadSerializer},
-        responses={201: VersionSerializer, 400: ERROR, 404: ERROR, 413: ERROR},
+        responses={
+            201: VersionSerializer,
+            **dict.fromkeys((400, 403, 404, 409, 413, 422, 503, 507), ERROR),
+        },
     )
     def create(self, request: Request, name: str) -> Response:
         model = self.scoped_model(Action.UPLOAD)
@@ -142,15 +166,20 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         upload = data.pop("file")
-        version = services.version_upload(
-            actor=request.user,
-            model=model,
-            file=upload,
-            filename=upload.name,
-            parent_version=data.pop("parent", None),
-            **data,
-        )
-        return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+        def create(remember: Remember) -> Response:
+            version = services.version_upload(
+                actor=request.user,
+                model=model,
+                file=upload,
+                filename=upload.name,
+                parent_version=data.pop("parent", None),
+                on_created=lambda created: remember(status.HTTP_201_CREATED, VersionSerializer(created).data),
+                **data,
+            )
+            return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, create)
 
     def retrieve(self, request: Request, name: str, version: str) -> Response:
         return Response(VersionSerializer(selectors.version_get(request.user, name, version)).data)

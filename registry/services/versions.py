@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from core.errors import Conflict, InvalidInput, PayloadTooLarge
 from registry import hooks, signatures
-from registry.access import Action, model_require
+from registry.access import Action, code_upload_require, model_require
 from registry.artifacts import (
     ArtifactIntegrityError,
     VerifiedArtifact,
@@ -57,7 +58,8 @@ def _held_aliases_refuse(version: ModelVersion, names: list[str], doing: str) ->
     which = "it" if len(names) == 1 else "them"
     raise Conflict(
         f"Version {version.version} holds the alias {quoted}; {doing} it would take {which} offline. "
-        f"Move {which} to another version first, or {VERBS[doing]} with force=true (audited) to remove {which} as well.",
+        f"Move {which} to another version first, or {VERBS[doing]} with force=true (audited) "
+        f"to remove {which} as well.",
         field="force",
     )
 
@@ -137,10 +139,13 @@ def version_upload(
     tags: Any = None,
     parent_version: int | None = None,
     enqueue: bool = True,
+    on_created: Callable[[ModelVersion], None] | None = None,
 ) -> ModelVersion:
     """Store an uploaded artifact as the model's next version and queue its validation.
 
     `enqueue=False` leaves the version pending for a caller that validates it itself.
+    `on_created(version)` runs inside the transaction that creates the row (an
+    Idempotency-Key's answer is stored with it: both are kept or neither).
 
     A Hugging Face archive (format "huggingface", a .zip or .tar.gz of a save_pretrained
     directory) takes a `task` (declared, or inferred from config.json's architectures);
@@ -158,8 +163,11 @@ def version_upload(
         raise PayloadTooLarge(too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
     if format and format not in ModelFormat.values:
         raise InvalidInput(f"format must be one of {', '.join(ModelFormat.values)}.", field="format")
+    if format:
+        code_upload_require(actor, model, format)
     checked = archive_check(file, format=format, task=task)
     detected = checked.format
+    code_upload_require(actor, model, detected)
     if format and format != detected:
         raise InvalidInput(
             f"The file was declared as {format} but it is a {detected} archive; upload it with format={detected}.",
@@ -226,6 +234,8 @@ def version_upload(
                 after={"version": version.version, "sha256": digest, "size_bytes": size, "format": detected}
                 | ({"task": version.task} if version.task else {}),
             )
+            if on_created is not None:
+                on_created(version)
             if enqueue:
                 transaction.on_commit(lambda: version_validation_enqueue(version.pk))
     except BaseException:

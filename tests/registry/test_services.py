@@ -223,7 +223,7 @@ def test_archive_drops_aliases_keeps_history_and_blocks_rollback_to_it(owner, re
     assert v1.status == VersionStatus.ARCHIVED
     with pytest.raises(Conflict, match="version 1: that version is archived"):
         services.alias_rollback(actor=owner, model=registered_model, name="production")
-    with pytest.raises(Conflict, match="holds the alias 'production'.*force=true"):
+    with pytest.raises(Conflict, match=r"holds the alias 'production'.*force=true"):
         services.version_archive(actor=owner, version=v2)
     assert ModelAlias.objects.get().version == v2
     services.version_archive(actor=owner, version=v2, force=True)
