@@ -37,11 +37,12 @@ def stored(name: str, content: bytes) -> Entry:
     return Entry(name, content, len(content), STORED, zlib.crc32(content))
 
 
-def zip_of(entries: list[Entry], *, overlap_last: bool = False) -> bytes:
+def zip_of(entries: list[Entry], *, overlap_last: bool = False, hidden: bytes = b"") -> bytes:
     """A zip holding `entries` (zip64 records where a size or the count needs them).
 
     `overlap_last` points the last directory entry at the first entry's local header: the
-    overlapping-entries bomb, many directory entries sharing one payload.
+    overlapping-entries bomb, many directory entries sharing one payload. `hidden` is
+    written after the first entry's data, every offset still consistent.
     """
     out = io.BytesIO()
     directory = io.BytesIO()
@@ -60,6 +61,8 @@ def zip_of(entries: list[Entry], *, overlap_last: bool = False) -> bytes:
             out.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", version, 0, entry.method, 0, 0, entry.crc, *sizes,
                                   len(name), len(extra)))  # fmt: skip
             out.write(name + extra + entry.data)
+            if index == 0:
+                out.write(hidden)
         else:
             offset = first_offset
         cd_extra = struct.pack("<HHQQ", 1, 16, declared, len(entry.data)) if zip64 else b""
