@@ -163,6 +163,16 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
     raise InvalidInput(f"The zip file is not a TorchScript or torch.export archive. {HINT}", field="file")
 
 
+def artifact_zip_check(path: Path, format: str) -> Path:
+    """Check a fetched TorchScript or torch.export file (a zip that torch.jit.load reads) against the
+    upload's layout and limits again, from its directory alone, before a worker loads it: a version
+    stored before the checks existed, or under looser limits, is not loaded past them."""
+    if format in (ModelFormat.TORCHSCRIPT, ModelFormat.EXPORTED_PROGRAM):
+        with path.open("rb") as stream:
+            zip_limits_check(stream, ArchiveLimits.torch())
+    return path
+
+
 def artifact_stem(filename: str) -> str:
     """A file name without its folder and its extension (.tar.gz counts as one)."""
     name = PurePosixPath((filename or "").replace("\\", "/")).name

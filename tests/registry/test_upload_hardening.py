@@ -20,6 +20,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from core.errors import Conflict, InvalidInput, PermissionDenied
+from inference import validation
 from portal.text_models import bert_save, directory_zip
 from registry import services
 from registry.archives import RATIO_FLOOR_BYTES, archive_scan
@@ -130,6 +131,24 @@ def test_huggingface_tar_gz_of_zeros_is_refused_at_its_header(hf_dir: Path) -> N
         tar.addfile(zeros, io.BytesIO(b"\0" * zeros.size))
     assert len(buffer.getvalue()) < 1024**2
     refused(buffer.getvalue(), "ARCHIVE_MAX_RATIO")
+
+
+@pytest.mark.parametrize("stored_as", ["bomb", "prefixed"])
+def test_a_version_stored_before_the_limits_is_not_loaded_past_them(owner, registered_model, model_files, stored_as):
+    """A bomb already in storage (uploaded before these checks) fails validation instead of loading."""
+    data = (
+        declared_bomb(model_files["torchscript"], BOMB_DECLARED)
+        if stored_as == "bomb"
+        else tar_with_links(model_files["torchscript"].read_bytes())
+    )
+    path = artifact_storage().save(f"models/{registered_model.pk}/old/model.pt", io.BytesIO(data))
+    version = ModelVersion.objects.create(model=registered_model, version=1, format="torchscript", artifact=path,
+                                          sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
+                                          signature=SIGNATURE, created_by=owner)  # fmt: skip
+    assert validation.version_validate(version.pk) == "failed"
+    version.refresh_from_db()
+    expected = "TORCH_ARCHIVE_MAX_BYTES" if stored_as == "bomb" else "does not begin with a zip entry"
+    assert expected in version.status_reason
 
 
 # --- a zip from its first byte -------------------------------------------------------------------
