@@ -123,6 +123,14 @@ def test_a_full_store_answers_507_and_keeps_nothing(http, registered_model, smal
     assert not AuditEvent.objects.filter(action="version.upload").exists()
 
 
+def test_a_full_temporary_upload_directory_answers_507(http, registered_model, small_store, large_model, settings):
+    settings.FILE_UPLOAD_TEMP_DIR = str(small_store)
+    response = post_file(http, large_model.read_bytes(), "large.pt")
+    assert response.status_code == 507, response.text
+    assert "temporary upload space is full" in response.json()["error"]
+    assert files_under(small_store) == [] and not ModelVersion.objects.exists()
+
+
 def test_a_read_only_store_answers_503_and_keeps_nothing(http, registered_model, small_store, model_files) -> None:
     subprocess.run([str(MOUNT), "-o", "remount,ro", str(small_store)], check=True)
     response = post_file(http, model_files["torchscript"].read_bytes())
