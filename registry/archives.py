@@ -264,6 +264,43 @@ class _Budget:
         ratio_check(self.declared, self.size)
 
 
+# Decompressed bytes a .tar.gz may hold beyond its members' declared data: one header block and
+# the padding per entry, plus this much for pax headers and long names (which tarfile keeps in
+# memory whole, so a header claiming gigabytes must not be read) and the end blocks.
+TAR_HEADER_SLACK = 1024 * 1024
+
+
+class _Inflated:
+    """The decompressed side of a .tar.gz as tarfile reads it, never run past what the members declared.
+
+    tarfile reads a pax header or a GNU long name into memory whole; counting here refuses
+    one that claims gigabytes before it is read, as the declared sizes bound everything else.
+    """
+
+    def __init__(self, source: gzip.GzipFile, budget: _Budget) -> None:
+        self.source, self.budget, self.count = source, budget, 0
+
+    def _allowed(self) -> int:
+        return self.budget.declared + 1024 * (self.budget.entries + 1) + TAR_HEADER_SLACK + MAX_TRAILER_BYTES
+
+    def read(self, size: int = -1) -> bytes:
+        room = self._allowed() - self.count
+        chunk = self.source.read(room + 1 if size < 0 or size > room else size)
+        self.count += len(chunk)
+        if self.count > self._allowed():
+            raise _refuse(
+                f"The archive holds more than {TAR_HEADER_SLACK // 1024} KiB of tar headers (pax records or long "
+                "names) beyond its files: a decompression bomb; it was refused."
+            )
+        return chunk
+
+    def __enter__(self) -> _Inflated:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def _stream_size(stream: IO[bytes]) -> int:
     position = stream.tell()
     stream.seek(0, 2)
@@ -330,7 +367,11 @@ def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
     try:
         # gzip.GzipFile (not tarfile's own "r|gz") checks the stream's CRC and length at its
         # end, and tarfile ends quietly at a garbled header: so the stream is read to its end.
-        with gzip.GzipFile(fileobj=stream, mode="rb") as unzipped, tarfile.open(fileobj=unzipped, mode="r|") as archive:
+        with (
+            gzip.GzipFile(fileobj=stream, mode="rb") as gunzipped,
+            _Inflated(gunzipped, budget) as unzipped,
+            tarfile.open(fileobj=unzipped, mode="r|") as archive,  # type: ignore[call-overload]
+        ):
             for member in archive:
                 name = _clean_name(member.name)
                 if member.issym() or member.islnk():
@@ -354,7 +395,7 @@ def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
         raise _refuse(f"The file is not a readable .tar.gz archive ({exc}); it may be corrupt or truncated.") from None
 
 
-def _trailer_drain(unzipped: gzip.GzipFile) -> None:
+def _trailer_drain(unzipped: _Inflated) -> None:
     """Read what follows the tar's last member (its end blocks) to the gzip's end, which checks its CRC."""
     left = MAX_TRAILER_BYTES
     while chunk := unzipped.read(min(CHUNK, left + 1)):

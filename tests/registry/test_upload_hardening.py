@@ -151,6 +151,22 @@ def test_a_version_stored_before_the_limits_is_not_loaded_past_them(owner, regis
     assert expected in version.status_reason
 
 
+def test_a_tar_gz_whose_pax_header_claims_megabytes_is_refused_before_reading_it(hf_dir: Path) -> None:
+    """tarfile keeps a pax header in memory whole: 512 MiB of one cost 1.9 GB and 39 s before."""
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb") as packed,
+        tarfile.open(fileobj=packed, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in sorted(hf_dir.iterdir()):
+            info = tar.gettarinfo(path, f"tiny-bert/{path.name}")
+            if path.name == "config.json":
+                info.pax_headers = {"comment": "x" * 64 * 1024**2}
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+    refused(buffer.getvalue(), "tar headers", "decompression bomb")
+
+
 # --- a zip from its first byte -------------------------------------------------------------------
 
 
