@@ -56,6 +56,8 @@ ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 ECD_SIGNATURE, ECD_ENTRIES, ECD_SIZE, ECD_OFFSET, ECD_LOCATION = 0, 4, 5, 6, 9
 ZIP64_END_MAGIC = b"PK\x06\x06"
 ZIP64_END_SIZES = 56 + 20
+# zipfile reads the central directory into memory whole: 20,000 entries take ~2 MB.
+MAX_ZIP_DIRECTORY_BYTES = 64 * 1024 * 1024
 # Below this many declared bytes an archive's compression ratio is not judged: a few
 # megabytes of zeros compress a thousandfold and harm no one.
 RATIO_FLOOR_BYTES = 16 * 1024 * 1024
@@ -184,6 +186,11 @@ def zip_layout(stream: IO[bytes], limits: ArchiveLimits) -> ZipLayout:
             raise _refuse("The file is not a readable zip archive (no end record: it may be corrupt or truncated).")
         entries = int(end[ECD_ENTRIES])
         limits.entries_check(entries)
+        if end[ECD_SIZE] > MAX_ZIP_DIRECTORY_BYTES:
+            raise _refuse(
+                f"The zip's central directory takes {_size_text(end[ECD_SIZE])}, more than "
+                f"{_size_text(MAX_ZIP_DIRECTORY_BYTES)}; it was refused."
+            )
         # Where the directory is, against where the end record says it is: they differ when
         # bytes were prepended (zipfile accepts that and shifts every offset).
         directory_end = end[ECD_LOCATION]

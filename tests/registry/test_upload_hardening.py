@@ -22,7 +22,7 @@ from django.conf import settings as django_settings
 from core.errors import Conflict, InvalidInput, PermissionDenied
 from inference import validation
 from portal.text_models import bert_save, directory_zip
-from registry import services
+from registry import archives, services
 from registry.archives import RATIO_FLOOR_BYTES, archive_scan
 from registry.artifacts import ArtifactIntegrityError, archive_check, artifact_open_verified, artifact_storage
 from registry.huggingface import hf_wanted
@@ -97,6 +97,11 @@ def test_the_entry_limit_is_a_setting(model_files: dict[str, Path], settings: An
     settings.TORCH_ARCHIVE_MAX_ENTRIES = count
     assert archive_check(io.BytesIO(many_entries(model_files["torchscript"], count))).format == "torchscript"
     refused(many_entries(model_files["torchscript"], count + 1), f"more than {count} entries")
+
+
+def test_a_central_directory_larger_than_its_cap_is_not_read(model_files, monkeypatch) -> None:
+    monkeypatch.setattr(archives, "MAX_ZIP_DIRECTORY_BYTES", 200)
+    refused(model_files["torchscript"].read_bytes(), "central directory takes")
 
 
 def test_exported_program_obeys_the_same_limits(model_files: dict[str, Path], settings: Any) -> None:
