@@ -233,6 +233,11 @@ INFERENCE_MAX_IN_FLIGHT = env_int("INFERENCE_MAX_IN_FLIGHT", 1, minimum=1)
 INFERENCE_WORKER_TTL_SECONDS = env_float("INFERENCE_WORKER_TTL_SECONDS", 10.0, minimum=1.0)
 # Memory a worker may fill with resident models before it evicts the least recently used.
 INFERENCE_CACHE_BYTES = env_int("INFERENCE_CACHE_BYTES", 4 * 1024**3, minimum=1)
+# Model code (TorchScript, torch.export, Hugging Face runtimes) runs only in sandboxed model
+# hosts (inference.sandbox, README "Model sandbox"): "require" refuses to run a model where
+# the kernel cannot enforce the sandbox (Linux Landlock + seccomp); "off" loads models in
+# the worker process itself, with its secrets — an explicit opt-out for trusted uploaders.
+MODEL_SANDBOX = env_choice("MODEL_SANDBOX", "require", ("require", "off"))
 
 # --- Hugging Face text models (format "huggingface") ---------------------------------------
 # Never reach a model hub: weights, configs and tokenizers come only from the verified artifact.

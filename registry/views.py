@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,19 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from core.errors import NotFound, PortalError
-from registry import access, selectors, services
+from registry import access, diffs, selectors, services
 from registry.access import Action
-from registry.forms import AliasSetForm, ModelCreateForm, ModelEditForm, VersionSettingsForm, VersionUploadForm
-from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, ModelVersion, VersionStatus
+from registry.forms import (
+    AliasSetForm,
+    InlineEditForm,
+    ModelCreateForm,
+    ModelEditForm,
+    VersionEditForm,
+    VersionSettingsForm,
+    VersionUploadForm,
+)
+from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, ModelVersion, RegisteredModel, VersionStatus
+from registry.sources import source_rows
 from registry.text_tasks import DEFAULT_TOP_K, MAX_TOP_K, TASK_PARAMETERS, TEXT_INPUT, TextTask
 
 
@@ -94,18 +104,35 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "ready_versions": [v.version for v in versions if v.status == VersionStatus.READY],
         "can_change": selectors.model_can_change(request.user, model),
         "can_manage": access.model_permits(request.user, model, Action.MANAGE),
-        "edit_form": ModelEditForm(
-            initial={
-                "description": model.description,
-                "tags": ", ".join(sorted(tag.name for tag in model.tags.all())),
-                "visibility": model.visibility,
-            },
-            auto_id="model-edit-%s",
-        ),
+        "edit_form": ModelEditForm.of(model, "model-edit", visibility=model.visibility),
         "production": PRODUCTION_ALIAS,
         "alias_form": AliasSetForm(),
     }
     return render(request, "registry/model_detail.html", context)
+
+
+def _inline_edit_save(
+    request: HttpRequest, form: InlineEditForm, obj: RegisteredModel | ModelVersion, save: Callable[..., Any]
+) -> None:
+    """Save an inline edit through its service (which checks the right and audits) and say what changed."""
+    if not form.is_valid():
+        problems = "; ".join(f"{name}: {' '.join(str(e) for e in errors)}" for name, errors in form.errors.items())
+        messages.error(request, f"Not saved: {problems}")
+        return
+
+    def current() -> dict[str, Any]:
+        values = {field: getattr(obj, field) for field in form.cleaned_data if field != "tags"}
+        return values | {"tags": sorted(obj.tags.values_list("name", flat=True))}
+
+    before = current()
+    try:
+        save(actor=request.user, **form.cleaned_data)
+    except PortalError as exc:
+        messages.error(request, f"Not saved: {exc.message}")
+        return
+    after = current()
+    changed = [field for field in before if before[field] != after[field]]
+    messages.success(request, f"Saved {', '.join(changed)}." if changed else "Nothing changed.")
 
 
 @login_required
@@ -113,26 +140,17 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
 def model_edit(request: HttpRequest, name: str) -> HttpResponse:
     """Save the model page's inline edit (description, tags, visibility); audited by the service."""
     model = _or_404(lambda: selectors.model_get(request.user, name))
-    form = ModelEditForm(request.POST)
-    if not form.is_valid():
-        problems = "; ".join(f"{name}: {' '.join(str(e) for e in errors)}" for name, errors in form.errors.items())
-        messages.error(request, f"Not saved: {problems}")
-        return redirect("registry:model-detail", name=name)
-    data = form.cleaned_data
-    before = (model.description, model.visibility, sorted(model.tags.values_list("name", flat=True)))
-    try:
-        services.model_update(
-            actor=request.user, model=model, description=data["description"], tags=data["tags"],
-            visibility=data["visibility"],
-        )  # fmt: skip
-    except PortalError as exc:
-        messages.error(request, f"Not saved: {exc.message}")
-        return redirect("registry:model-detail", name=name)
-    after = (model.description, model.visibility, sorted(model.tags.values_list("name", flat=True)))
-    changed = [label for label, old, new in zip(("description", "visibility", "tags"), before, after, strict=True)
-               if old != new]  # fmt: skip
-    messages.success(request, f"Saved {', '.join(changed)}." if changed else "Nothing changed.")
+    _inline_edit_save(request, ModelEditForm(request.POST), model, partial(services.model_update, model=model))
     return redirect("registry:model-detail", name=name)
+
+
+@login_required
+@require_POST
+def version_edit(request: HttpRequest, name: str, version: int) -> HttpResponse:
+    """Save the version page's inline edit (description, tags); audited by the service."""
+    obj = _or_404(lambda: selectors.version_get(request.user, name, version))
+    _inline_edit_save(request, VersionEditForm(request.POST), obj, partial(services.version_update, version=obj))
+    return redirect("registry:version-detail", name=name, version=version)
 
 
 @login_required
@@ -178,6 +196,7 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
                     labels=data["labels"] or None,
                     description=data["description"],
                     tags=data["tags"],
+                    source=form.source(),
                 )
                 messages.success(request, f"Uploaded version {version.version}; validation is running.")
                 return redirect("registry:version-detail", name=name, version=version.version)
@@ -215,6 +234,12 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
         "chat": _chat(obj) if obj.task == TextTask.TEXT_GENERATION else None,
         "snippets": _snippets(obj, request.build_absolute_uri("/").rstrip("/")),
         "identical": selectors.versions_identical(obj),
+        "edit_form": VersionEditForm.of(obj, "version-edit"),
+        "source": source_rows(obj.source),
+        "derived": list(obj.derived.order_by("version").values_list("version", "derivation")),
+        "production_number": obj.model.aliases.filter(name=PRODUCTION_ALIAS)
+        .values_list("version__version", flat=True)
+        .first(),
         "generative": obj.task == TextTask.TEXT_GENERATION,
         "settings_form": VersionSettingsForm(
             initial={name: getattr(obj, name) for name in VersionSettingsForm.base_fields}
@@ -240,6 +265,60 @@ def version_settings(request: HttpRequest, name: str, version: int) -> HttpRespo
     except PortalError as exc:
         messages.error(request, exc.message)
     return redirect("registry:version-detail", name=name, version=version)
+
+
+def _diff_numbers(raw: list[str]) -> list[int]:
+    """The version numbers asked for (?v=2&v=3, or ?v=2,3), in order, each once."""
+    numbers: list[int] = []
+    for part in (piece.strip().lstrip("v") for value in raw for piece in value.split(",")):
+        if not part:
+            continue
+        if not part.isdigit():
+            raise PortalError(f"{part!r} is not a version number.", field="v")
+        if int(part) not in numbers:
+            numbers.append(int(part))
+    if len(numbers) > diffs.MAX_VERSIONS:
+        raise PortalError(f"Compare at most {diffs.MAX_VERSIONS} versions at once.", field="v")
+    return sorted(numbers)
+
+
+@login_required
+def version_diff(request: HttpRequest, name: str) -> HttpResponse:
+    """Two or more versions of a model side by side: signature, format, size, parameters, source,
+    metrics; ?only=differences hides the rows where they agree (the page's script toggles it in place)."""
+    model = _or_404(lambda: selectors.model_get(request.user, name))
+    differences_only = request.GET.get("only") == "differences"
+    error = ""
+    try:
+        numbers = _diff_numbers(request.GET.getlist("v"))
+    except PortalError as exc:
+        numbers, error = [], exc.message
+    versions = list(
+        model.versions.filter(version__in=numbers).select_related("model", "parent", "created_by")
+        .prefetch_related("tags").order_by("version")
+    )  # fmt: skip
+    missing = sorted(set(numbers) - {v.version for v in versions})
+    if missing:
+        raise Http404(f"Model {name!r} has no version {missing[0]}.")
+    if not error and request.GET.getlist("v") and len(versions) < diffs.MIN_VERSIONS:
+        error = "Choose two or more versions to compare."
+    sections = []
+    if len(versions) >= diffs.MIN_VERSIONS:
+        rows = diffs.diff_rows(versions)
+        sections = diffs.diff_sections(rows, differences_only)
+        counts = (sum(row.differs for row in rows), len(rows))
+    context = {
+        "model": model,
+        "versions": versions,
+        "numbers": numbers,
+        "all_versions": list(model.versions.order_by("-version").values_list("version", flat=True)),
+        "sections": sections,
+        "counts": counts if sections else None,
+        "differences_only": differences_only,
+        "max_versions": diffs.MAX_VERSIONS,
+        "error": error,
+    }
+    return render(request, "registry/version_diff.html", context, status=400 if error else 200)
 
 
 def _example_inputs(version: ModelVersion) -> dict[str, Any]:

@@ -64,6 +64,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # (about half a second a hash on a busy machine) bought nothing but time here, three
     # users a test. Processes the tests start (and the deploy check) keep the real hashers.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Models loaded in the test process itself are the tests' own: no host per validation.
+    # Worker processes the tests start keep the default (MODEL_SANDBOX=require) through their
+    # environment, and tests/inference/test_sandbox*.py turn it on here.
+    settings.MODEL_SANDBOX = "off"
 
 
 @pytest.fixture(autouse=True)

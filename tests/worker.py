@@ -286,6 +286,10 @@ def start_worker(
         return " ready." in worker.output()
 
     until(ready, START_TIMEOUT, "the worker was ready", log)
+    if set(queues.split(",")) - {"default", "celery"}:
+        # Predictions are served by the pool process's model host (inference.sandbox), which
+        # comes up after Celery says ready: wait for its serving loop too.
+        until(lambda: "serving predictions from" in worker.output(), START_TIMEOUT, "the model host served", log)
     return worker
 
 

@@ -33,6 +33,7 @@ from registry.huggingface import HuggingFaceArchive, hf_example
 from registry.models import ModelFormat, ModelVersion, RegisteredModel, VersionStatus
 from registry.services.access import alias_move_authorize
 from registry.services.models import tags_parse, tags_set
+from registry.sources import derivation_parse, source_parse
 from registry.text_tasks import TextTask
 from registry.uploads import too_large_message
 
@@ -138,6 +139,8 @@ def version_upload(
     description: str = "",
     tags: Any = None,
     parent_version: int | None = None,
+    derivation: str = "",
+    source: Any = None,
     enqueue: bool = True,
     on_created: Callable[[ModelVersion], None] | None = None,
 ) -> ModelVersion:
@@ -151,6 +154,10 @@ def version_upload(
     directory) takes a `task` (declared, or inferred from config.json's architectures);
     its signature, labels and default example follow from the archive, and an
     `example_input`, if given, is one BYTES input named "text".
+
+    `source` is free-form string metadata about where the artifact came from (training
+    run URL, git commit, dataset…; registry.sources), `derivation` how it came from
+    `parent_version`.
 
     Everything that can be checked without loading the model is checked before a row or
     a file is written: size, archive structure and format, signature, example, labels.
@@ -175,7 +182,7 @@ def version_upload(
         )
     example = signatures.example_parse(example_input) if example_input not in (None, "", {}) else None
     if checked.huggingface is not None:
-        parsed_signature, source, example, label_list = _huggingface_fields(
+        parsed_signature, signature_source, example, label_list = _huggingface_fields(
             checked.huggingface, signature, example, labels
         )
     else:
@@ -183,9 +190,11 @@ def version_upload(
             raise InvalidInput(
                 f"task applies to Hugging Face models only; this file is a {detected} archive.", field="task"
             )
-        parsed_signature, source = _tensor_signature(signature, example)
+        parsed_signature, signature_source = _tensor_signature(signature, example)
         label_list = signatures.labels_parse(labels)
     tag_names = tags_parse(tags)
+    source_fields = source_parse(source)
+    derivation_text = derivation_parse(derivation, has_parent=parent_version is not None)
     parent = None
     if parent_version is not None:
         parent = model.versions.filter(version=parent_version).first()
@@ -218,10 +227,12 @@ def version_upload(
                 sha256=digest,
                 size_bytes=size,
                 signature=parsed_signature,
-                signature_source=source,
+                signature_source=signature_source,
                 example_input=example,
                 labels=label_list,
                 parent=parent,
+                derivation=derivation_text,
+                source=source_fields,
                 created_by=actor,
             )
             tags_set(version, tag_names)
@@ -232,7 +243,9 @@ def version_upload(
                 object_type="version",
                 object_repr=f"v{version.version}",
                 after={"version": version.version, "sha256": digest, "size_bytes": size, "format": detected}
-                | ({"task": version.task} if version.task else {}),
+                | ({"task": version.task} if version.task else {})
+                | ({"parent": parent.version} if parent is not None else {})
+                | ({"source": source_fields} if source_fields else {}),
             )
             if on_created is not None:
                 on_created(version)

@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("registry", "0005_generation_max_tokens"),
+        ("registry", "0006_version_source"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
