@@ -96,6 +96,13 @@ def dashboard_data(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"window": window, "totals": series["totals"], "figures": figures})
 
 
+def confusion_run(evaluations: list[dict[str, Any]], production: int | None) -> dict[str, Any] | None:
+    """The evaluation whose confusion matrix a model page shows: production's latest, else the newest of any version."""
+    with_matrix = [r for r in evaluations if "confusion_matrix" in r["metrics"]]
+    preferred = [r for r in with_matrix if r["version"] == production] or with_matrix
+    return max(preferred, key=lambda r: r["run"].finished_at, default=None)
+
+
 def _comparison(model: RegisteredModel) -> dict[str, Any]:
     """Every version's serving figures and latest evaluation per dataset, production marked."""
     stats = services.version_stats(model, "day")["model_stats"]
@@ -112,8 +119,7 @@ def _comparison(model: RegisteredModel) -> dict[str, Any]:
     metric = "accuracy" if classification or not evaluations else "r2"
     figures = {"accuracy": charts.accuracy_figure(evaluations, metric, production),
                "latency_versions": charts.version_latency_figure(stats)}  # fmt: skip
-    newest = max((r for r in evaluations if "confusion_matrix" in r["metrics"]), key=lambda r: r["run"].finished_at,
-                 default=None)  # fmt: skip
+    newest = confusion_run(evaluations, production)
     if newest is not None:
         labels = list(newest["run"].version.labels or [])
         title = f"Confusion matrix: v{newest['version']} on {newest['dataset']}"
@@ -239,6 +245,7 @@ def evaluation_create(request: HttpRequest, name: str) -> HttpResponse:
     except PortalError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Evaluation {run.short_id} queued.")
+        # No "queued" flash: the run page shows the live status, and a flash would still say
+        # "queued" beside a run that finished before the page was drawn.
         return redirect("monitoring:run-detail", run_id=run.pk)
     return redirect("monitoring:model-compare", name=name)

@@ -25,6 +25,11 @@ def models_visible_to(user: Any) -> QuerySet[RegisteredModel]:
     return access.models_visible_to(user)
 
 
+def models_permitting(user: Any, action: Action) -> list[RegisteredModel]:
+    """The visible models on which the user may do `action`, by name (a role query per model)."""
+    return [model for model in models_visible_to(user).order_by("name") if access.model_permits(user, model, action)]
+
+
 def model_can_change(user: Any, model: RegisteredModel) -> bool:
     """Whether the user may upload to the model and move its unprotected aliases."""
     return access.model_permits(user, model, Action.UPLOAD)

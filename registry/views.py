@@ -94,6 +94,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     versions = model.versions.select_related("created_by").prefetch_related("aliases", "tags")
     aliases = list(model.aliases.select_related("version", "updated_by"))
     rollback_targets = {alias.name: services.alias_previous_version(model, alias.name) for alias in aliases}
+    permitted = access.actions_permitted(request.user, model)
     context = {
         "model": model,
         "versions": versions,
@@ -102,13 +103,28 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "production_object": next((a.version for a in aliases if a.name == PRODUCTION_ALIAS), None),
         "history": selectors.alias_history(model)[:50],
         "ready_versions": [v.version for v in versions if v.status == VersionStatus.READY],
-        "can_change": selectors.model_can_change(request.user, model),
-        "can_manage": access.model_permits(request.user, model, Action.MANAGE),
+        # Only what the user may do is offered (a button that then fails is worse than none).
+        "can_change": Action.UPLOAD in permitted,
+        "can_manage": Action.MANAGE in permitted,
+        "can_delete": Action.DELETE in permitted,
+        "can_override_gate": Action.OVERRIDE_GATE in permitted,
+        "can_set_alias": Action.MOVE_ALIAS in permitted,
+        "movable": _aliases_movable(permitted, model, [PRODUCTION_ALIAS, *(alias.name for alias in aliases)]),
         "edit_form": ModelEditForm.of(model, "model-edit", visibility=model.visibility),
         "production": PRODUCTION_ALIAS,
         "alias_form": AliasSetForm(),
     }
     return render(request, "registry/model_detail.html", context)
+
+
+def _aliases_movable(permitted: frozenset[Action], model: Any, names: list[str]) -> set[str]:
+    """The aliases the user may move (roll back, delete, promote to) directly, without a request."""
+    movable = set()
+    for name in names:
+        protected, needs_approval = services.alias_protection(model, name)
+        if (Action.PROMOTE if protected else Action.MOVE_ALIAS) in permitted and not needs_approval:
+            movable.add(name)
+    return movable
 
 
 def _inline_edit_save(
@@ -219,13 +235,23 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
 def version_detail(request: HttpRequest, name: str, version: int) -> HttpResponse:
     obj = _or_404(lambda: selectors.version_get(request.user, name, version))
     aliases = list(obj.aliases.all())
+    permitted = access.actions_permitted(request.user, obj.model)
+    held = {alias.name for alias in aliases}
     context = {
         "model": obj.model,
         "version": obj,
         "aliases": aliases,
         "is_production": any(alias.name == PRODUCTION_ALIAS for alias in aliases),
         "tags": list(obj.tags.all()),
-        "can_change": selectors.model_can_change(request.user, obj.model),
+        # Only what the user may do is offered, as on the model page.
+        "can_change": Action.UPLOAD in permitted,
+        "can_download": Action.DOWNLOAD in permitted,
+        "can_predict": Action.PREDICT in permitted,
+        "can_delete": Action.DELETE in permitted,
+        "can_set_alias": Action.MOVE_ALIAS in permitted,
+        "can_promote": PRODUCTION_ALIAS in _aliases_movable(permitted, obj.model, [PRODUCTION_ALIAS]),
+        # Archiving drops the version's aliases: each must be one the user may move.
+        "can_archive": Action.UPLOAD in permitted and held <= _aliases_movable(permitted, obj.model, list(held)),
         "api_url": reverse("api:version-detail", args=[name, version]),
         "settled": obj.status not in (VersionStatus.PENDING, VersionStatus.VALIDATING),
         "production": PRODUCTION_ALIAS,
