@@ -58,6 +58,13 @@ class ServiceUnavailable(PortalError):
     code = "unavailable"
 
 
+class InsufficientStorage(PortalError):
+    """The store (or the upload's temporary disk) is full: nothing was kept; retry once there is room."""
+
+    status_code = 507
+    code = "insufficient_storage"
+
+
 class Unprocessable(PortalError):
     """The input fits the signature but the model could not compute on it."""
 

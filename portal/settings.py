@@ -175,6 +175,19 @@ BATCH_INPUT_MAX_BYTES = env_int("BATCH_INPUT_MAX_BYTES", 256 * 1024**2, minimum=
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
 FILE_UPLOAD_HANDLERS = ["registry.uploads.ModelUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR") or None
+# Archives are judged from their directory before anything is stored: a TorchScript or
+# torch.export file (a zip) may hold at most this many entries and declare at most this many
+# uncompressed bytes (HF_ARCHIVE_* below for Hugging Face archives), and no archive may
+# expand more than ARCHIVE_MAX_RATIO times its size once past 16 MiB (a zip bomb).
+TORCH_ARCHIVE_MAX_ENTRIES = env_int("TORCH_ARCHIVE_MAX_ENTRIES", 20000, minimum=1)
+TORCH_ARCHIVE_MAX_BYTES = env_int("TORCH_ARCHIVE_MAX_BYTES", 2 * MODEL_UPLOAD_MAX_BYTES, minimum=1)
+ARCHIVE_MAX_RATIO = env_float("ARCHIVE_MAX_RATIO", 100.0, minimum=1.0)
+# Who may upload formats that carry code (TorchScript, torch.export): "maintainers" (anyone
+# who may upload), "owners" (the model's owners and admins) or "admins" (staff only).
+# Hugging Face archives carry no code (no pickle, trust_remote_code never set): maintainers.
+MODEL_UPLOAD_POLICY = env_choice("MODEL_UPLOAD_POLICY", "maintainers", ("maintainers", "owners", "admins"))
+# How long an Idempotency-Key is remembered (model creation, version upload).
+IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600, minimum=60)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 4 * 1024**2, minimum=1024)
 
 # --- Celery ---------------------------------------------------------------------------

@@ -214,5 +214,6 @@ class AuditEvent(models.Model):
         raise ValueError("Audit events are append-only; they cannot be deleted.")
 
 
-# The access-control rows belong to this app (their migrations are registry's).
+# The access-control and idempotency rows belong to this app (their migrations are registry's).
+from registry.idempotency import IdempotencyKey  # noqa: E402, F401
 from registry.roles import ModelRole, PromotionRequest, ProtectedAlias  # noqa: E402, F401

@@ -190,6 +190,11 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
     without it, this view takes the same form."""
     model = _or_404(lambda: selectors.model_get(request.user, name))
     form = VersionUploadForm(request.POST or None, request.FILES or None)
+    may_upload_code = access.code_upload_permitted(request.user, model)
+    if not may_upload_code:
+        # MODEL_UPLOAD_POLICY: the code-bearing formats are not offered (the service refuses them too).
+        format_field: Any = form.fields["format"]
+        format_field.choices = [(ModelFormat.HUGGINGFACE.value, ModelFormat.HUGGINGFACE.label)]
     if request.method == "POST":
         try:
             selectors.model_get(request.user, name, for_change=True)
@@ -218,6 +223,10 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
         "form": form,
         "api_url": reverse("api:version-list", args=[model.name]),
         "formats": ModelFormat.choices,
+        "can_upload": selectors.model_can_change(request.user, model),
+        "may_upload_code": may_upload_code,
+        "upload_policy": settings.MODEL_UPLOAD_POLICY,
+        "upload_policy_who": access.upload_policy_text(),
     }
     return render(request, "registry/version_upload.html", context, status=400 if form.errors else 200)
 
@@ -534,14 +543,16 @@ def version_action(request: HttpRequest, name: str, version: int, action: str) -
     try:
         needed = Action.DELETE if action == "delete" else Action.UPLOAD
         obj = selectors.version_get(request.user, name, version, action=needed)
+        # "Also remove its aliases" ticked: take the version offline on purpose (audited).
+        force = request.POST.get("force") == "1"
         if action == "delete":
-            services.version_delete(actor=request.user, version=obj)
+            services.version_delete(actor=request.user, version=obj, force=force)
             messages.success(request, f"Version {version} deleted.")
             return redirect("registry:model-detail", name=name)
         if action not in VERSION_ACTIONS:
             raise Http404(f"Unknown action {action!r}.")
         service, message = VERSION_ACTIONS[action]
-        service(actor=request.user, version=obj)
+        service(actor=request.user, version=obj, **({"force": force} if action == "archive" else {}))
         messages.success(request, message.format(v=version))
     except NotFound as exc:
         raise Http404(exc.message) from None

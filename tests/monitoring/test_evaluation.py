@@ -73,7 +73,7 @@ def test_only_the_owner_uploads_and_outsiders_see_nothing(api, member, outsider,
 
 def test_evaluation_of_a_version_that_is_not_ready_is_409(api, owner, production, iris_data):
     assert upload(api(owner), npz_file(features=iris_data[0], labels=iris_data[1])).status_code == 201
-    registry_services.version_archive(actor=owner, version=production)
+    registry_services.version_archive(actor=owner, version=production, force=True)
     response = api(owner).post("/api/v1/evaluations/", {"model": "iris", "version": 1, "dataset": "holdout"},
                                format="json")  # fmt: skip
     assert response.status_code == 409 and "archived" in response.json()["error"]
