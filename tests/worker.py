@@ -51,6 +51,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # How long a process may take to come up before its fixture gives up: generous, because a
 # busy 2-core machine imports torch and Django slowly; a healthy start takes seconds.
 START_TIMEOUT = 120
+# /metrics answers this bearer token in the processes the tests start (and in monitoring's unit tests).
+METRICS_TOKEN = "metrics-test-token"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 STOP_TIMEOUT = 20
 
 
@@ -329,6 +332,7 @@ def service_environment(
         "OMP_NUM_THREADS": "1",
         # Serving aggregates reach the database within a second.
         "METRICS_FLUSH_SECONDS": "1",
+        "METRICS_TOKEN": METRICS_TOKEN,
     }
 
 
