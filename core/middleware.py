@@ -66,5 +66,8 @@ class RequestHygieneMiddleware:
             if any("\x00" in key or "\x00" in "".join(values) for key, values in request.GET.lists()):
                 raise InvalidInput("The query string holds a NUL character (U+0000); no filter takes one.")
         except PortalError as error:
-            return _error_response(request, error)
+            # Answered before the session and user exist: no template (the base page needs them).
+            if request.path.startswith(API_PREFIXES) or "application/json" in request.headers.get("Accept", ""):
+                return JsonResponse({"error": error.message, "code": error.code}, status=error.status_code)
+            return HttpResponse(error.message, status=error.status_code, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
