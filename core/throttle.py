@@ -13,6 +13,12 @@ cache methods run the sync client in a thread; its incr is a separate round trip
 setting the expiry (and fails on a missing key), and it cannot tell the time a window has
 left without reaching into its private client.
 
+Retry-After is the truth: a refused key is admitted again once its window closes, and the
+hint is that window's time left (rounded up to whole seconds, never past the window). The
+limiter before this one counted in clock-aligned minutes but answered its key's time to
+live, which ran from the first request: a token told to wait 53 s was admitted 1.9 s later,
+when the minute turned (tests/integration/test_request_hygiene.py watches a 3 s window).
+
 The clock is injectable: the window arithmetic uses the caller's time, not Redis's, and
 the stored key expires on Redis's clock only to clean up.
 """

@@ -6,6 +6,7 @@ answered exactly like one that does not exist.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -49,16 +50,25 @@ def address_checked(name: str, version: str | None = None) -> None:
     Checked before anything is looked up: what no model, version or alias can be called never
     reaches the database (a NUL there is a 500 on PostgreSQL, a 20-digit version an overflow).
     """
+    problem = _address_problem(name, version)
+    if problem:
+        raise InvalidInput(problem)
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_problem(name: str, version: str | None) -> str:
+    """What is wrong with an address ("" when nothing): memoised, the gateway asks on every request."""
     if not MODEL_NAME_RE.fullmatch(name):
-        raise InvalidInput(
+        return (
             f"{_shown(name)} is not a model name: 1-64 letters, digits, '.', '_' or '-', starting with a letter "
             "or digit."
         )
     if version is not None and not (VERSION_NUMBER_RE.fullmatch(version) or ALIAS_NAME_RE.fullmatch(version)):
-        raise InvalidInput(
+        return (
             f"{_shown(version)} is neither a version number (up to 9 digits) nor an alias name (a lowercase letter, "
             "then up to 31 lowercase letters, digits, '_' or '-')."
         )
+    return ""
 
 
 def _shown(value: str) -> str:
