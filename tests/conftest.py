@@ -64,9 +64,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # (about half a second a hash on a busy machine) bought nothing but time here, three
     # users a test. Processes the tests start (and the deploy check) keep the real hashers.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    # Test clients all come from 127.0.0.1 and send wrong tokens on purpose; the bad-token
-    # throttle's own tests set a small limit.
-    settings.BAD_TOKEN_LIMIT = 100_000
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +92,15 @@ def _metrics_flushed_by_hand() -> None:
     from monitoring import metrics
 
     metrics.recorder.background = False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _bad_tokens_not_throttled() -> None:
+    """Test clients all come from 127.0.0.1 and send wrong tokens on purpose: no throttle here
+    (tests/integration/test_request_hygiene.py runs a server with a small BAD_TOKEN_LIMIT)."""
+    from django.conf import settings
+
+    settings.BAD_TOKEN_LIMIT = 100_000  # as tests/worker.py gives the processes the tests start
 
 
 def _runs_real_processes(request: pytest.FixtureRequest) -> bool:
