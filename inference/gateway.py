@@ -42,7 +42,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
+from accounts import token_throttle
 from accounts.services import token_authenticate
+from core import hygiene
 from core import redis as shared_redis
 from core.errors import PortalError
 from core.invalidation import INVALIDATE_CHANNEL
@@ -69,6 +71,10 @@ CACHE_TTL_SECONDS = 30.0
 MODEL_PATH = re.compile(
     r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/ready|/infer|/stats)?/?$"
 )
+# What the answers of each endpoint may be (Accept) and what an inference body may be (Content-Type).
+JSON_ONLY = (hygiene.JSON,)
+INFER_TYPES = (protocol.JSON_CONTENT_TYPE, protocol.BINARY_CONTENT_TYPE)
+SERVER_PATHS = ("/v2", "/v2/", "/v2/health/live", "/v2/health/ready")
 AUTH_REQUIRED = (
     "Authentication required: send 'Authorization: Bearer <API token>' (only publicly predictable models "
     "answer without one)."
@@ -326,7 +332,8 @@ class Gateway:
             ) from None
 
     # -- lookups -------------------------------------------------------------------------
-    async def user(self, headers: dict[bytes, bytes]) -> Any:
+    async def user(self, headers: dict[bytes, bytes], address: str = "local") -> Any:
+        """The caller of a bearer token (cached); `address` (the client's) counts bad tokens."""
         raw = headers.get(b"authorization", b"").decode("latin-1")
         keyword, _, token = raw.partition(" ")
         if not raw:
@@ -339,13 +346,16 @@ class Gateway:
         cached = self.users.get(key)
         if cached and time.monotonic() - cached[0] < CACHE_TTL_SECONDS and guard.cache_trusted():
             return cached[1]
-        self._connect()
+        client = self._connect()
+        # Only lookups are guarded: a client that sent too many bad tokens waits (429).
+        await token_throttle.admit_async(client, address)
         while True:
             seen = guard.generation()
             user = await sync_to_async(_authenticate, thread_sensitive=False)(token.strip())
             if guard.generation() == seen:  # else a revocation raced the lookup: look again
                 break
         if user is None:
+            await token_throttle.failed_async(client, address)
             raise HttpError(401, "The API token is invalid, expired or revoked.")
         self.users[key] = (time.monotonic(), user)
         return user
@@ -471,20 +481,19 @@ class Gateway:
 
     async def route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
         path, method = scope["path"], scope["method"]
-        if path in ("/v2", "/v2/") and method == "GET":
+        headers = dict(scope.get("headers") or [])
+        match = request_checked(scope, headers)
+        if path in ("/v2", "/v2/"):
             return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
-        if path == "/v2/health/live" and method == "GET":
+        if path == "/v2/health/live":
             return 200, b"", {}
-        if path == "/v2/health/ready" and method == "GET":
+        if path == "/v2/health/ready":
             if not await self.live_queues():
                 raise HttpError(503, "No live prediction worker (start one: celery -A portal worker -Q inference).")
             return 200, b"", {}
-        match = MODEL_PATH.match(path)
-        if match is None:
-            raise HttpError(404, f"No such endpoint: {method} {path}")
-        headers = dict(scope.get("headers") or [])
-        user = await self.user(headers)
-        if match["tail"] == "/stats" and method == "GET":
+        assert match is not None  # request_checked refused every other path
+        user = await self.user(headers, hygiene.client_address(scope))
+        if match["tail"] == "/stats":
             if not user.is_authenticated:
                 raise HttpError(401, AUTH_REQUIRED)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -494,15 +503,15 @@ class Gateway:
         target = await self.target(user, match["name"], match["version"])
         tail = match["tail"]
         guard.authorize(user, target, Action.PREDICT if tail == "/infer" else Action.VIEW)
-        if tail is None and method == "GET":
+        if tail is None:
             return _json(_metadata(target))
-        if tail == "/ready" and method == "GET":
+        if tail == "/ready":
             if target.status != VersionStatus.READY:
                 raise HttpError(400, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready.")
             if target.queue not in await self.live_queues():
                 raise HttpError(400, f"No live worker serves queue {target.queue!r} for model {target.model_name!r}.")
             return 200, b"", {}
-        if tail == "/infer" and method == "POST":
+        if tail == "/infer":
             sample = telemetry.Sample(target.version_id, target.model_name, target.version, match["version"])
             sample.caller(user)
             client = self._connect()
@@ -516,7 +525,7 @@ class Gateway:
                 raise
             sample.done(200)
             return response
-        raise HttpError(405, f"Method {method} is not allowed on {path}")
+        raise HttpError(404, f"No such endpoint: {method} {path}")  # pragma: no cover - MODEL_PATH has no other tail
 
     async def infer(
         self, target: Target, headers: dict[bytes, bytes], receive: Receive, sample: telemetry.Sample | None = None
@@ -587,6 +596,28 @@ async def read_body(headers: dict[bytes, bytes], receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+def request_checked(scope: Scope, headers: dict[bytes, bytes]) -> re.Match[str] | None:
+    """The rules every /v2 request meets before authentication (core.hygiene): host, path,
+    method (405 with Allow), Accept (406), an inference body's Content-Type (415), and a
+    well-formed model address (400). Returns the model path's match (None for server paths)."""
+    hygiene.host_checked(headers, scope.get("server"))
+    path, method = scope["path"], scope["method"]
+    hygiene.path_checked(path)
+    match = None if path in SERVER_PATHS else MODEL_PATH.match(path)
+    if match is None and path not in SERVER_PATHS:
+        raise HttpError(404, f"No such endpoint: {method} {path}")
+    infer = match is not None and match["tail"] == "/infer"
+    hygiene.method_checked(method, ("POST",) if infer else ("GET",), path)
+    if infer:
+        hygiene.content_type_checked(headers, INFER_TYPES)
+        hygiene.accept_checked(headers, INFER_TYPES)
+    elif not path.startswith("/v2/health/"):  # probes get an empty body whatever they accept
+        hygiene.accept_checked(headers, JSON_ONLY)
+    if match is not None:
+        selectors.address_checked(match["name"], match["version"])
+    return match
+
+
 def _metadata(target: Target) -> dict[str, Any]:
     return {
         "name": target.model_name,
@@ -607,4 +638,14 @@ def _json(data: dict[str, Any], status: int = 200) -> tuple[int, bytes, dict[str
 gateway = Gateway()
 
 
-__all__ = ["NO_PARAMETERS", "Gateway", "HttpError", "Target", "gateway", "read_body", "respond", "target_resolve"]
+__all__ = [
+    "NO_PARAMETERS",
+    "Gateway",
+    "HttpError",
+    "Target",
+    "gateway",
+    "read_body",
+    "request_checked",
+    "respond",
+    "target_resolve",
+]

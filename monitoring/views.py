@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import uuid
 from typing import Any
@@ -39,22 +38,28 @@ def _window(request: HttpRequest) -> str:
 
 
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus exposition of every process on this host (loopback, staff, or METRICS_TOKEN)."""
-    token = settings.METRICS_TOKEN
-    header = request.headers.get("Authorization", "")
-    if token:
-        allowed = secrets.compare_digest(header.removeprefix("Bearer ").strip(), token)
-    else:
-        try:
-            local = ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
-        except ValueError:
-            local = False
-        allowed = local or bool(request.user.is_authenticated and request.user.is_staff)
-    if not allowed:
-        return JsonResponse({"error": "Metrics need METRICS_TOKEN as a bearer token (or a loopback client)."},
-                            status=401 if token else 403)  # fmt: skip
+    """Prometheus exposition of every process on this host: METRICS_TOKEN as a bearer token, or a
+    staff session; anyone only when METRICS_PUBLIC is set. No address is trusted (behind a
+    same-host proxy every client is loopback)."""
+    if not (settings.METRICS_PUBLIC or _metrics_allowed(request)):
+        if request.user.is_authenticated:
+            message = "Metrics are for staff sessions and scrapers with the METRICS_TOKEN; your account is not staff."
+            return JsonResponse({"error": message, "code": "permission_denied"}, status=403)
+        response = JsonResponse({"error": "Metrics need the METRICS_TOKEN as 'Authorization: Bearer <token>' or a "
+                                          "staff sign-in (METRICS_PUBLIC=true publishes them to anyone).",
+                                 "code": "not_authenticated"}, status=401)  # fmt: skip
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     body, content_type = metrics.exposition()
     return HttpResponse(body, content_type=content_type)
+
+
+def _metrics_allowed(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    keyword, _, sent = request.headers.get("Authorization", "").partition(" ")
+    if token and keyword.lower() == "bearer" and secrets.compare_digest(sent.strip().encode(), token.encode()):
+        return True
+    return bool(request.user.is_authenticated and request.user.is_staff)
 
 
 @login_required

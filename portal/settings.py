@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "core.request_id.RequestIdMiddleware",
+    "core.middleware.RequestHygieneMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -374,6 +375,12 @@ CONTENT_SECURITY_POLICY = {
 # Failed sign-ins allowed per username and address (ten times that per address) per window.
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1)
+# Invalid bearer tokens allowed per client address per window, on every plane (accounts.token_throttle).
+BAD_TOKEN_LIMIT = env_int("BAD_TOKEN_LIMIT", 20, minimum=1)
+BAD_TOKEN_WINDOW_SECONDS = env_int("BAD_TOKEN_WINDOW_SECONDS", 60, minimum=1)
+# The window of the per-token limits (requests and model tokens "per minute"): 60 in
+# production; tests shorten it to watch a window close.
+RATE_LIMIT_WINDOW_SECONDS = env_int("RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1)
 
 STATIC_URL = "static/"
 # Without collected files, WhiteNoise serves the source tree through the finders.
@@ -405,8 +412,10 @@ METRICS_FLUSH_SECONDS = env_float("METRICS_FLUSH_SECONDS", 5.0, minimum=0.0)
 METRICS_RETENTION_DAYS = env_float("METRICS_RETENTION_DAYS", 30.0, minimum=1.0)
 # Token usage (chargeback) is kept longer than the serving aggregates.
 USAGE_RETENTION_DAYS = env_float("USAGE_RETENTION_DAYS", 400.0, minimum=1.0)
-# /metrics answers loopback clients and staff; a scraper elsewhere sends this bearer token.
+# /metrics answers a scraper that sends this bearer token, and signed-in staff; nobody else
+# unless METRICS_PUBLIC is set (an explicit choice: no address, loopback included, is trusted).
 METRICS_TOKEN = env_secret("METRICS_TOKEN", "")
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
 # prometheus-client picks multiprocess mode from the environment when it is first imported,
 # so the directory is chosen here, before any app module loads. A directory given from
 # outside may be shared with processes we did not start: only our own is cleaned at start.

@@ -525,7 +525,8 @@ def _snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     snippets = {"python": "\n".join(lines)}
     if sum(len(t["data"]) for t in tensors) <= 64:
         body = json.dumps({"inputs": tensors})
-        snippets["curl"] = f"curl -s {url} \\\n  -H \"Authorization: Bearer $MAAS_TOKEN\" \\\n  -d '{body}'"
+        snippets["curl"] = (f"curl -s {url} \\\n  -H \"Authorization: Bearer $MAAS_TOKEN\" \\\n"
+                            f"  -H 'Content-Type: application/json' \\\n  -d '{body}'")  # fmt: skip
     return snippets
 
 

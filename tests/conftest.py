@@ -98,6 +98,15 @@ def _metrics_flushed_by_hand() -> None:
     metrics.recorder.background = False
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _bad_tokens_not_throttled() -> None:
+    """Test clients all come from 127.0.0.1 and send wrong tokens on purpose: no throttle here
+    (tests/integration/test_request_hygiene.py runs a server with a small BAD_TOKEN_LIMIT)."""
+    from django.conf import settings
+
+    settings.BAD_TOKEN_LIMIT = 100_000  # as tests/worker.py gives the processes the tests start
+
+
 def _runs_real_processes(request: pytest.FixtureRequest) -> bool:
     return any(request.node.get_closest_marker(name) for name in ("integration", "e2e"))
 

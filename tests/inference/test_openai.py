@@ -114,7 +114,7 @@ class FakeGateway(Gateway):
         self.routed = target
         self.sent: list[tuple[list[Tensors], list[dict[str, Any]]]] = []
 
-    async def user(self, headers: dict[bytes, bytes]) -> Any:
+    async def user(self, headers: dict[bytes, bytes], address: str = "local") -> Any:
         return AnonymousUser()
 
     async def target(self, user: Any, name: str, version: str | None) -> Target:

@@ -58,7 +58,7 @@ class TextWorkers(Gateway):
         super().__init__()
         self.routed, self.who = routed, who
 
-    async def user(self, headers: dict[bytes, bytes]) -> Any:
+    async def user(self, headers: dict[bytes, bytes], address: str = "local") -> Any:
         return self.who
 
     async def target(self, user: Any, name: str, version: str | None) -> Target:
