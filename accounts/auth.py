@@ -8,8 +8,10 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from accounts import token_throttle
 from accounts.models import ApiToken
 from accounts.services import token_authenticate
+from core import redis as shared_redis
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -27,13 +29,26 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         value = value.strip()
         if not value:
             raise exceptions.AuthenticationFailed("The Authorization header has no token after 'Bearer'.")
+        client, address = _limiter(), request.META.get("REMOTE_ADDR") or "local"
+        if client is not None:
+            token_throttle.admit(client, address)  # 429 after too many bad tokens from this address
         token = token_authenticate(value)
         if token is None:
+            if client is not None:
+                token_throttle.failed(client, address)
             raise exceptions.AuthenticationFailed("The API token is invalid, expired or revoked.")
         return token.user, token
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword
+
+
+def _limiter() -> Any:
+    """The shared Redis of the bad-token throttle, or None when none is configured (not throttled)."""
+    try:
+        return shared_redis.client()
+    except shared_redis.RedisUnconfigured:
+        return None
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):

@@ -25,6 +25,16 @@ After the MLP loads of each backend, one serving process is SIGKILLed under a c=
 within that timeout with a clear error, none may hang, and throughput must come back once
 Celery has replaced the process.
 
+Overload (after each backend's loads; `--skip-overload` leaves it out, `--overload-only` runs
+nothing else on the portal): on the last model of the run (cnn by default: the slow one), the
+capacity of a path is measured (3 s, 32 closed-loop clients), then requests arrive at twice
+that rate for `--overload-seconds` (open loop), first on /v2 (JSON), then on the friendly
+/api/v1/models/{name}/predict/ endpoint (Django). Reported per load: the fraction answered 503
+and their latency (target: within 100 ms, each with a Retry-After), the admitted requests'
+latency against INFERENCE_TIMEOUT_SECONDS, the 500s (target: none) and, on PostgreSQL, the
+connections the database held to the run's database (sampled every 100 ms; bounded per web
+process by WEB_MAX_CONCURRENT_REQUESTS plus its gateway threads, see portal/concurrency.py).
+
 `--profile` samples one gateway process and the worker process with py-spy during an extra
 (unmeasured) MLP c=32 JSON load and prints the functions with the most own time.
 """
@@ -51,6 +61,7 @@ import numpy as np
 import torch
 from harness import (
     FAULT_TIMEOUT_SECONDS,
+    INPUT_NAMES,
     PYTHON,
     ROOT,
     Body,
@@ -75,6 +86,7 @@ from harness import (
     wrk_parse,
     wrk_run,
 )
+from overload import Overload, capacity, run_overload
 from report import BenchReport, Fault, Row
 
 CONCURRENCY = (1, 32)
@@ -111,6 +123,7 @@ class Bench(BenchReport):
     problems: list[str] = field(default_factory=list)
     faults: dict[str, Fault] = field(default_factory=dict)
     profile_text: list[str] = field(default_factory=list)
+    overloads: list[tuple[str, Overload]] = field(default_factory=list)
 
     # -- preparation ---------------------------------------------------------------------
     def prepare(self) -> None:
@@ -197,6 +210,8 @@ class Bench(BenchReport):
         data = self.work / backend
         data.mkdir(exist_ok=True)
         env = base_env() | {"PORTAL_DATA_DIR": str(data), "INFERENCE_TIMEOUT_SECONDS": str(FAULT_TIMEOUT_SECONDS)}
+        if self.args.overload_queued:
+            env["INFERENCE_MAX_QUEUED"] = str(self.args.overload_queued)
         if backend == "postgres":
             env |= {
                 "DATABASE_URL": PG_URL, "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
@@ -253,12 +268,15 @@ class Bench(BenchReport):
                     bodies = {"JSON": self.json_bodies[model], "binary": binary}
                     for encoding, body in bodies.items():
                         self.check_answer(f"portal {backend} {encoding}", model, port, body, token)
-                    for encoding, body in bodies.items():
-                        self.load(f"portal {backend} {encoding}", model, port, body, token)
-                    if profile and model == "mlp":
-                        self.profile(backend, port, web, worker, bodies["JSON"], token)
-                    if model == "mlp" and not self.args.skip_fault:
-                        self.fault(backend, model, port, worker, bodies["JSON"], token)
+                    if not self.args.overload_only:
+                        for encoding, body in bodies.items():
+                            self.load(f"portal {backend} {encoding}", model, port, body, token)
+                        if profile and model == "mlp":
+                            self.profile(backend, port, web, worker, bodies["JSON"], token)
+                        if model == "mlp" and not self.args.skip_fault:
+                            self.fault(backend, model, port, worker, bodies["JSON"], token)
+                    if model == self.models[-1] and not self.args.skip_overload:
+                        self.overload(backend, model, port, token)
                 finally:
                     self.processes.stop([worker])
         finally:
@@ -314,6 +332,35 @@ class Bench(BenchReport):
               f"socket errors {sum(during.socket_errors.values())}, max latency {during.max_ms:,.0f} ms; "
               f"a new process answered {recovered} after the kill; after {after.rps:,.0f} req/s")  # fmt: skip
         print(f"    first error the probe got: {fault.first_error}")
+
+    def overload(self, backend: str, model: str, port: int, token: str) -> None:
+        """Twice the measured capacity, open loop, on /v2 and on the friendly endpoint (see the module's docstring)."""
+        database = PG_DATABASE if backend == "postgres" else None
+        example = self.examples[model][0].tolist()
+        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        friendly = json.dumps({"inputs": {INPUT_NAMES[model]: example}}).encode()
+        loads = [
+            (f"/v2 {model} JSON", f"/v2/models/{model}/infer", self.json_bodies[model].content),
+            (f"friendly {model}", f"/api/v1/models/{model}/predict/", friendly),
+        ]
+        print(f"  overload: {model}, twice the capacity measured at c=32, {self.args.overload_seconds:g} s "
+              f"(INFERENCE_TIMEOUT_SECONDS={FAULT_TIMEOUT_SECONDS})")  # fmt: skip
+        for label, path, body in loads:
+            sustained = capacity(port, path, body, auth, 32, 3)
+            rate = self.args.overload_rate or 2 * sustained
+            result = run_overload(f"portal {backend} {label}", port, path, body, auth, rate,
+                                  self.args.overload_seconds, database)  # fmt: skip
+            self.overloads.append((backend, result))
+            print(f"    capacity {sustained:,.0f} req/s; {result.summary(FAULT_TIMEOUT_SECONDS)}")
+            counts = result.statuses()
+            refused = sorted(result.latencies_ms(503))
+            if counts[500]:
+                self.problems.append(f"overload {backend} {label}: {counts[500]} answers were 500")
+            if refused and refused[int(0.99 * (len(refused) - 1))] > 100:
+                self.problems.append(f"overload {backend} {label}: p99 of the 503s over 100 ms")
+            admitted = result.latencies_ms(200)
+            if any(ms > FAULT_TIMEOUT_SECONDS * 1000 + 500 for ms in admitted):
+                self.problems.append(f"overload {backend} {label}: admitted requests past their deadline")
 
     def _private_redis(self, env: dict[str, str]) -> Server:
         """A redis-server of this run's own (the machine's binary, as its service runs) on the port in env."""
@@ -413,6 +460,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="worker processes (each with a serving loop) per model; default mlp=1,cnn=2")  # fmt: skip
     parser.add_argument("--skip-references", action="store_true", help="skip references (b) and (c)")
     parser.add_argument("--skip-fault", action="store_true", help="skip killing a worker under load")
+    parser.add_argument("--skip-overload", action="store_true", help="skip the overload phase")
+    parser.add_argument("--overload-only", action="store_true", help="on the portal, run only the overload phase")
+    parser.add_argument("--overload-seconds", type=float, default=10, help="seconds per overload load (default 10)")
+    parser.add_argument("--overload-queued", type=int, default=0,
+                        help="INFERENCE_MAX_QUEUED for the portal (default: the portal's own)")  # fmt: skip
+    parser.add_argument("--overload-rate", type=float, default=0,
+                        help="requests/s of the overload phase (default: twice the capacity measured)")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="py-spy a gateway and the worker under MLP c=32 JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, bodies, profiles)")
     args = parser.parse_args(argv)

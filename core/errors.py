@@ -58,6 +58,13 @@ class ServiceUnavailable(PortalError):
     code = "unavailable"
 
 
+class InsufficientStorage(PortalError):
+    """The store (or the upload's temporary disk) is full: nothing was kept; retry once there is room."""
+
+    status_code = 507
+    code = "insufficient_storage"
+
+
 class Unprocessable(PortalError):
     """The input fits the signature but the model could not compute on it."""
 
@@ -89,3 +96,53 @@ class TooManyRequests(PortalError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class Overloaded(ServiceUnavailable):
+    """Admission refused: the model's queue is full; `retry_after` (seconds) is when to try again."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class MethodNotAllowed(PortalError):
+    """The path exists but not for this method; `allowed` goes out as the Allow header."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
+
+class NotAcceptable(PortalError):
+    """None of the media types the answer can take is acceptable to the client (its Accept header)."""
+
+    status_code = 406
+    code = "not_acceptable"
+
+
+class LengthRequired(PortalError):
+    """A body without a Content-Length where one is needed (a chunked upload)."""
+
+    status_code = 411
+    code = "length_required"
+
+
+class UnsupportedMediaType(PortalError):
+    """The body's Content-Type is not one the endpoint reads."""
+
+    status_code = 415
+    code = "unsupported_media_type"

@@ -1,4 +1,5 @@
-"""Turns a PortalError that escaped a browser view into its 4xx page instead of a 500.
+"""Turns a PortalError that escaped a browser view into its 4xx page instead of a 500, and
+refuses paths and queries that no resource can be named by (RequestHygieneMiddleware).
 
 Upload limits are enforced while Django parses a multipart body. For browser pages the
 CSRF middleware is the first to parse it, and an exception there would become a 500;
@@ -15,7 +16,8 @@ from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from core.errors import PortalError
+from core import hygiene
+from core.errors import InvalidInput, PortalError
 
 API_PREFIXES = ("/api/",)
 
@@ -69,3 +71,26 @@ class PortalErrorMiddleware:
         if isinstance(exception, PortalError):
             return _error_response(request, exception)
         return None
+
+
+class RequestHygieneMiddleware:
+    """A path with a control character, or a query with a NUL, is a 400 before any view runs.
+
+    The same rule as the data plane's (core.hygiene): such a value reaching PostgreSQL is a
+    500 ("A string literal cannot contain NUL"), and no name, version or filter can hold one.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            hygiene.path_checked(request.path)
+            if any("\x00" in key or "\x00" in "".join(values) for key, values in request.GET.lists()):
+                raise InvalidInput("The query string holds a NUL character (U+0000); no filter takes one.")
+        except PortalError as error:
+            # Answered before the session and user exist: no template (the base page needs them).
+            if request.path.startswith(API_PREFIXES) or "application/json" in request.headers.get("Accept", ""):
+                return JsonResponse({"error": error.message, "code": error.code}, status=error.status_code)
+            return HttpResponse(error.message, status=error.status_code, content_type="text/plain; charset=utf-8")
+        return self.get_response(request)

@@ -23,6 +23,9 @@ CONNECT_TIMEOUT = 1.0
 HEALTH_CHECK_SECONDS = 30
 
 _Key = tuple[str, float | None]
+# Set in a model host (inference.sandbox), which may not open sockets: its connections are
+# made by its trusted parent and handed over, so clients use this class instead.
+_connection_class: type[redis.Connection] | None = None
 _sync: dict[_Key, redis.Redis] = {}
 _async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Key, aioredis.Redis]] = weakref.WeakKeyDictionary()
 
@@ -48,8 +51,16 @@ def client(timeout: float | None = DEFAULT_TIMEOUT) -> redis.Redis:
         found = _sync[key] = redis.Redis.from_url(
             key[0], socket_timeout=timeout, socket_connect_timeout=CONNECT_TIMEOUT,
             health_check_interval=HEALTH_CHECK_SECONDS,
+            **({"connection_class": _connection_class} if _connection_class is not None else {}),
         )  # fmt: skip
     return found
+
+
+def connection_class_set(connection_class: type[redis.Connection] | None) -> None:
+    """Make this process's sync clients connect through `connection_class` (a model host's handed sockets)."""
+    global _connection_class
+    _connection_class = connection_class
+    reset()
 
 
 def named_client(name: str, timeout: float = DEFAULT_TIMEOUT) -> redis.Redis:
@@ -58,6 +69,7 @@ def named_client(name: str, timeout: float = DEFAULT_TIMEOUT) -> redis.Redis:
     return redis.Redis.from_url(
         redis_url(), socket_timeout=timeout, socket_connect_timeout=CONNECT_TIMEOUT, client_name=name,
         health_check_interval=HEALTH_CHECK_SECONDS,
+        **({"connection_class": _connection_class} if _connection_class is not None else {}),
     )  # fmt: skip
 
 

@@ -13,6 +13,12 @@ cache methods run the sync client in a thread; its incr is a separate round trip
 setting the expiry (and fails on a missing key), and it cannot tell the time a window has
 left without reaching into its private client.
 
+Retry-After is the truth: a refused key is admitted again once its window closes, and the
+hint is that window's time left (rounded up to whole seconds, never past the window). The
+limiter before this one counted in clock-aligned minutes but answered its key's time to
+live, which ran from the first request: a token told to wait 53 s was admitted 1.9 s later,
+when the minute turned (tests/integration/test_request_hygiene.py watches a 3 s window).
+
 The clock is injectable: the window arithmetic uses the caller's time, not Redis's, and
 the stored key expires on Redis's clock only to clean up.
 """
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
+from django.conf import settings
 
 from core.errors import ServiceUnavailable, TooManyRequests
 
@@ -72,21 +79,28 @@ class Count:
 
 @dataclass(frozen=True, slots=True)
 class Throttle:
-    """Fixed windows of `window_seconds` per key under `prefix`."""
+    """Fixed windows of `window_seconds` per key under `prefix` (or of the setting `window_setting` names)."""
 
     prefix: str
     window_seconds: int
     clock: Clock = time.time
+    window_setting: str = ""
+
+    @property
+    def window(self) -> int:
+        """The window's length in seconds, read at each call when a setting names it."""
+        return int(getattr(settings, self.window_setting)) if self.window_setting else self.window_seconds
 
     def _args(self, cost: int) -> tuple[int, int, int]:
-        return int(self.clock() * 1000), self.window_seconds * 1000, cost
+        return int(self.clock() * 1000), self.window * 1000, cost
 
     def _counts(self, reply: list[int]) -> list[Count]:
         counts = []
+        window = self.window
         for i in range(0, len(reply), 2):
             # A key whose window started on a clock slightly ahead of ours can say more
             # than a window: never promise more than one.
-            seconds = min(self.window_seconds, max(1, math.ceil(int(reply[i + 1]) / 1000)))
+            seconds = min(window, max(1, math.ceil(int(reply[i + 1]) / 1000)))
             counts.append(Count(int(reply[i]), seconds))
         return counts
 
@@ -147,39 +161,45 @@ class Throttle:
         return self._counts(reply)
 
 
-# Per-token request rates: limits are set per minute on the token.
-RATE = Throttle("maas:rate:", 60)
+# Per-token request rates: limits are set per minute on the token. The window is a minute
+# unless RATE_LIMIT_WINDOW_SECONDS says otherwise (tests shorten it to watch one close).
+RATE = Throttle("maas:rate:", 60, window_setting="RATE_LIMIT_WINDOW_SECONDS")
 
 
-def _over(bucket: str, limit: int, counted: Count) -> None:
+def _per(throttle: Throttle) -> str:
+    window = throttle.window
+    return "per minute" if window == 60 else f"per {window}s"
+
+
+def _over(bucket: str, limit: int, counted: Count, throttle: Throttle) -> None:
     if counted.count > limit:
         raise TooManyRequests(
-            f"Rate limit of {limit} requests per minute exceeded for {bucket}; retry in {counted.retry_after}s.",
+            f"Rate limit of {limit} requests {_per(throttle)} exceeded for {bucket}; retry in {counted.retry_after}s.",
             retry_after=counted.retry_after,
         )
 
 
 def rate_hit(client: redis.Redis, bucket: str, limit: int, throttle: Throttle = RATE) -> None:
     """Count one request of `bucket`: TooManyRequests (429) past `limit` a minute, 503 without Redis."""
-    _over(bucket, limit, throttle.hit(client, bucket)[0])
+    _over(bucket, limit, throttle.hit(client, bucket)[0], throttle)
 
 
 async def rate_hit_async(client: aioredis.Redis, bucket: str, limit: int, throttle: Throttle = RATE) -> None:
     """rate_hit for the asyncio gateway."""
-    _over(bucket, limit, (await throttle.hit_async(client, bucket))[0])
+    _over(bucket, limit, (await throttle.hit_async(client, bucket))[0], throttle)
 
 
 # Per-token model tokens (prompt + completion): the limit is set per minute on the token.
 # A fixed window, like RATE's: it opens with the first tokens charged and lasts a minute.
-TOKENS = Throttle("maas:tokens:", 60)
+TOKENS = Throttle("maas:tokens:", 60, window_setting="RATE_LIMIT_WINDOW_SECONDS")
 
 
-def _spent(bucket: str, limit: int, counted: Count) -> None:
+def _spent(bucket: str, limit: int, counted: Count, throttle: Throttle) -> None:
     # Charged after the answer, a window can overshoot by one request: refuse from `limit` on.
     if counted.count >= limit:
         raise TooManyRequests(
-            f"Token limit of {limit} tokens per minute reached for {bucket} ({counted.count} used in this window); "
-            f"retry in {counted.retry_after}s.",
+            f"Token limit of {limit} tokens {_per(throttle)} reached for {bucket} ({counted.count} used in this "
+            f"window); retry in {counted.retry_after}s.",
             retry_after=counted.retry_after,
             limit="tokens",
         )
@@ -187,9 +207,9 @@ def _spent(bucket: str, limit: int, counted: Count) -> None:
 
 def tokens_check(client: redis.Redis, bucket: str, limit: int, throttle: Throttle = TOKENS) -> None:
     """Refuse (429, with the window's time left) a request of `bucket` once its tokens this window reach `limit`."""
-    _spent(bucket, limit, throttle.peek(client, bucket)[0])
+    _spent(bucket, limit, throttle.peek(client, bucket)[0], throttle)
 
 
 async def tokens_check_async(client: aioredis.Redis, bucket: str, limit: int, throttle: Throttle = TOKENS) -> None:
     """tokens_check for the asyncio gateway."""
-    _spent(bucket, limit, (await throttle.peek_async(client, bucket))[0])
+    _spent(bucket, limit, (await throttle.peek_async(client, bucket))[0], throttle)

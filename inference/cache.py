@@ -8,12 +8,14 @@ least-recently-used first when the budget would be exceeded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -23,7 +25,7 @@ from django.conf import settings
 from core.datatypes import NUMPY_DTYPES
 from inference.generation import Engine, GenerationRequest, SamplingParams
 from inference.runtimes import ModelRuntime, TextRuntime, texts_of
-from inference.services import PROBE_SEQUENCE, device_select, model_load, model_path, random_tensor
+from inference.services import PROBE_SEQUENCE, device_select, exception_summary, model_load, model_path, random_tensor
 from registry import selectors, services
 from registry.models import VersionStatus
 from registry.text_tasks import TextTask
@@ -100,6 +102,82 @@ class LoadedModel:
         return [(spec["name"], spec["datatype"], outputs[spec["name"]]) for spec in self.signature["outputs"]]
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What loading a version needs: a verified local artifact and the version's serving facts (JSON-safe)."""
+
+    version_id: int
+    model_name: str
+    version: int
+    format: str
+    task: str
+    sha256: str
+    path: str
+    signature: dict[str, Any]
+    batching: bool
+    max_batch_size: int
+    serving_queue: str
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelSource:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def model_source(version_id: int) -> ModelSource:
+    """A ready version's artifact, fetched and verified by sha256 (unpacked for archives); ModelUnavailable if not."""
+    try:
+        version = selectors.version_for_serving(version_id)
+    except Exception as exc:
+        raise ModelUnavailable(str(exc)) from exc
+    if version.status != VersionStatus.READY:
+        raise ModelUnavailable(f"{version} is {version.status}, not ready")
+    try:
+        path = model_path(services.version_artifact_path(version), version.format, version.sha256)
+    except Exception as exc:
+        raise ModelUnavailable(f"{version} could not be loaded: {exc}") from exc
+    return ModelSource(
+        version_id=version.pk,
+        model_name=version.model.name,
+        version=version.version,
+        format=version.format,
+        task=version.task,
+        sha256=version.sha256,
+        path=str(path),
+        signature=version.signature,
+        batching=bool(version.validation.get("batching")),
+        max_batch_size=version.max_batch_size,
+        serving_queue=version.model.serving_queue,
+    )
+
+
+def model_from_source(source: ModelSource) -> LoadedModel:
+    """Load and warm up a model from its source (this is where model code first runs)."""
+    try:
+        runtime = model_load(Path(source.path), source.format, device_select(), task=source.task)
+    except Exception as exc:
+        raise ModelUnavailable(f"{source.model_name} v{source.version} could not be loaded: {exc}") from exc
+    model = LoadedModel(
+        version_id=source.version_id,
+        model_name=source.model_name,
+        version=source.version,
+        signature=source.signature,
+        runtime=runtime,
+        size_bytes=runtime.memory_bytes(),
+        batching=source.batching,
+        max_batch_size=source.max_batch_size,
+    )
+    try:
+        _warm_up(model)
+    except Exception as exc:  # a model that fails on its own example input cannot be served (a 503, not a hang)
+        raise ModelUnavailable(
+            f"{source.model_name} v{source.version} failed its warm-up forward: {exception_summary(exc)}"
+        ) from exc
+    return model
+
+
 def _warm_up(model: LoadedModel) -> None:
     """One forward on inputs built from the signature, so the first request pays no setup."""
     if model.generative:
@@ -122,8 +200,11 @@ def _warm_up(model: LoadedModel) -> None:
 class ModelCache:
     """Loaded models keyed by version id, least recently used first out."""
 
-    def __init__(self, budget_bytes: int) -> None:
+    def __init__(self, budget_bytes: int, source: Callable[[int], ModelSource] | None = None) -> None:
         self.budget_bytes = budget_bytes
+        # Where a version's artifact and facts come from: the database and storage in a
+        # trusted process, the parent over the sandbox channel in a model host.
+        self.source: Callable[[int], ModelSource] = source or model_source
         self._models: OrderedDict[int, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         # One load at a time per process: torch.export.load is not thread-safe (the serving
@@ -160,30 +241,11 @@ class ModelCache:
         return model
 
     def _load(self, version_id: int) -> LoadedModel:
-        try:
-            version = selectors.version_for_serving(version_id)
-        except Exception as exc:
-            raise ModelUnavailable(str(exc)) from exc
-        if version.status != VersionStatus.READY:
-            raise ModelUnavailable(f"{version} is {version.status}, not ready")
+        source = self.source(version_id)
         started = time.perf_counter()
-        try:
-            path = model_path(services.version_artifact_path(version), version.format, version.sha256)
-            runtime = model_load(path, version.format, device_select(), task=version.task)
-        except Exception as exc:
-            raise ModelUnavailable(f"{version} could not be loaded: {exc}") from exc
-        model = LoadedModel(
-            version_id=version.pk,
-            model_name=version.model.name,
-            version=version.version,
-            signature=version.signature,
-            runtime=runtime,
-            size_bytes=runtime.memory_bytes(),
-            batching=bool(version.validation.get("batching")),
-            max_batch_size=version.max_batch_size,
-        )
-        _warm_up(model)
-        logger.info("loaded %s (%.1f MB) in %.3fs", version, model.size_bytes / 1e6, time.perf_counter() - started)
+        model = model_from_source(source)
+        logger.info("loaded %s v%s (%.1f MB) in %.3fs", source.model_name, source.version, model.size_bytes / 1e6,
+                    time.perf_counter() - started)  # fmt: skip
         return model
 
     def _evict(self, keep: int) -> None:
@@ -224,4 +286,5 @@ def model_cache() -> ModelCache:
     return _cache
 
 
-__all__ = ["LoadedModel", "ModelCache", "ModelUnavailable", "model_cache"]
+__all__ = ["LoadedModel", "ModelCache", "ModelSource", "ModelUnavailable", "model_cache", "model_from_source",
+           "model_source"]  # fmt: skip

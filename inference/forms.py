@@ -9,10 +9,11 @@ from django import forms
 from inference.jobs import MAX_CHUNK_SIZE
 from inference.models import DataFormat
 from registry import selectors
+from registry.access import Action
 
 
 class BatchJobForm(forms.Form):
-    model = forms.ChoiceField(help_text="Models you can see.")
+    model = forms.ChoiceField(help_text="The models you may run predictions on.")
     version = forms.IntegerField(min_value=1, required=False, help_text="A version number, or leave empty.")
     alias = forms.CharField(
         max_length=32, required=False, help_text="Used when no version is given; default: production."
@@ -44,5 +45,6 @@ class BatchJobForm(forms.Form):
 
     def __init__(self, user: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        names = selectors.models_visible_to(user).order_by("name").values_list("name", flat=True)
+        # Only models the user may predict with: a viewer's job would be refused.
+        names = [model.name for model in selectors.models_permitting(user, Action.PREDICT)]
         cast(forms.ChoiceField, self.fields["model"]).choices = [(name, name) for name in names]

@@ -8,6 +8,13 @@ the workers. While at most INFERENCE_MAX_IN_FLIGHT batches of a version are in f
 new requests wait for the next batch; nothing waits on a timer unless the version asks
 for a batching delay.
 
+Admission (inference.admission): past INFERENCE_MAX_QUEUED requests of a version waiting or
+running in this process, or when the coalescer's expected wait would outlast its deadline, a
+new request is refused at once (503, Retry-After). A request's deadline
+(INFERENCE_TIMEOUT_SECONDS) starts when it reaches the gateway and covers its whole wait: a
+request still waiting at its deadline is answered 504 without being sent, a batch carries the
+earliest deadline of its requests, and a worker drops a batch popped past it.
+
 A text (Hugging Face) version takes BYTES texts: they and the request's text parameters are
 checked by inference.text, and the parameters ride beside the request to the worker. The
 OpenAI-compatible /v1 (inference.openai) goes through this gateway's caches, guard,
@@ -37,11 +44,13 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import Error as DatabaseError
 from django.db import close_old_connections, connection
 
+from accounts import token_throttle
 from accounts.services import token_authenticate
+from core import hygiene
 from core import redis as shared_redis
 from core.errors import PortalError
 from core.invalidation import INVALIDATE_CHANNEL
-from inference import guard, protocol, telemetry, text, wire
+from inference import admission, guard, protocol, telemetry, text, wire
 from inference.generation.client import GenerationClient
 from inference.routes import HttpError, Target
 from inference.wire import BatchReply, BatchRequest, Failure, Outputs
@@ -64,6 +73,10 @@ CACHE_TTL_SECONDS = 30.0
 MODEL_PATH = re.compile(
     r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/ready|/infer|/stats)?/?$"
 )
+# What the answers of each endpoint may be (Accept) and what an inference body may be (Content-Type).
+JSON_ONLY = (hygiene.JSON,)
+INFER_TYPES = (protocol.JSON_CONTENT_TYPE, protocol.BINARY_CONTENT_TYPE)
+SERVER_PATHS = ("/v2", "/v2/", "/v2/health/live", "/v2/health/ready")
 AUTH_REQUIRED = (
     "Authentication required: send 'Authorization: Bearer <API token>' (only publicly predictable models "
     "answer without one)."
@@ -162,8 +175,9 @@ def _authenticate(raw: str) -> Any:
 
 # What a request's future resolves to: its own answer and the reply of the batch it rode in.
 Answered = tuple[Outputs | Failure, BatchReply]
-# A request waiting in a coalescer: its tensors, its parameters (top_k, ...) and its future.
-Waiting = tuple[wire.Tensors, dict[str, Any], asyncio.Future[Answered]]
+# A request waiting in a coalescer: its tensors, its parameters (top_k, ...), its future and
+# its deadline (epoch seconds).
+Waiting = tuple[wire.Tensors, dict[str, Any], asyncio.Future[Answered], float]
 
 
 class Coalescer:
@@ -175,11 +189,26 @@ class Coalescer:
         self.waiting: list[Waiting] = []
         self.in_flight = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.batch_seconds = 0.0  # smoothed time from sending a batch to its reply
 
-    def submit(self, tensors: wire.Tensors, parameters: dict[str, Any] = NO_PARAMETERS) -> asyncio.Future[Answered]:
-        """Queue one request (with its own parameters, which travel to the worker beside it)."""
+    def expected_wait(self) -> float:
+        """Seconds a request joining the queue now can expect to wait (0 while nothing waits)."""
+        if not self.waiting:
+            return 0.0
+        return admission.expected_wait(len(self.waiting), self.target.max_batch_size, self.in_flight,
+                                       settings.INFERENCE_MAX_IN_FLIGHT, self.batch_seconds)  # fmt: skip
+
+    def submit(
+        self, tensors: wire.Tensors, parameters: dict[str, Any] = NO_PARAMETERS, deadline: float | None = None
+    ) -> asyncio.Future[Answered]:
+        """Queue one request (with its own parameters, which travel to the worker beside it).
+
+        `deadline` (epoch seconds; default: INFERENCE_TIMEOUT_SECONDS from now) bounds its whole wait.
+        """
         future: asyncio.Future[Answered] = asyncio.get_running_loop().create_future()
-        self.waiting.append((tensors, parameters, future))
+        if deadline is None:
+            deadline = time.time() + settings.INFERENCE_TIMEOUT_SECONDS
+        self.waiting.append((tensors, parameters, future, deadline))
         if self.target.max_batch_delay_ms and self.timer is None and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
             self.timer = asyncio.get_running_loop().call_later(self.target.max_batch_delay_ms / 1000, self._timer_fired)
         elif not self.target.max_batch_delay_ms:
@@ -191,30 +220,47 @@ class Coalescer:
         self.flush()
 
     def flush(self) -> None:
+        now = time.time()
         while self.waiting and self.in_flight < settings.INFERENCE_MAX_IN_FLIGHT:
             batch: list[Waiting] = []
             rows = 0
             while self.waiting and (not batch or rows + wire.rows(self.waiting[0][0]) <= self.target.max_batch_size):
                 item = self.waiting.pop(0)
+                if item[3] <= now:
+                    self._expired(item)
+                    continue
                 rows += wire.rows(item[0])
                 batch.append(item)
+            if not batch:
+                continue
             self.in_flight += 1
             asyncio.get_running_loop().create_task(self._send(batch))
 
+    def _expired(self, item: Waiting) -> None:
+        """Answer 504 a request whose deadline passed while it waited here: it is never sent."""
+        if not item[2].done():
+            timeout = settings.INFERENCE_TIMEOUT_SECONDS
+            item[2].set_exception(HttpError(504, (
+                f"The request for model {self.target.model_name!r} v{self.target.version} waited {timeout:g}s "
+                "(INFERENCE_TIMEOUT_SECONDS) for the workers, which are busy: it was not sent."
+            )))  # fmt: skip
+
     async def _send(self, batch: list[Waiting]) -> None:
+        sent = time.monotonic()
         try:
             reply = await self.gateway.exchange(
-                self.target, [tensors for tensors, _, _ in batch], [parameters for _, parameters, _ in batch]
+                self.target, [item[0] for item in batch], [item[1] for item in batch], min(item[3] for item in batch)
             )
+            self.batch_seconds = admission.smoothed(self.batch_seconds, time.monotonic() - sent)
             if len(reply.answers) != len(batch):
                 raise HttpError(502, f"A worker answered {len(reply.answers)} requests of a batch of {len(batch)}.")
-            for (_, _, future), answer in zip(batch, reply.answers, strict=True):
-                if not future.done():
-                    future.set_result((answer, reply))
+            for item, answer in zip(batch, reply.answers, strict=True):
+                if not item[2].done():
+                    item[2].set_result((answer, reply))
         except HttpError as exc:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for item in batch:
+                if not item[2].done():
+                    item[2].set_exception(exc)
         finally:
             self.in_flight -= 1
             self.flush()
@@ -304,14 +350,21 @@ class Gateway:
         guard.forgotten()
 
     async def exchange(
-        self, target: Target, requests: list[wire.Tensors], parameters: list[dict[str, Any]]
+        self,
+        target: Target,
+        requests: list[wire.Tensors],
+        parameters: list[dict[str, Any]],
+        deadline: float | None = None,
     ) -> BatchReply:
-        """Send one batch to the workers of the target's queue and wait for its reply."""
+        """Send one batch to the workers of the target's queue and wait for its reply until `deadline`."""
         client = self._connect()
         batch_id = uuid.uuid4().hex
         now = time.time()
-        timeout = settings.INFERENCE_TIMEOUT_SECONDS
-        message = BatchRequest(batch_id, self.reply_key, target.version_id, now, now + timeout, requests, parameters)
+        if deadline is None:
+            deadline = now + settings.INFERENCE_TIMEOUT_SECONDS
+        # The whole wait's limit, as the caller sees it; what is left of it bounds this exchange.
+        timeout, remaining = settings.INFERENCE_TIMEOUT_SECONDS, max(0.0, deadline - now)
+        message = BatchRequest(batch_id, self.reply_key, target.version_id, now, deadline, requests, parameters)
         future: asyncio.Future[BatchReply] = asyncio.get_running_loop().create_future()
         self.pending[batch_id] = future
         try:
@@ -327,9 +380,9 @@ class Gateway:
             # The reply usually comes at once; a long wait looks at the workers' heartbeats
             # every WATCH_SECONDS, so a worker that died or a model still loading is answered
             # 503 at once rather than 504 at the timeout.
-            deadline = time.monotonic() + timeout
+            until = time.monotonic() + remaining
             while True:
-                remaining = deadline - time.monotonic()
+                remaining = until - time.monotonic()
                 if remaining <= 0:
                     break
                 done, _ = await asyncio.wait({future}, timeout=min(WATCH_SECONDS, remaining))
@@ -384,7 +437,8 @@ class Gateway:
             )
 
     # -- lookups -------------------------------------------------------------------------
-    async def user(self, headers: dict[bytes, bytes]) -> Any:
+    async def user(self, headers: dict[bytes, bytes], address: str = "local") -> Any:
+        """The caller of a bearer token (cached); `address` (the client's) counts bad tokens."""
         raw = headers.get(b"authorization", b"").decode("latin-1")
         keyword, _, token = raw.partition(" ")
         if not raw:
@@ -397,13 +451,16 @@ class Gateway:
         cached = self.users.get(key)
         if cached and time.monotonic() - cached[0] < CACHE_TTL_SECONDS and guard.cache_trusted():
             return cached[1]
-        self._connect()
+        client = self._connect()
+        # Only lookups are guarded: a client that sent too many bad tokens waits (429).
+        await token_throttle.admit_async(client, address)
         while True:
             seen = guard.generation()
             user = await database(_authenticate, token.strip())
             if guard.generation() == seen:  # else a revocation raced the lookup: look again
                 break
         if user is None:
+            await token_throttle.failed_async(client, address)
             raise HttpError(401, "The API token is invalid, expired or revoked.")
         self.users[key] = (time.monotonic(), user)
         return user
@@ -429,18 +486,63 @@ class Gateway:
     async def submit(
         self, target: Target, tensors: wire.Tensors, parameters: dict[str, Any] = NO_PARAMETERS
     ) -> tuple[Outputs, BatchReply]:
-        """Run one checked request through the version's coalescer; a worker's Failure is raised as HttpError."""
+        """Run one checked request through the version's coalescer; a worker's Failure is raised as HttpError.
+
+        Refused at once: 400 when a tensor request has more rows than the version's max_batch_size,
+        503 with Retry-After when the version's backlog in this process is full (inference.admission).
+        """
         if target.status != VersionStatus.READY:
             raise HttpError(
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
-        coalescer = self.coalescers.get(target.version_id)
-        if coalescer is None or coalescer.target != target:
-            coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
-        answer, reply = await coalescer.submit(tensors, parameters)
+        if not target.task:
+            refusal = admission.rows_refusal(
+                target.signature, tensors, target.max_batch_size, target.model_name, target.version
+            )
+            if refusal is not None:
+                raise HttpError(400, refusal)
+        backlog = admission.backlog_of(target.version_id)
+        admitted, seen = backlog.admit()
+        if not admitted:
+            raise self._overloaded(target, backlog, seen)
+        started = time.monotonic()
+        try:
+            coalescer = self.coalescers.get(target.version_id)
+            if coalescer is None or coalescer.target != target:
+                coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
+            deadline, expected = admission.deadline(), coalescer.expected_wait()
+            remaining = deadline - time.time()
+            if expected > remaining:
+                raise self._late(target, coalescer, expected, remaining)
+            answer, reply = await coalescer.submit(tensors, parameters, deadline)
+        finally:
+            backlog.release(started)
         if isinstance(answer, Failure):
             raise HttpError(answer.status, answer.message)
         return answer, reply
+
+    def overload_check(self, target: Target) -> None:
+        """Refuse (503) a request that submit() would refuse now, before its body is read and decoded."""
+        backlog = admission.backlog_of(target.version_id)
+        if backlog.count >= settings.INFERENCE_MAX_QUEUED:
+            raise self._overloaded(target, backlog, backlog.count)
+        coalescer = self.coalescers.get(target.version_id)
+        if coalescer is not None and coalescer.waiting:
+            expected, remaining = coalescer.expected_wait(), admission.deadline() - time.time()
+            if expected > remaining:
+                raise self._late(target, coalescer, expected, remaining)
+
+    @staticmethod
+    def _late(target: Target, coalescer: Coalescer, expected: float, remaining: float) -> HttpError:
+        timeout = settings.INFERENCE_TIMEOUT_SECONDS
+        message = admission.late_message(target.model_name, target.version, len(coalescer.waiting), expected, timeout)
+        # By then the queue ahead has moved on far enough for a request to make its deadline.
+        return HttpError(503, message, {"Retry-After": str(admission.retry_after(expected - remaining))})
+
+    @staticmethod
+    def _overloaded(target: Target, backlog: admission.Backlog, seen: int) -> HttpError:
+        message = admission.overload_message(target.model_name, target.version, seen, settings.INFERENCE_MAX_QUEUED)
+        return HttpError(503, message, {"Retry-After": str(backlog.retry_after())})
 
     async def live_queues(self) -> set[str]:
         """Prediction queues with at least one live worker."""
@@ -490,6 +592,7 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        admission.arrived.set(time.time())  # the request's deadline starts now
         try:
             status, body, headers = await self.route(scope, receive)
         except HttpError as exc:
@@ -509,21 +612,20 @@ class Gateway:
 
     async def route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
         path, method = scope["path"], scope["method"]
-        if path in ("/v2", "/v2/") and method == "GET":
+        headers = dict(scope.get("headers") or [])
+        match = request_checked(scope, headers)
+        if path in ("/v2", "/v2/"):
             return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
-        if path == "/v2/health/live" and method == "GET":
+        if path == "/v2/health/live":
             return 200, b"", {}
-        if path == "/v2/health/ready" and method == "GET":
+        if path == "/v2/health/ready":
             if not await self.live_queues():
                 raise HttpError(503, "No live prediction worker (start one: celery -A portal worker -Q inference).")
             await self.database_check()
             return 200, b"", {}
-        match = MODEL_PATH.match(path)
-        if match is None:
-            raise HttpError(404, f"No such endpoint: {method} {path}")
-        headers = dict(scope.get("headers") or [])
-        user = await self.user(headers)
-        if match["tail"] == "/stats" and method == "GET":
+        assert match is not None  # request_checked refused every other path
+        user = await self.user(headers, hygiene.client_address(scope))
+        if match["tail"] == "/stats":
             if not user.is_authenticated:
                 raise HttpError(401, AUTH_REQUIRED)
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -533,15 +635,15 @@ class Gateway:
         target = await self.target(user, match["name"], match["version"])
         tail = match["tail"]
         guard.authorize(user, target, Action.PREDICT if tail == "/infer" else Action.VIEW)
-        if tail is None and method == "GET":
+        if tail is None:
             return _json(_metadata(target))
-        if tail == "/ready" and method == "GET":
+        if tail == "/ready":
             if target.status != VersionStatus.READY:
                 raise HttpError(400, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready.")
             if target.queue not in await self.live_queues():
                 raise HttpError(400, f"No live worker serves queue {target.queue!r} for model {target.model_name!r}.")
             return 200, b"", {}
-        if tail == "/infer" and method == "POST":
+        if tail == "/infer":
             sample = telemetry.Sample(target.version_id, target.model_name, target.version, match["version"])
             sample.caller(user)
             client = self._connect()
@@ -555,7 +657,7 @@ class Gateway:
                 raise
             sample.done(200)
             return response
-        raise HttpError(405, f"Method {method} is not allowed on {path}")
+        raise HttpError(404, f"No such endpoint: {method} {path}")  # pragma: no cover - MODEL_PATH has no other tail
 
     async def infer(
         self, target: Target, headers: dict[bytes, bytes], receive: Receive, sample: telemetry.Sample | None = None
@@ -565,6 +667,7 @@ class Gateway:
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
         text.not_generative(target.task, target.model_name, target.version)
+        self.overload_check(target)
         body = await read_body(headers, receive)
         if sample is not None:
             sample.payload = len(body)
@@ -625,6 +728,28 @@ async def read_body(headers: dict[bytes, bytes], receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+def request_checked(scope: Scope, headers: dict[bytes, bytes]) -> re.Match[str] | None:
+    """The rules every /v2 request meets before authentication (core.hygiene): host, path,
+    method (405 with Allow), Accept (406), an inference body's Content-Type (415), and a
+    well-formed model address (400). Returns the model path's match (None for server paths)."""
+    hygiene.host_checked(headers, scope.get("server"))
+    path, method = scope["path"], scope["method"]
+    hygiene.path_checked(path)
+    match = None if path in SERVER_PATHS else MODEL_PATH.match(path)
+    if match is None and path not in SERVER_PATHS:
+        raise HttpError(404, f"No such endpoint: {method} {path}")
+    infer = match is not None and match["tail"] == "/infer"
+    hygiene.method_checked(method, ("POST",) if infer else ("GET",), path)
+    if infer:
+        hygiene.content_type_checked(headers, INFER_TYPES)
+        hygiene.accept_checked(headers, INFER_TYPES)
+    elif not path.startswith("/v2/health/"):  # probes get an empty body whatever they accept
+        hygiene.accept_checked(headers, JSON_ONLY)
+    if match is not None:
+        selectors.address_checked(match["name"], match["version"])
+    return match
+
+
 def _metadata(target: Target) -> dict[str, Any]:
     return {
         "name": target.model_name,
@@ -645,4 +770,14 @@ def _json(data: dict[str, Any], status: int = 200) -> tuple[int, bytes, dict[str
 gateway = Gateway()
 
 
-__all__ = ["NO_PARAMETERS", "Gateway", "HttpError", "Target", "gateway", "read_body", "respond", "target_resolve"]
+__all__ = [
+    "NO_PARAMETERS",
+    "Gateway",
+    "HttpError",
+    "Target",
+    "gateway",
+    "read_body",
+    "request_checked",
+    "respond",
+    "target_resolve",
+]

@@ -38,8 +38,9 @@ import numpy as np
 import orjson
 from asgiref.sync import sync_to_async
 
+from core import hygiene
 from core.errors import NotFound, PortalError, TooManyRequests
-from inference import guard, telemetry, text
+from inference import admission, guard, telemetry, text
 from inference.gateway import AUTH_REQUIRED, Gateway, HttpError, Receive, Scope, Send, read_body, respond
 from inference.generation.client import Generation
 from inference.generation.messages import Output
@@ -69,6 +70,14 @@ MODEL_PATH = re.compile(r"^/v1/models/(?P<id>[^/]+)/?$")
 JSON_HEADERS = {"Content-Type": "application/json"}
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 GENERATION_PATHS = {"/v1/completions": completion_request, "/v1/chat/completions": chat_request}
+# Each endpoint's method and the media types its answers may take (Accept); bodies are JSON.
+JSON_ONLY = (hygiene.JSON,)
+ENDPOINTS = {
+    "/v1/completions": ("POST", (hygiene.JSON, "text/event-stream")),
+    "/v1/chat/completions": ("POST", (hygiene.JSON, "text/event-stream")),
+    "/v1/embeddings": ("POST", JSON_ONLY),
+    "/v1/models": ("GET", JSON_ONLY),
+}
 # A client that leaves is answered with this status in the serving metrics (nginx's "client closed").
 CLIENT_CLOSED = 499
 T = TypeVar("T")
@@ -88,13 +97,38 @@ class EmbeddingsRequest:
 
 
 def model_address(model: str) -> tuple[str, str | None]:
-    """`name` → (name, None: production), `name:alias` → (name, alias), `name:3` → (name, "3")."""
+    """`name` → (name, None: production), `name:alias` → (name, alias), `name:3` → (name, "3").
+
+    A name, alias or number that cannot exist is refused here (400), before any lookup.
+    """
     name, separator, version = model.partition(SEPARATOR)
     if not name or (separator and not version) or SEPARATOR in version:
         raise OpenAIError(
-            f"model {model!r} is not a model address: use 'name', 'name:alias' or 'name:<version number>'.", "model"
+            f"model {model[:80]!r} is not a model address: use 'name', 'name:alias' or 'name:<version number>'.",
+            "model",
         )
+    try:
+        selectors.address_checked(name, version if separator else None)
+    except PortalError as exc:
+        raise OpenAIError(exc.message, "model") from None
     return name, version if separator else None
+
+
+def request_checked(scope: Scope, headers: dict[bytes, bytes]) -> str:
+    """The rules every /v1 request meets before authentication (core.hygiene, as /v2): host, path,
+    method (405 with Allow), Content-Type of a body (415) and Accept (406). Returns the path
+    without its trailing slash; an unknown one is answered 404 by the router."""
+    hygiene.host_checked(headers, scope.get("server"))
+    hygiene.path_checked(scope["path"])
+    path = scope["path"].rstrip("/")
+    endpoint = ENDPOINTS.get(path) or (("GET", JSON_ONLY) if MODEL_PATH.match(scope["path"]) else None)
+    if endpoint is not None:
+        method, offered = endpoint
+        hygiene.method_checked(scope["method"], (method,), scope["path"])
+        if method == "POST":
+            hygiene.content_type_checked(headers, JSON_ONLY)
+        hygiene.accept_checked(headers, offered)
+    return path
 
 
 def model_id(name: str, alias_or_version: str | None) -> str:
@@ -415,11 +449,12 @@ class OpenAIApi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        admission.arrived.set(time.time())  # the request's deadline starts now
         headers = JSON_HEADERS
         try:
-            path = scope["path"].rstrip("/")
-            if path in GENERATION_PATHS and scope["method"] == "POST":
-                await self.generate(path, dict(scope.get("headers") or []), receive, send)
+            path = request_checked(scope, dict(scope.get("headers") or []))
+            if path in GENERATION_PATHS:
+                await self.generate(path, scope, receive, send)
                 return
             status, document = await self.route(scope, receive)
         except HttpError as exc:
@@ -437,20 +472,18 @@ class OpenAIApi:
         await respond(send, status, orjson.dumps(document), headers)
 
     async def route(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+        """Dispatch a request that request_checked passed (method and media types already checked)."""
         path, method = scope["path"], scope["method"]
         headers = dict(scope.get("headers") or [])
-        if path.rstrip("/") in GENERATION_PATHS:
-            raise HttpError(405, f"Method {method} is not allowed on {path}; POST a request.")
+        address = hygiene.client_address(scope)
         if path.rstrip("/") == "/v1/embeddings":
-            if method != "POST":
-                raise HttpError(405, f"Method {method} is not allowed on {path}; POST an embeddings request.")
-            return 200, await self.embeddings(headers, receive)
-        if path.rstrip("/") == "/v1/models" and method == "GET":
-            user = await self.gateway.user(headers)
+            return 200, await self.embeddings(headers, receive, address)
+        if path.rstrip("/") == "/v1/models":
+            user = await self.gateway.user(headers, address)
             return 200, {"object": "list", "data": await sync_to_async(models_usable, thread_sensitive=False)(user)}
         match = MODEL_PATH.match(path)
-        if match is not None and method == "GET":
-            user = await self.gateway.user(headers)
+        if match is not None:
+            user = await self.gateway.user(headers, address)
             try:
                 return 200, await sync_to_async(model_retrieve, thread_sensitive=False)(user, match["id"])
             except NotFound:
@@ -463,16 +496,19 @@ class OpenAIApi:
         )
         return 404, error_document(404, message, code="unknown_url")
 
-    async def generate(self, path: str, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
+    async def generate(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /v1/completions and /v1/chat/completions: errors before the first byte are raised."""
-        user, body, raw = await self._caller_and_body(headers, receive)
+        headers = dict(scope.get("headers") or [])
+        user, body, raw = await self._caller_and_body(headers, receive, hygiene.client_address(scope))
         call = GENERATION_PATHS[path](raw)
         run = GenerationRun(self.gateway, user, call, source="v1", payload=len(body))
         await unless_disconnected(self._answer(run, send), receive)
 
-    async def _caller_and_body(self, headers: dict[bytes, bytes], receive: Receive) -> tuple[Any, bytes, Any]:
+    async def _caller_and_body(
+        self, headers: dict[bytes, bytes], receive: Receive, address: str
+    ) -> tuple[Any, bytes, Any]:
         """The caller, the request body and its JSON (a 400 naming the syntax error when it is not JSON)."""
-        user = await self.gateway.user(headers)
+        user = await self.gateway.user(headers, address)
         body = await read_body(headers, receive)
         try:
             return user, body, orjson.loads(body)
@@ -491,8 +527,8 @@ class OpenAIApi:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def embeddings(self, headers: dict[bytes, bytes], receive: Receive) -> dict[str, Any]:
-        user, body, raw = await self._caller_and_body(headers, receive)
+    async def embeddings(self, headers: dict[bytes, bytes], receive: Receive, address: str) -> dict[str, Any]:
+        user, body, raw = await self._caller_and_body(headers, receive, address)
         request = embeddings_request(raw)
         name, addressed = model_address(request.model)
         target = await self.gateway.target(user, name, addressed)

@@ -3,7 +3,8 @@
 They share the Open Inference Protocol's checks (inference.protocol) and the workers'
 wire format and serving loop with the /v2 gateway; only the transport differs: one
 request, one message, a private reply list, no coalescing (this path is for people and
-scripts, the gateway is for throughput).
+scripts, the gateway is for throughput). Admission is the gateway's (inference.admission):
+the same per-process backlog of the version, the same 400 past max_batch_size.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from core import redis as shared_redis
 from core.errors import (
     GatewayTimeout,
     InvalidInput,
+    Overloaded,
     PayloadTooLarge,
     PortalError,
     ServiceUnavailable,
     Unprocessable,
 )
 from core.throttle import TOKENS, rate_hit, tokens_check
-from inference import protocol, telemetry, text, wire
+from inference import admission, protocol, telemetry, text, wire
 from inference.wire import BatchReply, BatchRequest, Failure
 from registry.access import grant_of
 from registry.models import ModelVersion, VersionStatus
@@ -134,6 +136,7 @@ def predict(
     `addressed` is the version number or alias the caller named (None: the production alias);
     serving metrics record it. `parameters` (a text model's top_k, ...) travel with the request.
     A text model's tokens read are metered for `user` and charged to its token's limit.
+    Its deadline, INFERENCE_TIMEOUT_SECONDS, runs from when it reached the server (inference.admission).
     """
     sample = telemetry.Sample(version.pk, version.model.name, version.version, addressed, source="native")
     sample.payload = sum(_size(array) for array in tensors.values())
@@ -163,16 +166,44 @@ def _exchange(
         raise ServiceUnavailable(
             f"Model {version.model.name!r} v{version.version} is {version.status}, not ready to serve."
         )
+    if not version.task:
+        refusal = admission.rows_refusal(
+            version.signature, tensors, version.max_batch_size, version.model.name, version.version
+        )
+        if refusal is not None:
+            raise InvalidInput(refusal, field="inputs")
+    backlog = admission.backlog_of(version.pk)
+    admitted, seen = backlog.admit()
+    if not admitted:
+        limit = settings.INFERENCE_MAX_QUEUED
+        message = admission.overload_message(version.model.name, version.version, seen, limit)
+        raise Overloaded(message, retry_after=backlog.retry_after())
+    started = time.monotonic()
+    try:
+        return _exchange_admitted(version, tensors, sample, parameters)
+    finally:
+        backlog.release(started)
+
+
+def _exchange_admitted(
+    version: ModelVersion, tensors: dict[str, np.ndarray], sample: telemetry.Sample, parameters: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     reply_key = f"{wire.REPLY_PREFIX}sync:{uuid.uuid4().hex}"
     now = time.time()
     timeout = settings.INFERENCE_TIMEOUT_SECONDS
-    message = BatchRequest(uuid.uuid4().hex, reply_key, version.pk, now, now + timeout, [tensors], [parameters])
+    deadline = admission.deadline()
+    if deadline <= now:
+        raise GatewayTimeout(
+            f"The request for model {version.model.name!r} v{version.version} waited {timeout:g}s "
+            "(INFERENCE_TIMEOUT_SECONDS) for this server, which is busy: it was not sent."
+        )
+    message = BatchRequest(uuid.uuid4().hex, reply_key, version.pk, now, deadline, [tensors], [parameters])
     started = time.perf_counter()
     try:
         # No read timeout: BRPOP waits on the server, up to the prediction timeout.
         client = shared_redis.client(timeout=None)
         client.lpush(wire.queue_key(version.model.serving_queue), message.encode())
-        item = client.brpop([reply_key], timeout=max(1, round(timeout)))
+        item = client.brpop([reply_key], timeout=max(0.01, deadline - time.time()))
     except redis.RedisError as exc:
         raise ServiceUnavailable(f"The prediction broker is unavailable: {exc}") from None
     if item is None:

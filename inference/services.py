@@ -19,7 +19,7 @@ from django.conf import settings
 from core.datatypes import NUMPY_DTYPES, TORCH_DTYPES, datatype_of_array, datatype_of_tensor, is_floating
 from inference.generation import Engine, GenerationRequest, SamplingParams
 from inference.runtimes import ModelLoadError, ModelRuntime, TextRuntime, runtime_for
-from registry.artifacts import artifact_unpacked
+from registry.artifacts import artifact_unpacked, artifact_zip_check
 from registry.text_tasks import TEXT_INPUT, TextTask
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,11 @@ def _output_specs(
 
 def model_path(fetched: Path, format_name: str, sha256: str) -> Path:
     """Where a format's runtime loads a fetched artifact from: the file, or the directory it unpacks to."""
-    return artifact_unpacked(fetched, sha256) if runtime_for(format_name).unpacked else fetched
+    return (
+        artifact_unpacked(fetched, sha256)
+        if runtime_for(format_name).unpacked
+        else artifact_zip_check(fetched, format_name)
+    )
 
 
 def model_load(path: Path, format_name: str, device: torch.device | None = None, *, task: str = "") -> ModelRuntime:

@@ -30,6 +30,7 @@ from inference import telemetry, wire
 from inference.cache import LoadedModel, ModelUnavailable, model_cache
 from inference.generation.worker import GenerationLoop
 from inference.runtimes import TextInputError, token_rows_trim
+from inference.sandbox.supervisor import ServingSupervisor
 from inference.services import exception_summary
 from inference.wire import Answer, BatchReply, BatchRequest, Failure, Outputs
 
@@ -43,6 +44,7 @@ CONTROL_QUEUES = {"default", "celery"}
 _serve_queues: list[str] = []
 _loop: ServingLoop | None = None
 _generation: GenerationLoop | None = None
+_supervisor: ServingSupervisor | None = None
 
 
 def worker_id() -> str:
@@ -294,9 +296,15 @@ def _decoded(messages: list[bytes]) -> list[BatchRequest]:
 
 
 def serving_start(queues: list[str]) -> None:
-    """Start this process's serving loop and its generation loop beside it (once)."""
-    global _loop, _generation
-    if _loop is None and queues and settings.INFERENCE_REDIS_URL:
+    """Start this process's serving and generation loops (once): in a sandboxed model host
+    (inference.sandbox) by default, in this process with MODEL_SANDBOX=off."""
+    global _loop, _generation, _supervisor
+    if _loop is not None or _supervisor is not None or not queues or not settings.INFERENCE_REDIS_URL:
+        return
+    if settings.MODEL_SANDBOX != "off":
+        _supervisor = ServingSupervisor(queues)
+        _supervisor.start()
+    else:
         _loop = ServingLoop(queues)
         _loop.start()
         _generation = GenerationLoop(queues, _loop.identity)
@@ -305,7 +313,10 @@ def serving_start(queues: list[str]) -> None:
 
 def serving_stop() -> None:
     """Stop both loops: live generations end with a 503, the last replies are pushed."""
-    global _loop, _generation
+    global _loop, _generation, _supervisor
+    if _supervisor is not None:
+        _supervisor.stop()
+        _supervisor = None
     loops = [loop for loop in (_generation, _loop) if loop is not None]
     for loop in loops:
         loop.stopping.set()

@@ -24,14 +24,15 @@ from django.conf import settings
 from django.core.files import File
 
 from inference import telemetry, text
-from inference.cache import LoadedModel, ModelUnavailable, model_cache
+from inference.cache import LoadedModel, ModelUnavailable
 from inference.completions import CompletionRows, line_tokens, prompts_load
 from inference.generation import Engine
 from inference.models import BatchJob, DataFormat, JobStatus
 from inference.runs.arrays import npz_save, paths_delete
 from inference.runs.lifecycle import run_enqueue, run_kind_register, stale_expire_all
-from inference.runs.loop import PROGRESS_SECONDS, ChunkedWork, ModelWork, Outputs, work_run
+from inference.runs.loop import PROGRESS_SECONDS, ChunkedWork, ModelWork, Outputs, RunStopped, work_run
 from inference.runtimes import TextRuntime
+from inference.sandbox.client import SandboxedModel, model_close, model_open
 from registry.artifacts import artifact_storage
 
 logger = logging.getLogger(__name__)
@@ -131,25 +132,33 @@ class CompletionJobWork(ChunkedWork[BatchJob]):
 
     def start(self) -> None:
         job = self.run
-        self.loaded: LoadedModel = model_cache().get(_version_id(job))
+        self.loaded: LoadedModel | SandboxedModel = model_open(_version_id(job))
         if not self.loaded.generative:
             raise ModelUnavailable(f"{job.model_name} v{job.version_number} is not a text-generation model.")
-        runtime = cast(TextRuntime, self.loaded.runtime)
         with artifact_storage().open(job.input_path, "rb") as stream:
             requests = prompts_load(stream)
-        engine = Engine(
-            runtime.module,
-            runtime.tokenizer,
-            max_sequences=settings.GENERATION_MAX_SEQUENCES,
-            max_tokens=settings.GENERATION_MAX_CACHE_TOKENS,
-            max_waiting=settings.GENERATION_MAX_SEQUENCES,
-            prefill_tokens=settings.GENERATION_PREFILL_TOKENS,
-        )
-        self.completions = CompletionRows(engine, requests, first=job.resume_from, lock=self.loaded.lock)
+        options: dict[str, Any] = {
+            "max_sequences": settings.GENERATION_MAX_SEQUENCES,
+            "max_tokens": settings.GENERATION_MAX_CACHE_TOKENS,
+            "max_waiting": settings.GENERATION_MAX_SEQUENCES,
+            "prefill_tokens": settings.GENERATION_PREFILL_TOKENS,
+        }
+        self.completions: CompletionRows | RemoteRows
+        if isinstance(self.loaded, SandboxedModel):
+            self.loaded.generation_start(requests, job.resume_from, options)
+            self.completions = RemoteRows(self.loaded)
+        else:
+            runtime = cast(TextRuntime, self.loaded.runtime)
+            engine = Engine(runtime.module, runtime.tokenizer, **options)
+            self.completions = CompletionRows(engine, requests, first=job.resume_from, lock=self.loaded.lock)
         self.step = job.chunk_size
         self.tokens = (0, 0)
         # What this task generated, and since when: its throughput, logged at the end.
         self.generated, self.began = 0, time.perf_counter()
+
+    def close(self) -> None:
+        if hasattr(self, "loaded"):
+            model_close(self.loaded)
 
     def chunk(self, start: int, stop: int) -> Outputs:
         # A cancel is seen between two decoding steps, not only between chunks: a chunk may take long.
@@ -181,6 +190,24 @@ class CompletionJobWork(ChunkedWork[BatchJob]):
 
     def time_limit_error(self, row: int) -> str:
         return f"Generating the rows after row {row} ran past the task time limit; use a smaller chunk_size."
+
+
+class RemoteRows:
+    """CompletionRows' `rows` over a sandboxed host, which generates for at most `every` seconds per call."""
+
+    def __init__(self, model: SandboxedModel) -> None:
+        self.model = model
+        self.steps = 0
+
+    def rows(self, start: int, stop: int, alive: Any = lambda: True, every: float = 0.5) -> list[dict[str, Any]]:
+        """The result lines of rows start..stop; RunStopped once `alive()` says no between two calls."""
+        while True:
+            reply = self.model.host.call({"op": "rows", "start": start, "stop": stop, "budget": every})
+            self.steps = int(reply["steps"])
+            if reply["lines"] is not None:
+                return list(reply["lines"])
+            if not alive():
+                raise RunStopped
 
 
 def job_run(job_id: str) -> str:

@@ -10,7 +10,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.errors import InvalidInput
-from inference.services import ProbeFailed, model_path, model_probe
+from inference.sandbox.client import probe
+from inference.sandbox.spawn import SandboxError
+from inference.services import ProbeFailed, model_path
 from registry.artifacts import ArtifactIntegrityError, artifact_fetch
 from registry.models import ModelVersion, VersionStatus
 
@@ -46,11 +48,13 @@ def version_validate(version_id: int) -> str:
 
     try:
         path = model_path(artifact_fetch(version.artifact, version.sha256), version.format, version.sha256)
-        result = model_probe(
-            path, version.format, version.signature, version.example_input, version.labels, task=version.task
-        )
+        # In a sandboxed host that may read this artifact and nothing else (unless MODEL_SANDBOX=off).
+        result = probe(path, version.format, version.signature, version.example_input, version.labels,
+                       task=version.task)  # fmt: skip
     except (ProbeFailed, ArtifactIntegrityError, InvalidInput) as exc:
         return _validation_finish(version, VersionStatus.FAILED, str(exc))
+    except SandboxError as exc:  # the host died (a model that crashes it) or the sandbox is unavailable
+        return _validation_finish(version, VersionStatus.FAILED, f"Validation error: {exc}")
     except Exception as exc:  # anything else is still the model's fault, not the worker's
         logger.exception("validation of %s crashed", version)
         return _validation_finish(version, VersionStatus.FAILED, f"Validation error: {type(exc).__name__}: {exc}")

@@ -63,7 +63,7 @@ def job_create(request: HttpRequest) -> HttpResponse:
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)
                 status = exc.status_code
             else:
-                messages.success(request, f"Job {job.short_id} queued: {job.total_rows} rows.")
+                # The job page shows its live status: a "queued" flash would outlive it.
                 return redirect("inference:job-detail", job_id=job.pk)
         else:
             status = 400

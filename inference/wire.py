@@ -99,6 +99,16 @@ def _unpack_tensors(packed: Any) -> Tensors:
     return tensors
 
 
+def tensors_pack(tensors: Tensors) -> dict[str, list[Any]]:
+    """Tensors as msgpack-ready lists (the model sandbox's channel carries them this way too)."""
+    return _pack_tensors(tensors)
+
+
+def tensors_unpack(packed: Any) -> Tensors:
+    """The tensors of `tensors_pack`; WireError when malformed."""
+    return _unpack_tensors(packed)
+
+
 def _fields(raw: bytes, kind: str, count: int) -> list[Any]:
     """The fields of a message of `kind` that has `count` of them."""
     try:
@@ -285,4 +295,6 @@ __all__ = [
     "is_bytes",
     "queue_key",
     "rows",
+    "tensors_pack",
+    "tensors_unpack",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import uuid
 from typing import Any
@@ -39,22 +38,28 @@ def _window(request: HttpRequest) -> str:
 
 
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus exposition of every process on this host (loopback, staff, or METRICS_TOKEN)."""
-    token = settings.METRICS_TOKEN
-    header = request.headers.get("Authorization", "")
-    if token:
-        allowed = secrets.compare_digest(header.removeprefix("Bearer ").strip(), token)
-    else:
-        try:
-            local = ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
-        except ValueError:
-            local = False
-        allowed = local or bool(request.user.is_authenticated and request.user.is_staff)
-    if not allowed:
-        return JsonResponse({"error": "Metrics need METRICS_TOKEN as a bearer token (or a loopback client)."},
-                            status=401 if token else 403)  # fmt: skip
+    """Prometheus exposition of every process on this host: METRICS_TOKEN as a bearer token, or a
+    staff session; anyone only when METRICS_PUBLIC is set. No address is trusted (behind a
+    same-host proxy every client is loopback)."""
+    if not (settings.METRICS_PUBLIC or _metrics_allowed(request)):
+        if request.user.is_authenticated:
+            message = "Metrics are for staff sessions and scrapers with the METRICS_TOKEN; your account is not staff."
+            return JsonResponse({"error": message, "code": "permission_denied"}, status=403)
+        response = JsonResponse({"error": "Metrics need the METRICS_TOKEN as 'Authorization: Bearer <token>' or a "
+                                          "staff sign-in (METRICS_PUBLIC=true publishes them to anyone).",
+                                 "code": "not_authenticated"}, status=401)  # fmt: skip
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     body, content_type = metrics.exposition()
     return HttpResponse(body, content_type=content_type)
+
+
+def _metrics_allowed(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    keyword, _, sent = request.headers.get("Authorization", "").partition(" ")
+    if token and keyword.lower() == "bearer" and secrets.compare_digest(sent.strip().encode(), token.encode()):
+        return True
+    return bool(request.user.is_authenticated and request.user.is_staff)
 
 
 @login_required
@@ -96,6 +101,13 @@ def dashboard_data(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"window": window, "totals": series["totals"], "figures": figures})
 
 
+def confusion_run(evaluations: list[dict[str, Any]], production: int | None) -> dict[str, Any] | None:
+    """The evaluation whose confusion matrix a model page shows: production's latest, else the newest of any version."""
+    with_matrix = [r for r in evaluations if "confusion_matrix" in r["metrics"]]
+    preferred = [r for r in with_matrix if r["version"] == production] or with_matrix
+    return max(preferred, key=lambda r: r["run"].finished_at, default=None)
+
+
 def _comparison(model: RegisteredModel) -> dict[str, Any]:
     """Every version's serving figures and latest evaluation per dataset, production marked."""
     stats = services.version_stats(model, "day")["model_stats"]
@@ -112,8 +124,7 @@ def _comparison(model: RegisteredModel) -> dict[str, Any]:
     metric = "accuracy" if classification or not evaluations else "r2"
     figures = {"accuracy": charts.accuracy_figure(evaluations, metric, production),
                "latency_versions": charts.version_latency_figure(stats)}  # fmt: skip
-    newest = max((r for r in evaluations if "confusion_matrix" in r["metrics"]), key=lambda r: r["run"].finished_at,
-                 default=None)  # fmt: skip
+    newest = confusion_run(evaluations, production)
     if newest is not None:
         labels = list(newest["run"].version.labels or [])
         title = f"Confusion matrix: v{newest['version']} on {newest['dataset']}"
@@ -239,6 +250,7 @@ def evaluation_create(request: HttpRequest, name: str) -> HttpResponse:
     except PortalError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Evaluation {run.short_id} queued.")
+        # No "queued" flash: the run page shows the live status, and a flash would still say
+        # "queued" beside a run that finished before the page was drawn.
         return redirect("monitoring:run-detail", run_id=run.pk)
     return redirect("monitoring:model-compare", name=name)

@@ -1,18 +1,20 @@
 """ASGI entry point (uvicorn portal.asgi:application).
 
-Django's ASGI handler reads a whole request body (to a temporary file) before any view
-or upload handler runs, so an oversized upload would be received in full before it is
-refused. The guard below answers 413 from Content-Length before a byte is read.
+/v2 goes to the prediction gateway, /v1 to the OpenAI-compatible API, the rest to Django
+behind core.bodies.BodyLimit: Django's ASGI handler reads a whole request body before any
+view runs, so an oversized one is refused from its Content-Length before a byte is read,
+and a chunked one is counted as it streams (see core/bodies.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
 from django.core.asgi import get_asgi_application
+
+from core.bodies import BodyLimit
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -20,34 +22,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class BodySizeLimit:
-    """Refuses HTTP requests whose declared body is larger than `limit` bytes."""
-
-    def __init__(self, app: ASGIApp, limit: int, message: str) -> None:
-        self.app = app
-        self.limit = limit
-        self.body = json.dumps({"error": message, "code": "too_large"}).encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.limit:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 413,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"connection", b"close"),
-                            (b"content-length", str(len(self.body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": self.body})
-                return
-        await self.app(scope, receive, send)
 
 
 class PredictionRouter:
@@ -70,7 +44,11 @@ class PredictionRouter:
 
 
 def _build() -> ASGIApp:
-    django_app = get_asgi_application()
+    get_asgi_application()  # sets Django up
+    from portal.concurrency import bounded_asgi_application
+
+    # Django's views (each in a thread holding a database connection) are bounded per process.
+    django_app = bounded_asgi_application()
     from django.conf import settings
 
     from inference.gateway import gateway
@@ -78,7 +56,7 @@ def _build() -> ASGIApp:
     from registry.uploads import FORM_OVERHEAD_BYTES, too_large_message
 
     limit = settings.MODEL_UPLOAD_MAX_BYTES + FORM_OVERHEAD_BYTES
-    guarded = BodySizeLimit(cast(ASGIApp, django_app), limit, too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
+    guarded = BodyLimit(cast(ASGIApp, django_app), limit, too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
     return PredictionRouter(gateway, guarded, OpenAIApi(gateway))
 
 

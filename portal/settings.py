@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "core.request_id.RequestIdMiddleware",
+    "core.middleware.RequestHygieneMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -122,6 +123,14 @@ else:
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
         "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=1)
     )
+# Under ASGI (portal.asgi) a web process runs at most this many Django views at once, each in a
+# thread holding at most one database connection (closed when the view returns); others wait
+# their turn up to WEB_QUEUE_SECONDS. A request that would wait longer (by the recent view
+# times), or finds WEB_MAX_WAITING_REQUESTS waiting, gets 503 with Retry-After at once.
+# See portal/concurrency.py for the connections a process can hold.
+WEB_MAX_CONCURRENT_REQUESTS = env_int("WEB_MAX_CONCURRENT_REQUESTS", 8, minimum=1)
+WEB_MAX_WAITING_REQUESTS = env_int("WEB_MAX_WAITING_REQUESTS", 128, minimum=0)
+WEB_QUEUE_SECONDS = env_float("WEB_QUEUE_SECONDS", 3.0, minimum=0.1)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Artifact storage -----------------------------------------------------------------
@@ -175,6 +184,19 @@ BATCH_INPUT_MAX_BYTES = env_int("BATCH_INPUT_MAX_BYTES", 256 * 1024**2, minimum=
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
 FILE_UPLOAD_HANDLERS = ["registry.uploads.ModelUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR") or None
+# Archives are judged from their directory before anything is stored: a TorchScript or
+# torch.export file (a zip) may hold at most this many entries and declare at most this many
+# uncompressed bytes (HF_ARCHIVE_* below for Hugging Face archives), and no archive may
+# expand more than ARCHIVE_MAX_RATIO times its size once past 16 MiB (a zip bomb).
+TORCH_ARCHIVE_MAX_ENTRIES = env_int("TORCH_ARCHIVE_MAX_ENTRIES", 20000, minimum=1)
+TORCH_ARCHIVE_MAX_BYTES = env_int("TORCH_ARCHIVE_MAX_BYTES", 2 * MODEL_UPLOAD_MAX_BYTES, minimum=1)
+ARCHIVE_MAX_RATIO = env_float("ARCHIVE_MAX_RATIO", 100.0, minimum=1.0)
+# Who may upload formats that carry code (TorchScript, torch.export): "maintainers" (anyone
+# who may upload), "owners" (the model's owners and admins) or "admins" (staff only).
+# Hugging Face archives carry no code (no pickle, trust_remote_code never set): maintainers.
+MODEL_UPLOAD_POLICY = env_choice("MODEL_UPLOAD_POLICY", "maintainers", ("maintainers", "owners", "admins"))
+# How long an Idempotency-Key is remembered (model creation, version upload).
+IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600, minimum=60)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 4 * 1024**2, minimum=1024)
 
 # --- Celery ---------------------------------------------------------------------------
@@ -242,6 +264,10 @@ INFERENCE_MAX_ELEMENTS = env_int("INFERENCE_MAX_ELEMENTS", 16 * 1024**2, minimum
 # Batches of one model version a gateway process keeps in flight at once; requests that
 # arrive meanwhile are coalesced into the next batch.
 INFERENCE_MAX_IN_FLIGHT = env_int("INFERENCE_MAX_IN_FLIGHT", 1, minimum=1)
+# Requests of one model version a web process admits and has not answered yet (waiting to be
+# sent, queued for a worker, or running); past it a new one is refused at once with 503 and
+# Retry-After (inference.admission). Generation has its own bound, GENERATION_MAX_QUEUED.
+INFERENCE_MAX_QUEUED = env_int("INFERENCE_MAX_QUEUED", 64, minimum=1)
 # A worker is live while its heartbeat (written by a thread of its own every
 # INFERENCE_HEARTBEAT_SECONDS, also while it loads or computes) is younger than
 # INFERENCE_WORKER_TTL_SECONDS and its heartbeat connection to Redis is open: a worker that
@@ -250,6 +276,11 @@ INFERENCE_HEARTBEAT_SECONDS = env_float("INFERENCE_HEARTBEAT_SECONDS", 0.5, mini
 INFERENCE_WORKER_TTL_SECONDS = env_float("INFERENCE_WORKER_TTL_SECONDS", 5.0, minimum=0.1)
 # Memory a worker may fill with resident models before it evicts the least recently used.
 INFERENCE_CACHE_BYTES = env_int("INFERENCE_CACHE_BYTES", 4 * 1024**3, minimum=1)
+# Model code (TorchScript, torch.export, Hugging Face runtimes) runs only in sandboxed model
+# hosts (inference.sandbox, README "Model sandbox"): "require" refuses to run a model where
+# the kernel cannot enforce the sandbox (Linux Landlock + seccomp); "off" loads models in
+# the worker process itself, with its secrets — an explicit opt-out for trusted uploaders.
+MODEL_SANDBOX = env_choice("MODEL_SANDBOX", "require", ("require", "off"))
 
 # --- Hugging Face text models (format "huggingface") ---------------------------------------
 # Never reach a model hub: weights, configs and tokenizers come only from the verified artifact.
@@ -374,6 +405,12 @@ CONTENT_SECURITY_POLICY = {
 # Failed sign-ins allowed per username and address (ten times that per address) per window.
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_FAILURE_WINDOW_SECONDS = env_int("LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1)
+# Invalid bearer tokens allowed per client address per window, on every plane (accounts.token_throttle).
+BAD_TOKEN_LIMIT = env_int("BAD_TOKEN_LIMIT", 20, minimum=1)
+BAD_TOKEN_WINDOW_SECONDS = env_int("BAD_TOKEN_WINDOW_SECONDS", 60, minimum=1)
+# The window of the per-token limits (requests and model tokens "per minute"): 60 in
+# production; tests shorten it to watch a window close.
+RATE_LIMIT_WINDOW_SECONDS = env_int("RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1)
 
 STATIC_URL = "static/"
 # Without collected files, WhiteNoise serves the source tree through the finders.
@@ -405,8 +442,10 @@ METRICS_FLUSH_SECONDS = env_float("METRICS_FLUSH_SECONDS", 5.0, minimum=0.0)
 METRICS_RETENTION_DAYS = env_float("METRICS_RETENTION_DAYS", 30.0, minimum=1.0)
 # Token usage (chargeback) is kept longer than the serving aggregates.
 USAGE_RETENTION_DAYS = env_float("USAGE_RETENTION_DAYS", 400.0, minimum=1.0)
-# /metrics answers loopback clients and staff; a scraper elsewhere sends this bearer token.
+# /metrics answers a scraper that sends this bearer token, and signed-in staff; nobody else
+# unless METRICS_PUBLIC is set (an explicit choice: no address, loopback included, is trusted).
 METRICS_TOKEN = env_secret("METRICS_TOKEN", "")
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
 # prometheus-client picks multiprocess mode from the environment when it is first imported,
 # so the directory is chosen here, before any app module loads. A directory given from
 # outside may be shared with processes we did not start: only our own is cleaned at start.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponsePermanentRedirect, JsonResponse
+from django.templatetags.static import static
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
@@ -17,6 +18,11 @@ from monitoring import views as monitoring_views
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness of the web process (no dependencies checked)."""
     return JsonResponse({"status": "ok"})
+
+
+def favicon(request: HttpRequest) -> HttpResponsePermanentRedirect:
+    """The icon for pages without a <link rel="icon"> (/metrics, JSON answers), which browsers ask at /favicon.ico."""
+    return HttpResponsePermanentRedirect(static("portal/favicon.svg"))
 
 
 api_patterns: list[URLPattern | URLResolver] = [
@@ -41,6 +47,8 @@ urlpatterns = [
     path("tokens/", token_views.token_list, name="token-list"),
     path("tokens/<int:token_id>/revoke/", token_views.token_revoke, name="token-revoke"),
     path("healthz", healthz, name="healthz"),
+    # Browsers ask for /favicon.ico on pages without a <link rel="icon"> (/metrics, JSON answers).
+    path("favicon.ico", favicon),
     path("metrics", monitoring_views.prometheus_metrics, name="metrics"),
     path("", include("monitoring.urls")),
     path("", include("inference.urls")),

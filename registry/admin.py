@@ -41,7 +41,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_filter = ["status", "format", "task", "created_at"]
     search_fields = ["model__name", "description", "sha256"]
     list_select_related = ["model", "created_by"]
-    # The artifact, its hash and the signature are what validation checked: not editable.
+    # The artifact, its hash and the signature are what validation checked, and the lineage and
+    # source are recorded at upload (checked by registry.sources there): not editable.
     readonly_fields = [
         "model",
         "version",
@@ -61,6 +62,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "validation_started_at",
         "validated_at",
         "parent",
+        "derivation",
+        "source",
         "created_by",
         "created_at",
         "updated_at",

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import gzip
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from django.conf import settings
 
@@ -44,6 +45,22 @@ MAX_TRAILER_BYTES = 1024 * 1024
 # MAX_READ_BYTES, refused beyond) or a number of leading bytes (a weights file's header).
 Wanted = Callable[[str], int]
 WHOLE = -1
+# A zip's first local file header, the only first bytes an uploaded zip may have.
+ZIP_LOCAL_MAGIC = b"PK\x03\x04"
+# Flag bit 3: sizes follow the data in a descriptor of 12 or 16 bytes (20 or 24 with zip64).
+ZIP_DESCRIPTOR_FLAG = 0x8
+ZIP_DESCRIPTOR_SIZES = (12, 16, 20, 24)
+ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+# Fields of zipfile's end record (a list): signature, total entries, directory size and
+# offset, the record's own position; and the sizes of the zip64 record and its locator.
+ECD_SIGNATURE, ECD_ENTRIES, ECD_SIZE, ECD_OFFSET, ECD_LOCATION = 0, 4, 5, 6, 9
+ZIP64_END_MAGIC = b"PK\x06\x06"
+ZIP64_END_SIZES = 56 + 20
+# zipfile reads the central directory into memory whole: 20,000 entries take ~2 MB.
+MAX_ZIP_DIRECTORY_BYTES = 64 * 1024 * 1024
+# Below this many declared bytes an archive's compression ratio is not judged: a few
+# megabytes of zeros compress a thousandfold and harm no one.
+RATIO_FLOOR_BYTES = 16 * 1024 * 1024
 # What archivers add beside the content (macOS Finder); skipped, never unpacked.
 IGNORED_ROOTS = ("__MACOSX",)
 IGNORED_NAMES = (".DS_Store",)
@@ -76,6 +93,156 @@ def _refuse(message: str) -> InvalidInput:
     return InvalidInput(message, field="file")
 
 
+def _size_text(count: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """How many entries and declared bytes an archive of one kind may hold, and the settings that say so."""
+
+    max_entries: int
+    max_bytes: int
+    entries_setting: str
+    bytes_setting: str
+
+    @classmethod
+    def huggingface(cls) -> ArchiveLimits:
+        return cls(settings.HF_ARCHIVE_MAX_ENTRIES, settings.HF_ARCHIVE_MAX_BYTES,
+                   "HF_ARCHIVE_MAX_ENTRIES", "HF_ARCHIVE_MAX_BYTES")  # fmt: skip
+
+    @classmethod
+    def torch(cls) -> ArchiveLimits:
+        return cls(settings.TORCH_ARCHIVE_MAX_ENTRIES, settings.TORCH_ARCHIVE_MAX_BYTES,
+                   "TORCH_ARCHIVE_MAX_ENTRIES", "TORCH_ARCHIVE_MAX_BYTES")  # fmt: skip
+
+    def entries_check(self, entries: int, at: str = "") -> None:
+        if entries > self.max_entries:
+            where = f" (at {at!r})" if at else ""
+            raise _refuse(
+                f"The archive has more than {self.max_entries} entries ({self.entries_setting}){where}; "
+                "it was refused before anything was stored."
+            )
+
+    def bytes_check(self, declared: int, at: str = "") -> None:
+        if declared > self.max_bytes:
+            where = f" (at {at!r})" if at else ""
+            raise _refuse(
+                f"The archive declares more than {_size_text(self.max_bytes)} uncompressed "
+                f"({self.bytes_setting}){where}; "
+                "it was refused before anything was stored."
+            )
+
+
+def ratio_check(declared: int, size: int) -> None:
+    """Refuse an archive that expands more than ARCHIVE_MAX_RATIO times its own size (past RATIO_FLOOR_BYTES)."""
+    ratio = settings.ARCHIVE_MAX_RATIO
+    if declared > RATIO_FLOOR_BYTES and declared > ratio * max(size, 1):
+        raise _refuse(
+            f"The archive expands to {_size_text(declared)} from {_size_text(size)}, more than {ratio:g} times "
+            "its size (ARCHIVE_MAX_RATIO): a decompression bomb; it was refused before anything was stored."
+        )
+
+
+@dataclass(frozen=True)
+class ZipLayout:
+    """A zip whose layout was checked: its entries, their declared uncompressed total and the file's size."""
+
+    entries: int
+    declared_bytes: int
+    size: int
+
+
+def _end_record(stream: IO[bytes]) -> list[Any] | None:
+    # zipfile's own reader of the end-of-central-directory record (zip64 included); private
+    # but unchanged since Python 2, and what ZipFile itself trusts.
+    reader: Callable[[IO[bytes]], list[Any] | None] = getattr(zipfile, "_EndRecData")  # noqa: B009
+    return reader(stream)
+
+
+def zip_layout(stream: IO[bytes], limits: ArchiveLimits) -> ZipLayout:
+    """Check that a zip is one well-formed archive from its first byte to its end, reading only its directory.
+
+    The first local header sits at offset 0, the central directory lies where the end
+    record says (nothing was prepended: a tar whose tail is a zip is refused), every entry's
+    local header is where the directory says, and entries neither overlap (the
+    overlapping-entries bomb) nor leave gaps. The entry count is judged from the end
+    record before the directory is parsed. InvalidInput names the problem.
+    """
+    stream.seek(0, 2)
+    size = stream.tell()
+    stream.seek(0)
+    if stream.read(4) != ZIP_LOCAL_MAGIC:
+        raise _refuse(
+            "The file does not begin with a zip entry: data before the archive (or an empty archive) is refused; "
+            "upload the zip file itself."
+        )
+    try:
+        end = _end_record(stream)
+        if not end:
+            raise _refuse("The file is not a readable zip archive (no end record: it may be corrupt or truncated).")
+        entries = int(end[ECD_ENTRIES])
+        limits.entries_check(entries)
+        if end[ECD_SIZE] > MAX_ZIP_DIRECTORY_BYTES:
+            raise _refuse(
+                f"The zip's central directory takes {_size_text(end[ECD_SIZE])}, more than "
+                f"{_size_text(MAX_ZIP_DIRECTORY_BYTES)}; it was refused."
+            )
+        # Where the directory is, against where the end record says it is: they differ when
+        # bytes were prepended (zipfile accepts that and shifts every offset).
+        directory_end = end[ECD_LOCATION]
+        if end[ECD_SIGNATURE] == ZIP64_END_MAGIC:
+            directory_end -= ZIP64_END_SIZES
+        if directory_end - end[ECD_SIZE] != end[ECD_OFFSET]:
+            raise _refuse(
+                "The zip's central directory is not where its end record says (data was prepended to the archive); "
+                "it was refused."
+            )
+        infos = zipfile.ZipFile(stream).infolist()
+        if len(infos) != entries:
+            raise _refuse(f"The zip's end record counts {entries} entries but its directory lists {len(infos)}.")
+        declared = _entries_layout_check(stream, infos, start_dir=int(end[ECD_OFFSET]))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError):
+        raise _refuse("The file is not a readable zip archive (it may be corrupt or truncated).") from None
+    finally:
+        stream.seek(0)
+    return ZipLayout(entries=entries, declared_bytes=declared, size=size)
+
+
+def _entries_layout_check(stream: IO[bytes], infos: list[zipfile.ZipInfo], start_dir: int) -> int:
+    """Entries back to back from offset 0 to the central directory; returns their declared total."""
+    position = 0
+    declared = 0
+    previous_flags = 0
+    for info in sorted(infos, key=lambda item: item.header_offset):
+        gap = info.header_offset - position
+        if gap != 0 and not (position > 0 and gap in ZIP_DESCRIPTOR_SIZES and previous_flags & ZIP_DESCRIPTOR_FLAG):
+            what = "overlaps the one before it" if gap < 0 else f"leaves {gap} unexplained bytes before it"
+            raise _refuse(f"The zip entry {info.filename!r} {what}; the archive was refused.")
+        stream.seek(info.header_offset)
+        header = ZIP_LOCAL_HEADER.unpack(stream.read(ZIP_LOCAL_HEADER.size))
+        if header[0] != ZIP_LOCAL_MAGIC:
+            raise _refuse(f"The zip entry {info.filename!r} has no local header where the directory says.")
+        position = info.header_offset + ZIP_LOCAL_HEADER.size + header[10] + header[11] + info.compress_size
+        previous_flags = info.flag_bits
+        declared += max(info.file_size, 0)
+    gap = start_dir - position
+    if gap != 0 and not (infos and gap in ZIP_DESCRIPTOR_SIZES and previous_flags & ZIP_DESCRIPTOR_FLAG):
+        raise _refuse("The zip's central directory does not follow its last entry; the archive was refused.")
+    return declared
+
+
+def zip_limits_check(stream: IO[bytes], limits: ArchiveLimits) -> ZipLayout:
+    """The layout checks of zip_layout, then the entry, size and ratio limits, before anything is stored."""
+    layout = zip_layout(stream, limits)
+    limits.bytes_check(layout.declared_bytes)
+    ratio_check(layout.declared_bytes, layout.size)
+    return layout
+
+
 def _clean_name(raw: str) -> str | None:
     """The entry's normalised POSIX path, None for the archive's own "." entry; unsafe names raise."""
     name = raw.replace("\\", "/")
@@ -88,27 +255,65 @@ def _clean_name(raw: str) -> str | None:
 
 
 class _Budget:
-    """Counts entries and bytes against the HF_ARCHIVE_* limits."""
+    """Counts entries and bytes against the HF_ARCHIVE_* limits and ARCHIVE_MAX_RATIO (of `size`, the archive's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int) -> None:
         self.entries = 0
         self.declared = 0
-        self.max_entries = settings.HF_ARCHIVE_MAX_ENTRIES
-        self.max_bytes = settings.HF_ARCHIVE_MAX_BYTES
+        self.size = size
+        self.limits = ArchiveLimits.huggingface()
 
     def entry(self, name: str, size: int) -> None:
         self.entries += 1
-        if self.entries > self.max_entries:
-            raise _refuse(
-                f"The archive has more than {self.max_entries} entries (HF_ARCHIVE_MAX_ENTRIES); "
-                f"it was refused at {name!r}."
-            )
+        self.limits.entries_check(self.entries, at=name)
         self.declared += max(size, 0)
-        if self.declared > self.max_bytes:
+        self.limits.bytes_check(self.declared, at=name)
+        ratio_check(self.declared, self.size)
+
+
+# Decompressed bytes a .tar.gz may hold beyond its members' declared data: one header block and
+# the padding per entry, plus this much for pax headers and long names (which tarfile keeps in
+# memory whole, so a header claiming gigabytes must not be read) and the end blocks.
+TAR_HEADER_SLACK = 1024 * 1024
+
+
+class _Inflated:
+    """The decompressed side of a .tar.gz as tarfile reads it, never run past what the members declared.
+
+    tarfile reads a pax header or a GNU long name into memory whole; counting here refuses
+    one that claims gigabytes before it is read, as the declared sizes bound everything else.
+    """
+
+    def __init__(self, source: gzip.GzipFile, budget: _Budget) -> None:
+        self.source, self.budget, self.count = source, budget, 0
+
+    def _allowed(self) -> int:
+        return self.budget.declared + 1024 * (self.budget.entries + 1) + TAR_HEADER_SLACK + MAX_TRAILER_BYTES
+
+    def read(self, size: int = -1) -> bytes:
+        room = self._allowed() - self.count
+        chunk = self.source.read(room + 1 if size < 0 or size > room else size)
+        self.count += len(chunk)
+        if self.count > self._allowed():
             raise _refuse(
-                f"The archive expands to more than {self.max_bytes / 1024**2:.0f} MiB (HF_ARCHIVE_MAX_BYTES); "
-                f"it was refused at {name!r}."
+                f"The archive holds more than {TAR_HEADER_SLACK // 1024} KiB of tar headers (pax records or long "
+                "names) beyond its files: a decompression bomb; it was refused."
             )
+        return chunk
+
+    def __enter__(self) -> _Inflated:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _stream_size(stream: IO[bytes]) -> int:
+    position = stream.tell()
+    stream.seek(0, 2)
+    size = stream.tell()
+    stream.seek(position)
+    return size
 
 
 def _copy(source: IO[bytes], name: str, declared: int, sink: Callable[[bytes], object]) -> int:
@@ -129,12 +334,13 @@ def _copy(source: IO[bytes], name: str, declared: int, sink: Callable[[bytes], o
 
 def _zip_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[bytes]] | None]]:
     """(name, declared size, opener or None for a folder) per entry, all checked before the first read."""
+    layout = zip_layout(stream, ArchiveLimits.huggingface())
     try:
         archive = zipfile.ZipFile(stream)
         infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise _refuse("The file is not a readable zip archive (it may be corrupt or truncated).") from None
-    budget = _Budget()
+    budget = _Budget(layout.size)
     entries: list[tuple[str, int, zipfile.ZipInfo]] = []
     for info in infos:
         name = _clean_name(info.filename)
@@ -164,11 +370,15 @@ def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
     The gzip stream is read once, front to back: a member's header is checked before its
     data is decompressed, so a header announcing a huge member stops the scan.
     """
-    budget = _Budget()
+    budget = _Budget(_stream_size(stream))
     try:
         # gzip.GzipFile (not tarfile's own "r|gz") checks the stream's CRC and length at its
         # end, and tarfile ends quietly at a garbled header: so the stream is read to its end.
-        with gzip.GzipFile(fileobj=stream, mode="rb") as unzipped, tarfile.open(fileobj=unzipped, mode="r|") as archive:
+        with (
+            gzip.GzipFile(fileobj=stream, mode="rb") as gunzipped,
+            _Inflated(gunzipped, budget) as unzipped,
+            tarfile.open(fileobj=unzipped, mode="r|") as archive,  # type: ignore[call-overload]
+        ):
             for member in archive:
                 name = _clean_name(member.name)
                 if member.issym() or member.islnk():
@@ -192,7 +402,7 @@ def _tar_entries(stream: IO[bytes]) -> Iterator[tuple[str, int, Callable[[], IO[
         raise _refuse(f"The file is not a readable .tar.gz archive ({exc}); it may be corrupt or truncated.") from None
 
 
-def _trailer_drain(unzipped: gzip.GzipFile) -> None:
+def _trailer_drain(unzipped: _Inflated) -> None:
     """Read what follows the tar's last member (its end blocks) to the gzip's end, which checks its CRC."""
     left = MAX_TRAILER_BYTES
     while chunk := unzipped.read(min(CHUNK, left + 1)):
@@ -419,11 +629,16 @@ __all__ = [
     "TAR_GZ",
     "WHOLE",
     "ZIP",
+    "ArchiveLimits",
     "ArchiveListing",
     "Sink",
     "Wanted",
+    "ZipLayout",
     "archive_kind",
     "archive_scan",
     "archive_unpack",
     "directory_zip",
+    "ratio_check",
+    "zip_layout",
+    "zip_limits_check",
 ]

@@ -8,6 +8,7 @@ local cache keyed by sha256 and refuse bytes that no longer match the recorded h
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -25,8 +26,8 @@ from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.utils.text import get_valid_filename
 
-from core.errors import InvalidInput
-from registry.archives import TAR_GZ, ZIP, archive_kind, archive_unpack
+from core.errors import InsufficientStorage, InvalidInput, ServiceUnavailable
+from registry.archives import TAR_GZ, ZIP, ArchiveLimits, archive_kind, archive_unpack, zip_layout, zip_limits_check
 from registry.huggingface import HuggingFaceArchive, hf_files_check, hf_inspect, hf_wanted
 from registry.models import ModelFormat
 
@@ -106,6 +107,22 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
             "directory packed as one of them.",
             field="file",
         )
+    if kind != ZIP:
+        if zipfile.is_zipfile(stream):
+            raise InvalidInput(
+                "The file holds a zip archive after other data (a tar, a script or anything else before it); "
+                "an archive must be a zip from its first byte, so it was refused.",
+                field="file",
+            )
+        raise InvalidInput(
+            "The file is not a PyTorch model archive (not a readable zip file; it may be corrupt or truncated). "
+            + HINT,
+            field="file",
+        )
+    # The layout (from the first byte, nothing prepended, no overlaps) and the entry count,
+    # read from the directory alone, before the names say which format it is.
+    torch_limits, hf_limits = ArchiveLimits.torch(), ArchiveLimits.huggingface()
+    zip_layout(stream, max(torch_limits, hf_limits, key=lambda limits: limits.max_entries))
     try:
         archive = zipfile.ZipFile(stream)
         names = archive.namelist()
@@ -125,10 +142,12 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
     roots = {name.split("/", 1)[0] for name in names}
     members = {name.split("/", 1)[1] for name in names if "/" in name}
     if len(roots) == 1 and "data.pkl" in members and any(name.startswith("code/") for name in members):
+        zip_limits_check(stream, torch_limits)
         return ArchiveCheck(ModelFormat.TORCHSCRIPT)
     if len(roots) == 1 and (
         "archive_format" in members or any(name.startswith("models/") and name.endswith(".json") for name in members)
     ):
+        zip_limits_check(stream, torch_limits)
         return ArchiveCheck(ModelFormat.EXPORTED_PROGRAM)
     if format == ModelFormat.HUGGINGFACE or _looks_huggingface(names) or (task and task.strip()):
         return _huggingface_check(stream, format, task)
@@ -142,6 +161,16 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
             field="file",
         )
     raise InvalidInput(f"The zip file is not a TorchScript or torch.export archive. {HINT}", field="file")
+
+
+def artifact_zip_check(path: Path, format: str) -> Path:
+    """Check a fetched TorchScript or torch.export file (a zip that torch.jit.load reads) against the
+    upload's layout and limits again, from its directory alone, before a worker loads it: a version
+    stored before the checks existed, or under looser limits, is not loaded past them."""
+    if format in (ModelFormat.TORCHSCRIPT, ModelFormat.EXPORTED_PROGRAM):
+        with path.open("rb") as stream:
+            zip_limits_check(stream, ArchiveLimits.torch())
+    return path
 
 
 def artifact_stem(filename: str) -> str:
@@ -168,12 +197,40 @@ def artifact_extension(format: str, artifact: str) -> str:
     return EXTENSIONS.get(format, ".pt")
 
 
+# errno values that mean "no room" rather than "the store is broken".
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def storage_error(exc: BaseException, doing: str) -> InsufficientStorage | ServiceUnavailable:
+    """The error a client gets when the store failed: 507 when it is full, 503 otherwise."""
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        return InsufficientStorage(
+            f"The artifact store is full ({exc.strerror}) while {doing}; nothing was kept. "
+            "Retry once an operator has made room."
+        )
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    return ServiceUnavailable(
+        f"The artifact store is unavailable ({reason}) while {doing}; nothing was kept. Retry later."
+    )
+
+
 def artifact_store(model_id: int, filename: str, content: File) -> str:
-    """Save an uploaded file to artifact storage under a fresh, unguessable path."""
+    """Save an uploaded file to artifact storage under a fresh, unguessable path.
+
+    A store that fails part way (disk full, a read-only or unreachable store) leaves no
+    partial bytes behind: they are removed and InsufficientStorage (507, full) or
+    ServiceUnavailable (503) names the problem.
+    """
     safe = get_valid_filename(os.path.basename(filename or "model")) or "model"
     name = f"models/{model_id}/{uuid.uuid4().hex}/{safe}"
     content.seek(0)
-    return artifact_storage().save(name, content)
+    try:
+        return artifact_storage().save(name, content)
+    except Exception as exc:
+        logger.warning("storing %s failed: %s", name, exc)
+        with contextlib.suppress(Exception):
+            artifact_delete(name)
+        raise storage_error(exc, "storing the upload") from exc
 
 
 def artifact_delete(path: str) -> None:
@@ -232,6 +289,74 @@ def artifact_fetch(path: str, sha256: str) -> Path:
         )
     os.replace(target.name, cached)
     return cached
+
+
+class VerifiedArtifact:
+    """An open artifact whose bytes matched their sha256 before the first one is sent.
+
+    It is hashed again as it is read, so bytes changed while a download is under way end
+    the response with an error (the client sees a broken transfer, never a completed one).
+    """
+
+    def __init__(self, handle: IO[bytes], sha256: str, name: str) -> None:
+        self.handle, self.sha256, self.name = handle, sha256, name
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.handle.read(size)
+        if chunk:
+            self.digest.update(chunk)
+        elif self.digest.hexdigest() != self.sha256:
+            raise ArtifactIntegrityError(f"the artifact {self.name} changed while it was being sent")
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # FileResponse measures the length (to the end and back); a read from anywhere else
+        # than the start would not hash the whole file.
+        position = self.handle.seek(offset, whence)
+        if whence == 0 and offset == 0:
+            self.digest = hashlib.sha256()
+        return position
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def artifact_open_verified(path: str, sha256: str) -> VerifiedArtifact:
+    """The artifact opened for a download, its whole content checked against `sha256` first.
+
+    Local storage is hashed through the very handle that is then sent (no window between
+    the check and the read); remote storage goes through artifact_fetch's verified cache.
+    Raises ArtifactIntegrityError (missing or altered bytes), or the 503 of storage_error.
+    """
+    storage = artifact_storage()
+    try:
+        try:
+            local = Path(storage.path(path))
+        except NotImplementedError:
+            local = artifact_fetch(path, sha256)
+        handle = local.open("rb")
+    except FileNotFoundError:
+        raise ArtifactIntegrityError(f"the artifact {path} is missing from storage") from None
+    except ArtifactIntegrityError:
+        raise
+    except Exception as exc:
+        raise storage_error(exc, "reading the artifact") from exc
+    actual = sha256_of(handle)
+    if actual != sha256:
+        handle.close()
+        raise ArtifactIntegrityError(
+            f"the stored artifact does not match its sha256 (expected {sha256[:12]}…, found {actual[:12]}…); "
+            "it was modified or corrupted after upload"
+        )
+    handle.seek(0)
+    return VerifiedArtifact(handle, sha256, path)
 
 
 # A temporary unpacking folder older than this was left by a crashed worker.

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
-from registry.models import ModelFormat, Visibility
+from registry.models import ModelFormat, ModelVersion, RegisteredModel, Visibility
+from registry.sources import SOURCE_KEYS, source_from_lines
 from registry.text_tasks import TextTask
+
+TAGS_HELP = "Comma-separated; key=value tags (team=search, dataset=reviews-v2) work too."
 
 
 class ModelCreateForm(forms.Form):
@@ -15,14 +20,27 @@ class ModelCreateForm(forms.Form):
     visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PRIVATE)
 
 
-class ModelEditForm(forms.Form):
-    """The model page's inline edit: what a maintainer may change without the admin."""
+class InlineEditForm(forms.Form):
+    """Description and tags: what the inline edits of a model and of a version share."""
 
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
-    tags = forms.CharField(
-        required=False, help_text="Comma-separated; key=value tags (team=search, dataset=reviews-v2) work too."
-    )
+    tags = forms.CharField(required=False, help_text=TAGS_HELP)
+
+    @classmethod
+    def of(cls, obj: RegisteredModel | ModelVersion, prefix: str, **initial: Any) -> InlineEditForm:
+        """The form filled with the object's current values, its ids prefixed (two forms on a page stay apart)."""
+        tags = ", ".join(sorted(tag.name for tag in obj.tags.all()))
+        return cls(initial={"description": obj.description, "tags": tags, **initial}, auto_id=f"{prefix}-%s")
+
+
+class ModelEditForm(InlineEditForm):
+    """The model page's inline edit: what a maintainer may change without the admin."""
+
     visibility = forms.ChoiceField(choices=Visibility.choices)
+
+
+class VersionEditForm(InlineEditForm):
+    """The version page's inline edit (the artifact, signature and source stay as uploaded)."""
 
 
 class VersionUploadForm(forms.Form):
@@ -55,7 +73,42 @@ class VersionUploadForm(forms.Form):
     )
     labels = forms.CharField(required=False, help_text="Class names in output order, comma-separated (optional).")
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
-    tags = forms.CharField(required=False, help_text="Comma-separated.")
+    tags = forms.CharField(required=False, help_text=TAGS_HELP)
+    # Source metadata (registry.sources): the named keys, then any key=value lines. The page's
+    # script sends them to the API as one JSON object `source`; without it, source() does.
+    source_run_url = forms.CharField(
+        required=False,
+        label=f"Source: {SOURCE_KEYS['run_url']}",
+        help_text="A link to the training run (http:// or https://), e.g. the experiment tracker's page.",
+        widget=forms.URLInput(attrs={"data-source-key": "run_url", "placeholder": "https://"}),
+    )
+    source_git_commit = forms.CharField(
+        required=False,
+        label=f"Source: {SOURCE_KEYS['git_commit']}",
+        widget=forms.TextInput(attrs={"data-source-key": "git_commit"}),
+    )
+    source_dataset = forms.CharField(
+        required=False,
+        label=f"Source: {SOURCE_KEYS['dataset']}",
+        widget=forms.TextInput(attrs={"data-source-key": "dataset"}),
+    )
+    source_run_id = forms.CharField(
+        required=False,
+        label=f"Source: {SOURCE_KEYS['run_id']}",
+        widget=forms.TextInput(attrs={"data-source-key": "run_id"}),
+    )
+    source_more = forms.CharField(
+        required=False,
+        label="Source: more",
+        help_text="key=value per line (framework=pytorch-2.13, notebook_url=https://…); *_url values are links.",
+        widget=forms.Textarea(attrs={"rows": 2, "data-source-lines": "", "placeholder": "key=value"}),
+    )
+
+    def source(self) -> dict[str, str]:
+        """The source fields as one object (the service checks keys, values and URLs)."""
+        data = self.cleaned_data
+        named = {key: data[f"source_{key}"] for key in SOURCE_KEYS if data.get(f"source_{key}")}
+        return {**source_from_lines(data.get("source_more") or ""), **named}
 
 
 class AliasSetForm(forms.Form):

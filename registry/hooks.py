@@ -4,6 +4,8 @@
   as an audited override.
 - The validation requester (inference) queues the worker-side validation of a version.
 - Stored-file contributors (monitoring's datasets) name files to delete with a model.
+- Version metrics (monitoring's latest evaluation per dataset) fill the metric rows of
+  the version comparison.
 
 Apps register in their `AppConfig.ready()`.
 """
@@ -15,7 +17,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from registry.models import RegisteredModel
+    from registry.models import ModelVersion, RegisteredModel
+
+# A shown value and its link ("" without one).
+Cell = tuple[str, str]
+# Per version id: rows by label ("iris-holdout · accuracy" → ("0.967", "/evaluations/…/")).
+VersionMetrics = dict[int, dict[str, Cell]]
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class PromotionCheck(Protocol):
 _promotion_checks: list[PromotionCheck] = []
 _validation_requester: Callable[[int], None] | None = None
 _model_file_sources: list[Callable[[RegisteredModel], list[str]]] = []
+_version_metric_sources: list[Callable[[list[ModelVersion]], VersionMetrics]] = []
 
 
 def promotion_check_register(check: PromotionCheck) -> None:
@@ -76,3 +84,17 @@ def model_files_register(source: Callable[[RegisteredModel], list[str]]) -> None
 def model_files(model: RegisteredModel) -> list[str]:
     """Stored files that other apps keep for the model, deleted with it."""
     return [path for source in _model_file_sources for path in source(model)]
+
+
+def version_metrics_register(source: Callable[[list[ModelVersion]], VersionMetrics]) -> None:
+    if source not in _version_metric_sources:
+        _version_metric_sources.append(source)
+
+
+def version_metrics(versions: list[ModelVersion]) -> VersionMetrics:
+    """Figures other apps keep about these versions (of one model), merged per version id."""
+    merged: VersionMetrics = {}
+    for source in _version_metric_sources:
+        for version_id, rows in source(versions).items():
+            merged.setdefault(version_id, {}).update(rows)
+    return merged

@@ -126,6 +126,11 @@ class ModelVersion(models.Model):
         related_name="derived",
         help_text="The version this one was converted or quantized from.",
     )
+    # How it came from its parent ("quantized to int8", "converted to ONNX"); "" when not recorded.
+    derivation = models.CharField(max_length=200, blank=True)
+    # Where the artifact came from, given at upload: {"run_url", "git_commit", "dataset", "run_id", …}
+    # as strings (registry.sources checks them; *_url values are http(s) links).
+    source = models.JSONField(default=dict, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -209,5 +214,6 @@ class AuditEvent(models.Model):
         raise ValueError("Audit events are append-only; they cannot be deleted.")
 
 
-# The access-control rows belong to this app (their migrations are registry's).
+# The access-control and idempotency rows belong to this app (their migrations are registry's).
+from registry.idempotency import IdempotencyKey  # noqa: E402, F401
 from registry.roles import ModelRole, PromotionRequest, ProtectedAlias  # noqa: E402, F401

@@ -6,6 +6,8 @@ answered exactly like one that does not exist.
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
 
 from django.db.models import Q, QuerySet
@@ -13,7 +15,19 @@ from django.db.models import Q, QuerySet
 from core.errors import InvalidInput, NotFound
 from registry import access
 from registry.access import Action
-from registry.models import PRODUCTION_ALIAS, AuditEvent, ModelAlias, ModelVersion, RegisteredModel
+from registry.models import (
+    ALIAS_NAME_RE,
+    MODEL_NAME_RE,
+    PRODUCTION_ALIAS,
+    AuditEvent,
+    ModelAlias,
+    ModelVersion,
+    RegisteredModel,
+)
+
+# A version number in an address: digits only (no '²', which str.isdigit admits), and small
+# enough for the database's integer column.
+VERSION_NUMBER_RE = re.compile(r"^[0-9]{1,9}$")
 
 
 def _is_admin(user: Any) -> bool:
@@ -25,9 +39,46 @@ def models_visible_to(user: Any) -> QuerySet[RegisteredModel]:
     return access.models_visible_to(user)
 
 
+def models_permitting(user: Any, action: Action) -> list[RegisteredModel]:
+    """The visible models on which the user may do `action`, by name (a role query per model)."""
+    return [model for model in models_visible_to(user).order_by("name") if access.model_permits(user, model, action)]
+
+
 def model_can_change(user: Any, model: RegisteredModel) -> bool:
     """Whether the user may upload to the model and move its unprotected aliases."""
     return access.model_permits(user, model, Action.UPLOAD)
+
+
+def address_checked(name: str, version: str | None = None) -> None:
+    """A model address from a URL or a body (name, and a version number or an alias) is well-formed, else 400.
+
+    Checked before anything is looked up: what no model, version or alias can be called never
+    reaches the database (a NUL there is a 500 on PostgreSQL, a 20-digit version an overflow).
+    """
+    problem = _address_problem(name, version)
+    if problem:
+        raise InvalidInput(problem)
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_problem(name: str, version: str | None) -> str:
+    """What is wrong with an address ("" when nothing): memoised, the gateway asks on every request."""
+    if not MODEL_NAME_RE.fullmatch(name):
+        return (
+            f"{_shown(name)} is not a model name: 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit."
+        )
+    if version is not None and not (VERSION_NUMBER_RE.fullmatch(version) or ALIAS_NAME_RE.fullmatch(version)):
+        return (
+            f"{_shown(version)} is neither a version number (up to 9 digits) nor an alias name (a lowercase letter, "
+            "then up to 31 lowercase letters, digits, '_' or '-')."
+        )
+    return ""
+
+
+def _shown(value: str) -> str:
+    """A refused value as a message quotes it: repr (control characters escaped), cut short."""
+    return repr(value[:80] + "…") if len(value) > 80 else repr(value)
 
 
 def model_get(user: Any, name: str, *, for_change: bool = False, action: Action | str | None = None) -> RegisteredModel:

@@ -7,6 +7,7 @@ read when the client sends one, otherwise as soon as the count passes the limit.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from typing import Any
 
@@ -14,7 +15,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import TemporaryUploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 
-from core.errors import PayloadTooLarge
+from core.errors import InsufficientStorage, PayloadTooLarge, ServiceUnavailable
 
 # Room for the multipart framing and the small form fields beside the file.
 FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -22,6 +23,14 @@ FORM_OVERHEAD_BYTES = 1024 * 1024
 
 def too_large_message(limit: int) -> str:
     return f"The upload is larger than the limit of {limit / 1024**2:.0f} MiB (MODEL_UPLOAD_MAX_BYTES)."
+
+
+def _spool_error(exc: OSError) -> InsufficientStorage | ServiceUnavailable:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return InsufficientStorage(
+            f"The server's temporary upload space is full ({exc.strerror}); nothing was kept. Retry later."
+        )
+    return ServiceUnavailable(f"The server could not spool the upload ({exc.strerror}); nothing was kept.")
 
 
 class ModelUploadHandler(TemporaryFileUploadHandler):
@@ -46,7 +55,12 @@ class ModelUploadHandler(TemporaryFileUploadHandler):
             self.file.close()
             raise PayloadTooLarge(too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
         self._digest.update(raw_data)
-        return super().receive_data_chunk(raw_data, start)
+        try:
+            return super().receive_data_chunk(raw_data, start)
+        except OSError as exc:
+            # The temporary file is deleted when closed: no partial bytes stay behind.
+            self.file.close()
+            raise _spool_error(exc) from exc
 
     def file_complete(self, file_size: int) -> TemporaryUploadedFile | None:
         uploaded = super().file_complete(file_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,19 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from core.errors import NotFound, PortalError
-from registry import access, selectors, services
+from registry import access, diffs, selectors, services
 from registry.access import Action
-from registry.forms import AliasSetForm, ModelCreateForm, ModelEditForm, VersionSettingsForm, VersionUploadForm
-from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, ModelVersion, VersionStatus
+from registry.forms import (
+    AliasSetForm,
+    InlineEditForm,
+    ModelCreateForm,
+    ModelEditForm,
+    VersionEditForm,
+    VersionSettingsForm,
+    VersionUploadForm,
+)
+from registry.models import PRODUCTION_ALIAS, ModelAlias, ModelFormat, ModelVersion, RegisteredModel, VersionStatus
+from registry.sources import source_rows
 from registry.text_tasks import DEFAULT_TOP_K, MAX_TOP_K, TASK_PARAMETERS, TEXT_INPUT, TextTask
 
 
@@ -84,6 +94,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     versions = model.versions.select_related("created_by").prefetch_related("aliases", "tags")
     aliases = list(model.aliases.select_related("version", "updated_by"))
     rollback_targets = {alias.name: services.alias_previous_version(model, alias.name) for alias in aliases}
+    permitted = access.actions_permitted(request.user, model)
     context = {
         "model": model,
         "versions": versions,
@@ -92,20 +103,52 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "production_object": next((a.version for a in aliases if a.name == PRODUCTION_ALIAS), None),
         "history": selectors.alias_history(model)[:50],
         "ready_versions": [v.version for v in versions if v.status == VersionStatus.READY],
-        "can_change": selectors.model_can_change(request.user, model),
-        "can_manage": access.model_permits(request.user, model, Action.MANAGE),
-        "edit_form": ModelEditForm(
-            initial={
-                "description": model.description,
-                "tags": ", ".join(sorted(tag.name for tag in model.tags.all())),
-                "visibility": model.visibility,
-            },
-            auto_id="model-edit-%s",
-        ),
+        # Only what the user may do is offered (a button that then fails is worse than none).
+        "can_change": Action.UPLOAD in permitted,
+        "can_manage": Action.MANAGE in permitted,
+        "can_delete": Action.DELETE in permitted,
+        "can_override_gate": Action.OVERRIDE_GATE in permitted,
+        "can_set_alias": Action.MOVE_ALIAS in permitted,
+        "movable": _aliases_movable(permitted, model, [PRODUCTION_ALIAS, *(alias.name for alias in aliases)]),
+        "edit_form": ModelEditForm.of(model, "model-edit", visibility=model.visibility),
         "production": PRODUCTION_ALIAS,
         "alias_form": AliasSetForm(),
     }
     return render(request, "registry/model_detail.html", context)
+
+
+def _aliases_movable(permitted: frozenset[Action], model: Any, names: list[str]) -> set[str]:
+    """The aliases the user may move (roll back, delete, promote to) directly, without a request."""
+    movable = set()
+    for name in names:
+        protected, needs_approval = services.alias_protection(model, name)
+        if (Action.PROMOTE if protected else Action.MOVE_ALIAS) in permitted and not needs_approval:
+            movable.add(name)
+    return movable
+
+
+def _inline_edit_save(
+    request: HttpRequest, form: InlineEditForm, obj: RegisteredModel | ModelVersion, save: Callable[..., Any]
+) -> None:
+    """Save an inline edit through its service (which checks the right and audits) and say what changed."""
+    if not form.is_valid():
+        problems = "; ".join(f"{name}: {' '.join(str(e) for e in errors)}" for name, errors in form.errors.items())
+        messages.error(request, f"Not saved: {problems}")
+        return
+
+    def current() -> dict[str, Any]:
+        values = {field: getattr(obj, field) for field in form.cleaned_data if field != "tags"}
+        return values | {"tags": sorted(obj.tags.values_list("name", flat=True))}
+
+    before = current()
+    try:
+        save(actor=request.user, **form.cleaned_data)
+    except PortalError as exc:
+        messages.error(request, f"Not saved: {exc.message}")
+        return
+    after = current()
+    changed = [field for field in before if before[field] != after[field]]
+    messages.success(request, f"Saved {', '.join(changed)}." if changed else "Nothing changed.")
 
 
 @login_required
@@ -113,26 +156,17 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
 def model_edit(request: HttpRequest, name: str) -> HttpResponse:
     """Save the model page's inline edit (description, tags, visibility); audited by the service."""
     model = _or_404(lambda: selectors.model_get(request.user, name))
-    form = ModelEditForm(request.POST)
-    if not form.is_valid():
-        problems = "; ".join(f"{name}: {' '.join(str(e) for e in errors)}" for name, errors in form.errors.items())
-        messages.error(request, f"Not saved: {problems}")
-        return redirect("registry:model-detail", name=name)
-    data = form.cleaned_data
-    before = (model.description, model.visibility, sorted(model.tags.values_list("name", flat=True)))
-    try:
-        services.model_update(
-            actor=request.user, model=model, description=data["description"], tags=data["tags"],
-            visibility=data["visibility"],
-        )  # fmt: skip
-    except PortalError as exc:
-        messages.error(request, f"Not saved: {exc.message}")
-        return redirect("registry:model-detail", name=name)
-    after = (model.description, model.visibility, sorted(model.tags.values_list("name", flat=True)))
-    changed = [label for label, old, new in zip(("description", "visibility", "tags"), before, after, strict=True)
-               if old != new]  # fmt: skip
-    messages.success(request, f"Saved {', '.join(changed)}." if changed else "Nothing changed.")
+    _inline_edit_save(request, ModelEditForm(request.POST), model, partial(services.model_update, model=model))
     return redirect("registry:model-detail", name=name)
+
+
+@login_required
+@require_POST
+def version_edit(request: HttpRequest, name: str, version: int) -> HttpResponse:
+    """Save the version page's inline edit (description, tags); audited by the service."""
+    obj = _or_404(lambda: selectors.version_get(request.user, name, version))
+    _inline_edit_save(request, VersionEditForm(request.POST), obj, partial(services.version_update, version=obj))
+    return redirect("registry:version-detail", name=name, version=version)
 
 
 @login_required
@@ -156,6 +190,11 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
     without it, this view takes the same form."""
     model = _or_404(lambda: selectors.model_get(request.user, name))
     form = VersionUploadForm(request.POST or None, request.FILES or None)
+    may_upload_code = access.code_upload_permitted(request.user, model)
+    if not may_upload_code:
+        # MODEL_UPLOAD_POLICY: the code-bearing formats are not offered (the service refuses them too).
+        format_field: Any = form.fields["format"]
+        format_field.choices = [(ModelFormat.HUGGINGFACE.value, ModelFormat.HUGGINGFACE.label)]
     if request.method == "POST":
         try:
             selectors.model_get(request.user, name, for_change=True)
@@ -173,6 +212,7 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
                     labels=data["labels"] or None,
                     description=data["description"],
                     tags=data["tags"],
+                    source=form.source(),
                 )
                 messages.success(request, f"Uploaded version {version.version}; validation is running.")
                 return redirect("registry:version-detail", name=name, version=version.version)
@@ -183,6 +223,10 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
         "form": form,
         "api_url": reverse("api:version-list", args=[model.name]),
         "formats": ModelFormat.choices,
+        "can_upload": selectors.model_can_change(request.user, model),
+        "may_upload_code": may_upload_code,
+        "upload_policy": settings.MODEL_UPLOAD_POLICY,
+        "upload_policy_who": access.upload_policy_text(),
     }
     return render(request, "registry/version_upload.html", context, status=400 if form.errors else 200)
 
@@ -191,13 +235,23 @@ def version_upload(request: HttpRequest, name: str) -> HttpResponse:
 def version_detail(request: HttpRequest, name: str, version: int) -> HttpResponse:
     obj = _or_404(lambda: selectors.version_get(request.user, name, version))
     aliases = list(obj.aliases.all())
+    permitted = access.actions_permitted(request.user, obj.model)
+    held = {alias.name for alias in aliases}
     context = {
         "model": obj.model,
         "version": obj,
         "aliases": aliases,
         "is_production": any(alias.name == PRODUCTION_ALIAS for alias in aliases),
         "tags": list(obj.tags.all()),
-        "can_change": selectors.model_can_change(request.user, obj.model),
+        # Only what the user may do is offered, as on the model page.
+        "can_change": Action.UPLOAD in permitted,
+        "can_download": Action.DOWNLOAD in permitted,
+        "can_predict": Action.PREDICT in permitted,
+        "can_delete": Action.DELETE in permitted,
+        "can_set_alias": Action.MOVE_ALIAS in permitted,
+        "can_promote": PRODUCTION_ALIAS in _aliases_movable(permitted, obj.model, [PRODUCTION_ALIAS]),
+        # Archiving drops the version's aliases: each must be one the user may move.
+        "can_archive": Action.UPLOAD in permitted and held <= _aliases_movable(permitted, obj.model, list(held)),
         "api_url": reverse("api:version-detail", args=[name, version]),
         "settled": obj.status not in (VersionStatus.PENDING, VersionStatus.VALIDATING),
         "production": PRODUCTION_ALIAS,
@@ -206,6 +260,12 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
         "chat": _chat(obj) if obj.task == TextTask.TEXT_GENERATION else None,
         "snippets": _snippets(obj, request.build_absolute_uri("/").rstrip("/")),
         "identical": selectors.versions_identical(obj),
+        "edit_form": VersionEditForm.of(obj, "version-edit"),
+        "source": source_rows(obj.source),
+        "derived": list(obj.derived.order_by("version").values_list("version", "derivation")),
+        "production_number": obj.model.aliases.filter(name=PRODUCTION_ALIAS)
+        .values_list("version__version", flat=True)
+        .first(),
         "generative": obj.task == TextTask.TEXT_GENERATION,
         "settings_form": VersionSettingsForm(
             initial={name: getattr(obj, name) for name in VersionSettingsForm.base_fields}
@@ -231,6 +291,60 @@ def version_settings(request: HttpRequest, name: str, version: int) -> HttpRespo
     except PortalError as exc:
         messages.error(request, exc.message)
     return redirect("registry:version-detail", name=name, version=version)
+
+
+def _diff_numbers(raw: list[str]) -> list[int]:
+    """The version numbers asked for (?v=2&v=3, or ?v=2,3), in order, each once."""
+    numbers: list[int] = []
+    for part in (piece.strip().lstrip("v") for value in raw for piece in value.split(",")):
+        if not part:
+            continue
+        if not part.isdigit():
+            raise PortalError(f"{part!r} is not a version number.", field="v")
+        if int(part) not in numbers:
+            numbers.append(int(part))
+    if len(numbers) > diffs.MAX_VERSIONS:
+        raise PortalError(f"Compare at most {diffs.MAX_VERSIONS} versions at once.", field="v")
+    return sorted(numbers)
+
+
+@login_required
+def version_diff(request: HttpRequest, name: str) -> HttpResponse:
+    """Two or more versions of a model side by side: signature, format, size, parameters, source,
+    metrics; ?only=differences hides the rows where they agree (the page's script toggles it in place)."""
+    model = _or_404(lambda: selectors.model_get(request.user, name))
+    differences_only = request.GET.get("only") == "differences"
+    error = ""
+    try:
+        numbers = _diff_numbers(request.GET.getlist("v"))
+    except PortalError as exc:
+        numbers, error = [], exc.message
+    versions = list(
+        model.versions.filter(version__in=numbers).select_related("model", "parent", "created_by")
+        .prefetch_related("tags").order_by("version")
+    )  # fmt: skip
+    missing = sorted(set(numbers) - {v.version for v in versions})
+    if missing:
+        raise Http404(f"Model {name!r} has no version {missing[0]}.")
+    if not error and request.GET.getlist("v") and len(versions) < diffs.MIN_VERSIONS:
+        error = "Choose two or more versions to compare."
+    sections = []
+    if len(versions) >= diffs.MIN_VERSIONS:
+        rows = diffs.diff_rows(versions)
+        sections = diffs.diff_sections(rows, differences_only)
+        counts = (sum(row.differs for row in rows), len(rows))
+    context = {
+        "model": model,
+        "versions": versions,
+        "numbers": numbers,
+        "all_versions": list(model.versions.order_by("-version").values_list("version", flat=True)),
+        "sections": sections,
+        "counts": counts if sections else None,
+        "differences_only": differences_only,
+        "max_versions": diffs.MAX_VERSIONS,
+        "error": error,
+    }
+    return render(request, "registry/version_diff.html", context, status=400 if error else 200)
 
 
 def _example_inputs(version: ModelVersion) -> dict[str, Any]:
@@ -411,7 +525,8 @@ def _snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     snippets = {"python": "\n".join(lines)}
     if sum(len(t["data"]) for t in tensors) <= 64:
         body = json.dumps({"inputs": tensors})
-        snippets["curl"] = f"curl -s {url} \\\n  -H \"Authorization: Bearer $MAAS_TOKEN\" \\\n  -d '{body}'"
+        snippets["curl"] = (f"curl -s {url} \\\n  -H \"Authorization: Bearer $MAAS_TOKEN\" \\\n"
+                            f"  -H 'Content-Type: application/json' \\\n  -d '{body}'")  # fmt: skip
     return snippets
 
 
@@ -429,14 +544,16 @@ def version_action(request: HttpRequest, name: str, version: int, action: str) -
     try:
         needed = Action.DELETE if action == "delete" else Action.UPLOAD
         obj = selectors.version_get(request.user, name, version, action=needed)
+        # "Also remove its aliases" ticked: take the version offline on purpose (audited).
+        force = request.POST.get("force") == "1"
         if action == "delete":
-            services.version_delete(actor=request.user, version=obj)
+            services.version_delete(actor=request.user, version=obj, force=force)
             messages.success(request, f"Version {version} deleted.")
             return redirect("registry:model-detail", name=name)
         if action not in VERSION_ACTIONS:
             raise Http404(f"Unknown action {action!r}.")
         service, message = VERSION_ACTIONS[action]
-        service(actor=request.user, version=obj)
+        service(actor=request.user, version=obj, **({"force": force} if action == "archive" else {}))
         messages.success(request, message.format(v=version))
     except NotFound as exc:
         raise Http404(exc.message) from None

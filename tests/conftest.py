@@ -65,6 +65,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # (about half a second a hash on a busy machine) bought nothing but time here, three
     # users a test. Processes the tests start (and the deploy check) keep the real hashers.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Models loaded in the test process itself are the tests' own: no host per validation.
+    # Worker processes the tests start keep the default (MODEL_SANDBOX=require) through their
+    # environment, and tests/inference/test_sandbox*.py turn it on here.
+    settings.MODEL_SANDBOX = "off"
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +97,15 @@ def _metrics_flushed_by_hand() -> None:
     from monitoring import metrics
 
     metrics.recorder.background = False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _bad_tokens_not_throttled() -> None:
+    """Test clients all come from 127.0.0.1 and send wrong tokens on purpose: no throttle here
+    (tests/integration/test_request_hygiene.py runs a server with a small BAD_TOKEN_LIMIT)."""
+    from django.conf import settings
+
+    settings.BAD_TOKEN_LIMIT = 100_000  # as tests/worker.py gives the processes the tests start
 
 
 def _runs_real_processes(request: pytest.FixtureRequest) -> bool:

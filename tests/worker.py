@@ -51,6 +51,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # How long a process may take to come up before its fixture gives up: generous, because a
 # busy 2-core machine imports torch and Django slowly; a healthy start takes seconds.
 START_TIMEOUT = 120
+# /metrics answers this bearer token in the processes the tests start (and in monitoring's unit tests).
+METRICS_TOKEN = "metrics-test-token"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+BAD_TOKEN_LIMIT = 100_000
 STOP_TIMEOUT = 20
 
 
@@ -288,6 +292,10 @@ def start_worker(
         return " ready." in worker.output()
 
     until(ready, START_TIMEOUT, "the worker was ready", log)
+    if set(queues.split(",")) - {"default", "celery"}:
+        # Predictions are served by the pool process's model host (inference.sandbox), which
+        # comes up after Celery says ready: wait for its serving loop too.
+        until(lambda: "serving predictions from" in worker.output(), START_TIMEOUT, "the model host served", log)
     return worker
 
 
@@ -331,6 +339,10 @@ def service_environment(
         "OMP_NUM_THREADS": "1",
         # Serving aggregates reach the database within a second.
         "METRICS_FLUSH_SECONDS": "1",
+        "METRICS_TOKEN": METRICS_TOKEN,
+        # Every test client is 127.0.0.1, and many send revoked or wrong tokens on purpose: the
+        # bad-token throttle is tested on a gateway of its own (tests/integration/test_request_hygiene.py).
+        "BAD_TOKEN_LIMIT": str(BAD_TOKEN_LIMIT),
     }
 
 

@@ -19,10 +19,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 
-from inference.cache import LoadedModel, model_cache
+from inference.cache import LoadedModel
 from inference.runs.arrays import batched_layout, npz_load
 from inference.runs.lifecycle import Claim, R, claim_heartbeat, out_of_memory, run_claim
 from inference.runs.models import RunStatus
+from inference.sandbox.client import SandboxedModel, model_close, model_open
 from inference.services import exception_summary
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ class ChunkedWork(ABC, Generic[R]):
     def time_limit_error(self, row: int) -> str:
         return f"The {self.run.noun} ran past the task time limit after row {row}."
 
+    def close(self) -> None:
+        """Release what `start` took (a model's sandboxed host); called however the run ended."""
+
 
 class ModelWork(ChunkedWork[R]):
     """Chunks that are forwards of a model version over the run's stored input arrays."""
@@ -104,7 +108,8 @@ class ModelWork(ChunkedWork[R]):
 
     def start(self) -> None:
         version_id, input_path, chunk_size = self.model_source()
-        self.loaded: LoadedModel = model_cache().get(version_id)
+        # In a sandboxed host of this run's own (inference.sandbox), unless the sandbox is off.
+        self.loaded: LoadedModel | SandboxedModel = model_open(version_id)
         self.arrays = self.inputs(npz_load(input_path))
         self.batched = batched_layout(self.loaded.signature)
         self.step = chunk_size if self.batched and self.loaded.batching else 1
@@ -115,6 +120,10 @@ class ModelWork(ChunkedWork[R]):
 
     def chunk(self, start: int, stop: int) -> Outputs:
         return forward(self.loaded, self.arrays, start, stop, self.batched)
+
+    def close(self) -> None:
+        if hasattr(self, "loaded"):
+            model_close(self.loaded)
 
 
 def _joined(claim: Claim[Any]) -> Outputs:
@@ -192,6 +201,13 @@ def work_run(model: type[R], run_id: Any, work_class: type[ChunkedWork[R]]) -> s
 
 def _work(claimed: Claim[R], work_class: type[ChunkedWork[R]]) -> str:
     work = work_class(claimed)
+    try:
+        return _work(claimed, work)
+    finally:
+        work.close()
+
+
+def _work(claimed: Claim[Any], work: ChunkedWork[Any]) -> str:
     try:
         work.start()
     except Exception as exc:  # ModelUnavailable, storage errors: the run cannot start; say why

@@ -15,6 +15,7 @@ from monitoring.services.evaluation import (
     latest_runs,
     run_get,
     runs_visible_to,
+    version_metrics,
 )
 from monitoring.services.gate import (
     GateRefused,
@@ -78,6 +79,7 @@ __all__ = [
     "usage_series",
     "usage_summary",
     "usage_visible",
+    "version_metrics",
     "version_stats",
     "window_parse",
 ]

@@ -15,6 +15,7 @@ from typing import IO, Any
 import numpy as np
 from django.db import transaction
 from django.db.models import QuerySet
+from django.urls import reverse
 
 from core import broker
 from core.errors import Conflict, InvalidInput, NotFound
@@ -22,10 +23,10 @@ from inference.runs.arrays import npz_load, npz_save, paths_delete
 from inference.runs.lifecycle import MAX_ATTEMPTS, run_lookup, stale_expire
 from inference.runs.loop import PROGRESS_SECONDS as PROGRESS_SECONDS
 from monitoring import datasets
-from monitoring.models import EvaluationDataset, EvaluationRun, RunStatus
+from monitoring.models import EvaluationDataset, EvaluationRun, RunStatus, TaskType
 from monitoring.tasks import evaluation_enqueue
 from monitoring.tasks import evaluation_execute as evaluation_execute
-from registry import selectors
+from registry import hooks, selectors
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
 
 logger = logging.getLogger(__name__)
@@ -165,3 +166,31 @@ def latest_runs(model: RegisteredModel) -> dict[tuple[int, int], EvaluationRun]:
     for run in runs.order_by("-finished_at"):
         latest.setdefault((run.version_id, run.dataset_id), run)
     return latest
+
+
+# The figures the version comparison shows per dataset, by the dataset's task.
+COMPARED_METRICS: dict[str, list[str]] = {
+    TaskType.CLASSIFICATION: ["accuracy", "top_k_accuracy", "macro_f1", "log_loss"],
+    TaskType.REGRESSION: ["mae", "rmse", "r2"],
+}
+
+
+def version_metrics(versions: list[ModelVersion]) -> hooks.VersionMetrics:
+    """The registry's version comparison: each version's latest succeeded run per dataset (as the
+    compare page picks them), its task's figures and batch latency, each linked to its run."""
+    if not versions:
+        return {}
+    wanted = {version.pk for version in versions}
+    figures: hooks.VersionMetrics = {}
+    for (version_id, _), run in latest_runs(versions[0].model).items():
+        if version_id not in wanted:
+            continue
+        link = reverse("monitoring:run-detail", args=[run.pk])
+        metrics = run.metrics or {}
+        named = {name: metrics.get(name) for name in COMPARED_METRICS.get(run.dataset.task, [])}
+        named["p95 batch ms"] = (metrics.get("latency_ms") or {}).get("p95")
+        rows = figures.setdefault(version_id, {})
+        for name, value in named.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                rows[f"{run.dataset.name} · {name}"] = (f"{value:.4g}", link)
+    return figures

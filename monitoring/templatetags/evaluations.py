@@ -6,6 +6,7 @@ registry never imports monitoring.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django import template
@@ -69,3 +70,19 @@ def promotion_warning(version: Any, production: Any) -> str:
         f"v{version.version}'s {metric} on {held.dataset.name} is {value:.3g}, worse than production "
         f"(v{production.version}): {held_figure[1]:.3g}. Promote it anyway?"
     )
+
+
+@register.filter
+def sig(value: Any, digits: int = 3) -> str:
+    """A figure to `digits` significant figures ("0.364 ms", not "0.3644"); whole above that ("75,739")."""
+    if value is None or value == "":
+        return "—"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(number):
+        return str(number)
+    if abs(number) >= 10**digits:
+        return f"{round(number):,}"
+    return f"{number:.{digits}g}"

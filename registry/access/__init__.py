@@ -9,18 +9,23 @@ from __future__ import annotations
 from registry.access.actions import MAINTAINER, OWNER, PREDICTOR, ROLE_ACTIONS, VIEWER, WRITE_ACTIONS, Action
 from registry.access.grants import TokenGrant, grant_of
 from registry.access.rules import (
+    CODE_FORMATS,
     actions_permitted,
     can_override_gate,
+    code_upload_permitted,
+    code_upload_require,
     model_is_visible,
     model_permits,
     model_require,
     models_visible_to,
     role_actions,
+    upload_policy_text,
 )
 from registry.access.scopes import SCOPE_OF, Scope, rest_scope, scopes_admitting
 from registry.audit import audit_denied
 
 __all__ = [
+    "CODE_FORMATS",
     "MAINTAINER",
     "OWNER",
     "PREDICTOR",
@@ -34,6 +39,8 @@ __all__ = [
     "actions_permitted",
     "audit_denied",
     "can_override_gate",
+    "code_upload_permitted",
+    "code_upload_require",
     "grant_of",
     "model_is_visible",
     "model_permits",
@@ -42,4 +49,5 @@ __all__ = [
     "rest_scope",
     "role_actions",
     "scopes_admitting",
+    "upload_policy_text",
 ]

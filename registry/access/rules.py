@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from core.errors import NotFound, PermissionDenied
@@ -24,7 +25,7 @@ from registry.access.actions import OWNER, PREDICTOR, ROLE_ACTIONS, VIEWER, WRIT
 from registry.access.grants import grant_of
 from registry.access.scopes import SCOPE_OF
 from registry.audit import audit_denied
-from registry.models import RegisteredModel, Visibility
+from registry.models import ModelFormat, RegisteredModel, Visibility
 from registry.roles import ModelRole
 
 logger = logging.getLogger(__name__)
@@ -129,3 +130,44 @@ def models_visible_to(user: Any) -> QuerySet[RegisteredModel]:
 def can_override_gate(user: Any, model: RegisteredModel) -> bool:
     """Whether the user may promote past a failed evaluation gate (owners and staff)."""
     return model_permits(user, model, Action.OVERRIDE_GATE)
+
+
+# Formats whose files carry code that a worker runs (TorchScript's code/, torch.export's
+# graph with custom ops). A Hugging Face archive carries none: pickle weights and auto_map
+# (trust_remote_code) are refused, so only the installed transformers' own code runs.
+CODE_FORMATS = {ModelFormat.TORCHSCRIPT: "TorchScript", ModelFormat.EXPORTED_PROGRAM: "torch.export"}
+UPLOAD_POLICY_WHO = {
+    "maintainers": "anyone who may upload versions of the model (maintainers and owners)",
+    "owners": "the model's owners and administrators",
+    "admins": "administrators only",
+}
+
+
+def upload_policy_text() -> str:
+    """Who may upload code-bearing formats under MODEL_UPLOAD_POLICY, in words."""
+    return UPLOAD_POLICY_WHO[settings.MODEL_UPLOAD_POLICY]
+
+
+def code_upload_permitted(user: Any, model: RegisteredModel) -> bool:
+    """Whether MODEL_UPLOAD_POLICY lets the user upload TorchScript or torch.export files to the model
+    (the user's right to upload at all is model_require's question)."""
+    policy = settings.MODEL_UPLOAD_POLICY
+    if policy == "admins":
+        return _is_admin(user)
+    if policy == "owners":
+        return Action.MANAGE in role_actions(user, model)
+    return True
+
+
+def code_upload_require(user: Any, model: RegisteredModel, format: str) -> None:
+    """PermissionDenied (audited) naming MODEL_UPLOAD_POLICY when the user may not upload this format."""
+    if format not in CODE_FORMATS or code_upload_permitted(user, model):
+        return
+    policy = settings.MODEL_UPLOAD_POLICY
+    _denied(user, model, Action.UPLOAD, f"MODEL_UPLOAD_POLICY={policy} ({format})")
+    raise PermissionDenied(
+        f"{CODE_FORMATS[ModelFormat(format)]} files carry code that the portal runs; "
+        f"under MODEL_UPLOAD_POLICY={policy!r} "
+        f"only {upload_policy_text()} may upload them. Hugging Face archives (which carry no code) are open to "
+        "every maintainer."
+    )

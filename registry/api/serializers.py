@@ -94,6 +94,10 @@ class VersionSerializer(serializers.ModelSerializer):
     parent = serializers.IntegerField(source="parent.version", read_only=True, allow_null=True)  # type: ignore[assignment]
     created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
     aliases = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)  # type: ignore[var-annotated]
+    # Like "parent", "source" is also a Field attribute; DRF's metaclass keeps them apart.
+    source = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.CharField(), read_only=True, help_text="Where the artifact came from, given at upload."
+    )
     download_url = serializers.SerializerMethodField()
     identical_to = serializers.SerializerMethodField(help_text="Other versions with the same artifact (sha256).")
 
@@ -122,6 +126,8 @@ class VersionSerializer(serializers.ModelSerializer):
             "validation",
             "aliases",
             "parent",
+            "derivation",
+            "source",
             "created_by",
             "created_at",
             "validated_at",
@@ -170,6 +176,16 @@ class VersionUploadSerializer(serializers.Serializer):
     tags = TagsField(required=False)
     parent = serializers.IntegerField(  # type: ignore[assignment]
         required=False, min_value=1, help_text="Version this one derives from."
+    )
+    derivation = serializers.CharField(
+        required=False, allow_blank=True, help_text="How it was derived from parent (at most 200 characters)."
+    )
+    source = serializers.JSONField(  # type: ignore[assignment]
+        binary=True,
+        required=False,
+        help_text='Where the artifact came from: a JSON object of strings, e.g. {"run_url": "https://…", '
+        '"git_commit": "3f2a9c1", "dataset": "reviews-v2", "run_id": "42"} plus any key of your own '
+        "(at most 32 keys, 1000 characters a value, 8 KB in all; keys named url or *_url must be http(s) URLs).",
     )
 
 

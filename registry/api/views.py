@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
@@ -20,6 +21,7 @@ from registry import selectors, services
 from registry.access import Action
 from registry.api.base import ModelScopedMixin
 from registry.api.filters import AuditEventFilter, ModelFilter
+from registry.api.idempotency import Remember, idempotent
 from registry.api.serializers import (
     AliasSerializer,
     AliasSetSerializer,
@@ -30,15 +32,43 @@ from registry.api.serializers import (
     VersionUpdateSerializer,
     VersionUploadSerializer,
 )
-from registry.artifacts import artifact_extension, artifact_stem, artifact_storage
+from registry.artifacts import artifact_extension, artifact_stem
 from registry.models import AuditEvent, ModelAlias, ModelVersion, RegisteredModel
 
 MODEL_NAME = OpenApiParameter("name", str, OpenApiParameter.PATH, description="Model name.")
+FORCE = OpenApiParameter(
+    "force",
+    bool,
+    OpenApiParameter.QUERY,
+    required=False,
+    description="Also remove the aliases the version holds (else 409 naming them); audited.",
+)
+FORCE_TRUE = ("1", "true", "yes", "on")
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="A key of your choice (a UUID): a retry with the same key and request answers the first result "
+    "instead of creating again; the same key with another request is 422. Remembered for 24 hours.",
+)
+
+
+def force_flag(request: Request) -> bool:
+    """`force` from the query string or a JSON/form body: true, 1, yes or on."""
+    raw = request.query_params.get("force")
+    if raw is None and hasattr(request.data, "get"):
+        raw = request.data.get("force")
+    return raw is True or str(raw).strip().lower() in FORCE_TRUE
 
 
 @extend_schema_view(
     list=extend_schema(summary="List the models you can see"),
-    create=extend_schema(summary="Register a model", responses={201: ModelSerializer, 400: ERROR, 409: ERROR}),
+    create=extend_schema(
+        summary="Register a model",
+        parameters=[IDEMPOTENCY_KEY],
+        responses={201: ModelSerializer, 400: ERROR, 409: ERROR, 422: ERROR},
+    ),
     retrieve=extend_schema(summary="Get a model", responses={200: ModelSerializer, 404: ERROR}),
     partial_update=extend_schema(
         summary="Change description, tags or visibility",
@@ -65,8 +95,15 @@ class ModelViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericView
     def create(self, request: Request) -> Response:
         serializer = ModelSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        model = services.model_create(actor=request.user, **serializer.validated_data)
-        return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
+
+        def create(remember: Remember) -> Response:
+            with transaction.atomic():
+                model = services.model_create(actor=request.user, **serializer.validated_data)
+                body = ModelSerializer(model).data
+                remember(status.HTTP_201_CREATED, body)
+            return Response(body, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, create)
 
     def retrieve(self, request: Request, name: str) -> Response:
         return Response(ModelSerializer(self.scoped_model()).data)
@@ -98,7 +135,9 @@ VERSION = OpenApiParameter("version", int, OpenApiParameter.PATH, description="V
         responses={200: VersionSerializer, 404: ERROR},
     ),
     destroy=extend_schema(
-        summary="Delete a version and its artifact", parameters=[MODEL_NAME, VERSION], responses={204: None, 404: ERROR}
+        summary="Delete a version and its artifact",
+        parameters=[MODEL_NAME, VERSION, FORCE],
+        responses={204: None, 404: ERROR, 409: ERROR},
     ),
 )
 class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
@@ -114,9 +153,12 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
 
     @extend_schema(
         summary="Upload a new version (multipart)",
-        parameters=[MODEL_NAME],
+        parameters=[MODEL_NAME, IDEMPOTENCY_KEY],
         request={"multipart/form-data": VersionUploadSerializer},
-        responses={201: VersionSerializer, 400: ERROR, 404: ERROR, 413: ERROR},
+        responses={
+            201: VersionSerializer,
+            **dict.fromkeys((400, 403, 404, 409, 413, 422, 503, 507), ERROR),
+        },
     )
     def create(self, request: Request, name: str) -> Response:
         model = self.scoped_model(Action.UPLOAD)
@@ -124,15 +166,20 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         upload = data.pop("file")
-        version = services.version_upload(
-            actor=request.user,
-            model=model,
-            file=upload,
-            filename=upload.name,
-            parent_version=data.pop("parent", None),
-            **data,
-        )
-        return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+        def create(remember: Remember) -> Response:
+            version = services.version_upload(
+                actor=request.user,
+                model=model,
+                file=upload,
+                filename=upload.name,
+                parent_version=data.pop("parent", None),
+                on_created=lambda created: remember(status.HTTP_201_CREATED, VersionSerializer(created).data),
+                **data,
+            )
+            return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+        return idempotent(request, create)
 
     def retrieve(self, request: Request, name: str, version: str) -> Response:
         return Response(VersionSerializer(selectors.version_get(request.user, name, version)).data)
@@ -146,7 +193,9 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
 
     def destroy(self, request: Request, name: str, version: str) -> Response:
         services.version_delete(
-            actor=request.user, version=selectors.version_get(request.user, name, version, action=Action.DELETE)
+            actor=request.user,
+            version=selectors.version_get(request.user, name, version, action=Action.DELETE),
+            force=force_flag(request),
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -156,14 +205,16 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
         return Response(VersionSerializer(service(actor=request.user, version=obj)).data)
 
     @extend_schema(
-        summary="Archive a version (drops its aliases)",
-        parameters=[MODEL_NAME, VERSION],
+        summary="Archive a version (refused while it holds an alias, unless forced)",
+        parameters=[MODEL_NAME, VERSION, FORCE],
         request=None,
         responses={200: VersionSerializer, 404: ERROR, 409: ERROR},
     )
     @action(detail=True, methods=["post"])
     def archive(self, request: Request, name: str, version: str) -> Response:
-        return self._change(request, name, version, services.version_archive)
+        obj = selectors.version_get(request.user, name, version, for_change=True)
+        archived = services.version_archive(actor=request.user, version=obj, force=force_flag(request))
+        return Response(VersionSerializer(archived).data)
 
     @extend_schema(
         summary="Restore an archived version (validated again)",
@@ -188,14 +239,14 @@ class VersionViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericVi
     @extend_schema(
         summary="Download the artifact",
         parameters=[MODEL_NAME, VERSION],
-        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 404: ERROR},
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 404: ERROR, 409: ERROR, 503: ERROR},
     )
     @action(detail=True, methods=["get"])
     def download(self, request: Request, name: str, version: str) -> FileResponse:
         obj = selectors.version_get(request.user, name, version, action=Action.DOWNLOAD)
         stem = artifact_stem(obj.original_filename) or obj.model.name
         response = FileResponse(
-            artifact_storage().open(obj.artifact, "rb"),
+            services.version_download(actor=request.user, version=obj),
             as_attachment=True,
             filename=f"{stem}-v{obj.version}{artifact_extension(obj.format, obj.artifact)}",
             content_type="application/octet-stream",

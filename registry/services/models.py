@@ -143,11 +143,29 @@ def model_delete(*, actor: Any, model: RegisteredModel) -> None:
         transaction.on_commit(delete_artifacts)
 
 
+# Alias names that would read as a version or a keyword where a version is expected.
+RESERVED_ALIAS_NAMES = frozenset({"latest", "current", "head", "newest", "oldest", "all", "none", "null", "new"})
+VERSION_LIKE_RE = re.compile(r"^v(er(sion)?)?[-_]?\d+([._-]\d+)*$")
+
+
 def alias_name_check(name: Any) -> str:
-    """An alias name: lower-case, starts with a letter, at most 32 characters."""
+    """An alias name: lower-case, starts with a letter, at most 32 characters, and reads as neither a
+    version (`v3`, `version-2`; digits alone already fail the first rule) nor a keyword (`latest`)."""
     if not isinstance(name, str) or not ALIAS_NAME_RE.match(name):
         raise InvalidInput(
             f"Invalid alias name {name!r}: use 1-32 lower-case letters, digits, '_' or '-', starting with a letter.",
+            field="name",
+        )
+    if VERSION_LIKE_RE.match(name):
+        raise InvalidInput(
+            f"Invalid alias name {name!r}: it reads like a version number, which an alias must not be mistaken "
+            "for; name what it is for (production, staging, canary).",
+            field="name",
+        )
+    if name in RESERVED_ALIAS_NAMES:
+        raise InvalidInput(
+            f"Invalid alias name {name!r}: it is a reserved word ({', '.join(sorted(RESERVED_ALIAS_NAMES))}) that "
+            "reads as a rule rather than a name; name what it is for (production, staging, canary).",
             field="name",
         )
     return name

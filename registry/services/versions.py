@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,15 @@ from django.utils import timezone
 from core import broker
 from core.errors import Conflict, InvalidInput, PayloadTooLarge
 from registry import hooks, signatures
-from registry.access import Action, model_require
+from registry.access import Action, code_upload_require, model_require
 from registry.artifacts import (
+    ArtifactIntegrityError,
+    VerifiedArtifact,
     archive_check,
     artifact_delete,
     artifact_fetch,
     artifact_filename,
+    artifact_open_verified,
     artifact_store,
     artifact_unpacked,
     artifact_unpacked_cached,
@@ -30,6 +34,7 @@ from registry.huggingface import HuggingFaceArchive, hf_example
 from registry.models import ModelFormat, ModelVersion, RegisteredModel, VersionStatus
 from registry.services.access import alias_move_authorize
 from registry.services.models import tags_parse, tags_set
+from registry.sources import derivation_parse, source_parse
 from registry.text_tasks import TextTask
 from registry.uploads import too_large_message
 
@@ -44,9 +49,28 @@ def _held_aliases_authorize(actor: Any, version: ModelVersion) -> None:
     alias_move_authorize(actor, version.model, list(version.aliases.values_list("name", flat=True)), approved=True)
 
 
-def _aliases_drop(actor: Any, version: ModelVersion, reason: str) -> list[str]:
+VERBS = {"archiving": "archive", "deleting": "delete"}
+
+
+def _held_aliases_refuse(version: ModelVersion, names: list[str], doing: str) -> None:
+    """Refuse (409) to take a version that serves under an alias offline without `force`."""
+    if not names:
+        return
+    quoted = " and ".join(repr(name) for name in sorted(names))
+    which = "it" if len(names) == 1 else "them"
+    raise Conflict(
+        f"Version {version.version} holds the alias {quoted}; {doing} it would take {which} offline. "
+        f"Move {which} to another version first, or {VERBS[doing]} with force=true (audited) "
+        f"to remove {which} as well.",
+        field="force",
+    )
+
+
+def _aliases_drop(actor: Any, version: ModelVersion, reason: str, force: bool, doing: str) -> list[str]:
     names = []
     held = list(version.aliases.select_for_update())
+    if not force:
+        _held_aliases_refuse(version, [alias.name for alias in held], doing)
     alias_move_authorize(actor, version.model, [alias.name for alias in held], approved=True)
     for alias in held:
         names.append(alias.name)
@@ -57,7 +81,7 @@ def _aliases_drop(actor: Any, version: ModelVersion, reason: str) -> list[str]:
             object_type="alias",
             object_repr=alias.name,
             before={"version": version.version},
-            after={"version": None, "reason": reason},
+            after={"version": None, "reason": reason, "forced": True},
         )
         alias.delete()
     return names
@@ -116,16 +140,25 @@ def version_upload(
     description: str = "",
     tags: Any = None,
     parent_version: int | None = None,
+    derivation: str = "",
+    source: Any = None,
     enqueue: bool = True,
+    on_created: Callable[[ModelVersion], None] | None = None,
 ) -> ModelVersion:
     """Store an uploaded artifact as the model's next version and queue its validation.
 
     `enqueue=False` leaves the version pending for a caller that validates it itself.
+    `on_created(version)` runs inside the transaction that creates the row (an
+    Idempotency-Key's answer is stored with it: both are kept or neither).
 
     A Hugging Face archive (format "huggingface", a .zip or .tar.gz of a save_pretrained
     directory) takes a `task` (declared, or inferred from config.json's architectures);
     its signature, labels and default example follow from the archive, and an
     `example_input`, if given, is one BYTES input named "text".
+
+    `source` is free-form string metadata about where the artifact came from (training
+    run URL, git commit, dataset…; registry.sources), `derivation` how it came from
+    `parent_version`.
 
     Everything that can be checked without loading the model is checked before a row or
     a file is written: size, archive structure and format, signature, example, labels.
@@ -141,8 +174,11 @@ def version_upload(
         raise PayloadTooLarge(too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
     if format and format not in ModelFormat.values:
         raise InvalidInput(f"format must be one of {', '.join(ModelFormat.values)}.", field="format")
+    if format:
+        code_upload_require(actor, model, format)
     checked = archive_check(file, format=format, task=task)
     detected = checked.format
+    code_upload_require(actor, model, detected)
     if format and format != detected:
         raise InvalidInput(
             f"The file was declared as {format} but it is a {detected} archive; upload it with format={detected}.",
@@ -150,7 +186,7 @@ def version_upload(
         )
     example = signatures.example_parse(example_input) if example_input not in (None, "", {}) else None
     if checked.huggingface is not None:
-        parsed_signature, source, example, label_list = _huggingface_fields(
+        parsed_signature, signature_source, example, label_list = _huggingface_fields(
             checked.huggingface, signature, example, labels
         )
     else:
@@ -158,9 +194,11 @@ def version_upload(
             raise InvalidInput(
                 f"task applies to Hugging Face models only; this file is a {detected} archive.", field="task"
             )
-        parsed_signature, source = _tensor_signature(signature, example)
+        parsed_signature, signature_source = _tensor_signature(signature, example)
         label_list = signatures.labels_parse(labels)
     tag_names = tags_parse(tags)
+    source_fields = source_parse(source)
+    derivation_text = derivation_parse(derivation, has_parent=parent_version is not None)
     parent = None
     if parent_version is not None:
         parent = model.versions.filter(version=parent_version).first()
@@ -193,10 +231,12 @@ def version_upload(
                 sha256=digest,
                 size_bytes=size,
                 signature=parsed_signature,
-                signature_source=source,
+                signature_source=signature_source,
                 example_input=example,
                 labels=label_list,
                 parent=parent,
+                derivation=derivation_text,
+                source=source_fields,
                 created_by=actor,
             )
             tags_set(version, tag_names)
@@ -207,8 +247,12 @@ def version_upload(
                 object_type="version",
                 object_repr=f"v{version.version}",
                 after={"version": version.version, "sha256": digest, "size_bytes": size, "format": detected}
-                | ({"task": version.task} if version.task else {}),
+                | ({"task": version.task} if version.task else {})
+                | ({"parent": parent.version} if parent is not None else {})
+                | ({"source": source_fields} if source_fields else {}),
             )
+            if on_created is not None:
+                on_created(version)
             if enqueue:
                 transaction.on_commit(lambda: version_validation_enqueue(version.pk))
     except BaseException:
@@ -252,6 +296,23 @@ def version_revalidate(*, actor: Any, version: ModelVersion) -> ModelVersion:
 def version_artifact_path(version: ModelVersion) -> Path:
     """A local, sha256-verified copy of a version's artifact (for workers)."""
     return artifact_fetch(version.artifact, version.sha256)
+
+
+def version_download(*, actor: Any, version: ModelVersion) -> VerifiedArtifact:
+    """The version's artifact for a download, verified against its sha256 before the first byte.
+
+    Altered or missing bytes are refused with 409 (the stored artifact, not the request, is
+    at fault; the message says so) rather than sent under the original checksum.
+    """
+    model_require(actor, version.model, Action.DOWNLOAD)
+    try:
+        return artifact_open_verified(version.artifact, version.sha256)
+    except ArtifactIntegrityError as exc:
+        logger.error("download of %s refused: %s", version, exc)
+        raise Conflict(
+            f"Version {version.version} of {version.model.name!r} cannot be downloaded: {exc}. "
+            "The download was refused; an administrator must restore the artifact or delete the version."
+        ) from None
 
 
 def version_model_directory(version: ModelVersion) -> Path:
@@ -341,17 +402,23 @@ def _max_tokens_check(version: ModelVersion, default: int | None, limit: int | N
         )
 
 
-def version_archive(*, actor: Any, version: ModelVersion) -> ModelVersion:
-    """Archive a version: it keeps its artifact and history but loses its aliases."""
+def version_archive(*, actor: Any, version: ModelVersion, force: bool = False) -> ModelVersion:
+    """Archive a version: it keeps its artifact and history.
+
+    A version that holds an alias (production…) is refused with 409 naming it, unless
+    `force`: then its aliases are removed too, and the audit trail says it was forced.
+    """
     model_require(actor, version.model, Action.UPLOAD)
     _held_aliases_authorize(actor, version)
+    if not force and version.status != VersionStatus.ARCHIVED:
+        _held_aliases_refuse(version, list(version.aliases.values_list("name", flat=True)), "archiving")
     with transaction.atomic():
         version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
         if version.status == VersionStatus.ARCHIVED:
             return version
         if version.status in (VersionStatus.PENDING, VersionStatus.VALIDATING):
             raise Conflict(f"Version {version.version} is still {version.status}; archive it once validation ends.")
-        dropped = _aliases_drop(actor, version, "archived")
+        dropped = _aliases_drop(actor, version, "archived", force, "archiving")
         before = version.status
         version.status = VersionStatus.ARCHIVED
         version.save(update_fields=["status", "updated_at"])
@@ -362,7 +429,7 @@ def version_archive(*, actor: Any, version: ModelVersion) -> ModelVersion:
             object_type="version",
             object_repr=f"v{version.version}",
             before={"status": before, "aliases": dropped},
-            after={"status": VersionStatus.ARCHIVED},
+            after={"status": VersionStatus.ARCHIVED} | ({"forced": True} if dropped else {}),
         )
     return version
 
@@ -390,13 +457,18 @@ def version_restore(*, actor: Any, version: ModelVersion) -> ModelVersion:
     return version
 
 
-def version_delete(*, actor: Any, version: ModelVersion) -> None:
-    """Delete a version, its aliases and (after commit) its artifact; the number is not reused."""
+def version_delete(*, actor: Any, version: ModelVersion, force: bool = False) -> None:
+    """Delete a version and (after commit) its artifact; the number is not reused.
+
+    A version that holds an alias is refused with 409 naming it, unless `force` (audited).
+    """
     model_require(actor, version.model, Action.DELETE)
     path = version.artifact
     _held_aliases_authorize(actor, version)
+    if not force:
+        _held_aliases_refuse(version, list(version.aliases.values_list("name", flat=True)), "deleting")
     with transaction.atomic():
-        dropped = _aliases_drop(actor, version, "version deleted")
+        dropped = _aliases_drop(actor, version, "version deleted", force, "deleting")
         audit_record(
             actor,
             "version.delete",
@@ -404,6 +476,7 @@ def version_delete(*, actor: Any, version: ModelVersion) -> None:
             object_type="version",
             object_repr=f"v{version.version}",
             before={"version": version.version, "sha256": version.sha256, "aliases": dropped},
+            after={"forced": True} if dropped else None,
         )
         version.delete()
         transaction.on_commit(lambda: artifact_delete(path))

@@ -15,13 +15,36 @@
     submit.disabled = false;
   }
 
+  // The source fields travel as one JSON object, as the API takes them: key=value lines first,
+  // then the named fields (data-source-key) over them, the same order as the form's source().
+  function sourceObject() {
+    const result = {};
+    form.querySelectorAll("[data-source-lines]").forEach(function (area) {
+      area.value.split(/\r?\n/).forEach(function (line, index) {
+        if (!line.trim()) return;
+        const at = line.indexOf("=");
+        if (at < 1 || !line.slice(0, at).trim()) {
+          throw new Error("Source line " + (index + 1) + " is not key=value: '" + line.trim().slice(0, 80) + "'.");
+        }
+        result[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+      });
+    });
+    form.querySelectorAll("[data-source-key]").forEach(function (input) {
+      if (input.value.trim()) result[input.dataset.sourceKey] = input.value.trim();
+    });
+    return result;
+  }
+
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     errorBox.hidden = true;
     const source = new FormData(form);
     const body = new FormData();
+    let provenance;
+    try { provenance = sourceObject(); } catch (e) { showError(e.message); return; }
+    if (Object.keys(provenance).length) body.append("source", JSON.stringify(provenance));
     for (const [key, value] of source.entries()) {
-      if (key === "csrfmiddlewaretoken" || value === "" || (value instanceof File && value.name === "" && value.size === 0)) continue;
+      if (key === "csrfmiddlewaretoken" || key.startsWith("source_") || value === "" || (value instanceof File && value.name === "" && value.size === 0)) continue;
       if (key === "labels") {
         body.append(key, JSON.stringify(value.split(",").map((s) => s.trim()).filter(Boolean)));
       } else {

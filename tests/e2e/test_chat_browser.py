@@ -30,6 +30,7 @@ from registry import services
 from registry.models import ModelVersion, VersionStatus
 from tests.e2e.conftest import login
 from tests.e2e.test_text_browser import csp_violations
+from tests.worker import METRICS_AUTH
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -194,7 +195,7 @@ def test_the_playground_streams_the_answer_as_it_is_generated_and_the_model_page
     labels = {"model": "chatty", "version": str(chat_version.version)}
     deadline = time.monotonic() + 15
     while True:
-        text = requests.get(f"{gateway_url}/metrics", timeout=10).text
+        text = requests.get(f"{gateway_url}/metrics", headers=METRICS_AUTH, timeout=10).text
         budget = series(text, "maas_generation_kv_cache_budget_tokens", labels)
         if budget or time.monotonic() > deadline:
             break

@@ -48,13 +48,19 @@ class FakeWorkers:
     fail_with: HttpError | None = None
     batches: list[list[float]] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)
+    deadlines: list[float | None] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
     _gates: list[asyncio.Event] = field(default_factory=list)
 
     async def exchange(
-        self, target: Target, requests: list[dict[str, np.ndarray]], parameters: list[dict[str, Any]]
+        self,
+        target: Target,
+        requests: list[dict[str, np.ndarray]],
+        parameters: list[dict[str, Any]],
+        deadline: float | None = None,
     ) -> BatchReply:
+        self.deadlines.append(deadline)
         self.batches.append([float(t["features"][0, 0]) for t in requests])
         self.sent_at.append(asyncio.get_running_loop().time())
         self.in_flight += 1

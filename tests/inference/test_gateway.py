@@ -28,7 +28,9 @@ class Workers:
         self.release = asyncio.Event()
         self.drop = drop
 
-    async def exchange(self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]]) -> BatchReply:
+    async def exchange(
+        self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]], deadline: float | None = None
+    ) -> BatchReply:
         self.batches.append(len(requests))
         await self.release.wait()
         answers: list[Outputs | Failure] = [Outputs(tensors) for tensors in requests[self.drop :]]

@@ -34,7 +34,9 @@ class FillMaskWorkers(Gateway):
         self.failure = failure
         self.parameters: list[dict[str, Any]] = []
 
-    async def exchange(self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]]) -> BatchReply:
+    async def exchange(
+        self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]], deadline: float | None = None
+    ) -> BatchReply:
         self.parameters += parameters
         answers: list[Outputs | Failure] = []
         for tensors, params in zip(requests, parameters, strict=True):

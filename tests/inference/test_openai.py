@@ -114,7 +114,7 @@ class FakeGateway(Gateway):
         self.routed = target
         self.sent: list[tuple[list[Tensors], list[dict[str, Any]]]] = []
 
-    async def user(self, headers: dict[bytes, bytes]) -> Any:
+    async def user(self, headers: dict[bytes, bytes], address: str = "local") -> Any:
         return AnonymousUser()
 
     async def target(self, user: Any, name: str, version: str | None) -> Target:
@@ -123,7 +123,9 @@ class FakeGateway(Gateway):
     def connection(self) -> Any:
         return None
 
-    async def exchange(self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]]) -> BatchReply:
+    async def exchange(
+        self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]], deadline: float | None = None
+    ) -> BatchReply:
         self.sent.append((requests, parameters))
         answers = []
         for tensors in requests:

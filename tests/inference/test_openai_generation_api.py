@@ -35,7 +35,7 @@ class FakeGateway(Gateway):
         self.routed = target
         self.missing = missing
 
-    async def user(self, headers: dict[bytes, bytes]) -> Any:
+    async def user(self, headers: dict[bytes, bytes], address: str = "local") -> Any:
         return AnonymousUser()
 
     async def target(self, user: Any, name: str, version: str | None) -> Target:

@@ -58,7 +58,7 @@ class TextWorkers(Gateway):
         super().__init__()
         self.routed, self.who = routed, who
 
-    async def user(self, headers: dict[bytes, bytes]) -> Any:
+    async def user(self, headers: dict[bytes, bytes], address: str = "local") -> Any:
         return self.who
 
     async def target(self, user: Any, name: str, version: str | None) -> Target:
@@ -70,7 +70,9 @@ class TextWorkers(Gateway):
     def _connect(self) -> Any:
         return shared_redis.async_client()
 
-    async def exchange(self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]]) -> BatchReply:
+    async def exchange(
+        self, target: Target, requests: list[Tensors], parameters: list[dict[str, Any]], deadline: float | None = None
+    ) -> BatchReply:
         answers = []
         for tensors in requests:
             rows = len(tensors["text"])

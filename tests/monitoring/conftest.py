@@ -12,6 +12,13 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from portal import demo
 from tests.e2e.conftest import chromium, page  # noqa: F401 - the browser fixtures, for test_browser.py
+from tests.worker import METRICS_TOKEN
+
+
+@pytest.fixture(autouse=True)
+def _metrics_token(settings: Any) -> None:
+    """/metrics answers the tests' scraper token (no address is trusted)."""
+    settings.METRICS_TOKEN = METRICS_TOKEN
 
 
 def npz_file(name: str = "data.npz", **arrays: Any) -> SimpleUploadedFile:

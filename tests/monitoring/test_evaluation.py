@@ -73,7 +73,7 @@ def test_only_the_owner_uploads_and_outsiders_see_nothing(api, member, outsider,
 
 def test_evaluation_of_a_version_that_is_not_ready_is_409(api, owner, production, iris_data):
     assert upload(api(owner), npz_file(features=iris_data[0], labels=iris_data[1])).status_code == 201
-    registry_services.version_archive(actor=owner, version=production)
+    registry_services.version_archive(actor=owner, version=production, force=True)
     response = api(owner).post("/api/v1/evaluations/", {"model": "iris", "version": 1, "dataset": "holdout"},
                                format="json")  # fmt: skip
     assert response.status_code == 409 and "archived" in response.json()["error"]
@@ -288,3 +288,18 @@ def test_deleting_a_gated_model_takes_its_datasets_runs_and_gate_and_their_files
     assert not PromotionGate.objects.filter(model_id=model.pk).exists()
     assert not EvaluationRun.objects.filter(dataset_id=dataset.pk).exists()
     assert not artifact_storage().exists(dataset.path)
+
+
+@pytest.mark.celery_eager
+def test_an_evaluation_started_in_the_browser_lands_on_its_live_status_without_a_stale_flash(
+    client, owner, production, iris_data, django_capture_on_commit_callbacks
+):
+    services.dataset_create(actor=owner, model=production.model, name="d", filename="d.npz",
+                            file=npz_file(features=iris_data[0], labels=iris_data[1]))  # fmt: skip
+    client.force_login(owner)
+    with django_capture_on_commit_callbacks(execute=True):  # the run finishes before its page is drawn
+        response = client.post("/models/iris/evaluate/", {"version": "1", "dataset": "d"})
+    run = EvaluationRun.objects.get()
+    assert response.status_code == 302 and response.url == f"/evaluations/{run.pk}/"
+    page = client.get(response.url).content.decode()
+    assert 'data-status="succeeded"' in page and 'class="messages"' not in page

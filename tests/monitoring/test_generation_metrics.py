@@ -15,6 +15,7 @@ from monitoring import charts, metrics, services
 from monitoring.models import MetricBucket
 from registry.models import ModelVersion
 from registry.text_tasks import TextTask
+from tests.worker import METRICS_AUTH
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +41,7 @@ def answer(version: Any, *, ttft_ms: float, gaps: list[float], tokens: int, sour
 
 
 def exposition(client: Any) -> str:
-    return client.get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+    return client.get("/metrics", headers=METRICS_AUTH).content.decode()
 
 
 def sample_value(text: str, name: str, **labels: str) -> float:

@@ -22,6 +22,7 @@ from monitoring import metrics, services
 from monitoring.models import EvaluationRun, MetricBucket
 from registry import services as registry_services
 from tests.monitoring.conftest import direct_outputs, npz_file
+from tests.worker import METRICS_AUTH
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -42,7 +43,7 @@ def production(owner: Any, registered_model: Any, ready_version: Any) -> Any:
 
 
 def exposition(gateway_url: str) -> dict[str, float]:
-    text = requests.get(f"{gateway_url}/metrics", timeout=10).text
+    text = requests.get(f"{gateway_url}/metrics", headers=METRICS_AUTH, timeout=10).text
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

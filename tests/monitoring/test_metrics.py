@@ -92,11 +92,12 @@ def test_traffic_figures_carry_the_recorded_points(ready_version):
     assert figures["errors"]["layout"]["yaxis"]["title"]["text"] == "share of requests"
 
 
-def test_prometheus_exposition_counts_recorded_predictions(client, ready_version, django_user_model):
+def test_prometheus_exposition_counts_recorded_predictions(client, ready_version, settings):
+    settings.METRICS_TOKEN = "scrape-secret"
     version = ready_version()
 
     def count() -> float:
-        text = client.get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+        text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").content.decode()
         key = f'maas_requests_total{{model="iris",source="job",status="200",version="{version.version}"}}'
         lines = [line for line in text.splitlines() if line.startswith(key)]
         return float(lines[0].split()[-1]) if lines else 0.0
@@ -104,7 +105,26 @@ def test_prometheus_exposition_counts_recorded_predictions(client, ready_version
     before = count()
     _record(version, 7, source="job")
     assert count() == before + 7
-    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 403
+
+
+def test_metrics_need_the_token_or_a_staff_session_and_trust_no_address(client, settings, django_user_model):
+    settings.METRICS_TOKEN = "scrape-secret"
+    for address in ("127.0.0.1", "::1", "10.1.2.3"):
+        refused = client.get("/metrics", REMOTE_ADDR=address)
+        assert refused.status_code == 401 and "METRICS_TOKEN" in refused.json()["error"], address
+        assert refused["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200
+    client.force_login(django_user_model.objects.create_user("viewer"))
+    assert client.get("/metrics").status_code == 403
+    client.force_login(django_user_model.objects.create_user("operator", is_staff=True))
+    assert client.get("/metrics").status_code == 200
+    # Without a token configured, only staff sessions; METRICS_PUBLIC opens it to anyone, explicitly.
+    settings.METRICS_TOKEN = ""
+    client.logout()
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1", HTTP_AUTHORIZATION="Bearer ").status_code == 401
+    settings.METRICS_PUBLIC = True
+    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 200
 
 
 VENDORED_PLOTLY = Path(__file__).resolve().parents[2] / "static" / "vendor" / "plotly-cartesian.min.js"

@@ -47,3 +47,35 @@ def test_a_return_after_a_rollback_is_named_for_what_it_does(client, owner, regi
     services.alias_rollback(actor=owner, model=registered_model, name="production")
     page = client.get("/models/iris/").content.decode()
     assert "Return to v2" in page and "Roll back to v2" not in page
+
+
+def test_the_model_page_confusion_matrix_is_productions_latest_run(client, owner, registered_model, ready_version):
+    first, second = ready_version(), ready_version()
+    services.alias_set(actor=owner, model=registered_model, name="production", version_number=1)
+    holdout = EvaluationDataset.objects.create(
+        model=registered_model, name="holdout", task=TaskType.CLASSIFICATION, source_format="npz", path="x.npz",
+        rows=10, size_bytes=100, num_classes=2,
+    )  # fmt: skip
+    for version, matrix in ((first, [[5, 0], [0, 5]]), (second, [[1, 4], [4, 1]])):  # v2's run is the newer
+        run = _run(holdout, version, 0.5)
+        run.metrics = {**run.metrics, "confusion_matrix": matrix}
+        run.save(update_fields=["metrics"])
+    client.force_login(owner)
+    confusion = client.get("/models/iris/charts/").json()["figures"]["confusion"]
+    assert confusion["layout"]["title"]["text"] == "Confusion matrix: v1 on holdout"
+    assert confusion["data"][0]["z"] == [[5, 0], [0, 5]]
+    # Without production (or without a run of it) the newest run of any version is shown.
+    services.alias_delete(actor=owner, model=registered_model, name="production")
+    confusion = client.get("/models/iris/charts/").json()["figures"]["confusion"]
+    assert confusion["layout"]["title"]["text"] == "Confusion matrix: v2 on holdout"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(0.3644, "0.364"), (0.99333, "0.993"), (12.345, "12.3"), (0.000123456, "0.000123"), (75739.41, "75,739"),
+     (1, "1"), (None, "—"), ("n/a", "n/a")],
+)  # fmt: skip
+def test_figures_on_the_evaluation_pages_have_three_significant_figures(value, shown):
+    from monitoring.templatetags.evaluations import sig
+
+    assert sig(value) == shown

@@ -19,6 +19,7 @@ from inference.tasks import JobWork
 from monitoring import metrics, services
 from monitoring.metrics import UsageMeter
 from monitoring.models import UsageBucket
+from tests.worker import METRICS_AUTH
 
 pytestmark = pytest.mark.django_db
 
@@ -97,7 +98,7 @@ def test_a_sample_meters_its_tokens_for_its_caller_only_when_answered(version, o
 
 def test_prometheus_counts_prompt_and_completion_tokens_per_model_and_version(client, version, owner):
     def value(name: str) -> float:
-        text = client.get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+        text = client.get("/metrics", headers=METRICS_AUTH).content.decode()
         key = f'{name}{{model="iris",version="{version.version}"}}'
         lines = [line for line in text.splitlines() if line.startswith(key)]
         return float(lines[0].split()[-1]) if lines else 0.0

@@ -223,9 +223,14 @@ def test_archive_drops_aliases_keeps_history_and_blocks_rollback_to_it(owner, re
     assert v1.status == VersionStatus.ARCHIVED
     with pytest.raises(Conflict, match="version 1: that version is archived"):
         services.alias_rollback(actor=owner, model=registered_model, name="production")
-    services.version_archive(actor=owner, version=v2)
+    with pytest.raises(Conflict, match=r"holds the alias 'production'.*force=true"):
+        services.version_archive(actor=owner, version=v2)
+    assert ModelAlias.objects.get().version == v2
+    services.version_archive(actor=owner, version=v2, force=True)
     assert not ModelAlias.objects.exists()
-    assert AuditEvent.objects.filter(action="alias.delete", object_repr="production").exists()
+    dropped = AuditEvent.objects.get(action="alias.delete", object_repr="production")
+    assert dropped.after == {"version": None, "reason": "archived", "forced": True}
+    assert AuditEvent.objects.get(action="version.archive", object_repr="v2").after["forced"] is True
 
 
 def test_delete_version_and_model_remove_artifacts(

@@ -19,6 +19,7 @@ from core.errors import NotFound, PortalError
 from registry import selectors, services
 from registry.archives import directory_zip
 from registry.models import ModelFormat, ModelVersion, VersionStatus
+from registry.sources import source_from_lines
 from registry.text_tasks import TASK_ALIASES, TextTask
 
 
@@ -31,6 +32,16 @@ def _json_arg(value: str | None, name: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CommandError(f"--{name} is not valid JSON: {exc}") from None
+
+
+def _source(raw_json: str | None, pairs: list[str]) -> Any:
+    """--source-json, then each --source KEY=VALUE over it (registry.sources checks the result)."""
+    source = _json_arg(raw_json, "source-json")
+    if not pairs:
+        return source
+    if source is not None and not isinstance(source, dict):
+        raise CommandError("--source-json must be a JSON object to combine it with --source.")
+    return {**(source or {}), **source_from_lines("\n".join(pairs))}
 
 
 @contextlib.contextmanager
@@ -76,6 +87,17 @@ class Command(BaseCommand):
         parser.add_argument("--labels", help="Comma-separated class names.")
         parser.add_argument("--description", default="")
         parser.add_argument("--tags", default="")
+        parser.add_argument(
+            "--source",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="Where the artifact came from, repeatable: --source run_url=https://… --source git_commit=3f2a9c1 "
+            "(also dataset, run_id or any key; *_url values must be http(s) URLs).",
+        )
+        parser.add_argument("--source-json", help='JSON or @file: {"run_url": "https://…", "dataset": "…"}')
+        parser.add_argument("--parent", type=int, help="Version number this one was derived from.")
+        parser.add_argument("--derivation", default="", help="How it was derived from --parent.")
         parser.add_argument("--alias", help="Point this alias at the version once it is ready (implies --wait).")
         parser.add_argument("--wait", action="store_true", help="Wait until validation ends; fail if it fails.")
         parser.add_argument("--timeout", type=float, default=300, help="Seconds to wait for validation.")
@@ -107,6 +129,9 @@ class Command(BaseCommand):
                     labels=options["labels"],
                     description=options["description"],
                     tags=options["tags"],
+                    parent_version=options["parent"],
+                    derivation=options["derivation"],
+                    source=_source(options["source_json"], options["source"]),
                 )
         except PortalError as exc:
             raise CommandError(exc.message) from None
