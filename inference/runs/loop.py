@@ -195,14 +195,10 @@ def work_run(model: type[R], run_id: Any, work_class: type[ChunkedWork[R]]) -> s
     claimed = run_claim(model, run_id)
     if isinstance(claimed, str):
         return claimed
-    with claim_heartbeat(claimed):
-        return _work(claimed, work_class)
-
-
-def _work(claimed: Claim[R], work_class: type[ChunkedWork[R]]) -> str:
     work = work_class(claimed)
     try:
-        return _work(claimed, work)
+        with claim_heartbeat(claimed):
+            return _work(claimed, work)
     finally:
         work.close()
 
