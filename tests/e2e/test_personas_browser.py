@@ -42,6 +42,7 @@ from registry import services
 from registry.models import ModelAlias
 from tests.conftest import SIGNATURE, upload_file
 from tests.monitoring.conftest import npz_file
+from tests.worker import METRICS_AUTH
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -281,8 +282,12 @@ def test_operator_reads_usage_grants_a_role_checks_the_trail_and_the_health_endp
     expect(page.locator("h1")).to_contain_text("usage")
     steps.shot("usage")
     page.click("nav a:has-text('Monitoring')")
+
     # The serving aggregates reach the database within a second or so (METRICS_FLUSH_SECONDS).
-    until(lambda: requests.get(f"{gateway_url}/metrics", timeout=10).text.count('model="iris"') > 0, 30, "metrics")
+    def scraped() -> str:
+        return requests.get(f"{gateway_url}/metrics", headers=METRICS_AUTH, timeout=10).text
+
+    until(lambda: scraped().count('model="iris"') > 0, 30, "metrics")
     page.reload()
     page.wait_for_selector("html[data-charts-drawn]", state="attached")
     steps.shot("monitoring")
