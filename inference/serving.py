@@ -121,6 +121,8 @@ class ServingLoop(threading.Thread):
                 self._heartbeat()
             except redis.RedisError as exc:
                 logger.warning("serving heartbeat lost Redis (%s); retrying", exc)
+            except Exception:  # a heartbeat that stops makes a serving worker look dead: keep beating
+                logger.exception("serving heartbeat failed; retrying")
             self.stopping.wait(settings.INFERENCE_HEARTBEAT_SECONDS)
 
     def _heartbeat(self) -> None:
