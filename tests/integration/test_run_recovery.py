@@ -39,7 +39,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],
              "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}]}  # fmt: skip
 # Matrix products per row: about 0.2 s of one core here, so a run of ROWS rows lasts seconds.
-SPIN = 10_000
+# Enough work per row that a job or evaluation is still running when the test kills or probes
+# its worker, on a quiet machine too (10,000 finished 30 rows before the probe there).
+SPIN = 60_000
 ROWS = 30
 # Runs beat every 0.3 s and are stale after 2 s of silence; the sweep runs every second.
 FAST_RECOVERY = {"RUNS_HEARTBEAT_SECONDS": "0.3", "RUNS_STALE_SECONDS": "2", "RUNS_SWEEP_SECONDS": "1",

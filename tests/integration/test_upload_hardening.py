@@ -47,9 +47,22 @@ def post_file(http: requests.Session, data: bytes, name: str = "model.pt", key: 
                      data={"signature": json.dumps(SIGNATURE)}, headers=headers, timeout=120)  # fmt: skip
 
 
+_stored_before: set[Path] = set()
+
+
+def _stored_now() -> set[Path]:
+    return {path for path in Path(artifact_storage().location).rglob("*") if path.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def _store_baseline() -> None:
+    """The store is shared with other tests' models and jobs: only files added by this test count."""
+    _stored_before.clear()
+    _stored_before.update(_stored_now())
+
+
 def stored_files() -> list[Path]:
-    """Model artifacts in the store (jobs and evaluations of other tests keep files beside them)."""
-    return [path for path in (Path(artifact_storage().location) / "models").rglob("*") if path.is_file()]
+    return sorted(_stored_now() - _stored_before)
 
 
 def assert_refused(response: requests.Response, status: int, *fragments: str) -> None:
