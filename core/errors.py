@@ -79,7 +79,19 @@ class GatewayTimeout(PortalError):
     code = "timeout"
 
 
-class TooManyRequests(PortalError):
+class RetryLater(PortalError):
+    """An error the caller may retry after `retry_after` seconds, sent as the Retry-After header."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class TooManyRequests(RetryLater):
     """A token went over its rate limit; `retry_after` says when the next window opens.
 
     `limit` names what ran out: `requests` (per minute) or `tokens` (model tokens per minute).
@@ -89,27 +101,14 @@ class TooManyRequests(PortalError):
     code = "rate_limited"
 
     def __init__(self, message: str, *, retry_after: int, limit: str = "requests") -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after)
         self.limit = limit
 
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
-
-class Overloaded(ServiceUnavailable):
+class Overloaded(ServiceUnavailable, RetryLater):
     """Admission refused: the model's queue is full; `retry_after` (seconds) is when to try again."""
 
     code = "overloaded"
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class MethodNotAllowed(PortalError):
