@@ -12,6 +12,7 @@ class InferenceConfig(AppConfig):
         # loop and the cache invalidation of the prediction gateway; the registry asks us
         # to validate uploaded versions through its hook.
         from inference import invalidation, serving, validation  # noqa: F401
+        from inference.conversions import work  # noqa: F401  (the conversion task and run kind)
         from registry import hooks
 
         hooks.validation_requester_register(validation.validation_request)

@@ -21,3 +21,4 @@ class MonitoringConfig(AppConfig):
         hooks.promotion_check_register(gate.gate_promotion_check)
         hooks.model_files_register(gate.gate_dataset_files)
         hooks.version_metrics_register(evaluation.version_metrics)
+        hooks.version_derived_register(evaluation.derived_evaluate)

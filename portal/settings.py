@@ -453,3 +453,20 @@ PROMETHEUS_OWN_DIRECTORY = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(DATA_DIR / "prometheus"))
 Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 EVALUATION_DATASET_MAX_BYTES = env_int("EVALUATION_DATASET_MAX_BYTES", 256 * 1024**2, minimum=1)
+
+# Conversions (inference.conversions): a child's outputs on the validation example must stay
+# within these of its parent's (elementwise |child - parent| <= atol + rtol * |parent|, as
+# numpy.allclose), else the conversion fails with the figures and leaves no version behind.
+CONVERSION_TOLERANCES: dict[str, dict[str, float]] = {
+    "onnx": {"atol": env_float("CONVERSION_ONNX_ATOL", 1e-4, minimum=0.0),
+             "rtol": env_float("CONVERSION_ONNX_RTOL", 1e-3, minimum=0.0)},
+    "onnx-int8": {"atol": env_float("CONVERSION_ONNX_INT8_ATOL", 0.1, minimum=0.0),
+                  "rtol": env_float("CONVERSION_ONNX_INT8_RTOL", 0.1, minimum=0.0)},
+    "fp16": {"atol": env_float("CONVERSION_FP16_ATOL", 1e-2, minimum=0.0),
+             "rtol": env_float("CONVERSION_FP16_RTOL", 1e-2, minimum=0.0)},
+}  # fmt: skip
+# Parent and child are timed on the same example, in the same host, this many times each.
+CONVERSION_LATENCY_REPEATS = env_int("CONVERSION_LATENCY_REPEATS", 50, minimum=5)
+# fp16 conversions run on GPU hosts only: the queue their workers listen on ("" = none; fp16 is
+# refused 409 unless a live worker serves this queue).
+CONVERSION_GPU_QUEUE = env_str("CONVERSION_GPU_QUEUE", "")

@@ -6,6 +6,8 @@
 - Stored-file contributors (monitoring's datasets) name files to delete with a model.
 - Version metrics (monitoring's latest evaluation per dataset) fill the metric rows of
   the version comparison.
+- Derived-version listeners (monitoring's evaluations) hear of a version converted from
+  another, ready to be compared with its parent.
 
 Apps register in their `AppConfig.ready()`.
 """
@@ -47,6 +49,7 @@ _promotion_checks: list[PromotionCheck] = []
 _validation_requester: Callable[[int], None] | None = None
 _model_file_sources: list[Callable[[RegisteredModel], list[str]]] = []
 _version_metric_sources: list[Callable[[list[ModelVersion]], VersionMetrics]] = []
+_derived_listeners: list[Callable[[ModelVersion, Any], None]] = []
 
 
 def promotion_check_register(check: PromotionCheck) -> None:
@@ -98,3 +101,14 @@ def version_metrics(versions: list[ModelVersion]) -> VersionMetrics:
         for version_id, rows in source(versions).items():
             merged.setdefault(version_id, {}).update(rows)
     return merged
+
+
+def version_derived_register(listener: Callable[[ModelVersion, Any], None]) -> None:
+    if listener not in _derived_listeners:
+        _derived_listeners.append(listener)
+
+
+def version_derived(version: ModelVersion, actor: Any) -> None:
+    """Tell the listeners that `version` (with a parent) was derived and is ready, on `actor`'s behalf."""
+    for listener in _derived_listeners:
+        listener(version, actor)

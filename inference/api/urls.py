@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from inference.api import views
+from inference.api import conversions, views
 
 router = SimpleRouter()
 router.register("jobs", views.BatchJobViewSet, basename="job")
+router.register("conversions", conversions.ConversionViewSet, basename="conversion")
 
-urlpatterns = router.urls
+V = "models/<str:name>/versions/<int:version>"
+
+urlpatterns = [
+    *router.urls,
+    path(f"{V}/conversions/", conversions.VersionConversionsView.as_view(), name="version-conversions"),
+    path(f"{V}/lineage/", conversions.VersionLineageView.as_view(), name="version-lineage"),
+]

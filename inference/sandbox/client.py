@@ -18,6 +18,7 @@ from django.conf import settings
 
 from inference import wire
 from inference.cache import LoadedModel, ModelSource, ModelUnavailable, model_cache, model_source
+from inference.conversions.recipes import ConversionFailed
 from inference.runtimes import TextInputError
 from inference.sandbox.channel import ChannelClosed, ChannelError
 from inference.sandbox.spawn import Host, SandboxError, host_start
@@ -25,7 +26,8 @@ from inference.services import ProbeFailed, ProbeResult, model_probe
 
 # Exceptions a host reports that keep their type on this side (the rest become RuntimeError).
 _KINDS: dict[str, type[Exception]] = {"ProbeFailed": ProbeFailed, "ModelUnavailable": ModelUnavailable,
-                                      "TextInputError": TextInputError}  # fmt: skip
+                                      "TextInputError": TextInputError,
+                                      "ConversionFailed": ConversionFailed}  # fmt: skip
 _BUILTINS = ("RuntimeError", "ValueError", "TypeError", "IndexError", "KeyError", "AssertionError", "MemoryError")
 
 

@@ -29,6 +29,7 @@ from core import redis as shared_redis
 from inference import telemetry, wire
 from inference.cache import LoadedModel, ModelSource, ModelUnavailable, model_cache, model_from_source
 from inference.completions import CompletionRows
+from inference.conversions.export import Conversion
 from inference.generation import Engine
 from inference.generation.worker import GenerationLoop
 from inference.runs.loop import RunStopped
@@ -127,6 +128,7 @@ class Tasks:
     def __init__(self) -> None:
         self.loaded: LoadedModel | None = None
         self.rows: CompletionRows | None = None
+        self.conversion: Conversion | None = None
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -148,6 +150,8 @@ class Tasks:
             return self._generate_start(request)
         if op == "rows":
             return self._rows(request)
+        if op == "convert":
+            return self._convert(request)
         return {"ok": False, "kind": "ValueError", "error": f"unknown request {op!r}"}
 
     def _model(self) -> LoadedModel:
@@ -163,6 +167,26 @@ class Tasks:
         engine = Engine(runtime.module, runtime.tokenizer, **request["engine"])
         self.rows = CompletionRows(engine, request["requests"], first=int(request["first"]))
         return {"ok": True}
+
+    def _convert(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A conversion's steps, one request each: start, export, quantize, compare, probe, artifact."""
+        step = request.get("step")
+        if step == "start":
+            self.conversion = Conversion(request)
+            return {"ok": True}
+        if self.conversion is None:
+            raise ModelUnavailable("no conversion was started in this host")
+        if step == "export":
+            return {"ok": True, **self.conversion.export()}
+        if step == "quantize":
+            return {"ok": True, **self.conversion.quantize()}
+        if step == "compare":
+            return {"ok": True, **self.conversion.compare(int(request["repeats"]))}
+        if step == "probe":
+            return {"ok": True, "result": self.conversion.probe(request.get("labels"), request.get("example"))}
+        if step == "artifact":
+            return {"ok": True, **self.conversion.artifact()}
+        return {"ok": False, "kind": "ValueError", "error": f"unknown conversion step {step!r}"}
 
     def _rows(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.rows is None:

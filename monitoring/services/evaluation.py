@@ -23,7 +23,7 @@ from inference.runs.arrays import npz_load, npz_save, paths_delete
 from inference.runs.lifecycle import MAX_ATTEMPTS, run_lookup, stale_expire
 from inference.runs.loop import PROGRESS_SECONDS as PROGRESS_SECONDS
 from monitoring import datasets
-from monitoring.models import EvaluationDataset, EvaluationRun, RunStatus, TaskType
+from monitoring.models import RUN_ACTIVE, EvaluationDataset, EvaluationRun, RunStatus, TaskType
 from monitoring.tasks import evaluation_enqueue
 from monitoring.tasks import evaluation_execute as evaluation_execute
 from registry import hooks, selectors
@@ -194,3 +194,22 @@ def version_metrics(versions: list[ModelVersion]) -> hooks.VersionMetrics:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 rows[f"{run.dataset.name} · {name}"] = (f"{value:.4g}", link)
     return figures
+
+
+def derived_evaluate(child: ModelVersion, actor: Any) -> list[EvaluationRun]:
+    """Evaluate a converted version on each of its model's datasets, and its parent where the parent
+    has no evaluation there yet, so the two can be shown side by side (the registry's derived hook)."""
+    started = []
+    parent = child.parent
+    latest = latest_runs(child.model)
+    for dataset in child.model.eval_datasets.all():
+        pending = [child]
+        if parent is not None and parent.status == VersionStatus.READY and (parent.pk, dataset.pk) not in latest:
+            busy = EvaluationRun.objects.filter(version=parent, dataset=dataset, status__in=RUN_ACTIVE).exists()
+            pending += [] if busy else [parent]
+        for version in pending:
+            try:
+                started.append(evaluation_start(actor=actor, version=version, dataset=dataset))
+            except (InvalidInput, Conflict) as exc:  # the dataset does not fit this version: say so, go on
+                logger.warning("no evaluation of %s on %s: %s", version, dataset, exc)
+    return started
