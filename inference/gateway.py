@@ -82,7 +82,11 @@ AUTH_REQUIRED = (
     "answer without one)."
 )
 ANONYMOUS = AnonymousUser()
-PLATFORMS = {"torchscript": "pytorch_torchscript", "exported_program": "pytorch_exported_program"}
+PLATFORMS = {
+    "torchscript": "pytorch_torchscript",
+    "exported_program": "pytorch_exported_program",
+    "onnx": "onnxruntime_onnx",
+}
 # The parameters of a request that has none (shared: tensor requests never carry any).
 NO_PARAMETERS: dict[str, Any] = {}
 # What a client is told to wait before it retries a 503 (a database or broker outage, a model loading).

@@ -19,7 +19,8 @@ from django.conf import settings
 from core.datatypes import NUMPY_DTYPES, TORCH_DTYPES, datatype_of_array, datatype_of_tensor, is_floating
 from inference.generation import Engine, GenerationRequest, SamplingParams
 from inference.runtimes import ModelLoadError, ModelRuntime, TextRuntime, runtime_for
-from registry.artifacts import artifact_unpacked, artifact_zip_check
+from registry.artifacts import artifact_onnx_path, artifact_unpacked, artifact_zip_check
+from registry.models import ModelFormat
 from registry.text_tasks import TEXT_INPUT, TextTask
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ def _output_specs(
 
 def model_path(fetched: Path, format_name: str, sha256: str) -> Path:
     """Where a format's runtime loads a fetched artifact from: the file, or the directory it unpacks to."""
+    if format_name == ModelFormat.ONNX:
+        return artifact_onnx_path(fetched, sha256)
     return (
         artifact_unpacked(fetched, sha256)
         if runtime_for(format_name).unpacked
@@ -210,6 +213,7 @@ def model_probe(
         latency_ms=_latency(lambda: runtime.predict(probe_inputs), runtime.device),
         device=str(device),
         batching=batching,
+        extra=runtime.describe(),
     )
 
 

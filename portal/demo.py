@@ -53,6 +53,30 @@ def save_exported_program(
     return path
 
 
+def save_onnx(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    batch_dim: bool = True,
+    external_data: bool = False,
+) -> Path:
+    """torch.onnx.export the model through torch.export (first dimension dynamic when `batch_dim`) to `path`.
+
+    With `external_data` the weights go to `<path stem>.data` beside the .onnx file.
+    """
+    dynamic = tuple({0: torch.export.Dim("batch", min=1, max=4096)} for _ in example) if batch_dim else None
+    program = torch.onnx.export(
+        model.eval(), example, dynamo=True, dynamic_shapes=dynamic, input_names=input_names,
+        output_names=output_names, verbose=False,
+    )  # fmt: skip
+    assert program is not None
+    program.save(str(path), external_data=external_data)
+    return path
+
+
 class HousePrice(nn.Module):
     """Linear regression: price from rooms, age and distance (weights set, not trained)."""
 

@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -27,21 +28,33 @@ from django.core.files.storage import Storage, storages
 from django.utils.text import get_valid_filename
 
 from core.errors import InsufficientStorage, InvalidInput, ServiceUnavailable
-from registry.archives import TAR_GZ, ZIP, ArchiveLimits, archive_kind, archive_unpack, zip_layout, zip_limits_check
+from registry.archives import (
+    TAR_GZ,
+    ZIP,
+    ArchiveLimits,
+    ArchiveListing,
+    archive_kind,
+    archive_unpack,
+    zip_layout,
+    zip_limits_check,
+)
 from registry.huggingface import HuggingFaceArchive, hf_files_check, hf_inspect, hf_wanted
 from registry.models import ModelFormat
+from registry.onnx_models import OnnxUpload, onnx_archive_inspect, onnx_file_inspect, onnx_listing_check, onnx_wanted
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 HINT = (
     "Save a TorchScript module with torch.jit.save(...) or an exported program with torch.export.save(...); "
+    "an ONNX model is its .onnx file (with its external data: all in one .zip or .tar.gz, format=onnx); "
     "a Hugging Face model is its save_pretrained directory as one .zip or .tar.gz."
 )
 EXTENSIONS: dict[str, str] = {
     ModelFormat.TORCHSCRIPT: ".pt",
     ModelFormat.EXPORTED_PROGRAM: ".pt2",
     ModelFormat.HUGGINGFACE: ".zip",
+    ModelFormat.ONNX: ".onnx",
 }
 
 
@@ -69,10 +82,12 @@ def _unsafe_member(name: str) -> bool:
 @dataclass(frozen=True)
 class ArchiveCheck:
     """What an uploaded file is: its format and, for a Hugging Face model, what its archive holds
-    (None only when the file was declared as another format, which the caller refuses)."""
+    (None only when the file was declared as another format, which the caller refuses), and for an
+    ONNX model its graph (the same)."""
 
     format: str
     huggingface: HuggingFaceArchive | None = None
+    onnx: OnnxUpload | None = None
 
 
 def _looks_huggingface(names: list[str]) -> bool:
@@ -99,8 +114,12 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
         raise InvalidInput("The uploaded file is empty.", field="file")
     stream.seek(0)
     kind = archive_kind(stream)
+    if kind == TAR_GZ and format == ModelFormat.ONNX:
+        return ArchiveCheck(ModelFormat.ONNX, onnx=onnx_archive_inspect(stream))
     if kind == TAR_GZ:
         return _huggingface_check(stream, format, task)
+    if kind is None and format in (ModelFormat.ONNX, None):
+        return _onnx_file_check(stream, format)
     if kind != ZIP and format == ModelFormat.HUGGINGFACE:
         raise InvalidInput(
             "The file is neither a .zip nor a .tar.gz archive; a Hugging Face model is its save_pretrained "
@@ -149,8 +168,12 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
     ):
         zip_limits_check(stream, torch_limits)
         return ArchiveCheck(ModelFormat.EXPORTED_PROGRAM)
+    if format == ModelFormat.ONNX:
+        return ArchiveCheck(ModelFormat.ONNX, onnx=onnx_archive_inspect(stream))
     if format == ModelFormat.HUGGINGFACE or _looks_huggingface(names) or (task and task.strip()):
         return _huggingface_check(stream, format, task)
+    if any(name.lower().endswith(".onnx") for name in names):
+        return ArchiveCheck(ModelFormat.ONNX, onnx=onnx_archive_inspect(stream) if not format else None)
     if len(roots) != 1:
         raise InvalidInput(
             f"The archive has {len(roots)} top-level folders; a PyTorch archive has one. {HINT}", field="file"
@@ -161,6 +184,28 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
             field="file",
         )
     raise InvalidInput(f"The zip file is not a TorchScript or torch.export archive. {HINT}", field="file")
+
+
+def _onnx_file_check(stream: IO[bytes], format: str | None) -> ArchiveCheck:
+    """A file that is no archive: an ONNX model when declared so or when it reads as one."""
+    if format == ModelFormat.ONNX:
+        return ArchiveCheck(ModelFormat.ONNX, onnx=onnx_file_inspect(stream))
+    try:
+        return ArchiveCheck(ModelFormat.ONNX, onnx=onnx_file_inspect(stream))
+    except InvalidInput as exc:
+        if "not an ONNX model" not in exc.message:
+            raise  # it is ONNX, with a problem of its own
+    if zipfile.is_zipfile(stream):
+        raise InvalidInput(
+            "The file holds a zip archive after other data (a tar, a script or anything else before it); "
+            "an archive must be a zip from its first byte, so it was refused.",
+            field="file",
+        )
+    raise InvalidInput(
+        "The file is not a PyTorch model archive (not a readable zip file; it may be corrupt or truncated) "
+        "nor an ONNX model. " + HINT,
+        field="file",
+    )
 
 
 def artifact_zip_check(path: Path, format: str) -> Path:
@@ -184,6 +229,10 @@ def artifact_stem(filename: str) -> str:
 def artifact_filename(filename: str, model_name: str, checked: ArchiveCheck) -> str:
     """The name an artifact is stored under: a Hugging Face archive's ends in its kind (.zip or .tar.gz),
     whatever the upload was called, so that the download is named by what it holds."""
+    if checked.onnx is not None:
+        stem = artifact_stem(filename) or model_name
+        kind = checked.onnx.archive_kind
+        return stem + (".onnx" if kind is None else ".tar.gz" if kind == TAR_GZ else ".zip")
     if checked.huggingface is None:
         return filename or "model"
     stem = artifact_stem(filename) or model_name
@@ -191,7 +240,9 @@ def artifact_filename(filename: str, model_name: str, checked: ArchiveCheck) -> 
 
 
 def artifact_extension(format: str, artifact: str) -> str:
-    """The file extension of a stored artifact (.pt, .pt2, .zip or .tar.gz)."""
+    """The file extension of a stored artifact (.pt, .pt2, .onnx, .zip or .tar.gz)."""
+    if format == ModelFormat.ONNX and artifact.endswith((".zip", ".tar.gz")):
+        return ".tar.gz" if artifact.endswith(".tar.gz") else ".zip"
     if format == ModelFormat.HUGGINGFACE:
         return ".tar.gz" if artifact.endswith(".tar.gz") else ".zip"
     return EXTENSIONS.get(format, ".pt")
@@ -383,8 +434,14 @@ def artifact_unpacked_cached(sha256: str) -> Path | None:
     return final if final.is_dir() else None
 
 
-def artifact_unpacked(path: Path, sha256: str) -> Path:
-    """A directory holding the unpacked Hugging Face model of the archive at `path`.
+def artifact_unpacked(
+    path: Path,
+    sha256: str,
+    wanted: Callable[[str], int] = hf_wanted,
+    check: Callable[[ArchiveListing], object] = hf_files_check,
+) -> Path:
+    """A directory holding the unpacked model of the archive at `path` (Hugging Face by default;
+    an ONNX model's with onnx_wanted and onnx_listing_check).
 
     `path` is a verified local copy (artifact_fetch) and `sha256` its hash, which names the
     cache folder `DATA_DIR/hf-unpacked/<sha256>`; a folder already there is reused. The
@@ -403,8 +460,8 @@ def artifact_unpacked(path: Path, sha256: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{sha256}.", suffix=".tmp", dir=parent))
     try:
         with path.open("rb") as stream:
-            listing, model_dir = archive_unpack(stream, staging / "files", hf_wanted)
-        hf_files_check(listing)
+            listing, model_dir = archive_unpack(stream, staging / "files", wanted)
+        check(listing)
         try:
             os.rename(model_dir, final)
         except OSError:
@@ -415,3 +472,13 @@ def artifact_unpacked(path: Path, sha256: str) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("unpacked %s (%d files, %d bytes) into %s", path.name, len(listing.files), listing.total_bytes, final)
     return final
+
+
+def artifact_onnx_path(path: Path, sha256: str) -> Path:
+    """What ONNX Runtime loads for a fetched ONNX artifact: the .onnx file itself, or the folder an
+    archive (the model and its external data) unpacks to, with the upload's checks run again."""
+    with path.open("rb") as stream:
+        kind = archive_kind(stream)
+    if kind is None:
+        return path
+    return artifact_unpacked(path, sha256, wanted=onnx_wanted, check=onnx_listing_check)

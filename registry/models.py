@@ -74,6 +74,7 @@ class ModelFormat(models.TextChoices):
     TORCHSCRIPT = "torchscript", "TorchScript (torch.jit.save)"
     EXPORTED_PROGRAM = "exported_program", "torch.export (.pt2)"
     HUGGINGFACE = "huggingface", "Hugging Face (save_pretrained directory as .zip or .tar.gz)"
+    ONNX = "onnx", "ONNX (.onnx, or a .zip / .tar.gz with its external data)"
 
 
 class VersionStatus(models.TextChoices):

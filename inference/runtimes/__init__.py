@@ -12,10 +12,11 @@ from inference.runtimes.base import (
 )
 from inference.runtimes.exported_program import ExportedProgramRuntime
 from inference.runtimes.huggingface import HuggingFaceRuntime, token_rows_trim
+from inference.runtimes.onnx import OnnxRuntime
 from inference.runtimes.torchscript import TorchScriptRuntime
 
 RUNTIMES: dict[str, type[ModelRuntime]] = {
-    runtime.format: runtime for runtime in (TorchScriptRuntime, ExportedProgramRuntime, HuggingFaceRuntime)
+    runtime.format: runtime for runtime in (TorchScriptRuntime, ExportedProgramRuntime, HuggingFaceRuntime, OnnxRuntime)
 }
 
 

@@ -48,6 +48,10 @@ class ModelRuntime(ABC):
         tensors = [*module.parameters(), *module.buffers()] if hasattr(module, "buffers") else list(module.parameters())
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def describe(self) -> dict[str, Any]:
+        """Figures of the format that validation records beside the common ones (none by default)."""
+        return {}
+
     def predict(self, inputs: Sequence[torch.Tensor]) -> list[tuple[str | None, torch.Tensor]]:
         """One forward pass; outputs as (name or None, tensor) in the model's order."""
         with torch.inference_mode():

@@ -32,6 +32,8 @@ from registry.artifacts import (
 from registry.audit import audit_record
 from registry.huggingface import HuggingFaceArchive, hf_example
 from registry.models import ModelFormat, ModelVersion, RegisteredModel, VersionStatus
+from registry.onnx_graph import OnnxGraph
+from registry.onnx_models import onnx_signature
 from registry.services.access import alias_move_authorize
 from registry.services.models import tags_parse, tags_set
 from registry.sources import derivation_parse, source_parse
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 # signature_source of a Hugging Face version: its signature follows from the task.
 SIGNATURE_FROM_TASK = "task"
+# signature_source of an ONNX version: its signature is read from the graph's inputs and outputs.
+SIGNATURE_FROM_GRAPH = "graph"
 
 
 def _held_aliases_authorize(actor: Any, version: ModelVersion) -> None:
@@ -105,6 +109,21 @@ def _tensor_signature(signature: Any, example: list[dict[str, Any]] | None) -> t
         "Give a signature (inputs with name, datatype and shape) or an example_input to infer it from.",
         field="signature",
     )
+
+
+def _onnx_signature(
+    graph: OnnxGraph, signature: Any, example: list[dict[str, Any]] | None
+) -> tuple[dict[str, Any], str]:
+    """An ONNX model's signature: read from its graph (a declared one may fix open dimensions)."""
+    if example and any(tensor["datatype"] == "BYTES" for tensor in example):
+        raise InvalidInput(
+            "BYTES (text) example inputs are for Hugging Face text models; an ONNX model's example holds numbers.",
+            field="example_input",
+        )
+    parsed = onnx_signature(graph, signature)
+    if example:
+        signatures.example_matches_signature(example, parsed)
+    return parsed, SIGNATURE_FROM_GRAPH
 
 
 def _huggingface_fields(
@@ -180,8 +199,9 @@ def version_upload(
     detected = checked.format
     code_upload_require(actor, model, detected)
     if format and format != detected:
+        what = "an ONNX model" if detected == ModelFormat.ONNX else f"a {detected} archive"
         raise InvalidInput(
-            f"The file was declared as {format} but it is a {detected} archive; upload it with format={detected}.",
+            f"The file was declared as {format} but it is {what}; upload it with format={detected}.",
             field="format",
         )
     example = signatures.example_parse(example_input) if example_input not in (None, "", {}) else None
@@ -194,7 +214,11 @@ def version_upload(
             raise InvalidInput(
                 f"task applies to Hugging Face models only; this file is a {detected} archive.", field="task"
             )
-        parsed_signature, signature_source = _tensor_signature(signature, example)
+        if checked.onnx is not None:
+            parsed_signature, signature_source = _onnx_signature(checked.onnx.graph, signature, example)
+            description = description or checked.onnx.graph.doc_string
+        else:
+            parsed_signature, signature_source = _tensor_signature(signature, example)
         label_list = signatures.labels_parse(labels)
     tag_names = tags_parse(tags)
     source_fields = source_parse(source)
