@@ -104,6 +104,7 @@ class Conversion:
         if self.target == FP16 and not torch.cuda.is_available():
             raise ConversionFailed("fp16 conversions need a GPU and this worker has none (torch.cuda is unavailable).")
         self.parent = model_load(self.path, self.format, self.device) if self.format != "onnx" else None
+        self._parent_measure(int(request["repeats"]))
 
     # --- steps ----------------------------------------------------------------------------
 
@@ -184,43 +185,37 @@ class Conversion:
         stripped.unlink(missing_ok=True)
         return {"bytes": self.child.stat().st_size}
 
-    def compare(self, repeats: int) -> dict[str, Any]:
-        """Parent and child outputs on the example, and both timed the same way (`repeats` runs each)."""
-        import onnxruntime
-
-        providers = ["CUDAExecutionProvider"] if self.device.type == "cuda" else []
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = onnxruntime.InferenceSession(str(self.child), options, providers=[*providers, "CPUExecutionProvider"])
-        names = [output.name for output in session.get_outputs()]
-        feed = dict(self.arrays)
-        child_out = dict(zip(names, session.run(names, feed), strict=True))
-        tensors = [torch.from_numpy(array) for array in feed.values()]
-        parent_out: dict[str, np.ndarray] = {}
-        parent_ms: list[float] = []
+    def _parent_measure(self, repeats: int) -> None:
+        """The parent's outputs on the example and its timings, taken before the export touches it
+        (the TorchScript exporter and fp16's cast change the module in place)."""
+        tensors = [torch.from_numpy(array) for array in self.arrays.values()]
         if self.parent is not None:
-            outputs = self.parent.predict(tensors)
-            parent_out = {
-                (self.output_names[k] if k < len(self.output_names) else name or f"output{k}"): tensor.detach()
-                .float()
-                .cpu()
-                .numpy()
-                if self.target == FP16
-                else tensor.detach().cpu().numpy()
+            parent = self.parent
+            outputs = parent.predict(tensors)
+            self.parent_out = {
+                (self.output_names[k] if k < len(self.output_names) else name or f"output{k}"): tensor.cpu().numpy()
                 for k, (name, tensor) in enumerate(outputs)
             }
-            parent_ms = _timed(lambda: self.parent.predict(tensors), repeats)  # type: ignore[union-attr]
-        else:  # an ONNX parent runs in ONNX Runtime too
-            source = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-            source_names = [output.name for output in source.get_outputs()]
-            parent_out = dict(zip(source_names, source.run(source_names, feed), strict=True))
-            parent_ms = _timed(lambda: source.run(source_names, feed), repeats)
-        child_ms = _timed(lambda: session.run(names, feed), repeats)
+            self.parent_ms = _timed(lambda: parent.predict(tensors), repeats)
+            self.parent_memory = int(parent.memory_bytes())
+            return
+        source = _session(self.path, cuda=False)  # an ONNX parent runs in ONNX Runtime too
+        names = [output.name for output in source.get_outputs()]
+        self.parent_out = dict(zip(names, source.run(names, self.arrays), strict=True))
+        self.parent_ms = _timed(lambda: source.run(names, self.arrays), repeats)
+        self.parent_memory = _initializer_bytes(self.path)
+
+    def compare(self) -> dict[str, Any]:
+        """Parent and child outputs on the example, and both timed the same way (as many runs each)."""
+        session = _session(self.child, cuda=self.device.type == "cuda")
+        names = [output.name for output in session.get_outputs()]
+        child_out = dict(zip(names, session.run(names, self.arrays), strict=True))
+        child_ms = _timed(lambda: session.run(names, self.arrays), len(self.parent_ms))
         return {
-            "parent": wire.tensors_pack(parent_out),
+            "parent": wire.tensors_pack(self.parent_out),
             "child": wire.tensors_pack(child_out),
-            "latency_ms": {"parent": percentiles(parent_ms), "child": percentiles(child_ms)},
-            "memory_bytes": {"parent": self._parent_memory(), "child": _initializer_bytes(self.child)},
+            "latency_ms": {"parent": percentiles(self.parent_ms), "child": percentiles(child_ms)},
+            "memory_bytes": {"parent": self.parent_memory, "child": _initializer_bytes(self.child)},
             "provider": session.get_providers()[0],
         }
 
@@ -239,11 +234,6 @@ class Conversion:
             path.unlink(missing_ok=True)
         self.folder.rmdir()
 
-    def _parent_memory(self) -> int:
-        if self.parent is not None:
-            return int(self.parent.memory_bytes())
-        return _initializer_bytes(self.path)
-
 
 def _timed(call: Any, repeats: int) -> list[float]:
     call()  # warm-up, not counted
@@ -253,6 +243,16 @@ def _timed(call: Any, repeats: int) -> list[float]:
         call()
         samples.append((time.perf_counter() - began) * 1000.0)
     return samples
+
+
+def _session(path: Path, *, cuda: bool) -> Any:
+    """An ONNX Runtime session on the CPU (or CUDA first), with as many threads as torch uses."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    return onnxruntime.InferenceSession(str(path), options, providers=providers)
 
 
 def _initializer_bytes(path: Path) -> int:

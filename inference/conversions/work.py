@@ -101,6 +101,7 @@ class ConversionWork(ChunkedWork[ConversionRun]):
             example=source.example_input,
             target=run.target,
             options=run.options,
+            repeats=settings.CONVERSION_LATENCY_REPEATS,
         )
 
     def call(self, step: str, **request: Any) -> dict[str, Any]:
@@ -138,7 +139,7 @@ class ConversionWork(ChunkedWork[ConversionRun]):
         self.record["quantized_bytes"] = self.call("quantize")["bytes"]
 
     def step_compare(self) -> None:
-        reply = self.call("compare", repeats=settings.CONVERSION_LATENCY_REPEATS)
+        reply = self.call("compare")
         parent, child = wire.tensors_unpack(reply["parent"]), wire.tensors_unpack(reply["child"])
         tolerance = settings.CONVERSION_TOLERANCES[self.run.target]
         comparison = recipes.outputs_compare(parent, child, tolerance["atol"], tolerance["rtol"])
@@ -188,7 +189,7 @@ class ConversionWork(ChunkedWork[ConversionRun]):
                 filename=name,
                 format="onnx",
                 signature=source.signature,
-                example_input=source.example_input,
+                example_input={"inputs": source.example_input} if source.example_input else None,
                 labels=list(source.labels or []) or None,
                 description=f"v{source.version} {derivation}.",
                 parent_version=source.version,

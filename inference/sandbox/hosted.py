@@ -181,7 +181,7 @@ class Tasks:
         if step == "quantize":
             return {"ok": True, **self.conversion.quantize()}
         if step == "compare":
-            return {"ok": True, **self.conversion.compare(int(request["repeats"]))}
+            return {"ok": True, **self.conversion.compare()}
         if step == "probe":
             return {"ok": True, "result": self.conversion.probe(request.get("labels"), request.get("example"))}
         if step == "artifact":

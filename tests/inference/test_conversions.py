@@ -1,0 +1,184 @@
+"""Conversions run in-process (MODEL_SANDBOX=off, as every unit test): steps, the child, refusals, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from inference.conversions import recipes, services, work
+from inference.models import ConversionRun, RunStatus
+from registry.artifacts import artifact_storage
+from registry.models import ModelVersion, VersionStatus
+from registry.services import role_grant
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+EXAMPLE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+
+def _stored_artifacts() -> set[str]:
+    storage = artifact_storage()
+    found: set[str] = set()
+
+    def walk(prefix: str) -> None:
+        folders, files = storage.listdir(prefix)
+        found.update(f"{prefix}/{name}".lstrip("/") for name in files)
+        for folder in folders:
+            walk(f"{prefix}/{folder}".lstrip("/"))
+
+    try:
+        walk("")
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def convert(actor: Any, version: ModelVersion, target: str, **options: Any) -> ConversionRun:
+    run = services.conversion_start(actor=actor, version=version, target=target, options=options or None)
+    work.conversion_execute(run.pk)
+    run.refresh_from_db()
+    return run
+
+
+@pytest.mark.parametrize("format", ["torchscript", "exported_program"])
+@pytest.mark.parametrize("target", ["onnx", "onnx-int8"])
+def test_conversion_makes_a_ready_child_with_parent_recipe_and_figures(
+    ready_version: Any, owner: Any, format: str, target: str
+) -> None:
+    parent = ready_version(format=format, example_input=EXAMPLE)
+    run = convert(owner, parent, target)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    child = run.child
+    assert child is not None and child.status == VersionStatus.READY
+    assert child.format == "onnx" and child.parent_id == parent.pk
+    assert child.derivation.startswith("converted to ONNX")
+    assert child.signature["inputs"] == parent.signature["inputs"]
+    assert [o["name"] for o in child.signature["outputs"]] == [o["name"] for o in parent.signature["outputs"]]
+    assert child.source["conversion_target"] == target and child.source["parent_sha256"] == parent.sha256
+    assert child.source["sha256"] == child.sha256
+    assert {"torch_version", "onnx_version", "onnxruntime_version", "onnxscript_version"} <= set(child.source)
+    result = run.result
+    assert result["comparison"]["within"] is True
+    assert result["sha256"] == {"parent": parent.sha256, "child": child.sha256}
+    assert result["latency_ms"]["parent"]["runs"] == result["latency_ms"]["child"]["runs"] > 0
+    assert result["sizes"]["child"] == child.size_bytes
+    assert run.rows_done == run.total_rows == len(recipes.STEPS[target])
+    if target == "onnx-int8":
+        assert result["memory_bytes"]["child"] < result["memory_bytes"]["parent"]
+
+
+def test_child_beyond_tolerance_fails_with_figures_and_leaves_nothing(
+    ready_version: Any, owner: Any, settings: Any
+) -> None:
+    parent = ready_version(example_input=EXAMPLE)
+    settings.CONVERSION_TOLERANCES = {**settings.CONVERSION_TOLERANCES, "onnx-int8": {"atol": 0.0, "rtol": 0.0}}
+    before = _stored_artifacts()
+    run = convert(owner, parent, "onnx-int8")
+    assert run.status == RunStatus.FAILED
+    assert "beyond the tolerance" in run.error and "max abs diff" in run.error and "max rel diff" in run.error
+    assert run.result["comparison"]["within"] is False and run.result["comparison"]["max_abs_diff"] > 0
+    assert run.child is None and ModelVersion.objects.filter(parent=parent).count() == 0
+    assert _stored_artifacts() == before
+
+
+def test_refusals_name_the_problem(ready_version: Any, owner: Any, member: Any, outsider: Any) -> None:
+    parent = ready_version()
+    with pytest.raises(InvalidInput, match="Unknown target 'tflite'"):
+        services.conversion_start(actor=owner, version=parent, target="tflite")
+    with pytest.raises(Conflict, match="fp16 conversions run on GPU hosts only"):
+        services.conversion_start(actor=owner, version=parent, target="fp16")
+    with pytest.raises(InvalidInput, match="Unknown option 'bits'"):
+        services.conversion_start(actor=owner, version=parent, target="onnx", options={"bits": 4})
+    with pytest.raises(InvalidInput, match="opset must be an integer from 18 to 23"):
+        services.conversion_start(actor=owner, version=parent, target="onnx", options={"opset": 7})
+    with pytest.raises(NotFound):
+        services.conversion_start(actor=outsider, version=parent, target="onnx")
+    role_grant(actor=owner, model=parent.model, username=member.username, role="predictor")
+    with pytest.raises(PermissionDenied):
+        services.conversion_start(actor=member, version=parent, target="onnx")
+    ModelVersion.objects.filter(pk=parent.pk).update(status=VersionStatus.FAILED)
+    parent.refresh_from_db()
+    with pytest.raises(Conflict, match="is failed; only ready versions can be converted"):
+        services.conversion_start(actor=owner, version=parent, target="onnx")
+    assert not ConversionRun.objects.exists()
+
+
+def test_an_onnx_version_can_only_be_quantised(ready_version: Any, owner: Any) -> None:
+    child = convert(owner, ready_version(example_input=EXAMPLE), "onnx").child
+    assert child is not None
+    with pytest.raises(InvalidInput, match="A onnx version can be converted to onnx-int8 only"):
+        services.conversion_start(actor=owner, version=child, target="onnx")
+    grandchild = convert(owner, child, "onnx-int8")
+    assert grandchild.status == RunStatus.SUCCEEDED, grandchild.error
+    lineage = services.version_lineage(grandchild.child)
+    assert [link["version"] for link in lineage["chain"]] == [1, 2, 3]
+    assert lineage["chain"][2]["recipe"]["conversion_target"] == "onnx-int8"
+
+
+def test_export_failure_is_shortened_exporter_message(ready_version: Any, owner: Any, monkeypatch: Any) -> None:
+    from inference.conversions import export
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("\x1b[96mFailed to export the model\x1b[0m\n" + "detail line\n" * 500)
+
+    monkeypatch.setattr(export.torch.onnx, "export", broken)
+    run = convert(owner, ready_version(example_input=EXAMPLE), "onnx")
+    assert run.status == RunStatus.FAILED
+    assert run.error.startswith(
+        "Step 1 of 4 (export): The ONNX export failed: RuntimeError: Failed to export the model"
+    )
+    assert "\x1b" not in run.error and len(run.error) < 600
+    assert not ModelVersion.objects.filter(parent__isnull=False).exists()
+
+
+def test_cancel_midway_leaves_no_version_and_no_artifact(ready_version: Any, owner: Any, monkeypatch: Any) -> None:
+    parent = ready_version(example_input=EXAMPLE)
+    run = services.conversion_start(actor=owner, version=parent, target="onnx-int8")
+    before = _stored_artifacts()
+    original = work.ConversionWork.step_quantize
+
+    def cancel_then_quantize(self: work.ConversionWork) -> None:
+        services.conversion_cancel(actor=owner, run=ConversionRun.objects.get(pk=run.pk))
+        original(self)
+
+    monkeypatch.setattr(work.ConversionWork, "step_quantize", cancel_then_quantize)
+    assert work.conversion_execute(run.pk) == RunStatus.CANCELLED
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED and run.child is None
+    assert ModelVersion.objects.count() == 1 and _stored_artifacts() == before
+
+
+def test_outputs_compare_is_allclose_and_reports_the_worst_output() -> None:
+    parent = {"a": np.array([1.0, 2.0], np.float32), "b": np.array([100.0], np.float32)}
+    same = recipes.outputs_compare(parent, {k: v.copy() for k, v in parent.items()}, 1e-4, 1e-3)
+    assert same.within and same.max_abs_diff == 0.0
+    off = recipes.outputs_compare(parent, {"a": parent["a"], "b": np.array([100.5], np.float32)}, 0.1, 0.001)
+    assert not off.within and off.worst_output == "b" and off.max_abs_diff == pytest.approx(0.5)
+    assert off.max_rel_diff == pytest.approx(0.005)
+    assert "max abs diff 0.5" in off.message()
+    relative = recipes.outputs_compare(parent, {"a": parent["a"], "b": np.array([100.5], np.float32)}, 0.0, 0.01)
+    assert relative.within
+    nan = recipes.outputs_compare(parent, {"a": np.array([np.nan, 2.0], np.float32), "b": parent["b"]}, 1, 1)
+    assert not nan.within
+    with pytest.raises(ValueError, match="output 'b' of the converted model is missing"):
+        recipes.outputs_compare(parent, {"a": parent["a"]}, 1, 1)
+
+
+def test_recipes_targets_per_format_and_options() -> None:
+    assert recipes.targets_allowed("torchscript", "", gpu_available=False) == ["onnx", "onnx-int8"]
+    assert recipes.targets_allowed("exported_program", "", gpu_available=True) == ["onnx", "onnx-int8", "fp16"]
+    assert recipes.targets_allowed("onnx", "", gpu_available=True) == ["onnx-int8"]
+    assert recipes.targets_allowed("huggingface", "fill-mask", gpu_available=True) == []
+    assert "Hugging Face text versions cannot be converted" in recipes.target_refusal(
+        "huggingface", "fill-mask", "onnx", gpu_available=False
+    )
+    assert recipes.options_parse("onnx-int8", {"per_channel": True, "opset": 18}) == {"per_channel": True, "opset": 18}
+    with pytest.raises(InvalidInput, match="Unknown option 'per_channel' for onnx"):
+        recipes.options_parse("onnx", {"per_channel": True})
+    assert recipes.derivation_text("onnx-int8", {"opset": 18}) == (
+        "converted to ONNX, int8 dynamic quantisation (opset=18)"
+    )
+    assert recipes.percentiles([float(n) for n in range(1, 101)]) == {"p50": 50.0, "p95": 95.0, "runs": 100}
