@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,8 @@ def _stored_artifacts() -> set[str]:
         for folder in folders:
             walk(f"{prefix}/{folder}".lstrip("/"))
 
-    try:
+    with contextlib.suppress(FileNotFoundError):
         walk("")
-    except FileNotFoundError:
-        pass
     return found
 
 
