@@ -181,3 +181,52 @@ def test_recipes_targets_per_format_and_options() -> None:
         "converted to ONNX, int8 dynamic quantisation (opset=18)"
     )
     assert recipes.percentiles([float(n) for n in range(1, 101)]) == {"p50": 50.0, "p95": 95.0, "runs": 100}
+
+
+URL = "/api/v1/models/iris/versions/{}/conversions/"
+
+
+def test_rest_starts_lists_shows_and_cancels_with_clear_errors(
+    ready_version: Any, owner: Any, outsider: Any, api: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(work, "conversion_enqueue", lambda run_id: None)  # stays queued: nothing runs it
+    monkeypatch.setattr("inference.conversions.services.conversion_enqueue", lambda run_id: None)
+    parent = ready_version(example_input=EXAMPLE)
+    client = api(owner)
+    unknown = client.post(URL.format(1), {"target": "tflite"}, format="json")
+    assert unknown.status_code == 400 and "Unknown target 'tflite'" in unknown.json()["error"]
+    gpu = client.post(URL.format(1), {"target": "fp16"}, format="json")
+    assert gpu.status_code == 409 and "GPU" in gpu.json()["error"]
+    options = client.post(URL.format(1), {"target": "onnx", "options": {"opset": "x"}}, format="json")
+    assert options.status_code == 400 and "opset" in options.json()["error"]
+    assert client.post(URL.format(9), {"target": "onnx"}, format="json").status_code == 404
+    assert api(outsider).post(URL.format(1), {"target": "onnx"}, format="json").status_code == 404
+
+    started = client.post(URL.format(1), {"target": "onnx-int8", "options": {"per_channel": True}}, format="json")
+    assert started.status_code == 201, started.json()
+    body = started.json()
+    assert (body["status"], body["target"], body["options"], body["total_rows"]) == (
+        "queued", "onnx-int8", {"per_channel": True}, 5)  # fmt: skip
+    assert body["steps"] == ["export", "quantize", "compare", "validate", "store"]
+    assert [run["id"] for run in client.get(URL.format(1)).json()] == [body["id"]]
+    assert client.get("/api/v1/conversions/").json()["results"][0]["id"] == body["id"]
+    assert api(outsider).get(f"/api/v1/conversions/{body['id']}/").status_code == 404
+    cancelled = client.post(f"/api/v1/conversions/{body['id']}/cancel/")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = client.post(f"/api/v1/conversions/{body['id']}/cancel/")
+    assert again.status_code == 409 and "already cancelled" in again.json()["error"]
+    lineage = client.get("/api/v1/models/iris/versions/1/lineage/").json()
+    assert lineage == {"chain": [{"version": 1, "format": "torchscript", "status": "ready", "derivation": "",
+                                  "recipe": {}, "conversion": ""}], "children": []}  # fmt: skip
+    assert parent.conversions.count() == 1
+
+
+def test_version_page_offers_targets_only_to_uploaders(ready_version: Any, owner: Any, member: Any, client: Any
+                                                       ) -> None:  # fmt: skip
+    ready_version()
+    role_grant(actor=owner, model=ModelVersion.objects.get().model, username=member.username, role="predictor")
+    client.force_login(member)
+    assert "conversion-form" not in client.get("/models/iris/versions/1/").content.decode()
+    client.force_login(owner)
+    page = client.get("/models/iris/versions/1/").content.decode()
+    assert 'id="conversion-form"' in page and '<option value="onnx-int8">' in page and "fp16" not in page
