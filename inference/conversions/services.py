@@ -39,7 +39,7 @@ def gpu_worker_live() -> bool:
     horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
     for value in raw.values():
         try:
-            beat = wire.Heartbeat.decode(value)
+            beat = wire.Heartbeat.decode(value if isinstance(value, bytes) else value.encode())
         except wire.WireError:
             continue
         if beat.beat_at >= horizon and queue in beat.queues:

@@ -24,6 +24,7 @@ from inference.models import ConversionRun, RunStatus
 from inference.runs.lifecycle import out_of_memory, run_enqueue, run_kind_register
 from inference.runs.loop import ChunkedWork, Outputs, RunStopped, work_run
 from inference.sandbox.client import TaskHost, remote_exception, sandbox_enabled
+from inference.sandbox.hosted import Tasks
 from inference.services import ProbeResult, exception_summary, model_path
 from registry import hooks
 from registry.artifacts import artifact_delete, artifact_fetch
@@ -37,8 +38,6 @@ class InProcessHost:
     """The host's requests answered in this process (MODEL_SANDBOX=off, the operator's opt-out)."""
 
     def __init__(self) -> None:
-        from inference.sandbox.hosted import Tasks
-
         self.tasks = Tasks()
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +77,9 @@ class ConversionWork(ChunkedWork[ConversionRun]):
 
     def start(self) -> None:
         run = self.run
-        source = ModelVersion.objects.select_related("model").filter(pk=run.version_id).first()
+        source = None
+        if run.version_id is not None:
+            source = ModelVersion.objects.select_related("model").filter(pk=run.version_id).first()
         if source is None:
             raise ModelUnavailable("the source version was deleted")
         if source.status != VersionStatus.READY:

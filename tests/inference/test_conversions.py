@@ -112,7 +112,7 @@ def test_an_onnx_version_can_only_be_quantised(ready_version: Any, owner: Any) -
         services.conversion_start(actor=owner, version=child, target="onnx")
     grandchild = convert(owner, child, "onnx-int8")
     assert grandchild.status == RunStatus.SUCCEEDED, grandchild.error
-    lineage = services.version_lineage(grandchild.child)
+    lineage = services.version_lineage(grandchild.child)  # type: ignore[arg-type]
     assert [link["version"] for link in lineage["chain"]] == [1, 2, 3]
     assert lineage["chain"][2]["recipe"]["conversion_target"] == "onnx-int8"
 
