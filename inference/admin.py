@@ -11,7 +11,7 @@ from django.http import HttpRequest
 
 from core.errors import PortalError
 from inference import jobs
-from inference.models import BatchJob
+from inference.models import BatchJob, ConversionRun
 
 
 @admin.register(BatchJob)
@@ -89,3 +89,20 @@ class BatchJobAdmin(admin.ModelAdmin):
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
         self._each(request, queryset, jobs.job_delete)
+
+
+@admin.register(ConversionRun)
+class ConversionRunAdmin(admin.ModelAdmin):
+    """Conversions, read-only: they are started and cancelled through the services."""
+
+    list_display = ["short_id", "model_name", "version_number", "target", "status", "attempts", "child",
+                    "created_by", "created_at", "finished_at"]  # fmt: skip
+    list_filter = ["status", "target", "created_at"]
+    search_fields = ["id", "model_name", "created_by__username", "error"]
+    list_select_related = ["created_by", "child"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
