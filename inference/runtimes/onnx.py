@@ -19,6 +19,9 @@ CPU = "CPUExecutionProvider"
 # ONNX Runtime names the newest opset it supports in its refusal ("... is till opset 26.").
 _SUPPORTED_OPSET = re.compile(r"support for domain (\S+) is till opset (\d+)")
 _UNDER_DEVELOPMENT = re.compile(r"Opset (\d+) is under development")
+# Warnings only from here on: in a model host, ORT's GPU discovery cannot list /sys/bus/pci (the
+# sandbox does not open it; the providers never need it) and would log that at every session.
+onnxruntime.set_default_logger_severity(3)
 
 
 def graph_file(path: Path) -> Path:
