@@ -102,7 +102,7 @@ def test_files_onnxruntime_refuses_are_load_errors_that_say_why(tmp_path, model_
     broken = relu_model()
     broken.graph.node[0].op_type = "NoSuchOperator"
     onnx.save(broken, tmp_path / "broken.onnx")
-    with pytest.raises(ModelLoadError, match="could not load the model: .*NoSuchOperator"):
+    with pytest.raises(ModelLoadError, match=r"could not load the model: .*NoSuchOperator"):
         OnnxRuntime.load(tmp_path / "broken.onnx", CPU_DEVICE)
 
 
