@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-text bench-gen bench-broker bench-upload screenshot clean
+.PHONY: install run test lint format bench bench-text bench-gen bench-broker bench-upload bench-onnx screenshot clean
 
 install: $(STAMP)
 
@@ -68,6 +68,10 @@ bench-broker: install
 
 bench-upload: install
 	$(PY) bench/upload_large.py
+
+# ONNX Runtime (the portal's session options) against in-process torch, MLP at batch 1 and 32
+bench-onnx: install
+	$(PY) bench/onnx_runtime.py
 
 screenshot: install
 	PYTHONPATH=. $(PY) scripts/screenshot.py docs/screenshot.png http://127.0.0.1:8000  # with `make run` going

@@ -40,7 +40,14 @@ from registry.archives import (
 )
 from registry.huggingface import HuggingFaceArchive, hf_files_check, hf_inspect, hf_wanted
 from registry.models import ModelFormat
-from registry.onnx_models import OnnxUpload, onnx_archive_inspect, onnx_file_inspect, onnx_listing_check, onnx_wanted
+from registry.onnx_models import (
+    NOT_ONNX,
+    OnnxUpload,
+    onnx_archive_inspect,
+    onnx_file_inspect,
+    onnx_listing_check,
+    onnx_wanted,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +200,7 @@ def _onnx_file_check(stream: IO[bytes], format: str | None) -> ArchiveCheck:
     try:
         return ArchiveCheck(ModelFormat.ONNX, onnx=onnx_file_inspect(stream))
     except InvalidInput as exc:
-        if "not an ONNX model" not in exc.message:
+        if not exc.message.startswith(NOT_ONNX):
             raise  # it is ONNX, with a problem of its own
     if zipfile.is_zipfile(stream):
         raise InvalidInput(

@@ -45,9 +45,10 @@ class VersionEditForm(InlineEditForm):
 
 class VersionUploadForm(forms.Form):
     file = forms.FileField(
-        help_text="TorchScript (torch.jit.save, .pt), torch.export (torch.export.save, .pt2), or a Hugging Face "
-        "save_pretrained directory packed as one .zip or .tar.gz.",
-        widget=forms.ClearableFileInput(attrs={"accept": ".pt,.pt2,.pth,.zip,.tar.gz,.tgz"}),
+        help_text="TorchScript (torch.jit.save, .pt), torch.export (torch.export.save, .pt2), ONNX (.onnx, or "
+        "with its external data as one .zip or .tar.gz), or a Hugging Face save_pretrained directory packed as one "
+        ".zip or .tar.gz.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".pt,.pt2,.pth,.onnx,.zip,.tar.gz,.tgz"}),
     )
     format = forms.ChoiceField(choices=[("", "detect from the file"), *ModelFormat.choices], required=False)
     task = forms.ChoiceField(
@@ -62,7 +63,8 @@ class VersionUploadForm(forms.Form):
             attrs={"rows": 4, "placeholder": '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]}'}
         ),
         required=False,
-        help_text="Inputs (and optionally outputs) with name, datatype and shape; -1 marks a variable size.",
+        help_text="Inputs (and optionally outputs) with name, datatype and shape; -1 marks a variable size. "
+        "ONNX models: read from the graph when left empty.",
     )
     example_input = forms.CharField(
         widget=forms.Textarea(

@@ -36,7 +36,11 @@ MAX_METADATA_CHARS = 2000
 
 
 class NotOnnx(ValueError):
-    """The bytes are not a well-formed ONNX ModelProto (or one this portal cannot serve); the message says why."""
+    """The bytes are not a well-formed ONNX ModelProto; the message says why."""
+
+
+class UnservableOnnx(NotOnnx):
+    """A well-formed ONNX model whose inputs or outputs the portal cannot serve (sequences, bfloat16, strings…)."""
 
 
 @dataclass
@@ -302,7 +306,7 @@ class _Reader:
                     if sub == 1 and sub_wire == LENGTH:  # tensor_type
                         tensor_type = (c, d)
                     elif sub_wire == LENGTH:
-                        raise NotOnnx(
+                        raise UnservableOnnx(
                             f"{kind} {name or '?'} is a sequence, map or optional value; only tensors can be served"
                         )
         if tensor_type is None:
@@ -315,7 +319,7 @@ class _Reader:
                 shape = self.shape(a, b)
         if elem_type not in ONNX_DATATYPES:
             type_name = ONNX_TYPE_NAMES.get(elem_type, str(elem_type))
-            raise NotOnnx(
+            raise UnservableOnnx(
                 f"{kind} {name!r} is a {type_name} tensor, which the Open Inference Protocol cannot carry here; "
                 f"served types are {', '.join(sorted(set(ONNX_DATATYPES.values())))}"
             )
@@ -364,4 +368,4 @@ def onnx_read_stream(stream: IO[bytes]) -> OnnxGraph:
         stream.seek(0)
 
 
-__all__ = ["NotOnnx", "OnnxGraph", "onnx_read", "onnx_read_stream"]
+__all__ = ["NotOnnx", "OnnxGraph", "UnservableOnnx", "onnx_read", "onnx_read_stream"]

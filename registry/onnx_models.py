@@ -15,12 +15,14 @@ from typing import IO, Any
 from core.errors import InvalidInput
 from registry import signatures
 from registry.archives import MAX_READ_BYTES, ArchiveListing, archive_scan
-from registry.onnx_graph import NotOnnx, OnnxGraph, onnx_read, onnx_read_stream
+from registry.onnx_graph import NotOnnx, OnnxGraph, UnservableOnnx, onnx_read, onnx_read_stream
 
 HINT = (
     "Save it with torch.onnx.export(...).save('model.onnx') or onnx.save(model, 'model.onnx'); a model with "
     "external data is its .onnx file and the data files packed together in one .zip or .tar.gz."
 )
+# How a refusal of bytes that are not ONNX at all begins (artifacts tells it from other refusals).
+NOT_ONNX = "The file is not an ONNX model"
 # The .onnx of an archive is read into memory to be checked: its weights belong in the data files.
 MAX_ARCHIVED_GRAPH_BYTES = MAX_READ_BYTES
 
@@ -42,8 +44,10 @@ def onnx_file_inspect(stream: IO[bytes]) -> OnnxUpload:
     """Check a single uploaded .onnx file; InvalidInput (400) names what is wrong."""
     try:
         graph = onnx_read_stream(stream)
+    except UnservableOnnx as exc:
+        raise _refuse(f"The ONNX model cannot be served: {exc}.") from None
     except NotOnnx as exc:
-        raise _refuse(f"The file is not an ONNX model: {exc}. {HINT}") from None
+        raise _refuse(f"{NOT_ONNX}: {exc}. {HINT}") from None
     if graph.external:
         names = ", ".join(sorted(graph.external)[:5])
         raise _refuse(
@@ -82,6 +86,8 @@ def onnx_listing_check(listing: ArchiveListing) -> OnnxUpload:
         )
     try:
         graph = onnx_read(listing.contents[name])
+    except UnservableOnnx as exc:
+        raise _refuse(f"The ONNX model {name!r} cannot be served: {exc}.") from None
     except NotOnnx as exc:
         raise _refuse(f"{name!r} in the archive is not an ONNX model: {exc}. {HINT}") from None
     folder = PurePosixPath(name).parent
@@ -183,6 +189,7 @@ def _refine(graph_specs: list[dict[str, Any]], declared: list[dict[str, Any]], k
 
 __all__ = [
     "MAX_ARCHIVED_GRAPH_BYTES",
+    "NOT_ONNX",
     "OnnxUpload",
     "onnx_archive_inspect",
     "onnx_file_inspect",

@@ -233,6 +233,14 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
+@pytest.fixture(scope="session")
+def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The iris MLP exported to ONNX (torch.onnx.export, dynamo): one .onnx; with external data zipped and tarred."""
+    from tests.onnx_graphs import iris_onnx
+
+    return iris_onnx(tmp_path_factory.mktemp("onnx-files"))
+
+
 @pytest.fixture
 def registered_model(owner: Any) -> RegisteredModel:
     return services.model_create(actor=owner, name="iris", description="test model")

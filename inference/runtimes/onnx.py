@@ -19,6 +19,9 @@ CPU = "CPUExecutionProvider"
 # ONNX Runtime names the newest opset it supports in its refusal ("... is till opset 26.").
 _SUPPORTED_OPSET = re.compile(r"support for domain (\S+) is till opset (\d+)")
 _UNDER_DEVELOPMENT = re.compile(r"Opset (\d+) is under development")
+# Warnings only from here on: in a model host, ORT's GPU discovery cannot list /sys/bus/pci (the
+# sandbox does not open it; the providers never need it) and would log that at every session.
+onnxruntime.set_default_logger_severity(3)
 
 
 def graph_file(path: Path) -> Path:
@@ -110,10 +113,7 @@ class OnnxRuntime(ModelRuntime):
             raise ValueError(f"the model takes {len(self.input_names)} input(s), {len(inputs)} were given")
         feeds = {name: _numpy(tensor) for name, tensor in zip(self.input_names, inputs, strict=True)}
         results = self.session.run(self.output_names, feeds)
-        return [
-            (name, torch.from_numpy(np.ascontiguousarray(array)))
-            for name, array in zip(self.output_names, results, strict=True)
-        ]
+        return [(name, _tensor(array)) for name, array in zip(self.output_names, results, strict=True)]
 
     def describe(self) -> dict[str, Any]:
         """The provider in use, the versions and what the graph says of itself."""
@@ -129,3 +129,10 @@ class OnnxRuntime(ModelRuntime):
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().to("cpu").numpy())
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    # ORT hands 64-bit integers back as numpy's (u)longlong, which torch.from_numpy refuses: the
+    # same bytes viewed as the canonical dtype of that size.
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array.view(np.dtype(array.dtype.str)))

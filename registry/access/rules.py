@@ -134,7 +134,8 @@ def can_override_gate(user: Any, model: RegisteredModel) -> bool:
 
 # Formats whose files carry code that a worker runs (TorchScript's code/, torch.export's
 # graph with custom ops). A Hugging Face archive carries none: pickle weights and auto_map
-# (trust_remote_code) are refused, so only the installed transformers' own code runs.
+# (trust_remote_code) are refused, so only the installed transformers' own code runs. An ONNX
+# graph is data run by ONNX Runtime's own operators (custom-op libraries are never loaded).
 CODE_FORMATS = {ModelFormat.TORCHSCRIPT: "TorchScript", ModelFormat.EXPORTED_PROGRAM: "torch.export"}
 UPLOAD_POLICY_WHO = {
     "maintainers": "anyone who may upload versions of the model (maintainers and owners)",
@@ -168,6 +169,6 @@ def code_upload_require(user: Any, model: RegisteredModel, format: str) -> None:
     raise PermissionDenied(
         f"{CODE_FORMATS[ModelFormat(format)]} files carry code that the portal runs; "
         f"under MODEL_UPLOAD_POLICY={policy!r} "
-        f"only {upload_policy_text()} may upload them. Hugging Face archives (which carry no code) are open to "
-        "every maintainer."
+        f"only {upload_policy_text()} may upload them. Hugging Face archives and ONNX models (which carry no code) "
+        "are open to every maintainer."
     )

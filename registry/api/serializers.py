@@ -149,8 +149,8 @@ class VersionSerializer(serializers.ModelSerializer):
 class VersionUploadSerializer(serializers.Serializer):
     file = serializers.FileField(
         allow_empty_file=True,
-        help_text="TorchScript (.pt) or torch.export (.pt2) archive, or a Hugging Face save_pretrained directory "
-        "as one .zip or .tar.gz.",
+        help_text="TorchScript (.pt) or torch.export (.pt2) archive, an ONNX model (.onnx, or with its external "
+        "data as one .zip or .tar.gz), or a Hugging Face save_pretrained directory as one .zip or .tar.gz.",
     )
     format = serializers.ChoiceField(
         choices=ModelFormat.choices, required=False, help_text="Checked against the file; detected when left out."

@@ -4,15 +4,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('registry', '0007_idempotency_key'),
+        ("registry", "0007_idempotency_key"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='modelversion',
-            name='format',
-            field=models.CharField(choices=[('torchscript', 'TorchScript (torch.jit.save)'), ('exported_program', 'torch.export (.pt2)'), ('huggingface', 'Hugging Face (save_pretrained directory as .zip or .tar.gz)'), ('onnx', 'ONNX (.onnx, or a .zip / .tar.gz with its external data)')], max_length=32),
+            model_name="modelversion",
+            name="format",
+            field=models.CharField(
+                choices=[
+                    ("torchscript", "TorchScript (torch.jit.save)"),
+                    ("exported_program", "torch.export (.pt2)"),
+                    ("huggingface", "Hugging Face (save_pretrained directory as .zip or .tar.gz)"),
+                    ("onnx", "ONNX (.onnx, or a .zip / .tar.gz with its external data)"),
+                ],
+                max_length=32,
+            ),
         ),
     ]

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST_CODE = [
     "inference/serving.py", "inference/cache.py", "inference/text.py", "inference/wire.py",
     "inference/completions.py", "inference/generation", "inference/runtimes", "inference/sandbox/hosted.py",
-    "inference/sandbox/host.py", "registry/archives.py", "registry/huggingface.py", "core/redis.py",
+    "inference/sandbox/host.py", "registry/archives.py", "registry/huggingface.py", "registry/onnx_graph.py",
+    "core/redis.py",
 ]  # fmt: skip
 # Set by the host itself (inference.sandbox.host / spawn.host_settings), or read only on the
 # parent's side of a function the host never calls.

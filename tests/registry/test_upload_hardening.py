@@ -267,11 +267,11 @@ def test_upload_page_states_the_policy_and_offers_only_what_the_user_may_upload(
     client.force_login(maintainer)
     page = client.get("/models/iris/upload/").content.decode()
     assert "MODEL_UPLOAD_POLICY=owners" in page and "the model&#x27;s owners and administrators" in page
-    assert "You may upload Hugging Face archives only." in page
+    assert "You may upload Hugging Face archives and ONNX models only." in page
     assert 'value="torchscript"' not in page and 'value="huggingface"' in page
     client.force_login(owner)
     page = client.get("/models/iris/upload/").content.decode()
-    assert 'value="torchscript"' in page and "Hugging Face archives only" not in page
+    assert 'value="torchscript"' in page and "Hugging Face archives and ONNX models only" not in page
     services.model_update(actor=owner, model=registered_model, visibility="internal")
     client.force_login(outsider)
     page = client.get("/models/iris/upload/").content.decode()

@@ -65,8 +65,9 @@ def _packed(path: Path) -> Iterator[tuple[Path, str]]:
 
 class Command(BaseCommand):
     help = (
-        "Upload a TorchScript (.pt) or torch.export (.pt2) file, or a Hugging Face model (a save_pretrained "
-        "directory, or its .zip / .tar.gz), as the next version of a model."
+        "Upload a TorchScript (.pt) or torch.export (.pt2) file, an ONNX model (.onnx, or with its external data "
+        "as a .zip / .tar.gz), or a Hugging Face model (a save_pretrained directory, or its .zip / .tar.gz), as the "
+        "next version of a model."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
