@@ -254,7 +254,7 @@ def test_one_sweep_covers_every_kind_and_deletes_a_failed_jobs_parts(make_run, s
     BatchJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=long_ago, parts=[part], rows_saved=2,
                                               attempts=lifecycle.MAX_ATTEMPTS)  # fmt: skip
     EvaluationRun.objects.filter(pk=evaluation.pk).update(status="running", heartbeat_at=long_ago, attempts=1)
-    assert stale_expire_all() == {"inference.BatchJob": 1, "monitoring.EvaluationRun": 1}
+    assert stale_expire_all() == {"inference.BatchJob": 1, "inference.ConversionRun": 0, "monitoring.EvaluationRun": 1}
     assert (fresh(job).status, fresh(evaluation).status) == ("failed", "queued")
     assert fresh(job).parts == [] and not artifact_storage().exists(part)
     assert sent == [evaluation.pk]
