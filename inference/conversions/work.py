@@ -9,12 +9,13 @@ A run that fails, is cancelled or loses its worker before that leaves nothing be
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import shared_task
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from inference import wire
@@ -70,6 +71,32 @@ def conversion_enqueue(run_id: Any) -> None:
 run_kind_register(ConversionRun, conversion_enqueue)
 
 
+class CancelWatch(threading.Thread):
+    """Stops a conversion's sandboxed host as soon as a cancel is asked for: a step (an export of a
+    large model) may take minutes, and the loop only looks between steps."""
+
+    def __init__(self, run_id: Any, host: TaskHost | InProcessHost) -> None:
+        super().__init__(name=f"maas-conversion-cancel-{run_id}", daemon=True)
+        self.run_id, self.host = run_id, host
+        self.stopping, self.cancelled = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        if not isinstance(self.host, TaskHost):
+            return  # in this process (sandbox off) there is nothing to stop but the process itself
+        try:
+            while not self.stopping.wait(settings.RUNS_HEARTBEAT_SECONDS):
+                try:
+                    asked = ConversionRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
+                except DatabaseError:
+                    continue  # the database is away: the next look tries again
+                if asked:
+                    self.cancelled.set()
+                    self.host.close()
+                    return
+        finally:
+            connections.close_all()  # this thread's own connections
+
+
 class ConversionWork(ChunkedWork[ConversionRun]):
     """A conversion's "rows" are its recipe's steps; the child is stored by `finish`."""
 
@@ -93,17 +120,10 @@ class ConversionWork(ChunkedWork[ConversionRun]):
         }
         self.artifact: dict[str, Any] = {}
         path = model_path(artifact_fetch(source.artifact, source.sha256), source.format, source.sha256)
+        self.path = path
         self.host: TaskHost | InProcessHost = TaskHost([path]) if sandbox_enabled() else InProcessHost()
-        self.call(
-            "start",
-            path=str(path),
-            format=source.format,
-            signature=source.signature,
-            example=source.example_input,
-            target=run.target,
-            options=run.options,
-            repeats=settings.CONVERSION_LATENCY_REPEATS,
-        )
+        self.watch = CancelWatch(run.pk, self.host)
+        self.watch.start()
 
     def call(self, step: str, **request: Any) -> dict[str, Any]:
         return self.host.call({"op": "convert", "step": step, **request})
@@ -118,6 +138,8 @@ class ConversionWork(ChunkedWork[ConversionRun]):
         except RunStopped:
             raise
         except Exception as exc:
+            if self.watch.cancelled.is_set():  # the host was stopped for a cancel: not a failure
+                raise RunStopped from None
             if out_of_memory(exc):
                 raise
             message = str(exc) if isinstance(exc, recipes.ConversionFailed) else exception_summary(exc)
@@ -133,6 +155,11 @@ class ConversionWork(ChunkedWork[ConversionRun]):
     # --- steps ------------------------------------------------------------------------------
 
     def step_export(self) -> None:
+        source, run = self.source, self.run
+        # The host loads the parent and times it on the example before the export touches it.
+        self.call("start", path=str(self.path), format=source.format, signature=source.signature,
+                  example=source.example_input, target=run.target, options=run.options,
+                  repeats=settings.CONVERSION_LATENCY_REPEATS)  # fmt: skip
         reply = self.call("export")
         self.record.update(exporter=reply["exporter"], exported_bytes=reply["bytes"])
 
@@ -223,6 +250,8 @@ class ConversionWork(ChunkedWork[ConversionRun]):
         return f"The conversion ran past the task time limit in step {row + 1} ({step})."
 
     def close(self) -> None:
+        if hasattr(self, "watch"):
+            self.watch.stopping.set()
         if hasattr(self, "host"):
             self.host.close()
 

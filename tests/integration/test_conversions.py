@@ -128,3 +128,27 @@ def start_worker_with(stack: Stack, name: str, **environment: str) -> Any:
     finally:
         stack.environment.clear()
         stack.environment.update(saved)
+
+
+def test_a_conversion_cancelled_mid_step_stops_its_host_and_leaves_nothing(
+    stack: Stack, owner: Any, ready_version: Any, shared_data_dir: Path
+) -> None:
+    parent = ready_version(labels=LABELS, example_input=EXAMPLE)
+    worker = start_worker_with(stack, "worker", CONVERSION_LATENCY_REPEATS="100000000")
+    artifacts = shared_data_dir / "artifacts"
+    before = {path for path in artifacts.rglob("*") if path.is_file()}
+    started = stack.post("/api/v1/models/iris/versions/1/conversions/", json={"target": "onnx"})
+    assert started.status_code == 201, started.text
+    run_id = started.json()["id"]
+    until(lambda: ConversionRun.objects.get(pk=run_id).status == "running", PATIENCE, "it started", worker.log)
+    time.sleep(1.0)  # inside the first step: the host times its parent for ever
+    cancelled = stack.post(f"/api/v1/conversions/{run_id}/cancel/")
+    assert cancelled.status_code == 200, cancelled.text
+    asked = time.monotonic()
+    run = _wait(run_id, worker.log)
+    stopped = time.monotonic() - asked
+    assert (run.status, run.child, run.error) == ("cancelled", None, "")
+    assert not ModelVersion.objects.filter(parent=parent).exists()
+    assert {path for path in artifacts.rglob("*") if path.is_file()} == before
+    print(f"cancelled mid-step {stopped:.1f}s after the request")
+    assert stopped < 30
