@@ -11,8 +11,11 @@ class InferenceConfig(AppConfig):
         # Importing these connects the Celery worker signals that start the online serving
         # loop and the cache invalidation of the prediction gateway; the registry asks us
         # to validate uploaded versions through its hook.
+        # The conversion task and run kind register on import too; the version comparison
+        # shows what conversions measured (latency of parent and child).
         from inference import invalidation, serving, validation  # noqa: F401
-        from inference.conversions import work  # noqa: F401  (the conversion task and run kind)
+        from inference.conversions import services as conversions
         from registry import hooks
 
         hooks.validation_requester_register(validation.validation_request)
+        hooks.version_metrics_register(conversions.version_metrics)

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
+from django.urls import reverse
 
 from core import broker
 from core import redis as shared_redis
@@ -16,9 +17,9 @@ from core.errors import Conflict, InvalidInput, PermissionDenied
 from inference import wire
 from inference.conversions import recipes
 from inference.conversions.work import conversion_enqueue
-from inference.models import ConversionRun
+from inference.models import ConversionRun, RunStatus
 from inference.runs.lifecycle import run_cancel, run_lookup, stale_expire
-from registry import selectors
+from registry import hooks, selectors
 from registry.access import Action, model_permits, model_require
 from registry.audit import audit_record
 from registry.models import ModelVersion, VersionStatus
@@ -157,3 +158,33 @@ def version_lineage(version: ModelVersion) -> dict[str, Any]:
         current = parent
     children = list(version.derived.order_by("version"))
     return {"chain": [_link(v) for v in reversed(chain)], "children": [_link(v) for v in children]}
+
+
+# The prefix of the version comparison's rows that conversions fill (the version page shows them itself).
+METRIC_PREFIX = "conversion "
+
+
+def version_metrics(versions: list[ModelVersion]) -> hooks.VersionMetrics:
+    """The version comparison's rows of succeeded conversions among these versions: latency p50/p95 of
+    parent and child (measured the same way, in the run) and the child's max abs diff from its parent."""
+    ids = {version.pk for version in versions}
+    figures: hooks.VersionMetrics = {}
+    runs = ConversionRun.objects.filter(status=RunStatus.SUCCEEDED, child_id__in=ids).order_by("created_at")
+    for run in runs:
+        link = reverse("inference:conversion-detail", args=[run.pk])
+        latency = (run.result or {}).get("latency_ms") or {}
+        for side, version_id in (("parent", run.version_id), ("child", run.child_id)):
+            if version_id not in ids:
+                continue
+            rows = figures.setdefault(version_id, {})
+            for quantile in ("p50", "p95"):
+                value = (latency.get(side) or {}).get(quantile)
+                if isinstance(value, int | float):
+                    rows[f"{METRIC_PREFIX}{run.short_id} · latency {quantile} ms"] = (f"{value:.4g}", link)
+        diff = ((run.result or {}).get("comparison") or {}).get("max_abs_diff")
+        if isinstance(diff, int | float) and run.child_id is not None:
+            figures.setdefault(run.child_id, {})[f"{METRIC_PREFIX}{run.short_id} · max abs diff"] = (
+                f"{diff:.3g}",
+                link,
+            )
+    return figures

@@ -34,7 +34,11 @@ def comparison_rows(run: ConversionRun) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if parent is not None and child is not None:
         metrics = hooks.version_metrics([parent, child])
-        labels = sorted(set(metrics.get(parent.pk, {})) | set(metrics.get(child.pk, {})))
+        labels = sorted(
+            label
+            for label in set(metrics.get(parent.pk, {})) | set(metrics.get(child.pk, {}))
+            if not label.startswith(services.METRIC_PREFIX)
+        )
         for label in labels:
             left, right = metrics.get(parent.pk, {}).get(label), metrics.get(child.pk, {}).get(label)
             rows.append(

@@ -230,3 +230,14 @@ def test_version_page_offers_targets_only_to_uploaders(ready_version: Any, owner
     client.force_login(owner)
     page = client.get("/models/iris/versions/1/").content.decode()
     assert 'id="conversion-form"' in page and '<option value="onnx-int8">' in page and "fp16" not in page
+
+
+def test_version_comparison_shows_what_the_conversion_measured(ready_version: Any, owner: Any, client: Any) -> None:
+    run = convert(owner, ready_version(example_input=EXAMPLE), "onnx")
+    client.force_login(owner)
+    page = client.get("/models/iris/versions/diff/?v=1&v=2").content.decode()
+    assert f"conversion {run.short_id} · latency p50 ms" in page
+    assert f"conversion {run.short_id} · max abs diff" in page
+    child_page = client.get("/models/iris/versions/2/").content.decode()
+    assert 'id="conversion-compare"' in child_page and "latency p95 (ms, same host, same example)" in child_page
+    assert "conversion " + run.short_id + " · latency" not in child_page.split('id="conversion-compare"')[1]
