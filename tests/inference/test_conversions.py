@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from io import StringIO
 from typing import Any
 
 import numpy as np
 import pytest
+from django.core.management import CommandError, call_command
 
 from core.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from inference.conversions import recipes, services, work
@@ -241,3 +243,14 @@ def test_version_comparison_shows_what_the_conversion_measured(ready_version: An
     child_page = client.get("/models/iris/versions/2/").content.decode()
     assert 'id="conversion-compare"' in child_page and "latency p95 (ms, same host, same example)" in child_page
     assert "conversion " + run.short_id + " · latency" not in child_page.split('id="conversion-compare"')[1]
+
+
+def test_command_converts_and_waits(ready_version: Any, owner: Any, celery_eager: Any) -> None:
+    ready_version(example_input=EXAMPLE)
+    out = StringIO()
+    call_command("convert_version", "iris", "1", "--target", "onnx-int8", "--user", "olivia", "--wait", stdout=out)
+    assert "Converted: iris v2 (max abs diff" in out.getvalue()
+    with pytest.raises(CommandError, match="A onnx version can be converted to onnx-int8 only"):
+        call_command("convert_version", "iris", "2", "--target", "onnx", "--user", "olivia")
+    with pytest.raises(CommandError, match="--options is not valid JSON"):
+        call_command("convert_version", "iris", "1", "--target", "onnx", "--user", "olivia", "--options", "{")
