@@ -43,10 +43,15 @@ STEPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def target_refusal(format_name: str, task: str, target: str, *, gpu_available: bool) -> str:
-    """Why a version of this format (and text task) cannot be converted to `target`, else ''."""
+def target_refusal(format_name: str, task: str, target: str, *, gpu_available: bool, derived_as: str = "") -> str:
+    """Why a version of this format (and text task) cannot be converted to `target`, else ''.
+
+    `derived_as` is the target a version was itself converted to ("" for an upload).
+    """
     if target not in TARGETS:
         return f"Unknown target {target!r}; the targets are {', '.join(TARGETS)}."
+    if derived_as in (ONNX_INT8, FP16):
+        return f"This version is already a {derived_as} conversion; convert its parent instead."
     if format_name == "huggingface":
         return (
             "Hugging Face text versions cannot be converted: their input is text (BYTES) that the tokenizer "
@@ -65,9 +70,13 @@ def target_refusal(format_name: str, task: str, target: str, *, gpu_available: b
     return ""
 
 
-def targets_allowed(format_name: str, task: str, *, gpu_available: bool) -> list[str]:
+def targets_allowed(format_name: str, task: str, *, gpu_available: bool, derived_as: str = "") -> list[str]:
     """The targets a version may be converted to now (what the version page offers)."""
-    return [t for t in TARGETS if not target_refusal(format_name, task, t, gpu_available=gpu_available)]
+    return [
+        t
+        for t in TARGETS
+        if not target_refusal(format_name, task, t, gpu_available=gpu_available, derived_as=derived_as)
+    ]
 
 
 def options_parse(target: str, raw: Any) -> dict[str, Any]:

@@ -52,7 +52,13 @@ def conversion_targets(user: Any, version: ModelVersion) -> list[str]:
     """The targets the version page offers this user: none unless they may upload and the version is ready."""
     if version.status != VersionStatus.READY or not model_permits(user, version.model, Action.UPLOAD):
         return []
-    return recipes.targets_allowed(version.format, version.task, gpu_available=_fp16_possible())
+    return recipes.targets_allowed(
+        version.format, version.task, gpu_available=_fp16_possible(), derived_as=_derived_as(version)
+    )
+
+
+def _derived_as(version: ModelVersion) -> str:
+    return str((version.source or {}).get("conversion_target", "")) if version.parent_id else ""
 
 
 def _fp16_possible() -> bool:
@@ -71,7 +77,9 @@ def conversion_start(*, actor: Any, version: ModelVersion, target: str, options:
             field="version",
         )
     gpu = _fp16_possible() if target == recipes.FP16 else False
-    refusal = recipes.target_refusal(version.format, version.task, target, gpu_available=gpu)
+    refusal = recipes.target_refusal(
+        version.format, version.task, target, gpu_available=gpu, derived_as=_derived_as(version)
+    )
     if refusal:
         if target == recipes.FP16 and version.format in recipes.SOURCE_TARGETS:
             raise Conflict(refusal, field="target")  # the deployment, not the request, is missing something

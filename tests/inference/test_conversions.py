@@ -114,6 +114,8 @@ def test_an_onnx_version_can_only_be_quantised(ready_version: Any, owner: Any) -
         services.conversion_start(actor=owner, version=child, target="onnx")
     grandchild = convert(owner, child, "onnx-int8")
     assert grandchild.status == RunStatus.SUCCEEDED, grandchild.error
+    with pytest.raises(InvalidInput, match="already a onnx-int8 conversion; convert its parent instead"):
+        services.conversion_start(actor=owner, version=grandchild.child, target="onnx-int8")  # type: ignore[arg-type]
     lineage = services.version_lineage(grandchild.child)  # type: ignore[arg-type]
     assert [link["version"] for link in lineage["chain"]] == [1, 2, 3]
     assert lineage["chain"][2]["recipe"]["conversion_target"] == "onnx-int8"
@@ -250,7 +252,7 @@ def test_command_converts_and_waits(ready_version: Any, owner: Any, celery_eager
     out = StringIO()
     call_command("convert_version", "iris", "1", "--target", "onnx-int8", "--user", "olivia", "--wait", stdout=out)
     assert "Converted: iris v2 (max abs diff" in out.getvalue()
-    with pytest.raises(CommandError, match="A onnx version can be converted to onnx-int8 only"):
+    with pytest.raises(CommandError, match="already a onnx-int8 conversion"):
         call_command("convert_version", "iris", "2", "--target", "onnx", "--user", "olivia")
     with pytest.raises(CommandError, match="--options is not valid JSON"):
         call_command("convert_version", "iris", "1", "--target", "onnx", "--user", "olivia", "--options", "{")
