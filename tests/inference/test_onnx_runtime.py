@@ -160,3 +160,9 @@ def test_external_data_outside_the_model_is_not_read_in_the_sandbox_past_the_upl
         with pytest.raises(ProbeFailed) as refused:
             probe(folder, "onnx", signature, None, None)
         assert "s3cr3t" not in str(refused.value)
+
+
+def test_a_gpu_worker_without_the_cuda_provider_runs_and_reports_the_cpu(onnx_files, monkeypatch):
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
+    runtime = OnnxRuntime.load(onnx_files["onnx"], torch.device("cuda"))
+    assert runtime.provider == CPU and runtime.device == CPU_DEVICE
