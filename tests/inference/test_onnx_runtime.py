@@ -48,7 +48,7 @@ def test_every_numeric_datatype_is_read_from_the_graph_and_served(tmp_path):
 
 
 def test_symbolic_unknown_and_fixed_dimensions(tmp_path):
-    model = identity_model({"FP32": onnx.TensorProto.FLOAT}, ["batch", None, 7])  # type: ignore[list-item]
+    model = identity_model({"FP32": onnx.TensorProto.FLOAT}, ["batch", None, 7])
     assert onnx_read(model.SerializeToString()).inputs == [{"name": "x_fp32", "datatype": "FP32", "shape": [-1, -1, 7]}]
 
 
