@@ -277,7 +277,7 @@ class Gateway:
         identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.reply_key = f"{wire.REPLY_PREFIX}{identity}"
         # Completions and chats: their own requests and event stream (inference.generation.client).
-        self.generation = GenerationClient(identity, self.live_queues)
+        self.generation = GenerationClient(identity, self.live_queues, self.live_worker_ids)
         self.redis: aioredis.Redis | None = None
         self.pending: dict[str, asyncio.Future[BatchReply]] = {}
         self.coalescers: dict[int, Coalescer] = {}
@@ -285,6 +285,7 @@ class Gateway:
         self.targets: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
         # When the heartbeats were read, those of live workers, and those of the dead.
         self.workers: tuple[float, list[wire.Heartbeat], list[wire.Heartbeat]] = (0.0, [], [])
+        self.live_ids: set[str] = set()
         self.database_ok_at = 0.0
         # Versions seen loading on a worker, and since when (a short load is waited for).
         self.loading_since: dict[int, float] = {}
@@ -571,16 +572,25 @@ class Gateway:
         horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
         live: list[wire.Heartbeat] = []
         dead: list[wire.Heartbeat] = []
+        live_ids: set[str] = set()
         for key, value in raw.items():
             try:
                 beat = wire.Heartbeat.decode(cast(bytes, value))
             except wire.WireError as exc:  # a worker of another release, or garbage: not live
                 logger.warning("ignoring worker %r: %s", key, exc)
                 continue
-            alive = beat.beat_at > horizon and (connected is None or cast(bytes, key).decode() in connected)
+            identity = cast(bytes, key).decode()
+            alive = beat.beat_at > horizon and (connected is None or identity in connected)
             (live if alive else dead).append(beat)
-        self.workers = (time.monotonic(), live, dead)
+            if alive:
+                live_ids.add(identity)
+        self.workers, self.live_ids = (time.monotonic(), live, dead), live_ids
         return live
+
+    async def live_worker_ids(self) -> set[str]:
+        """The identities of live workers (as their heartbeats and generation events name them)."""
+        await self.live_workers()
+        return self.live_ids
 
     async def database_check(self) -> None:
         """503 unless the database answers within a second (a success is reused for WATCH_SECONDS)."""

@@ -211,7 +211,7 @@ def model_probe(
         parameter_count=runtime.parameter_count(),
         load_seconds=load_seconds,
         latency_ms=_latency(lambda: runtime.predict(probe_inputs), runtime.device),
-        device=str(device),
+        device=str(runtime.device),
         batching=batching,
         extra=runtime.describe(),
     )

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from core.errors import InvalidInput
 from inference.sandbox.client import probe
+from inference.sandbox.memory import HostOutOfMemory
 from inference.sandbox.spawn import SandboxError
 from inference.services import ProbeFailed, model_path
 from registry.artifacts import ArtifactIntegrityError, artifact_fetch
@@ -53,7 +54,7 @@ def version_validate(version_id: int) -> str:
                        task=version.task)  # fmt: skip
     except (ProbeFailed, ArtifactIntegrityError, InvalidInput) as exc:
         return _validation_finish(version, VersionStatus.FAILED, str(exc))
-    except SandboxError as exc:  # the host died (a model that crashes it) or the sandbox is unavailable
+    except (SandboxError, HostOutOfMemory) as exc:  # the host died (a model crashed it) or no sandbox
         return _validation_finish(version, VersionStatus.FAILED, f"Validation error: {exc}")
     except Exception as exc:  # anything else is still the model's fault, not the worker's
         logger.exception("validation of %s crashed", version)

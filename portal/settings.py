@@ -281,6 +281,10 @@ INFERENCE_CACHE_BYTES = env_int("INFERENCE_CACHE_BYTES", 4 * 1024**3, minimum=1)
 # the kernel cannot enforce the sandbox (Linux Landlock + seccomp); "off" loads models in
 # the worker process itself, with its secrets — an explicit opt-out for trusted uploaders.
 MODEL_SANDBOX = env_choice("MODEL_SANDBOX", "require", ("require", "off"))
+# A cap on each model host's private memory (RLIMIT_DATA), in MiB; 0 = none. A host that
+# allocates past it gets an allocation error (a run reports "out of memory" and is retried
+# up to its limit) instead of the kernel's out-of-memory killer choosing a victim.
+MODEL_HOST_MEMORY_MB = env_int("MODEL_HOST_MEMORY_MB", 0, minimum=0)
 
 # --- Hugging Face text models (format "huggingface") ---------------------------------------
 # Never reach a model hub: weights, configs and tokenizers come only from the verified artifact.

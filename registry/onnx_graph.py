@@ -14,7 +14,7 @@ from __future__ import annotations
 import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 # Protobuf wire types.
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
@@ -52,8 +52,8 @@ class OnnxGraph:
     producer: str = ""
     doc_string: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
-    inputs: list[dict[str, object]] = field(default_factory=list)
-    outputs: list[dict[str, object]] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
     # Relative paths of the external-data files the tensors name (empty: all weights inside).
     external: set[str] = field(default_factory=set)
     parameter_count: int = 0
@@ -295,7 +295,7 @@ class _Reader:
             self.graph.weight_bytes += elements * ELEMENT_BYTES.get(data_type, 4)
         return name
 
-    def value_info(self, start: int, end: int, kind: str) -> dict[str, object]:
+    def value_info(self, start: int, end: int, kind: str) -> dict[str, Any]:
         """An input or output as {"name", "datatype", "shape"} (symbolic and unknown dims are -1)."""
         name, tensor_type = "", None
         for number, wire, a, b in self.walk.fields(start, end):

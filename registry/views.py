@@ -99,6 +99,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
         "model": model,
         "versions": versions,
         "aliases": [(alias, rollback_targets[alias.name]) for alias in aliases],
+        "held_aliases": aliases,
         "production_version": next((a.version.version for a in aliases if a.name == PRODUCTION_ALIAS), None),
         "production_object": next((a.version for a in aliases if a.name == PRODUCTION_ALIAS), None),
         "history": selectors.alias_history(model)[:50],
@@ -174,7 +175,7 @@ def version_edit(request: HttpRequest, name: str, version: int) -> HttpResponse:
 def model_delete(request: HttpRequest, name: str) -> HttpResponse:
     try:
         model = selectors.model_get(request.user, name, action=Action.DELETE)
-        services.model_delete(actor=request.user, model=model)
+        services.model_delete(actor=request.user, model=model, force=request.POST.get("force") == "1")
     except NotFound as exc:
         raise Http404(exc.message) from None
     except PortalError as exc:

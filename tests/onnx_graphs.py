@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
@@ -56,7 +57,7 @@ def graph_model(
     return model
 
 
-def identity_model(datatypes: dict[str, int], dims: list[int | str]) -> onnx.ModelProto:
+def identity_model(datatypes: Mapping[str, int], dims: list[int | str | None]) -> onnx.ModelProto:
     """One Identity per datatype: input `x_<type>` → output `y_<type>`, each of shape `dims`."""
     inputs, outputs, nodes = [], [], []
     for name, element in datatypes.items():

@@ -60,6 +60,8 @@ ACCEPT_GRACE_SECONDS = 1.0
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 30
 # An unknown request's events (its caller left) are answered with one cancel per this long.
 ORPHAN_CANCEL_SECONDS = 1.0
+# How often a stream waiting for its next event checks that its worker still lives.
+DEATH_WATCH_SECONDS = 0.5
 
 
 @dataclass
@@ -75,10 +77,17 @@ class _State:
 class GenerationClient:
     """One gateway process's generation requests and the reader of their events."""
 
-    def __init__(self, gateway_id: str, live_queues: Callable[[], Awaitable[set[str]]]) -> None:
+    def __init__(
+        self,
+        gateway_id: str,
+        live_queues: Callable[[], Awaitable[set[str]]],
+        live_workers: Callable[[], Awaitable[set[str]]] | None = None,
+    ) -> None:
         self.gateway_id = gateway_id
         self.stream = stream_key(gateway_id)
         self.live_queues = live_queues
+        # The identities of live workers: a stream whose worker died is ended at once, not after the stall timer.
+        self.live_workers = live_workers
         self._state: _State | None = None
         # Smoothed queue wait (ms) per serving queue, from Accepted events: the Retry-After estimate.
         self.queue_wait_ms: dict[str, float] = {}
@@ -275,15 +284,7 @@ class Generation:
         """The request's outputs until the last (with a finish reason); HttpError on a refusal or a stall."""
         stall = settings.GENERATION_STALL_SECONDS
         while not self.finished:
-            try:
-                async with asyncio.timeout(stall):
-                    worker, event = await self.queue.get()
-            except TimeoutError:
-                raise HttpError(
-                    503,
-                    f"The worker {self.worker or '?'} generating for model {self.target.model_name!r} sent nothing "
-                    f"for {stall:g}s (GENERATION_STALL_SECONDS): it stopped or lost its broker.",
-                ) from None
+            worker, event = await self._next_event(stall)
             self.worker = worker
             if isinstance(event, Refused):
                 self.finished = True
@@ -292,6 +293,40 @@ class Generation:
                 if event.finish_reason is not None:
                     self.finished = True
                 yield event
+
+    async def _next_event(self, stall: float) -> tuple[str, Event]:
+        """The next event; 503 once the worker holding the request is seen dead, or after `stall` s of silence."""
+        silent_until = time.monotonic() + stall
+        while True:
+            wait = min(DEATH_WATCH_SECONDS, silent_until - time.monotonic())
+            try:
+                async with asyncio.timeout(max(wait, 0.0)):
+                    return await self.queue.get()
+            except TimeoutError:
+                pass
+            if time.monotonic() >= silent_until:
+                raise HttpError(
+                    503,
+                    f"The worker {self.worker or '?'} generating for model {self.target.model_name!r} sent nothing "
+                    f"for {stall:g}s (GENERATION_STALL_SECONDS): it stopped or lost its broker.",
+                    {"Retry-After": str(RETRY_AFTER_MIN)},
+                )
+            if await self._worker_died():
+                self.queued = False
+                raise HttpError(
+                    503,
+                    f"The worker {self.worker} generating for model {self.target.model_name!r} stopped (it died or "
+                    "was shut down) before it finished; retry.",
+                    {"Retry-After": str(RETRY_AFTER_MIN)},
+                )
+
+    async def _worker_died(self) -> bool:
+        if self.worker is None or self.client.live_workers is None:
+            return False
+        try:
+            return self.worker not in await self.client.live_workers()
+        except HttpError:  # the broker is unreachable: the stall timer decides
+            return False
 
     async def close(self) -> None:
         """Forget the request; one that may still run is taken back from its queue or cancelled on its worker."""

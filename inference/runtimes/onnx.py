@@ -76,10 +76,12 @@ class OnnxRuntime(ModelRuntime):
     format = "onnx"
 
     def __init__(self, session: onnxruntime.InferenceSession, device: torch.device, graph: OnnxGraph) -> None:
-        super().__init__(session, device)
+        provider = session.get_providers()[0]
+        # Where it really runs: a GPU worker whose onnxruntime has no CUDA provider computes on the CPU.
+        super().__init__(session, device if provider == CUDA else torch.device("cpu"))
         self.session = session
         self.graph = graph
-        self.provider = session.get_providers()[0]
+        self.provider = provider
         self.input_names = [node.name for node in session.get_inputs()]
         self.output_names = [node.name for node in session.get_outputs()]
 
@@ -95,9 +97,10 @@ class OnnxRuntime(ModelRuntime):
             raise ModelLoadError(f"the ONNX model could not be read: {first_line(exc)}") from exc
         try:
             # A path, not bytes: external data is found beside the .onnx file.
-            session = onnxruntime.InferenceSession(
-                str(model_file), sess_options=session_options(), providers=providers_for(device)
-            )
+            providers: list[Any] = providers_for(device)
+            if providers[0] == CUDA:
+                providers[0] = (CUDA, {"device_id": device.index or 0})
+            session = onnxruntime.InferenceSession(str(model_file), sess_options=session_options(), providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail, InvalidGraph, NotImplemented…
             raise ModelLoadError(load_error_message(exc, graph)) from exc
         return cls(session, device, graph)

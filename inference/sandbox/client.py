@@ -55,8 +55,7 @@ class TaskHost:
         try:
             reply, _ = self.host.channel.call(request)
         except (ChannelClosed, ChannelError, OSError) as exc:
-            status = self.host.process.poll()
-            raise SandboxError(f"the model host died (exit status {status}) while running the model") from exc
+            raise self.host.death() from exc
         if not reply.get("ok"):
             raise remote_exception(str(reply.get("kind") or "RuntimeError"), str(reply.get("error") or ""))
         return reply

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,6 +36,7 @@ from core import redis as shared_redis
 from inference.cache import ModelSource, ModelUnavailable
 from inference.sandbox import policy
 from inference.sandbox.channel import Channel, ChannelClosed, pair
+from inference.sandbox.memory import DeathWatch, HostOutOfMemory, memory_cap_apply
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +116,15 @@ def host_policy(models: Iterable[Path], scratch: Path) -> dict[str, list[str]]:
     }
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel ends the host when the thread that started it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _before_exec(memory_mb: int) -> Callable[[], None]:
+    """What the child does before exec: die with the thread that started it, take its memory cap."""
+
+    def prepare() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        memory_cap_apply(memory_mb)
+
+    return prepare
 
 
 @dataclasses.dataclass
@@ -130,9 +136,17 @@ class Host:
     scratch: Path
     applied: dict[str, Any]
     started_seconds: float
+    watch: DeathWatch
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def death(self) -> SandboxError | HostOutOfMemory:
+        """The error for a host that died: out of memory when the kernel's killer did it."""
+        cause = self.watch.cause(self.process)
+        if self.watch.out_of_memory_kill():
+            return HostOutOfMemory(f"out of memory: {cause}")
+        return SandboxError(f"the model host died while running the model: {cause}")
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL; the scratch directory goes with it."""
@@ -171,10 +185,10 @@ def host_start(
     argv = [sys.executable, "-m", "inference.sandbox.host", "--channel", str(child.fileno())]
     process = subprocess.Popen(
         argv, env=host_environment(scratch), cwd=scratch, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=_before_exec(settings.MODEL_HOST_MEMORY_MB),
     )  # fmt: skip
     child.close()
-    host = Host(process, channel, scratch, {}, 0.0)
+    host = Host(process, channel, scratch, {}, 0.0, DeathWatch(process.pid))
     try:
         channel.sock.settimeout(timeout)
         channel.send(config)

@@ -61,10 +61,10 @@ class ServingSupervisor(threading.Thread):
             else:
                 self.failures = 0
                 self._serve(self.host)
+                ended = "" if self.stopping.is_set() else self.host.watch.cause(self.host.process)
                 self.host.stop()
-                if not self.stopping.is_set():
-                    logger.error("the model host %s exited with %s; starting another", self.host.process.pid,
-                                 self.host.process.returncode)  # fmt: skip
+                if ended:
+                    logger.error("model host %s: %s; starting another", self.host.process.pid, ended)
             self.failures += 1
             self.stopping.wait(RESTART_SECONDS[min(self.failures, len(RESTART_SECONDS)) - 1])
 

@@ -43,6 +43,13 @@ FORCE = OpenApiParameter(
     required=False,
     description="Also remove the aliases the version holds (else 409 naming them); audited.",
 )
+MODEL_FORCE = OpenApiParameter(
+    "force",
+    bool,
+    OpenApiParameter.QUERY,
+    required=False,
+    description="Also remove the model's aliases (else 409 naming them); audited.",
+)
 FORCE_TRUE = ("1", "true", "yes", "on")
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
@@ -75,7 +82,11 @@ def force_flag(request: Request) -> bool:
         request=ModelUpdateSerializer,
         responses={200: ModelSerializer, 404: ERROR},
     ),
-    destroy=extend_schema(summary="Delete a model, its versions and artifacts", responses={204: None, 404: ERROR}),
+    destroy=extend_schema(
+        summary="Delete a model, its versions and artifacts (refused while it serves under an alias, unless forced)",
+        parameters=[MODEL_FORCE],
+        responses={204: None, 404: ERROR, 409: ERROR},
+    ),
 )
 class ModelViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
     serializer_class = ModelSerializer
@@ -116,7 +127,8 @@ class ModelViewSet(ModelScopedMixin, mixins.ListModelMixin, viewsets.GenericView
         return Response(ModelSerializer(model).data)
 
     def destroy(self, request: Request, name: str) -> Response:
-        services.model_delete(actor=request.user, model=self.scoped_model(Action.DELETE))
+        model = self.scoped_model(Action.DELETE)
+        services.model_delete(actor=request.user, model=model, force=force_flag(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -120,18 +120,30 @@ def model_update(
     return model
 
 
-def model_delete(*, actor: Any, model: RegisteredModel) -> None:
-    """Delete a model with its versions, aliases and other apps' data; their files go once the delete commits."""
+def model_delete(*, actor: Any, model: RegisteredModel, force: bool = False) -> None:
+    """Delete a model with its versions, aliases and other apps' data; their files go once the delete commits.
+
+    A model that serves under an alias is refused with 409 naming it, unless `force` (audited)."""
     model_require(actor, model, Action.DELETE)
     paths = list(model.versions.values_list("artifact", flat=True)) + hooks.model_files(model)
     with transaction.atomic():
+        held = dict(model.aliases.values_list("name", "version__version"))
+        if held and not force:
+            serving = ", ".join(f"{alias!r} (v{number})" for alias, number in sorted(held.items()))
+            raise Conflict(
+                f"Model {model.name!r} serves under {serving}; deleting it would take "
+                f"{'it' if len(held) == 1 else 'them'} offline. Remove the aliases first, or delete with "
+                "force=true (audited).",
+                field="force",
+            )
         audit_record(
             actor,
             "model.delete",
             model=None,
             object_type="model",
             object_repr=model.name,
-            before={"versions": model.versions.count(), "owner": model.owner.username},
+            before={"versions": model.versions.count(), "owner": model.owner.username, "aliases": held},
+            after={"forced": True} if held else None,
         )
         # Earlier events keep the name but lose the link, which the delete would null anyway.
         model.delete()

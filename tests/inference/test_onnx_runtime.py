@@ -48,7 +48,7 @@ def test_every_numeric_datatype_is_read_from_the_graph_and_served(tmp_path):
 
 
 def test_symbolic_unknown_and_fixed_dimensions(tmp_path):
-    model = identity_model({"FP32": onnx.TensorProto.FLOAT}, ["batch", None, 7])  # type: ignore[list-item]
+    model = identity_model({"FP32": onnx.TensorProto.FLOAT}, ["batch", None, 7])
     assert onnx_read(model.SerializeToString()).inputs == [{"name": "x_fp32", "datatype": "FP32", "shape": [-1, -1, 7]}]
 
 
@@ -160,3 +160,9 @@ def test_external_data_outside_the_model_is_not_read_in_the_sandbox_past_the_upl
         with pytest.raises(ProbeFailed) as refused:
             probe(folder, "onnx", signature, None, None)
         assert "s3cr3t" not in str(refused.value)
+
+
+def test_a_gpu_worker_without_the_cuda_provider_runs_and_reports_the_cpu(onnx_files, monkeypatch):
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
+    runtime = OnnxRuntime.load(onnx_files["onnx"], torch.device("cuda"))
+    assert runtime.provider == CPU and runtime.device == CPU_DEVICE

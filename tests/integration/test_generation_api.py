@@ -212,7 +212,8 @@ def test_a_worker_killed_mid_stream_ends_it_with_an_error_and_a_replacement_serv
     owner, gpt, token, service_environment, shared_data_dir, processes: Processes
 ):
     serve(owner, "gpt-kill", gpt["archive"], queue="gen-kill")
-    environment = {**service_environment, "GENERATION_STALL_SECONDS": "1.5", "GENERATION_MAX_QUEUED": "2"}
+    # A stall timer far longer than the test: the stream must end because the death is seen.
+    environment = {**service_environment, "GENERATION_STALL_SECONDS": "60", "GENERATION_MAX_QUEUED": "2"}
     log = shared_data_dir / "gateway-kill.log"
     _, url = start_gateway(processes, environment, log)
     worker = start_worker(processes, environment, shared_data_dir / "worker-kill.log", queues="gen-kill")
@@ -228,8 +229,9 @@ def test_a_worker_killed_mid_stream_ends_it_with_an_error_and_a_replacement_serv
     ended_in = time.monotonic() - killed
     assert rest[-1] == b"data: [DONE]"
     error = json.loads(rest[-2].removeprefix(b"data: "))["error"]
-    assert "sent nothing for 1.5s" in error["message"] and error["type"] == "server_error"
-    assert ended_in < 1.5 + 2
+    assert "stopped (it died or was shut down) before it finished" in error["message"], error
+    assert error["type"] == "server_error"
+    assert ended_in < 3, f"the stream ended {ended_in:.1f}s after its worker died"
     # The killed worker is seen dead at once (its heartbeat connection to Redis closed with it):
     # a request meanwhile is refused 503 with Retry-After, not queued behind nobody.
     refused = requests.post(f"{url}/v1/completions", json=body, headers=auth(token), timeout=10)

@@ -100,6 +100,10 @@ def test_an_onnx_version_is_validated_by_the_worker_and_served_over_v2(
     assert response.status_code == 200, response.text
     [output] = response.json()["outputs"]
     np.testing.assert_allclose(np.array(output["data"]).reshape(2, 3), reference[:2], rtol=1e-5, atol=1e-6)
+    friendly = requests.post(f"{gateway_url}/api/v1/models/iris/predict/", headers=auth(token), timeout=30,
+                             json={"inputs": {IRIS_INPUT: ROWS[:2].tolist()}})  # fmt: skip
+    assert friendly.status_code == 200, friendly.text
+    np.testing.assert_allclose(np.array(friendly.json()["outputs"][IRIS_OUTPUT]), reference[:2], rtol=1e-5, atol=1e-6)
     wrong = {"inputs": [{"name": IRIS_INPUT, "shape": [1, 5], "datatype": "FP32", "data": [1.0] * 5}]}
     response = infer_json(gateway_url, token, "iris", wrong)
     assert response.status_code == 400 and "shape" in response.json()["error"]

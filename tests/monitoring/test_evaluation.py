@@ -283,7 +283,7 @@ def test_deleting_a_gated_model_takes_its_datasets_runs_and_gate_and_their_files
     model = production.model
     assert artifact_storage().exists(dataset.path) and EvaluationRun.objects.filter(dataset=dataset).exists()
     with django_capture_on_commit_callbacks(execute=True):
-        registry_services.model_delete(actor=owner, model=model)
+        registry_services.model_delete(actor=owner, model=model, force=True)  # it serves under production
     assert not EvaluationDataset.objects.filter(pk=dataset.pk).exists()
     assert not PromotionGate.objects.filter(model_id=model.pk).exists()
     assert not EvaluationRun.objects.filter(dataset_id=dataset.pk).exists()

@@ -190,3 +190,11 @@ def test_upload_model_command_takes_an_onnx_file(owner, registered_model, onnx_f
     assert ModelVersion.objects.get().format == "onnx"
     with pytest.raises(CommandError, match="not an ONNX model"):
         call_command("upload_model", "iris", __file__, "--user", owner.username, "--format", "onnx")
+
+
+def test_the_upload_form_takes_an_onnx_file_without_a_signature(client, owner, registered_model, onnx_files):
+    client.force_login(owner)
+    with onnx_files["onnx"].open("rb") as stream:
+        response = client.post("/models/iris/upload/", {"file": stream, "signature": "", "format": ""})
+    assert response.status_code == 302 and response["Location"] == "/models/iris/versions/1/"
+    assert ModelVersion.objects.get().signature == IRIS_SIGNATURE

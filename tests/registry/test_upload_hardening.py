@@ -440,3 +440,23 @@ def test_forced_archive_is_refused_to_a_maintainer_without_promote_rights_on_a_p
     assert response.status_code == 403
     with pytest.raises(Conflict):
         services.version_archive(actor=owner, version=version)
+
+
+def test_deleting_a_model_that_serves_under_an_alias_is_refused_unless_forced(
+    api, client, owner, registered_model, ready_version
+) -> None:
+    version = ready_version()
+    services.alias_set(actor=owner, model=registered_model, name="production", version_number=version.version)
+    refused = api(owner).delete(f"{MODELS}iris/")
+    assert refused.status_code == 409, refused.content
+    assert "'production' (v1)" in refused.json()["error"] and "force=true" in refused.json()["error"]
+    assert RegisteredModel.objects.filter(name="iris").exists() and ModelAlias.objects.count() == 1
+    # The browser's delete offers the box, and without it says why nothing happened.
+    client.force_login(owner)
+    assert 'name="force"' in client.get("/models/iris/").content.decode()
+    page = client.post("/models/iris/delete/", follow=True).content.decode()
+    assert "serves under" in page and RegisteredModel.objects.filter(name="iris").exists()
+    assert client.post("/models/iris/delete/", {"force": "1"}).status_code == 302
+    assert not RegisteredModel.objects.exists()
+    deleted = AuditEvent.objects.get(action="model.delete")
+    assert deleted.before["aliases"] == {"production": 1} and deleted.after == {"forced": True}
