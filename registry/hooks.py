@@ -49,7 +49,7 @@ _promotion_checks: list[PromotionCheck] = []
 _validation_requester: Callable[[int], None] | None = None
 _model_file_sources: list[Callable[[RegisteredModel], list[str]]] = []
 _version_metric_sources: list[Callable[[list[ModelVersion]], VersionMetrics]] = []
-_derived_listeners: list[Callable[[ModelVersion, Any], None]] = []
+_derived_listeners: list[Callable[[ModelVersion, Any], object]] = []
 
 
 def promotion_check_register(check: PromotionCheck) -> None:
@@ -103,7 +103,7 @@ def version_metrics(versions: list[ModelVersion]) -> VersionMetrics:
     return merged
 
 
-def version_derived_register(listener: Callable[[ModelVersion, Any], None]) -> None:
+def version_derived_register(listener: Callable[[ModelVersion, Any], object]) -> None:
     if listener not in _derived_listeners:
         _derived_listeners.append(listener)
 
