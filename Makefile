@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-text bench-gen bench-broker bench-upload screenshot clean
+.PHONY: install run test lint format grpc-stubs bench bench-text bench-gen bench-broker bench-upload screenshot clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The gRPC service's Python modules, from inference/grpc/predict_v2.proto (committed; a test
+# checks that they are what this generates).
+grpc-stubs: install
+	$(PY) scripts/grpc_stubs.py
 
 # Serving throughput and latency against in-process torch, a plain Django view and a raw
 # ASGI app, on the embedded default and PostgreSQL + Redis (about 5 minutes).
