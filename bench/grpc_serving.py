@@ -200,7 +200,7 @@ class GrpcBench:
     def profile(self, rpc: Server, address: str, token: str) -> None:
         """py-spy on one gRPC server process during an extra, unmeasured MLP c=32 gRPC load."""
         spy = shutil.which("py-spy", path=str(Path(PYTHON).parent)) or shutil.which("py-spy")
-        servers = children(rpc.process.pid)
+        servers = children(rpc.process.pid) or [rpc.process.pid]
         if spy is None or not servers:
             print("  profile: py-spy or the gRPC server process not found")
             return
@@ -208,7 +208,7 @@ class GrpcBench:
         argv = [spy, "record", "--pid", str(servers[0]), "--duration", "10", "--rate", "100", "--format", "raw",
                 "--function", "--threads", "--nonblocking", "--output", str(output)]  # fmt: skip
         spying = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        loadgen("grpc", address, 32, 12, self.work / "mlp-grpc.request", token)
+        loadgen("grpc", address, self.args.profile_concurrency, 12, self.work / "mlp-grpc.request", token)
         log, _ = spying.communicate(timeout=60)
         if spying.returncode != 0 or not output.exists():
             print(f"  profile: py-spy failed: {log.strip()[-400:]}")
@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8, help="seconds per measured run (default 8)")
     parser.add_argument("--only", default=",".join(MODELS), help="models: mlp,cnn")
     parser.add_argument("--grpc-processes", type=int, default=2, help="gRPC server processes (default 2, as uvicorn)")
-    parser.add_argument("--profile", action="store_true", help="py-spy a gRPC server under MLP c=32")
+    parser.add_argument("--profile", action="store_true", help="py-spy a gRPC server under an MLP load")
+    parser.add_argument("--profile-concurrency", type=int, default=32, help="clients of that load (default 32)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, requests)")
     args = parser.parse_args(argv)
     args.models = [m for m in args.only.split(",") if m]
