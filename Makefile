@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-text bench-gen bench-broker bench-upload bench-onnx screenshot clean
+.PHONY: install run test lint format grpc-stubs bench bench-grpc bench-text bench-gen bench-broker bench-upload bench-onnx screenshot clean
 
 install: $(STAMP)
 
@@ -46,10 +46,19 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The gRPC service's Python modules, from inference/grpc/predict_v2.proto (committed; a test
+# checks that they are what this generates).
+grpc-stubs: install
+	$(PY) scripts/grpc_stubs.py
+
 # Serving throughput and latency against in-process torch, a plain Django view and a raw
 # ASGI app, on the embedded default and PostgreSQL + Redis (about 5 minutes).
 bench: install
 	$(PY) bench/serving.py
+
+# OIP v2 over gRPC against REST binary tensors (MLP and CNN, c=1 and c=32, one run; about 4 minutes).
+bench-grpc: install
+	$(PY) bench/grpc_serving.py
 
 # Hugging Face text models (embeddings, classification) against in-process forward/pipeline()
 # and a naive Starlette server; padding-aware batching against pad-to-max (about 4 minutes).

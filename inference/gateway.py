@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs
 
+import numpy as np
 import redis
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
@@ -650,7 +651,7 @@ class Gateway:
         tail = match["tail"]
         guard.authorize(user, target, Action.PREDICT if tail == "/infer" else Action.VIEW)
         if tail is None:
-            return _json(_metadata(target))
+            return _json(metadata_of(target))
         if tail == "/ready":
             if target.status != VersionStatus.READY:
                 raise HttpError(400, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready.")
@@ -658,30 +659,45 @@ class Gateway:
                 raise HttpError(400, f"No live worker serves queue {target.queue!r} for model {target.model_name!r}.")
             return 200, b"", {}
         if tail == "/infer":
-            sample = telemetry.Sample(target.version_id, target.model_name, target.version, match["version"])
-            sample.caller(user)
-            client = self._connect()
-            try:
-                await guard.rate_limit(client, user)
-                await guard.tokens_check(client, user)
-                response = await self.infer(target, headers, receive, sample)
-                await guard.tokens_charge(client, user, sample.tokens)
-            except Exception as exc:
-                sample.failed(exc)
-                raise
-            sample.done(200)
-            return response
+            return await self.prediction(
+                user, target, match["version"], "v2", lambda sample: self.infer(target, headers, receive, sample)
+            )
         raise HttpError(404, f"No such endpoint: {method} {path}")  # pragma: no cover - MODEL_PATH has no other tail
 
-    async def infer(
-        self, target: Target, headers: dict[bytes, bytes], receive: Receive, sample: telemetry.Sample | None = None
-    ) -> tuple[int, bytes, dict[str, str]]:
+    async def prediction(
+        self, user: Any, target: Target, path_version: str | None, source: str,
+        run: Callable[[telemetry.Sample], Awaitable[T]],
+    ) -> T:  # fmt: skip
+        """Run one authorised prediction (`run`) under the caller's rate and token limits, timed
+        and counted as `source` (v2: REST, grpc) whatever its outcome."""
+        sample = telemetry.Sample(target.version_id, target.model_name, target.version, path_version, source)
+        sample.caller(user)
+        client = self._connect()
+        try:
+            await guard.rate_limit(client, user)
+            await guard.tokens_check(client, user)
+            response = await run(sample)
+            await guard.tokens_charge(client, user, sample.tokens)
+        except Exception as exc:
+            sample.failed(exc)
+            raise
+        sample.done(200)
+        return response
+
+    def servable_check(self, target: Target) -> None:
+        """Refuse a tensor request at once, before its tensors are decoded: a version that is
+        not ready (503), a text-generation model (400, it answers on /v1), a full backlog (503)."""
         if target.status != VersionStatus.READY:
             raise HttpError(
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
         text.not_generative(target.task, target.model_name, target.version)
         self.overload_check(target)
+
+    async def infer(
+        self, target: Target, headers: dict[bytes, bytes], receive: Receive, sample: telemetry.Sample | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        self.servable_check(target)
         body = await read_body(headers, receive)
         if sample is not None:
             sample.payload = len(body)
@@ -690,28 +706,41 @@ class Gateway:
             body, int(header_length) if header_length and header_length.isdigit() else None,
             target.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS,
         )  # fmt: skip
+        requested = None if request.requested_outputs is None else [name for name, _ in request.requested_outputs]
+        selected, parameters = await self.tensors_infer(target, request.inputs, request.parameters, requested, sample)
+        names = [name for name, _, _ in selected]
+        body, response_headers = protocol.encode_response(
+            target.model_name, str(target.version), request.id, selected, request.binary_output_names(names), parameters
+        )
+        return 200, body, response_headers
+
+    async def tensors_infer(
+        self, target: Target, inputs: wire.Tensors, request_parameters: dict[str, Any], requested: list[str] | None,
+        sample: telemetry.Sample | None = None,
+    ) -> tuple[list[tuple[str, str, np.ndarray]], dict[str, Any]]:  # fmt: skip
+        """Run decoded, signature-checked inputs through the coalescer (any transport: REST, gRPC).
+
+        Returns the outputs asked for (`requested` names; None for all), as (name, datatype,
+        array), and the answer's parameters: where the time went (queue wait and compute on
+        the worker, rows in the forward pass, the worker).
+        """
         parameters = NO_PARAMETERS
         if target.task:
             # A text model: its texts and its parameters (top_k, ...) are checked here, once.
-            text.texts_of_tensor(request.inputs[TEXT_INPUT], f"input {TEXT_INPUT!r}")
-            parameters = text.parameters_check(target.task, request.parameters, protocol=True)
-        answer, reply = await self.submit(target, request.inputs, parameters)
+            text.texts_of_tensor(inputs[TEXT_INPUT], f"input {TEXT_INPUT!r}")
+            parameters = text.parameters_check(target.task, request_parameters, protocol=True)
+        answer, reply = await self.submit(target, inputs, parameters)
         outputs = answer.tensors
         specs = {spec["name"]: spec["datatype"] for spec in target.signature["outputs"]}
-        names = list(specs) if request.requested_outputs is None else [name for name, _ in request.requested_outputs]
+        names = list(specs) if requested is None else requested
         selected = [(name, specs[name], outputs[name]) for name in names]
         if sample is not None:
             sample.timing = {"qt": reply.queue_ms, "ct": reply.compute_ms, "bs": reply.batch_rows}
             if target.task:
                 sample.prompt_tokens = text.usage_tokens(outputs)
-        # Where the time went, for clients and dashboards: queue wait and compute on the
-        # worker, and how many rows shared the forward pass.
-        parameters = {"queue_ms": round(reply.queue_ms, 3), "compute_ms": round(reply.compute_ms, 3),
-                      "batch_size": reply.batch_rows, "worker": reply.worker}  # fmt: skip
-        body, response_headers = protocol.encode_response(
-            target.model_name, str(target.version), request.id, selected, request.binary_output_names(names), parameters
-        )
-        return 200, body, response_headers
+        answer_parameters = {"queue_ms": round(reply.queue_ms, 3), "compute_ms": round(reply.compute_ms, 3),
+                             "batch_size": reply.batch_rows, "worker": reply.worker}  # fmt: skip
+        return selected, answer_parameters
 
 
 async def respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -764,7 +793,8 @@ def request_checked(scope: Scope, headers: dict[bytes, bytes]) -> re.Match[str] 
     return match
 
 
-def _metadata(target: Target) -> dict[str, Any]:
+def metadata_of(target: Target) -> dict[str, Any]:
+    """A model version's OIP metadata: name, ready versions, platform, inputs and outputs."""
     return {
         "name": target.model_name,
         "versions": [str(v) for v in target.ready_versions],
@@ -785,11 +815,15 @@ gateway = Gateway()
 
 
 __all__ = [
+    "AUTH_REQUIRED",
     "NO_PARAMETERS",
+    "SERVER_NAME",
+    "SERVER_VERSION",
     "Gateway",
     "HttpError",
     "Target",
     "gateway",
+    "metadata_of",
     "read_body",
     "request_checked",
     "respond",

@@ -524,3 +524,37 @@ def _as_text(name: str, item: Any) -> str:
 def error_body(message: str) -> bytes:
     """The JSON body of a failed request: `{"error": message}`."""
     return json.dumps({"error": message}).encode()
+
+
+# --- the same checks for another transport (gRPC) -----------------------------------------------
+
+
+def tensors_decode(
+    entries: list[dict[str, Any]], blobs: list[bytes | None], signature: dict[str, Any], *, max_elements: int
+) -> dict[str, np.ndarray]:
+    """Inputs that another transport carried, checked and decoded as `decode_request` does.
+
+    `entries` are the inputs' headers in this module's JSON form (name, datatype, shape, and
+    `data` or `parameters.binary_data_size`); `blobs[i]` is input i's raw data (the binary
+    layout above), or None when its values are in `data`. Returns arrays in the signature's order.
+    """
+    headers = [_input_header(entry, index) for index, entry in enumerate(entries)]
+    _check_inputs(headers, signature, max_elements)
+    arrays = {
+        header.name: _decode_json_data(header) if blob is None else _decode_binary(header, blob, 0)
+        for header, blob in zip(headers, blobs, strict=True)
+    }
+    return {spec["name"]: arrays[spec["name"]] for spec in signature["inputs"]}
+
+
+def outputs_requested(names: list[str], signature: dict[str, Any]) -> list[str] | None:
+    """Requested output names checked against the signature (None when none are named: all of them)."""
+    requested = _requested_outputs([{"name": name} for name in names], signature, True)
+    return None if requested is None else [name for name, _ in requested]
+
+
+def tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
+    """An output's raw data in the binary layout above (little-endian; BYTES length-prefixed)."""
+    if datatype not in DATATYPES:
+        raise ValueError(f"datatype {datatype!r} is not an Open Inference Protocol datatype")
+    return _bytes_to_binary(array) if datatype == "BYTES" else _numeric_to_binary(array, datatype)

@@ -16,6 +16,7 @@ class Source(models.TextChoices):
     NATIVE = "native", "native REST / try-it"
     JOB = "job", "batch job"
     OPENAI = "v1", "OpenAI-compatible /v1"
+    GRPC = "grpc", "Open Inference Protocol v2 over gRPC"
 
 
 class MetricBucket(models.Model):

@@ -261,6 +261,15 @@ INFERENCE_REDIS_URL = env_str(
 INFERENCE_TIMEOUT_SECONDS = env_float("INFERENCE_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 INFERENCE_MAX_BODY_BYTES = env_int("INFERENCE_MAX_BODY_BYTES", 64 * 1024**2, minimum=1024)
 INFERENCE_MAX_ELEMENTS = env_int("INFERENCE_MAX_ELEMENTS", 16 * 1024**2, minimum=1)
+# Open Inference Protocol v2 over gRPC (inference.grpc): the address `manage.py grpcserve` and
+# `runportal` serve it on (Triton's gRPC port by default; "" or "0" turns it off), and the
+# largest request message it reads (a larger one is refused RESOURCE_EXHAUSTED).
+GRPC_BIND = env_str("GRPC_BIND", "127.0.0.1:8001").strip()
+if GRPC_BIND == "0":
+    GRPC_BIND = ""
+if GRPC_BIND and not GRPC_BIND.rpartition(":")[2].isdigit():
+    raise ImproperlyConfigured(f"GRPC_BIND={GRPC_BIND!r} is not host:port (or empty to turn gRPC off)")
+GRPC_MAX_MESSAGE_BYTES = env_int("GRPC_MAX_MESSAGE_BYTES", INFERENCE_MAX_BODY_BYTES, minimum=1024)
 # Batches of one model version a gateway process keeps in flight at once; requests that
 # arrive meanwhile are coalesced into the next batch.
 INFERENCE_MAX_IN_FLIGHT = env_int("INFERENCE_MAX_IN_FLIGHT", 1, minimum=1)

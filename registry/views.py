@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from django.conf import settings
@@ -238,6 +239,7 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
     aliases = list(obj.aliases.all())
     permitted = access.actions_permitted(request.user, obj.model)
     held = {alias.name for alias in aliases}
+    base_url = request.build_absolute_uri("/").rstrip("/")
     context = {
         "model": obj.model,
         "version": obj,
@@ -259,7 +261,7 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
         "try_it": json.dumps(_example_inputs(obj)),
         "text_try_it": _text_try_it(obj) if obj.format == ModelFormat.HUGGINGFACE else None,
         "chat": _chat(obj) if obj.task == TextTask.TEXT_GENERATION else None,
-        "snippets": _snippets(obj, request.build_absolute_uri("/").rstrip("/")),
+        "snippets": _snippets(obj, base_url, grpc_address(base_url)),
         "identical": selectors.versions_identical(obj),
         "edit_form": VersionEditForm.of(obj, "version-edit"),
         "source": source_rows(obj.source),
@@ -501,8 +503,18 @@ def _text_snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     return snippets
 
 
-def _snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
-    """Copy-paste curl (small inputs only) and Python (tritonclient) calls of the v2 endpoint."""
+def grpc_address(base_url: str) -> str:
+    """Where a client reaches the gRPC server: the page's host on GRPC_BIND's port ("" when it is off)."""
+    if not settings.GRPC_BIND:
+        return ""
+    host = urlsplit(base_url).hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{settings.GRPC_BIND.rpartition(':')[2]}"
+
+
+def _snippets(version: ModelVersion, base_url: str, grpc_address: str = "") -> dict[str, str]:
+    """Copy-paste curl (small inputs only) and Python (tritonclient) calls of the v2 endpoint, over
+    HTTP and, given the gRPC server's address, over gRPC."""
     if version.task == TextTask.TEXT_GENERATION:
         return _generation_snippets(version, base_url)
     if version.format == ModelFormat.HUGGINGFACE:
@@ -524,6 +536,13 @@ def _snippets(version: ModelVersion, base_url: str) -> dict[str, str]:
     call = f'client.infer("{version.model.name}", inputs, model_version="{version.version}", headers=headers)'
     lines += [f"result = {call}", *[f'print(result.as_numpy("{o["name"]}"))' for o in version.outputs]]
     snippets = {"python": "\n".join(lines)}
+    if grpc_address:
+        # The same call over gRPC (raw tensors, no JSON): tritonclient.grpc, metadata keys in lowercase.
+        grpc_lines = [line.replace("httpclient", "grpcclient").replace(", binary_data=True", "") for line in lines]
+        grpc_lines[3] = "import tritonclient.grpc as grpcclient"
+        grpc_lines[5] = f'client = grpcclient.InferenceServerClient("{grpc_address}")'
+        grpc_lines[6] = 'headers = {"authorization": "Bearer " + os.environ["MAAS_TOKEN"]}'
+        snippets["grpc"] = "\n".join(grpc_lines)
     if sum(len(t["data"]) for t in tensors) <= 64:
         body = json.dumps({"inputs": tensors})
         snippets["curl"] = (f"curl -s {url} \\\n  -H \"Authorization: Bearer $MAAS_TOKEN\" \\\n"

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import grpc
 import pytest
 import redis
 import requests
@@ -317,6 +318,33 @@ def start_gateway(processes: Processes, environment: dict[str, str], log: Path) 
     return process, url
 
 
+def start_grpc_server(
+    processes: Processes, environment: dict[str, str], log: Path, server_processes: int = 1
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`manage.py grpcserve` (OIP v2 over gRPC) on a free port, owned by `processes`: the process and its address."""
+    address = f"127.0.0.1:{free_port()}"
+    process = processes.start(
+        [sys.executable, "manage.py", "grpcserve", "--bind", address, "--processes", str(server_processes)],
+        environment, log,
+    )  # fmt: skip
+
+    def live() -> bool:
+        assert process.poll() is None, f"the gRPC server exited with {process.returncode}"
+        with grpc.insecure_channel(address) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+            return call(b"", timeout=2) == b"\x08\x01"  # ServerLiveResponse(live=True)
+
+    until(lambda: _rpc_answers(live), START_TIMEOUT, "the gRPC server answered", log)
+    return process, address
+
+
+def _rpc_answers(check: Any) -> bool:
+    try:
+        return bool(check())
+    except grpc.RpcError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def service_environment(
     django_db_setup: Any, django_db_blocker: Any, broker_url: str, shared_data_dir: Path
@@ -354,6 +382,16 @@ def worker(service_environment: dict[str, str], shared_data_dir: Path) -> Iterat
     owned = Processes()
     try:
         yield start_worker(owned, service_environment, shared_data_dir / "worker.log")
+    finally:
+        owned.stop_all()
+
+
+@pytest.fixture(scope="session")
+def grpc_address(service_environment: dict[str, str], shared_data_dir: Path, worker: Worker) -> Iterator[str]:
+    """The session's gRPC server (manage.py grpcserve), with the session's worker behind it."""
+    owned = Processes()
+    try:
+        yield start_grpc_server(owned, service_environment, shared_data_dir / "grpc.log")[1]
     finally:
         owned.stop_all()
 

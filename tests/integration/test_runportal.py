@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
 
 from tests.conftest import SIGNATURE
 from tests.worker import free_port
@@ -27,11 +29,12 @@ def test_runportal_starts_everything_seeds_the_demo_and_prints_url_and_login(tmp
     model_path = model_files["torchscript"]
     # A short path: the embedded Redis socket lives in it.
     data = Path(tmp_path_factory.mktemp("rp", numbered=True))
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     # As the README runs it: nothing configured, so it owns its data and Prometheus directories.
     ignored = ("CELERY_", "DATABASE_", "SQLITE_", "PROMETHEUS_MULTIPROC_DIR")
     environment = {k: v for k, v in os.environ.items() if not k.startswith(ignored)}
-    environment |= {"PORTAL_DATA_DIR": str(data)}
+    # gRPC on a port of the test's own (the default, 8001, may be another run's).
+    environment |= {"PORTAL_DATA_DIR": str(data), "GRPC_BIND": f"127.0.0.1:{grpc_port}"}
     # runportal stops its Redis, worker and web server on SIGTERM; `processes` sends that to the
     # whole group (then SIGKILL) when the test ends, passed or failed.
     process = processes.start([sys.executable, "manage.py", "runportal", "--port", str(port)], environment,
@@ -45,6 +48,7 @@ def test_runportal_starts_everything_seeds_the_demo_and_prints_url_and_login(tmp
         output = (data / "runportal.log").read_text()
     assert f"MaaS Portal is running at http://127.0.0.1:{port}/" in output, output
     assert re.search(r"Log in as admin / admin", output)
+    assert f"gRPC (Open Inference Protocol v2): 127.0.0.1:{grpc_port}" in output, output
 
     session = requests.Session()
     base = f"http://127.0.0.1:{port}"
@@ -97,6 +101,17 @@ def test_runportal_starts_everything_seeds_the_demo_and_prints_url_and_login(tmp
         served = sum(entry["count"] for entry in stats["model_stats"])
     assert runs and runs[0]["status"] == "succeeded" and runs[0]["metrics"]["accuracy"] > 0.8, runs
     assert served > 0
+
+    # OIP v2 over gRPC, on the port it printed, with a token made over the API.
+    made = session.post(f"{base}/api/v1/tokens/", json={"name": "grpc", "scopes": ["predict"]},
+                        headers={"X-CSRFToken": session.cookies["csrftoken"], "Referer": base}, timeout=10)  # fmt: skip
+    assert made.status_code == 201, made.text
+    with grpcclient.InferenceServerClient(url=f"127.0.0.1:{grpc_port}") as rpc:
+        assert rpc.is_server_live() and rpc.is_server_ready()
+        features = grpcclient.InferInput("features", [1, 4], "FP32")
+        features.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))
+        result = rpc.infer("iris-classifier", [features], headers={"authorization": f"Bearer {made.json()['token']}"})
+        assert result.as_numpy(result.get_response().outputs[0].name).shape[0] == 1
 
     processes.stop(process)
     # It stopped its children and itself on SIGTERM, not on the SIGKILL that follows a timeout.

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from registry.views import _snippets
+from registry.views import _snippets, grpc_address
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -29,3 +29,21 @@ def test_the_curl_and_python_snippets_answer_as_pasted(gateway_url, token, serve
                             check=False)  # fmt: skip
     assert python.returncode == 0, python.stderr
     assert "[[" in python.stdout  # the printed output array
+
+
+def test_the_grpc_snippet_answers_as_pasted(grpc_address, token, served, tmp_path):
+    snippets = _snippets(served, "http://127.0.0.1:1", grpc_address)
+    script = tmp_path / "snippet_grpc.py"
+    script.write_text(snippets["grpc"])
+    python = subprocess.run([sys.executable, str(script)], env={**os.environ, "MAAS_TOKEN": token},
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert python.returncode == 0, python.stderr
+    assert "[[" in python.stdout
+
+
+def test_the_grpc_address_is_the_pages_host_on_grpc_binds_port(settings):
+    settings.GRPC_BIND = "0.0.0.0:8001"
+    assert grpc_address("https://portal.example.com") == "portal.example.com:8001"
+    assert grpc_address("http://[::1]:8000") == "[::1]:8001"
+    settings.GRPC_BIND = ""
+    assert grpc_address("https://portal.example.com") == ""

@@ -1,8 +1,9 @@
 """manage.py runportal: everything a single machine needs, in one command.
 
 Starts the embedded Redis (unless a broker is configured), migrates, seeds the demo,
-then runs a Celery worker, Celery beat (housekeeping) and the web server as child
-processes until Ctrl-C.
+then runs a Celery worker, Celery beat (housekeeping), the web server and the gRPC
+server (Open Inference Protocol v2 on GRPC_BIND, unless turned off) as child processes
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -77,6 +79,8 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=1, help="Worker processes for Celery.")
         parser.add_argument("--web-workers", type=int, default=2, help="Web (uvicorn) worker processes.")
         parser.add_argument("--no-seed", action="store_true", help="Skip the demo user and model.")
+        parser.add_argument("--grpc-bind", default=settings.GRPC_BIND,
+                            help="host:port of the gRPC server (default GRPC_BIND); '' or 0 for none.")  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
         # Stop the children on SIGTERM too (systemd, `timeout`, a container stop), not only Ctrl-C.
@@ -113,14 +117,26 @@ class Command(BaseCommand):
                 "--no-access-log", "--lifespan", "off",
             ], env=web_env)  # fmt: skip
             children.append(web)
+            grpc_bind = "" if options["grpc_bind"] in ("", "0") else options["grpc_bind"]
+            grpc_server = None
+            if grpc_bind:
+                # Its own processes (as many as the web server's), one port between them.
+                grpc_server = subprocess.Popen([
+                    python, "manage.py", "grpcserve", "--bind", grpc_bind, "--processes", str(options["web_workers"]),
+                ], env=web_env, cwd=settings.BASE_DIR)  # fmt: skip
+                children.append(grpc_server)
             url = f"http://{options['host']}:{options['port']}/"
             self._wait_for(url + "healthz", web)
+            if grpc_server is not None:
+                self._wait_for_port(grpc_bind, grpc_server)
             if not options["no_seed"]:
                 admin = get_user_model().objects.get(username=settings.DEMO_USERNAME)
                 threading.Thread(target=demo_traffic, args=(url, admin), daemon=True).start()
             self.stdout.write(self.style.SUCCESS(f"\nMaaS Portal is running at {url}"))
             if not options["no_seed"]:
                 self.stdout.write(f"  Log in as {settings.DEMO_USERNAME} / {settings.DEMO_PASSWORD}")
+            if grpc_bind:
+                self.stdout.write(f"  gRPC (Open Inference Protocol v2): {grpc_bind}")
             self.stdout.write(f"  API docs: {url}api/v1/docs/   Admin: {url}admin/\n  Press Ctrl-C to stop.\n")
             while all(child.poll() is None for child in children):
                 time.sleep(0.5)
@@ -139,6 +155,23 @@ class Command(BaseCommand):
                     child.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     child.kill()
+
+    def _wait_for_port(self, bind: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+        """Wait until something accepts connections on `bind` (host:port)."""
+        host, _, port = bind.rpartition(":")
+        host = host.strip("[]")
+        if host in ("", "0.0.0.0", "::"):  # noqa: S104 - a wildcard bind is reached on loopback
+            host = "127.0.0.1"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise CommandError(f"The gRPC server exited with {process.returncode} (is {bind} in use?)")
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise CommandError(f"The gRPC server did not listen on {bind} within {timeout:.0f}s")
 
     def _wait_for(self, url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
