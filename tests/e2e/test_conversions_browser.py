@@ -1,5 +1,6 @@
 """A person in Chromium converts a version to ONNX int8 from its page, watches the conversion, sees
-the child beside its parent (accuracy, latency, size) and promotes it through the evaluation gate."""
+the child beside its parent (accuracy, latency, size) and promotes it through the evaluation gate;
+then an unmodified tritonclient.grpc predicts from it over OIP v2 gRPC (issue 14's "Done when")."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import io
 import time
 
 import numpy as np
+import onnxruntime
 import pytest
+import tritonclient.grpc as grpcclient
 from playwright.sync_api import expect
 
+from accounts import services as token_services
 from monitoring import services as monitoring_services
 from monitoring.models import EvaluationRun
 from registry import services
-from registry.models import ModelAlias
+from registry.artifacts import artifact_storage
+from registry.models import ModelAlias, ModelVersion
 from tests.e2e.conftest import login
 from tests.integration.conftest import expected
+from tests.integration.test_grpc import bearer, when_loaded
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -23,7 +29,7 @@ EXAMPLE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], 
 
 
 def test_convert_to_onnx_int8_watch_compare_and_promote_through_the_gate(
-    page, owner, registered_model, ready_version, model_files, worker, tmp_path
+    page, owner, registered_model, ready_version, model_files, worker, grpc_address, tmp_path
 ):
     parent = ready_version(labels=["setosa", "versicolor", "virginica"], example_input=EXAMPLE)
     services.alias_set(actor=owner, model=registered_model, name="production", version_number=parent.version)
@@ -68,3 +74,18 @@ def test_convert_to_onnx_int8_watch_compare_and_promote_through_the_gate(
     page.click("button[data-action=promote]")
     page.wait_for_url("**/models/iris/versions/2/")
     assert ModelAlias.objects.get(model=registered_model, name="production").version.version == 2
+
+    # The promoted int8 child answers over gRPC under `production`, as onnxruntime computes it.
+    child = ModelVersion.objects.get(model=registered_model, version=2)
+    token = token_services.token_create(user=owner, name="grpc-after-promotion")[1]
+    rows = features[:8]
+    inputs = grpcclient.InferInput("features", list(rows.shape), "FP32")
+    inputs.set_data_from_numpy(rows)
+    with grpcclient.InferenceServerClient(url=grpc_address) as rpc:
+        answer = when_loaded(rpc, "iris", [inputs], headers=bearer(token))
+        assert rpc.get_model_metadata("iris", headers=bearer(token)).platform == "onnxruntime_onnx"
+    [output] = child.signature["outputs"]
+    with artifact_storage().open(child.artifact) as stored:
+        session = onnxruntime.InferenceSession(stored.read(), providers=["CPUExecutionProvider"])
+    local = session.run([output["name"]], {"features": rows})[0]
+    assert np.allclose(answer.as_numpy(output["name"]), local, atol=1e-5)
