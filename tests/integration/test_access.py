@@ -16,7 +16,7 @@ from registry import services
 from registry.models import AuditEvent, RegisteredModel, Visibility
 from tests.integration.conftest import auth, infer_json
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 BODY = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
 

@@ -25,7 +25,7 @@ from tests.conftest import upload_file
 from tests.integration.conftest import FEATURES, auth, request_body
 from tests.worker import start_gateway
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 SLOW_SECONDS = 0.3
 

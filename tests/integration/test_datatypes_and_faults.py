@@ -20,7 +20,7 @@ from tests.conftest import upload_file
 from tests.integration.conftest import auth, infer_json
 from tests.worker import free_port, start_gateway
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 DATATYPES = ["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
 

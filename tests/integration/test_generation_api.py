@@ -31,7 +31,7 @@ from registry.models import ModelVersion, RegisteredModel, VersionStatus
 from tests.integration.conftest import auth
 from tests.worker import Processes, start_gateway, start_worker
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 LONG_PROMPT = "Once upon a time"
 PROMPTS = ["Once", "The cat sat on the mat and", "A B C D E F G H I J K L M N O P Q R S T U V W X Y Z " * 3, "Hi!"]

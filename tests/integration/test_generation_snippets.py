@@ -21,7 +21,7 @@ from registry import services
 from registry.models import ModelVersion, VersionStatus
 from registry.views import _snippets
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(scope="module")

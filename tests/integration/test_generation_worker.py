@@ -35,7 +35,7 @@ from portal import text_models
 from registry import services
 from registry.models import ModelVersion, VersionStatus
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 QUEUE = "inference"  # what the session's worker serves
 PROMPTS = ["Paris is", "The model answers questions about the portal", "Café crème", "Hi"]

@@ -28,7 +28,7 @@ from tests.integration.test_datatypes_and_faults import DATATYPES, NAMES, Echo, 
 from tests.integration.test_text_models import FILL, archives, serve  # noqa: F401 - archives is a fixture
 from tests.worker import METRICS_AUTH, until
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture

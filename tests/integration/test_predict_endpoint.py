@@ -13,7 +13,7 @@ from accounts import services as token_services
 from registry import services
 from tests.conftest import upload_file
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from registry.models import RegisteredModel
 from tests.conftest import upload_file
 from tests.integration.conftest import FEATURES, auth, expected, infer_json, request_body
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 
 def test_triton_client_metadata_and_readiness(client, token, served):

@@ -14,7 +14,7 @@ from core import invalidation
 from tests.integration.conftest import FEATURES, infer_json, request_body
 from tests.worker import start_gateway, until
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_revocation_a_frozen_gateway_cannot_confirm_returns_after_the_timeout_and_says_so(

@@ -27,7 +27,7 @@ from registry.models import ModelVersion, VersionStatus
 from tests.conftest import upload_file
 from tests.integration.conftest import infer_json, request_body
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 SECRET = "portal-secret-key-9d2f61c0e4b7a85"
 SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],

@@ -11,7 +11,7 @@ import pytest
 
 from registry.views import _snippets, grpc_address
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 
 def test_the_curl_and_python_snippets_answer_as_pasted(gateway_url, token, served, tmp_path):

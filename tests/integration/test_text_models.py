@@ -22,7 +22,7 @@ from registry import services
 from registry.models import ModelVersion, VersionStatus
 from tests.integration.conftest import auth, infer_json
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
 FILL = "Paris is the [MASK] of France."
 LABELS = {"text-classification": ["negative", "positive"], "token-classification": ["O", "B-PER", "B-LOC"]}
