@@ -57,6 +57,10 @@ HINT = (
     "an ONNX model is its .onnx file (with its external data: all in one .zip or .tar.gz, format=onnx); "
     "a Hugging Face model is its save_pretrained directory as one .zip or .tar.gz."
 )
+ZIP_AFTER_DATA = (
+    "The file holds a zip archive after other data (a tar, a script or anything else before it); "
+    "an archive must be a zip from its first byte, so it was refused."
+)
 EXTENSIONS: dict[str, str] = {
     ModelFormat.TORCHSCRIPT: ".pt",
     ModelFormat.EXPORTED_PROGRAM: ".pt2",
@@ -135,11 +139,7 @@ def archive_check(stream: IO[bytes], *, format: str | None = None, task: str | N
         )
     if kind != ZIP:
         if zipfile.is_zipfile(stream):
-            raise InvalidInput(
-                "The file holds a zip archive after other data (a tar, a script or anything else before it); "
-                "an archive must be a zip from its first byte, so it was refused.",
-                field="file",
-            )
+            raise InvalidInput(ZIP_AFTER_DATA, field="file")
         raise InvalidInput(
             "The file is not a PyTorch model archive (not a readable zip file; it may be corrupt or truncated). "
             + HINT,
@@ -203,11 +203,7 @@ def _onnx_file_check(stream: IO[bytes], format: str | None) -> ArchiveCheck:
         if not exc.message.startswith(NOT_ONNX):
             raise  # it is ONNX, with a problem of its own
     if zipfile.is_zipfile(stream):
-        raise InvalidInput(
-            "The file holds a zip archive after other data (a tar, a script or anything else before it); "
-            "an archive must be a zip from its first byte, so it was refused.",
-            field="file",
-        )
+        raise InvalidInput(ZIP_AFTER_DATA, field="file")
     raise InvalidInput(
         "The file is not a PyTorch model archive (not a readable zip file; it may be corrupt or truncated) "
         "nor an ONNX model. " + HINT,
