@@ -147,6 +147,7 @@ def test_a_handed_redis_socket_is_authenticated_and_selected(settings, tmp_path)
         until(lambda: redis.Redis(port=port, password="pw-123").ping(), 10, "the private Redis answered")
         fd = redis_socket_fd()
         with socket.socket(fileno=fd) as handed:
+            handed.settimeout(10)  # the handed socket may come non-blocking: wait for the reply
             handed.sendall(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nINFO\r\n")
             reply = handed.recv(4096).decode()
         assert " db=2 " in reply and "NOAUTH" not in reply, reply
