@@ -67,6 +67,7 @@ from harness import (
     interrupts_as_keyboard,
     uvicorn_argv,
     wait_until,
+    worker_argv,
 )
 from loadgen import Level, run_level
 
@@ -296,8 +297,7 @@ class Bench:
         wait_until(lambda: http_request(port, "GET", "/v2/health/live")[0] == 200, self.web, "portal web server")
         self.worker = self.processes.start(
             "worker",
-            [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference", "--concurrency",
-             str(self.args.worker_concurrency), "--loglevel", "WARNING"],
+            worker_argv(self.args.worker_concurrency, log_level="WARNING"),
             env,
         )  # fmt: skip
         self.portal_servers.append(self.worker)

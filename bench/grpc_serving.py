@@ -54,6 +54,7 @@ from harness import (
     profile_summary,
     uvicorn_argv,
     wait_until,
+    worker_argv,
     wrk_run,
 )
 
@@ -152,8 +153,7 @@ class GrpcBench:
             print(f"\n{model}: celery worker --concurrency {concurrency}")
             worker = self.processes.start(
                 f"worker-{model}",
-                [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference", "--concurrency",
-                 str(concurrency), "--loglevel", "INFO", "--hostname", f"bench-grpc-{model}@%h"],
+                worker_argv(concurrency, hostname=f"bench-grpc-{model}@%h"),
                 env,
             )  # fmt: skip
             try:

@@ -140,6 +140,13 @@ def uvicorn_argv(app: str, port: int) -> list[str]:
             "--lifespan", "off", "--no-access-log"]  # fmt: skip
 
 
+def worker_argv(concurrency: int, *, log_level: str = "INFO", hostname: str | None = None) -> list[str]:
+    """A portal Celery worker on both queues (control plane and predictions), as runportal starts it."""
+    argv = [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference",
+            "--concurrency", str(concurrency), "--loglevel", log_level]  # fmt: skip
+    return [*argv, "--hostname", hostname] if hostname else argv
+
+
 # --- HTTP -----------------------------------------------------------------------------------
 
 

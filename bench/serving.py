@@ -82,6 +82,7 @@ from harness import (
     profile_summary,
     uvicorn_argv,
     wait_until,
+    worker_argv,
     wrk_command,
     wrk_parse,
     wrk_run,
@@ -256,8 +257,7 @@ class Bench(BenchReport):
                 print(f"  {model}: celery worker --concurrency {concurrency}")
                 worker = self.processes.start(
                     f"worker-{backend}-{model}",
-                    [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference", "--concurrency",
-                     str(concurrency), "--loglevel", "INFO", "--hostname", f"bench-{backend}-{model}@%h"],
+                    worker_argv(concurrency, hostname=f"bench-{backend}-{model}@%h"),
                     env,
                 )  # fmt: skip
                 try:

@@ -50,6 +50,7 @@ from harness import (
     http_request,
     uvicorn_argv,
     wait_until,
+    worker_argv,
     wrk_parse,
 )
 
@@ -250,8 +251,7 @@ class Bench:
             for padding, concurrency in (("bucket", CONCURRENCY), ("max_length", (32,))):
                 worker = self.processes.start(
                     f"worker-{padding}",
-                    [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference",
-                     "--concurrency", str(self.args.worker_concurrency), "--loglevel", "WARNING"],
+                    worker_argv(self.args.worker_concurrency, log_level="WARNING"),
                     env | {"INFERENCE_TEXT_PADDING": padding},
                 )  # fmt: skip
                 try:
