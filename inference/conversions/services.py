@@ -18,7 +18,7 @@ from inference import wire
 from inference.conversions import recipes
 from inference.conversions.work import conversion_enqueue
 from inference.models import ConversionRun, RunStatus
-from inference.runs.lifecycle import run_cancel, run_lookup, stale_expire
+from inference.runs.lifecycle import run_cancel, run_lookup
 from registry import hooks, selectors
 from registry.access import Action, model_permits, model_require
 from registry.audit import audit_record
@@ -134,11 +134,6 @@ def conversion_cancel(*, actor: Any, run: ConversionRun) -> ConversionRun:
     cancelled = run_cancel(ConversionRun, run.pk)
     logger.info("%s: cancel requested by %s", cancelled, getattr(actor, "username", actor))
     return cancelled
-
-
-def conversions_expire_stale() -> int:
-    """Queue again (or fail) conversions whose worker is gone (Celery beat sweeps every kind)."""
-    return stale_expire(ConversionRun)
 
 
 def _link(version: ModelVersion) -> dict[str, Any]:
