@@ -1,9 +1,11 @@
 // Monitoring charts: draws the plotly figures a page embeds (json_script "figures") or
 // fetches (data-figures-url on a container, re-fetched every data-refresh seconds).
 // Each chart is an element with data-figure="<key>"; it gets data-has-data once drawn with points.
-// plotly loads async (templates/monitoring/_charts_head.html): the page shows before it, the
-// figures are fetched while it loads, the charts on screen are drawn first and the others one
-// at a time after them. Performance marks "charts-visible" and "charts-drawn" (and
+// First view: every chart is drawn at once as a plain SVG sketch (static/monitoring/sketch.js,
+// data-drawn="sketch"); only then does plotly (preloaded by templates/monitoring/_charts_head.html,
+// about a second of parsing on a small machine) run and replace the sketches with interactive
+// charts, those on screen first and the others one at a time. Performance marks "charts-visible"
+// (the charts on screen are shown) and "charts-drawn" (all are plotly's; also
 // <html data-charts-drawn>) tell scripts/page_timings.py and the browser tests when.
 (function () {
   "use strict";
@@ -21,11 +23,24 @@
     });
   }
 
-  const plotly = new Promise((resolve) => {
-    if (window.Plotly) return resolve(window.Plotly);
-    const script = document.querySelector("script[data-plotly]");
-    if (script) script.addEventListener("load", () => resolve(window.Plotly));
-  });
+  const plotlySource = document.currentScript && document.currentScript.dataset.plotly;
+  let plotly = null;
+
+  // plotly runs once the sketches are painted: its parsing would otherwise hold them back.
+  function loadPlotly() {
+    if (!plotly) {
+      plotly = new Promise((resolve, reject) => {
+        requestAnimationFrame(() => setTimeout(() => {
+          const script = document.createElement("script");
+          script.src = plotlySource;
+          script.addEventListener("load", () => resolve(window.Plotly));
+          script.addEventListener("error", reject);
+          document.head.appendChild(script);
+        }, 0));
+      });
+    }
+    return plotly;
+  }
 
   function mark(name) {
     if (!performance.getEntriesByName(name).length) performance.mark(name);
@@ -36,7 +51,7 @@
     return box.top < window.innerHeight && box.bottom > 0;
   }
 
-  function drawOne(el, figure) {
+  function drawOne(el, figure, sketch) {
     const filled = hasData(figure);
     el.dataset.hasData = filled ? "true" : "false";
     const empty = el.parentElement.querySelector(".chart-empty[data-for='" + el.dataset.figure + "']");
@@ -52,15 +67,30 @@
       el.dataset.drawn = "empty";
       return Promise.resolve();
     }
-    if (el.dataset.drawn === "empty") el.replaceChildren();
+    if (sketch) {
+      if (window.chartSketch(el, figure)) el.dataset.drawn = "sketch";
+      return Promise.resolve();
+    }
+    if (el.dataset.drawn === "empty" || el.dataset.drawn === "sketch") el.replaceChildren();
     el.dataset.drawn = "plotly";
     return window.Plotly.react(el, figure.data, figure.layout, config);
   }
 
+  function charts(root, figures) {
+    return Array.from(root.querySelectorAll("[data-figure]")).filter((el) => figures[el.dataset.figure]);
+  }
+
+  // Sketches of every chart, at once (a few milliseconds); none once plotly is there.
+  function sketch(root, figures) {
+    if (window.Plotly) return;
+    charts(root, figures).forEach((el) => drawOne(el, figures[el.dataset.figure], true));
+    mark("charts-visible");
+  }
+
   function draw(root, figures) {
-    const charts = Array.from(root.querySelectorAll("[data-figure]")).filter((el) => figures[el.dataset.figure]);
-    const first = charts.filter(onScreen);
-    const later = charts.filter((el) => !first.includes(el));
+    const all = charts(root, figures);
+    const first = all.filter(onScreen);
+    const later = all.filter((el) => !first.includes(el));
     return Promise.all(first.map((el) => drawOne(el, figures[el.dataset.figure]))).then(() => {
       mark("charts-visible");
       // One chart per task: the page stays responsive while the ones below the fold are drawn.
@@ -73,34 +103,51 @@
     });
   }
 
+  // Without plotly (blocked, or failed to load) the sketches stay.
+  function show(root, figures) {
+    sketch(root, figures);
+    return loadPlotly().then(() => draw(root, figures), () => {});
+  }
+
   function follow(root) {
     const select = root.querySelector("select[name=window]");
     const refresh = Number(root.dataset.refresh || 0) * 1000;
     let timer = null;
+    function shown(body) {
+      const totals = root.querySelector("[data-totals]");
+      if (totals && body.totals) {
+        const t = body.totals;
+        totals.textContent = t.count + " requests, " + t.errors + " errors, p50 " + sig(t.latency_ms.p50) +
+          " ms, p95 " + sig(t.latency_ms.p95) + " ms, p99 " + sig(t.latency_ms.p99) + " ms";
+      }
+      return show(root, body.figures);
+    }
+    function again() {
+      if (refresh) { clearTimeout(timer); timer = setTimeout(load, refresh); }
+    }
     function load() {
       const url = new URL(root.dataset.figuresUrl, window.location.href);
       if (select) url.searchParams.set("window", select.value);
       fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
         .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
-        .then((body) => {
-          const totals = root.querySelector("[data-totals]");
-          if (totals && body.totals) {
-            const t = body.totals;
-            totals.textContent = t.count + " requests, " + t.errors + " errors, p50 " + sig(t.latency_ms.p50) +
-              " ms, p95 " + sig(t.latency_ms.p95) + " ms, p99 " + sig(t.latency_ms.p99) + " ms";
-          }
-          return plotly.then(() => draw(root, body.figures));
-        })
+        .then(shown)
         .catch(() => {})
-        .finally(() => { if (refresh) { clearTimeout(timer); timer = setTimeout(load, refresh); } });
+        .finally(again);
     }
     if (select) select.addEventListener("change", load);
-    load();
+    // The first figures may come with the page (data-initial: a json_script's id).
+    const initial = root.dataset.initial && document.getElementById(root.dataset.initial);
+    if (initial) {
+      shown(JSON.parse(initial.textContent));
+      again();
+    } else {
+      load();
+    }
   }
 
   // Nothing to wait for when no chart is on the first screen (the model page's are further down).
   if (!Array.from(document.querySelectorAll("[data-figure]")).some(onScreen)) mark("charts-visible");
   document.querySelectorAll("[data-figures-url]").forEach(follow);
   const embedded = document.getElementById("figures");
-  if (embedded) plotly.then(() => draw(document, JSON.parse(embedded.textContent)));
+  if (embedded) show(document, JSON.parse(embedded.textContent));
 })();

@@ -53,3 +53,22 @@ def test_dashboard_and_comparison_show_charts_with_data(
         expect(page.locator(f"#chart-{chart}")).to_have_attribute("data-has-data", "true")
     page.click("#run-table a")
     expect(page.locator("#run-metrics")).to_contain_text("Macro F1")
+
+    # Until plotly has run (blocked here; on a small machine, most of a second) each chart is an
+    # SVG sketch drawn from the same figures: the confusion matrix's cells add up to the rows.
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.route("**/plotly-cartesian*.js", lambda route: route.abort())
+    page.goto(f"/models/{registered_model.name}/compare/")
+    for chart in ("accuracy", "confusion", "latency_versions", "traffic"):
+        expect(page.locator(f"#chart-{chart}")).to_have_attribute("data-drawn", "sketch")
+        expect(page.locator(f"#chart-{chart} svg.chart-sketch")).to_be_visible()
+    expect(page.locator("#chart-accuracy svg.chart-sketch rect")).to_have_count(1)
+    expect(page.locator("#chart-traffic svg.chart-sketch path")).not_to_have_count(0)
+    cells = page.locator("#chart-confusion svg.chart-sketch rect")
+    expect(cells).to_have_count(9)
+    numbers = page.locator("#chart-confusion svg.chart-sketch text").all_text_contents()
+    assert sum(int(n) for n in numbers if n.isdigit()) == len(labels)
+    assert page.evaluate("performance.getEntriesByName('charts-visible').length") == 1
+    assert page.locator(".main-svg").count() == 0
+    assert errors == []
