@@ -373,6 +373,13 @@ SYSTEM_READ = ["/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/e
 SYSTEM_WRITE = ["/dev/null"]
 
 
+def pci_read() -> list[Path]:
+    """The PCI device listing (sysfs, read-only) onnxruntime walks at start to find accelerators:
+    hardware facts, no secret. Without it every ONNX host logs "GPU device discovery failed"."""
+    listing = Path("/sys/bus/pci")
+    return [listing, *sorted(Path("/sys/devices").glob("pci*"))] if listing.exists() else []
+
+
 def devices_gpu() -> list[Path]:
     """The NVIDIA device files present (the driver's ioctl interface needs them read-write)."""
     return [*sorted(Path("/dev").glob("nvidia*")), Path("/dev/dri")] if Path("/dev/nvidiactl").exists() else []

@@ -104,7 +104,7 @@ def host_environment(scratch: Path) -> dict[str, str]:
 def host_policy(models: Iterable[Path], scratch: Path) -> dict[str, list[str]]:
     """The paths of a host's Landlock rules: read, write, devices, list-only."""
     read = [*policy.python_paths(), *(Path(package.__path__[0]) for package in PACKAGES), *models]
-    read += policy.paths(policy.SYSTEM_READ)
+    read += [*policy.paths(policy.SYSTEM_READ), *policy.pci_read()]
     # The project root is on sys.path: its entries may be listed, not read (the data directory may lie there).
     roots = {Path(package.__path__[0]).parent for package in PACKAGES}
     devices = policy.devices_gpu() if settings.INFERENCE_DEVICE != "cpu" else []
