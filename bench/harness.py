@@ -134,15 +134,17 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def uvicorn_argv(app: str, port: int) -> list[str]:
-    """The portal's web server configuration (as runportal starts it), for any ASGI app."""
-    return [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+def uvicorn_argv(app: str, port: int, *, workers: int = 2) -> list[str]:
+    """The portal's web server configuration (as runportal starts it: 2 workers), for any ASGI app."""
+    return [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
             "--lifespan", "off", "--no-access-log"]  # fmt: skip
 
 
-def worker_argv(concurrency: int, *, log_level: str = "INFO", hostname: str | None = None) -> list[str]:
-    """A portal Celery worker on both queues (control plane and predictions), as runportal starts it."""
-    argv = [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", "default,inference",
+def worker_argv(
+    concurrency: int, *, queues: str = "default,inference", log_level: str = "INFO", hostname: str | None = None
+) -> list[str]:
+    """A portal Celery worker; by default on both queues (control plane and predictions), as runportal starts it."""
+    argv = [PYTHON, "-m", "celery", "-A", "portal", "worker", "--queues", queues,
             "--concurrency", str(concurrency), "--loglevel", log_level]  # fmt: skip
     return [*argv, "--hostname", hostname] if hostname else argv
 

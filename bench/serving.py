@@ -11,13 +11,15 @@ carrying one example, with wrk at 1 and 32 connections:
 and the portal (uvicorn 2 workers serving portal.asgi + one Celery worker process running
 the serving loop) with JSON and binary tensors, on the embedded default (SQLite + embedded
 Redis) and on PostgreSQL + Redis (a database and a redis-server of the run's own, dropped and
-stopped at the end: nothing shared is touched). Every process runs one torch thread (OMP_NUM_THREADS=1,
+stopped at the end: nothing shared is touched), and in the production layout the README
+documents (PostgreSQL + Redis, `uvicorn --workers 4`, a control-plane worker on the default
+queue and the serving worker on the inference queue only). Every process runs one torch thread (OMP_NUM_THREADS=1,
 MKL_NUM_THREADS=1; the references also call torch.set_num_threads(1)). Each server answers
 one request per model first, compared with an in-process forward (atol 1e-4).
 
 Run from the repository root (about 5-7 minutes at --duration 8)::
 
-    .venv/bin/python bench/serving.py [--duration 10] [--only mlp,cnn] [--backends embedded,postgres]
+    .venv/bin/python bench/serving.py [--duration 10] [--only mlp,cnn] [--backends embedded,postgres,production]
                                       [--skip-references] [--skip-fault] [--profile] [--keep]
 
 After the MLP loads of each backend, one serving process is SIGKILLed under a c=32 load
@@ -91,13 +93,16 @@ from overload import Overload, capacity, run_overload
 from report import BenchReport, Fault, Row
 
 CONCURRENCY = (1, 32)
-BACKENDS = ("embedded", "postgres")
+BACKENDS = ("embedded", "postgres", "production")
+# The layout README's "Production deployment" documents, on PostgreSQL + Redis: 4 web processes,
+# a control-plane worker on the default queue (-c 4) and the serving worker on inference only.
+PRODUCTION_WEB_WORKERS = 4
+PRODUCTION_CONTROL_CONCURRENCY = 4
 MODELS = ("mlp", "cnn")
 ITEM_SHAPES: dict[str, tuple[int, ...]] = {"mlp": (64,), "cnn": (3, 64, 64)}
 # The PostgreSQL backend runs on a database this run creates (and drops) under a name of its
 # own, and on a redis-server it starts on a free port: nothing shared is dropped or flushed.
 PG_DATABASE = f"maas_bench_{secrets.token_hex(4)}"
-PG_URL = f"postgres://postgres@127.0.0.1:5432/{PG_DATABASE}"
 ATOL = 1e-4
 FAULT_LOAD_SECONDS = 10
 FAULT_KILL_AFTER_SECONDS = 2.0
@@ -213,16 +218,22 @@ class Bench(BenchReport):
         env = base_env() | {"PORTAL_DATA_DIR": str(data), "INFERENCE_TIMEOUT_SECONDS": str(FAULT_TIMEOUT_SECONDS)}
         if self.args.overload_queued:
             env["INFERENCE_MAX_QUEUED"] = str(self.args.overload_queued)
-        if backend == "postgres":
+        if backend in ("postgres", "production"):
             env |= {
-                "DATABASE_URL": PG_URL, "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
+                "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{_database(backend)}", "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0",
                 "SECRET_KEY": secrets.token_urlsafe(40)[:50], "ALLOWED_HOSTS": "127.0.0.1,localhost",
                 "SECURE_SSL_REDIRECT": "false",
             }  # fmt: skip
         return env
 
     def run_portal(self, backend: str, profile: bool) -> None:
-        print(f"\nportal, {backend} backend: uvicorn portal.asgi:application --workers 2 + a celery worker")
+        production = backend == "production"
+        web_workers = PRODUCTION_WEB_WORKERS if production else 2
+        if production:
+            print(f"\nportal, production layout (PostgreSQL + Redis): uvicorn --workers {web_workers}, "
+                  f"celery -Q default -c {PRODUCTION_CONTROL_CONCURRENCY}, celery -Q inference per model")  # fmt: skip
+        else:
+            print(f"\nportal, {backend} backend: uvicorn portal.asgi:application --workers 2 + a celery worker")
         env = self.backend_env(backend)
         started: list[Server] = []
         try:
@@ -230,7 +241,7 @@ class Bench(BenchReport):
                 started.append(embedded_redis(self.processes, env))
             else:
                 started.append(self._private_redis(env))
-                _postgres_create()
+                _postgres_create(_database(backend))
             setup = subprocess.run(
                 [PYTHON, str(ROOT / "bench" / "portal_setup.py"), *(f"{m}={self.artifacts[m]}" for m in self.models)],
                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
@@ -245,9 +256,14 @@ class Bench(BenchReport):
                 print(f"  registered {model} v{details['version']}: batching {details['batching']}, max_batch_size "
                       f"{details['max_batch_size']}, max_batch_delay_ms {details['max_batch_delay_ms']}")  # fmt: skip
             port = free_port()
-            web = self.processes.start(f"web-{backend}", uvicorn_argv("portal.asgi:application", port), env)
+            web = self.processes.start(
+                f"web-{backend}", uvicorn_argv("portal.asgi:application", port, workers=web_workers), env
+            )
             started.append(web)
             wait_until(lambda: http_request(port, "GET", "/v2/health/live")[0] == 200, web, "portal web server")
+            if production:
+                control = worker_argv(PRODUCTION_CONTROL_CONCURRENCY, queues="default", hostname="bench-control@%h")
+                started.append(self.processes.start("worker-production-control", control, env))
             auth = {"Authorization": f"Bearer {token}"}
             for model in self.models:
                 # A worker per model: a compute-bound model gets one serving process per core
@@ -255,11 +271,9 @@ class Bench(BenchReport):
                 # to the gateway. `--worker-concurrency` sets it.
                 concurrency = self.args.worker_concurrency.get(model, 1)
                 print(f"  {model}: celery worker --concurrency {concurrency}")
-                worker = self.processes.start(
-                    f"worker-{backend}-{model}",
-                    worker_argv(concurrency, hostname=f"bench-{backend}-{model}@%h"),
-                    env,
-                )  # fmt: skip
+                queues = "inference" if production else "default,inference"
+                argv = worker_argv(concurrency, queues=queues, hostname=f"bench-{backend}-{model}@%h")
+                worker = self.processes.start(f"worker-{backend}-{model}", argv, env)
                 try:
                     wait_until(lambda m=model: http_request(port, "GET", f"/v2/models/{m}/ready", None, auth)[0] == 200,
                                worker, f"worker serving {model}")  # fmt: skip
@@ -273,7 +287,7 @@ class Bench(BenchReport):
                             self.load(f"portal {backend} {encoding}", model, port, body, token)
                         if profile and model == "mlp":
                             self.profile(backend, port, web, worker, bodies["JSON"], token)
-                        if model == "mlp" and not self.args.skip_fault:
+                        if model == "mlp" and not self.args.skip_fault and not production:
                             self.fault(backend, model, port, worker, bodies["JSON"], token)
                     if model == self.models[-1] and not self.args.skip_overload:
                         self.overload(backend, model, port, token)
@@ -335,7 +349,7 @@ class Bench(BenchReport):
 
     def overload(self, backend: str, model: str, port: int, token: str) -> None:
         """Twice the measured capacity, open loop, on /v2 and on the friendly endpoint (see the module's docstring)."""
-        database = PG_DATABASE if backend == "postgres" else None
+        database = _database(backend) if backend != "embedded" else None
         example = self.examples[model][0].tolist()
         auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         friendly = json.dumps({"inputs": {INPUT_NAMES[model]: example}}).encode()
@@ -432,30 +446,33 @@ def _per_model(text: str) -> dict[str, int]:
         raise argparse.ArgumentTypeError(f"expected model=count pairs, got {text!r}") from None
 
 
-_created_database = False
+_created_databases: list[str] = []
 
 
-def _postgres_create() -> None:
-    """The benchmark's database: a new one, named for this run (CREATE fails rather than reuse a name)."""
-    global _created_database
+def _database(backend: str) -> str:
+    """The run's own PostgreSQL database for a backend (each backend starts from an empty one)."""
+    return f"{PG_DATABASE}_{backend}"
+
+
+def _postgres_create(name: str) -> None:
+    """A new database, named for this run (CREATE fails rather than reuse a name)."""
     psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c"]
-    subprocess.run([*psql, f"CREATE DATABASE {PG_DATABASE}"], check=True, capture_output=True)
-    _created_database = True
+    subprocess.run([*psql, f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    _created_databases.append(name)
 
 
 def _postgres_drop() -> None:
-    """Drop the database this run created (and only that one)."""
-    if not _created_database:
-        return
+    """Drop the databases this run created (and only those)."""
     psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q", "-c"]
-    subprocess.run([*psql, f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)"], check=False, capture_output=True)
+    for name in _created_databases:
+        subprocess.run([*psql, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False, capture_output=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per measured wrk run (default 10)")
     parser.add_argument("--only", default=",".join(MODELS), help="models: mlp,cnn")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="portal backends: embedded,postgres")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="portal backends: embedded,postgres,production")
     parser.add_argument("--worker-concurrency", type=_per_model, default=_per_model("mlp=1,cnn=2"),
                         help="worker processes (each with a serving loop) per model; default mlp=1,cnn=2")  # fmt: skip
     parser.add_argument("--skip-references", action="store_true", help="skip references (b) and (c)")
@@ -512,8 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         bench.processes.stop()
-        if "postgres" in args.backends:
-            _postgres_drop()
+        _postgres_drop()
         bench.report()
         bench.scan_logs()
         if bench.problems:
