@@ -74,6 +74,9 @@ def hf_libraries() -> tuple[Any, Any]:
     # Workers log to files and consoles that people read: no progress bars, no load reports.
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    # transformers resolves its classes lazily: the auto classes (and their mappings) now too.
+    for name in ("AutoConfig", "AutoTokenizer", *AUTO_CLASSES.values()):
+        getattr(transformers, name)
     return transformers, tokenizers
 
 
