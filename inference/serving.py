@@ -29,7 +29,7 @@ from core import redis as shared_redis
 from inference import telemetry, wire
 from inference.cache import LoadedModel, ModelUnavailable, model_cache
 from inference.generation.worker import GenerationLoop
-from inference.runtimes import TextInputError, token_rows_trim
+from inference.runtimes import TextInputError, hf_libraries, token_rows_trim
 from inference.sandbox.supervisor import ServingSupervisor
 from inference.services import exception_summary
 from inference.wire import Answer, BatchReply, BatchRequest, Failure, Outputs
@@ -68,6 +68,10 @@ class ServingLoop(threading.Thread):
         self.busy: list[str] = []
 
     def run(self) -> None:
+        # A serving loop may be asked for a text model at any time: transformers (which a process
+        # no longer imports at startup, seconds of it) is imported before it serves, not within
+        # the first text request's deadline.
+        hf_libraries()
         logger.info("serving predictions from %s as %s", ", ".join(self.queues), self.identity)
         # The heartbeat has a thread of its own: a worker busy loading a model or computing a
         # long batch is alive (and says what it loads), and one that died is seen within

@@ -17,16 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-import transformers
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-    MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
-    MODEL_MAPPING_NAMES,
-)
-
 from core.errors import InvalidInput
 from registry.archives import WHOLE, ArchiveListing, archive_scan
 from registry.text_tasks import (
@@ -48,13 +38,14 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib",
 # The bytes of a safetensors file read at upload: its header's length and (usually) the header.
 SAFETENSORS_HEAD = 256 * 1024
 SHARD_RE = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")
-# The model types transformers has an auto class for, per task (fill-mask needs a masked-LM head…).
-TASK_MODEL_TYPES: dict[str, Mapping[str, object]] = {
-    TextTask.FILL_MASK: MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    TextTask.TEXT_CLASSIFICATION: MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-    TextTask.TOKEN_CLASSIFICATION: MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
-    TextTask.FEATURE_EXTRACTION: MODEL_MAPPING_NAMES,
-    TextTask.TEXT_GENERATION: MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+# transformers' mapping (in transformers.models.auto.modeling_auto) of the model types it has an
+# auto class for, per task (fill-mask needs a masked-LM head…).
+TASK_MODEL_TYPES: dict[str, str] = {
+    TextTask.FILL_MASK: "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    TextTask.TEXT_CLASSIFICATION: "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    TextTask.TOKEN_CLASSIFICATION: "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    TextTask.FEATURE_EXTRACTION: "MODEL_MAPPING_NAMES",
+    TextTask.TEXT_GENERATION: "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
 }
 # The example text each task is validated with when the uploader gives none.
 EXAMPLE_TEXTS: dict[str, str] = {
@@ -182,13 +173,36 @@ def _safetensors_header_check(name: str, size: int, head: bytes) -> None:
 
 
 @functools.cache
+def _transformers() -> Any:
+    """transformers, imported at the first Hugging Face upload rather than with this module: every
+    web process, worker and model host imports the registry, and the library takes seconds to import."""
+    import transformers
+
+    return transformers
+
+
+@functools.cache
 def _transformers_names() -> frozenset[str]:
     """The public names of the installed transformers (listing its lazy module costs ~0.2 s once)."""
-    return frozenset(dir(transformers))
+    return frozenset(dir(_transformers()))
+
+
+def _config_model_types() -> Mapping[str, object]:
+    """The model types the installed transformers has a configuration class for."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return CONFIG_MAPPING_NAMES
+
+
+def _task_model_types(task: str) -> Mapping[str, object]:
+    """The model types the installed transformers has an auto class for, for `task`."""
+    from transformers.models.auto import modeling_auto
+
+    return getattr(modeling_auto, TASK_MODEL_TYPES[task])  # type: ignore[no-any-return]
 
 
 def _config_check(config: dict[str, Any]) -> None:
-    version = transformers.__version__
+    version = _transformers().__version__
     if "auto_map" in config:
         raise _refuse(
             "config.json declares auto_map (model code shipped inside the archive); trust_remote_code is never "
@@ -197,7 +211,7 @@ def _config_check(config: dict[str, Any]) -> None:
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise _refuse(f"config.json has no model_type; it is not a transformers configuration. {SAVE_HINT}")
-    if model_type not in CONFIG_MAPPING_NAMES:
+    if model_type not in _config_model_types():
         raise _refuse(
             f"config.json's model_type {model_type!r} needs code outside the installed transformers {version} "
             "(custom code is never run)."
@@ -295,9 +309,10 @@ def hf_task(config: dict[str, Any], declared: str | None) -> str:
             "task",
         )
     model_type = str(config.get("model_type"))
-    if model_type not in TASK_MODEL_TYPES[task]:
+    if model_type not in _task_model_types(task):
         raise _refuse(
-            f"The installed transformers {transformers.__version__} has no {task} model for model_type {model_type!r}.",
+            f"The installed transformers {_transformers().__version__} has no {task} model "
+            f"for model_type {model_type!r}.",
             "task",
         )
     return task

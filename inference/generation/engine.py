@@ -36,13 +36,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from inference.generation.detokenizer import Detokenizer, StopStrings
 from inference.generation.sampling import SamplingParams, batch_sample, token_logprobs
 
 # A prefill forward may be this much larger (in padded tokens) than the prompts it reads.
 PREFILL_SLACK = 1.25
+
+
+def _dynamic_cache(config: Any) -> Any:
+    """A fresh transformers DynamicCache. transformers is imported here, at the first prefill,
+    not with this module: every worker, web process and model host imports the engine, and the
+    library takes seconds to import."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=config)
 
 
 class EngineFull(Exception):
@@ -252,7 +260,7 @@ class Engine:
                 break
             if not newcomers and len(sequence.prompt_ids) > self.prefill_tokens:
                 self.chunked = self.waiting.popleft()
-                self.chunked_cache = DynamicCache(config=self.model.config)
+                self.chunked_cache = _dynamic_cache(self.model.config)
                 return self._prefill_chunk()
             # Padded tokens bound the prefill's cost, so that running streams are not stalled for long.
             candidate = prefill_groups([len(s.prompt_ids) for s in newcomers] + [len(sequence.prompt_ids)])
@@ -274,7 +282,7 @@ class Engine:
         ids = torch.tensor([[0] * (width - len(s.prompt_ids)) + s.prompt_ids for s in newcomers], device=self.device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         # The cache is filled in place (transformers 5 names the argument `cache`).
-        cache = DynamicCache(config=self.model.config)
+        cache = _dynamic_cache(self.model.config)
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
         )

@@ -11,7 +11,7 @@ from inference.runtimes.base import (
     texts_of,
 )
 from inference.runtimes.exported_program import ExportedProgramRuntime
-from inference.runtimes.huggingface import HuggingFaceRuntime, token_rows_trim
+from inference.runtimes.huggingface import HuggingFaceRuntime, hf_libraries, token_rows_trim
 from inference.runtimes.onnx import OnnxRuntime
 from inference.runtimes.torchscript import TorchScriptRuntime
 
@@ -35,6 +35,7 @@ __all__ = [
     "TextInputError",
     "TextRuntime",
     "flatten_outputs",
+    "hf_libraries",
     "runtime_for",
     "texts_of",
     "token_rows_trim",

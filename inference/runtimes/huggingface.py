@@ -14,6 +14,7 @@ drives `module` and `tokenizer` through a continuous-batching engine.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -22,19 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tokenizers
 import torch
-import transformers
 from django.conf import settings
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-)
 
 from inference.runtimes.base import ModelLoadError, TextInputError, TextRuntime, first_line
 from inference.wire import bytes_array
@@ -42,16 +32,13 @@ from registry.text_tasks import DEFAULT_TOP_K, MAX_TOP_K, TOKENS_OUTPUT, TextTas
 
 logger = logging.getLogger(__name__)
 
-# Workers log to files and consoles that people read: no progress bars, no load reports.
-transformers.utils.logging.disable_progress_bar()
-transformers.utils.logging.set_verbosity_error()
-
-AUTO_CLASSES: dict[str, Any] = {
-    TextTask.FILL_MASK: AutoModelForMaskedLM,
-    TextTask.TEXT_CLASSIFICATION: AutoModelForSequenceClassification,
-    TextTask.TOKEN_CLASSIFICATION: AutoModelForTokenClassification,
-    TextTask.FEATURE_EXTRACTION: AutoModel,
-    TextTask.TEXT_GENERATION: AutoModelForCausalLM,
+# transformers' auto class (by name) that loads each served task's model.
+AUTO_CLASSES: dict[str, str] = {
+    TextTask.FILL_MASK: "AutoModelForMaskedLM",
+    TextTask.TEXT_CLASSIFICATION: "AutoModelForSequenceClassification",
+    TextTask.TOKEN_CLASSIFICATION: "AutoModelForTokenClassification",
+    TextTask.FEATURE_EXTRACTION: "AutoModel",
+    TextTask.TEXT_GENERATION: "AutoModelForCausalLM",
 }
 PADDING_STRATEGIES = ("bucket", "longest", "max_length")
 # sentence-transformers' Pooling config keys of the poolings served (one of them, alone).
@@ -71,6 +58,26 @@ FALLBACK_MAX_LENGTH = 512
 UNUSED_PREFIXES = ("pooler.",)
 # The prompt a generative model is warmed up and validated with.
 GENERATION_EXAMPLE = "Once upon a time, the portal"
+
+
+@functools.cache
+def hf_libraries() -> tuple[Any, Any]:
+    """transformers and tokenizers, imported on first use rather than with this module.
+
+    Importing transformers takes seconds (on a busy 2-core machine about a third of a model
+    host's start), and every worker, web process and model host imports this module, while
+    only those that load a text model need the library.
+    """
+    import tokenizers
+    import transformers
+
+    # Workers log to files and consoles that people read: no progress bars, no load reports.
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    # transformers resolves its classes lazily: the auto classes (and their mappings) now too.
+    for name in ("AutoConfig", "AutoTokenizer", *AUTO_CLASSES.values()):
+        getattr(transformers, name)
+    return transformers, tokenizers
 
 
 @dataclass(frozen=True)
@@ -216,8 +223,9 @@ class HuggingFaceRuntime(TextRuntime):
     @classmethod
     def load(cls, path: Path, device: torch.device, *, task: str = "") -> HuggingFaceRuntime:
         root = _model_root(path)
+        transformers, _ = hf_libraries()
         try:
-            config = AutoConfig.from_pretrained(root, local_files_only=True, trust_remote_code=False)
+            config = transformers.AutoConfig.from_pretrained(root, local_files_only=True, trust_remote_code=False)
         except Exception as exc:
             raise ModelLoadError(f"config.json could not be loaded: {first_line(exc)}") from exc
         task = task or task_from_architectures(getattr(config, "architectures", None)) or ""
@@ -225,7 +233,7 @@ class HuggingFaceRuntime(TextRuntime):
             raise ModelLoadError(f"task {task!r} is not served; known: {', '.join(AUTO_CLASSES)}")
         half = device.type == "cuda" and settings.INFERENCE_TEXT_HALF_PRECISION
         try:
-            module, info = AUTO_CLASSES[task].from_pretrained(
+            module, info = getattr(transformers, AUTO_CLASSES[task]).from_pretrained(
                 root, config=config, local_files_only=True, trust_remote_code=False, use_safetensors=True,
                 dtype=torch.float16 if half else torch.float32, output_loading_info=True,
             )  # fmt: skip
@@ -241,7 +249,7 @@ class HuggingFaceRuntime(TextRuntime):
         if not any((root / name).is_file() for name in TOKENIZER_FILES):
             raise ModelLoadError(f"the directory has no tokenizer (one of {', '.join(TOKENIZER_FILES)})")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True, trust_remote_code=False)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(root, local_files_only=True, trust_remote_code=False)
         except Exception as exc:
             raise ModelLoadError(f"the tokenizer could not be loaded: {first_line(exc)}") from exc
         if not getattr(tokenizer, "is_fast", False):
@@ -270,6 +278,7 @@ class HuggingFaceRuntime(TextRuntime):
         return "Paris is the capital of France."
 
     def describe(self) -> dict[str, Any]:
+        transformers, tokenizers = hf_libraries()
         return {
             "task": self.task,
             "vocab_size": len(self.tokenizer),
@@ -444,4 +453,12 @@ class HuggingFaceRuntime(TextRuntime):
         return {"embedding": embeddings}
 
 
-__all__ = ["AUTO_CLASSES", "PADDING_STRATEGIES", "Forward", "HuggingFaceRuntime", "forward_plan", "token_rows_trim"]
+__all__ = [
+    "AUTO_CLASSES",
+    "PADDING_STRATEGIES",
+    "Forward",
+    "HuggingFaceRuntime",
+    "forward_plan",
+    "hf_libraries",
+    "token_rows_trim",
+]

@@ -100,6 +100,7 @@ def stack(service_environment: dict[str, str], owner: Any, processes: Processes,
     return Stack(processes, service_environment | fast, directory, token)
 
 
+@pytest.mark.private_broker  # the stack's own broker: CI's RabbitMQ pass would repeat it as it is
 def test_a_conversion_whose_worker_is_killed_is_taken_up_again_and_leaves_one_child(
     stack: Stack, owner: Any, ready_version: Any
 ) -> None:
@@ -130,6 +131,7 @@ def start_worker_with(stack: Stack, name: str, **environment: str) -> Any:
         stack.environment.update(saved)
 
 
+@pytest.mark.private_broker  # the stack's own broker: CI's RabbitMQ pass would repeat it as it is
 def test_a_conversion_cancelled_mid_step_stops_its_host_and_leaves_nothing(
     stack: Stack, owner: Any, ready_version: Any, shared_data_dir: Path
 ) -> None:

@@ -21,7 +21,8 @@ from tests.integration.faults import private_postgres, seed_tokens
 from tests.run_environment import run_dir
 from tests.worker import redis_start, start_gateway, until
 
-pytestmark = [pytest.mark.integration]
+# A PostgreSQL and a Redis of the test's own: CI's RabbitMQ pass would repeat it as it is.
+pytestmark = [pytest.mark.integration, pytest.mark.private_broker]
 
 POSTGRES_SETTINGS = {
     "SECRET_KEY": "database-outage-test-secret-key-0123456789-abcdefghijklmnop",

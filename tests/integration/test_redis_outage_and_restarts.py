@@ -19,7 +19,8 @@ from tests.integration.conftest import auth, infer_json
 from tests.run_environment import run_dir
 from tests.worker import redis_start, start_gateway, start_worker, until
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+# Every process of these tests uses a broker of the test's own: CI's RabbitMQ pass would repeat them as they are.
+pytestmark = [pytest.mark.integration, pytest.mark.private_broker, pytest.mark.django_db(transaction=True)]
 
 BODY = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
 # How long a step may take before the test calls it failed: generous, since a busy 2-core

@@ -34,7 +34,8 @@ from tests.integration.faults import Stack, start_beat
 from tests.run_environment import run_dir
 from tests.worker import Processes, redis_start, until
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+# Every process of these tests uses a broker of the test's own: CI's RabbitMQ pass would repeat them as they are.
+pytestmark = [pytest.mark.integration, pytest.mark.private_broker, pytest.mark.django_db(transaction=True)]
 
 SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],
              "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}]}  # fmt: skip

@@ -26,7 +26,8 @@ from tests.integration.faults import Stack
 from tests.run_environment import run_dir
 from tests.worker import Processes, until
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+# Every process of these tests uses a broker of the test's own: CI's RabbitMQ pass would repeat them as they are.
+pytestmark = [pytest.mark.integration, pytest.mark.private_broker, pytest.mark.django_db(transaction=True)]
 
 SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
              "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]}  # fmt: skip
