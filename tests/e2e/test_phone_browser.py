@@ -65,7 +65,7 @@ def test_no_page_is_wider_than_a_tablet_or_laptop(phone, owner, registered_model
             phone.goto(path)
             phone.wait_for_load_state("networkidle")
             found = overflow(phone)
-            assert found["extra"] <= 0, f"{path} at {width} px is {found['extra']} px wider than the window: {found['out']}"
+            assert found["extra"] <= 0, f"{path} at {width} px: {found['extra']} px too wide {found['out']}"
             cards = phone.evaluate(
                 """() => [...document.querySelectorAll(".card")].filter((c) => c.scrollWidth > c.clientWidth + 1)
                     .map((c) => (c.querySelector("h2") || c).textContent.trim().slice(0, 40))"""
