@@ -284,6 +284,9 @@ class Gateway:
         self.coalescers: dict[int, Coalescer] = {}
         self.users: dict[str, tuple[float, Any]] = {}
         self.targets: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
+        # Lookups under way, by cache key: when an entry expires under load, one query refills it
+        # and the other requests wait for that one instead of each taking a database connection.
+        self.lookups: dict[Any, asyncio.Future[Any]] = {}
         # When the heartbeats were read, those of live workers, and those of the dead.
         self.workers: tuple[float, list[wire.Heartbeat], list[wire.Heartbeat]] = (0.0, [], [])
         self.live_ids: set[str] = set()
@@ -460,30 +463,53 @@ class Gateway:
         client = self._connect()
         # Only lookups are guarded: a client that sent too many bad tokens waits (429).
         await token_throttle.admit_async(client, address)
-        while True:
-            seen = guard.generation()
-            user = await database(_authenticate, token.strip())
-            if guard.generation() == seen:  # else a revocation raced the lookup: look again
-                break
+        user = await self._once(("user", key), lambda: self._authenticated(key, token.strip()))
         if user is None:
             await token_throttle.failed_async(client, address)
             raise HttpError(401, "The API token is invalid, expired or revoked.")
-        self.users[key] = (time.monotonic(), user)
         return user
+
+    async def _authenticated(self, key: str, token: str) -> Any:
+        while True:
+            seen = guard.generation()
+            user = await database(_authenticate, token)
+            if guard.generation() == seen:  # else a revocation raced the lookup: look again
+                break
+        if user is not None:
+            self.users[key] = (time.monotonic(), user)
+        return user
+
+    async def _once(self, key: Any, lookup: Callable[[], Awaitable[T]]) -> T:
+        """`lookup()`'s result, shared by every caller asking for `key` while it runs."""
+        future = self.lookups.get(key)
+        if future is None:
+            future = asyncio.ensure_future(lookup())
+            self.lookups[key] = future
+            future.add_done_callback(lambda done: self._lookup_done(key, done))
+        # Shielded: one caller's cancellation (its client went away) does not cancel the others'.
+        return cast(T, await asyncio.shield(future))
 
     async def target(self, user: Any, name: str, version: str | None) -> Target:
         key = (user.pk, name, version)
         cached = self.targets.get(key)
         if cached and time.monotonic() - cached[0] < CACHE_TTL_SECONDS and guard.cache_trusted():
             return cached[1]
-        seen = guard.generation()
         try:
-            target = await database(target_resolve, user, name, version)
+            return await self._once(("target", key), lambda: self._resolved(key, user, name, version))
         except PortalError as exc:
             if not user.is_authenticated:
                 # Without a token, whatever is not public answers alike: nothing leaks.
                 raise HttpError(401, AUTH_REQUIRED) from None
             raise HttpError(exc.status_code, exc.message) from None
+
+    def _lookup_done(self, key: Any, future: asyncio.Future[Any]) -> None:
+        self.lookups.pop(key, None)
+        if not future.cancelled():
+            future.exception()  # retrieved, even when every caller went away before it ended
+
+    async def _resolved(self, key: tuple[int, str, str | None], user: Any, name: str, version: str | None) -> Target:
+        seen = guard.generation()
+        target = await database(target_resolve, user, name, version)
         if target.status == VersionStatus.READY and guard.generation() == seen:
             # Only ready routes are cached: a pending version must be seen turning ready.
             self.targets[key] = (time.monotonic(), target)

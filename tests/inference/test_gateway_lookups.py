@@ -1,0 +1,79 @@
+"""The gateway's lookups: concurrent requests for the same user or route share one database query."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from core.errors import NotFound
+from inference import gateway as gateway_module
+from inference.gateway import Gateway, HttpError
+from tests.inference.test_coalescer import target
+
+CALLER = SimpleNamespace(pk=7, is_authenticated=True)
+
+
+class SlowDatabase:
+    """Stands in for `gateway.database`: counts the queries, each answering after `delay` seconds."""
+
+    def __init__(self, answer: Any, delay: float = 0.05) -> None:
+        self.answer, self.delay, self.queries = answer, delay, 0
+
+    async def __call__(self, function: Any, *args: Any) -> Any:
+        self.queries += 1
+        await asyncio.sleep(self.delay)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_concurrent_requests_for_one_route_share_one_query(monkeypatch):
+    database = SlowDatabase(target())
+    monkeypatch.setattr(gateway_module, "database", database)
+
+    async def scenario() -> list[Any]:
+        gateway = Gateway()
+        return await asyncio.gather(*(gateway.target(CALLER, "iris", None) for _ in range(32)))
+
+    answers = asyncio.run(scenario())
+    assert database.queries == 1
+    assert all(answer.model_name == "iris" for answer in answers)
+
+
+def test_a_failed_shared_lookup_fails_every_waiter_and_is_not_kept(monkeypatch):
+    database = SlowDatabase(NotFound("Model 'iris' not found."))
+    monkeypatch.setattr(gateway_module, "database", database)
+
+    async def scenario() -> tuple[list[Any], Gateway]:
+        gateway = Gateway()
+        lookups = (gateway.target(CALLER, "iris", None) for _ in range(8))
+        outcomes = await asyncio.gather(*lookups, return_exceptions=True)
+        return outcomes, gateway
+
+    outcomes, gateway = asyncio.run(scenario())
+    assert database.queries == 1
+    assert all(isinstance(o, HttpError) and o.status == 404 and "iris" in o.message for o in outcomes)
+    assert gateway.lookups == {}
+    # The next request asks again.
+    with pytest.raises(HttpError):
+        asyncio.run(gateway.target(CALLER, "iris", None))
+    assert database.queries == 2
+
+
+def test_one_waiter_cancelled_leaves_the_others_their_answer(monkeypatch):
+    database = SlowDatabase(target(), delay=0.1)
+    monkeypatch.setattr(gateway_module, "database", database)
+
+    async def scenario() -> list[Any]:
+        gateway = Gateway()
+        first = asyncio.ensure_future(gateway.target(CALLER, "iris", None))
+        others = [asyncio.ensure_future(gateway.target(CALLER, "iris", None)) for _ in range(3)]
+        await asyncio.sleep(0.02)
+        first.cancel()
+        return await asyncio.gather(*others)
+
+    answers = asyncio.run(scenario())
+    assert database.queries == 1 and len(answers) == 3
