@@ -284,8 +284,8 @@ class Gateway:
         self.coalescers: dict[int, Coalescer] = {}
         self.users: dict[str, tuple[float, Any]] = {}
         self.targets: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
-        # When the heartbeats were read, those of live workers, and those of the dead.
-        self.workers: tuple[float, list[wire.Heartbeat], list[wire.Heartbeat]] = (0.0, [], [])
+        # When the heartbeats were read, those of live workers, and the batches dead workers took.
+        self.workers: tuple[float, list[wire.Heartbeat], set[str]] = (0.0, [], set())
         self.live_ids: set[str] = set()
         self.database_ok_at = 0.0
         # Versions seen loading on a worker, and since when (a short load is waited for).
@@ -409,11 +409,11 @@ class Gateway:
 
     async def serving_check(self, target: Target, *, sent: str = "", deadline: bool = False) -> None:
         """Refuse (503) a batch no live worker can serve now: none listens on the target's queue,
-        the worker computing the `sent` batch died, or the version is still loading (with a
+        the worker that took the `sent` batch died, or the version is still loading (with a
         Retry-After) and no worker holds it: for longer than half the timeout (a request then
         would likely wait past it), or at the `deadline` of a request that waited for it."""
         beats = [beat for beat in await self.live_workers() if target.queue in beat.queues]
-        if sent and (not beats or any(sent in beat.batches for beat in self.workers[2])):
+        if sent and (not beats or sent in self.workers[2]):
             raise HttpError(
                 503,
                 f"The worker running the request for model {target.model_name!r} v{target.version} stopped (it "
@@ -566,26 +566,38 @@ class Gateway:
             return cached
         client = self._connect()
         try:
-            raw = await client.hgetall(wire.WORKERS_KEY)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(wire.WORKERS_KEY)
+                pipe.hgetall(wire.TAKEN_KEY)
+                raw, taken = await pipe.execute()
             connected = await _worker_connections(client)
         except (redis.RedisError, OSError) as exc:
             raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
         horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
         live: list[wire.Heartbeat] = []
-        dead: list[wire.Heartbeat] = []
+        dead_ids: set[str] = set()
         live_ids: set[str] = set()
         for key, value in raw.items():
+            identity = cast(bytes, key).decode()
             try:
                 beat = wire.Heartbeat.decode(cast(bytes, value))
             except wire.WireError as exc:  # a worker of another release, or garbage: not live
                 logger.warning("ignoring worker %r: %s", key, exc)
                 continue
-            identity = cast(bytes, key).decode()
-            alive = beat.beat_at > horizon and (connected is None or identity in connected)
-            (live if alive else dead).append(beat)
-            if alive:
+            if beat.beat_at > horizon and (connected is None or identity in connected):
+                live.append(beat)
                 live_ids.add(identity)
-        self.workers, self.live_ids = (time.monotonic(), live, dead), live_ids
+            else:
+                dead_ids.add(identity)
+        # What a dead worker took last died with it. (A worker that took batches has a heartbeat:
+        # one without, its first beat not yet written, is not taken for dead.)
+        lost = {
+            batch
+            for key, value in taken.items()
+            if cast(bytes, key).decode() in dead_ids
+            for batch in cast(bytes, value).decode().split(wire.TAKEN_SEPARATOR)
+        }
+        self.workers, self.live_ids = (time.monotonic(), live, lost), live_ids
         return live
 
     async def live_worker_ids(self) -> set[str]:

@@ -57,14 +57,21 @@ def body(spins: int) -> dict[str, Any]:
     return {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [float(spins), 1.0, 2.0, 3.0]}]}
 
 
-@pytest.fixture
-def slow(owner: Any, tmp_path: Path) -> Any:
+def slow_model(owner: Any, directory: Path, warm_up_spin: int = WARM_UP_SPIN) -> Any:
+    """The SlowToWarm model as "slow" in production; its load spins `warm_up_spin` matrix products."""
+    module = SlowToWarm()
+    module.warm_up_spin = warm_up_spin
     model = services.model_create(actor=owner, name="slow")
-    version = upload_file(owner, model, demo.save_torchscript(SlowToWarm(), tmp_path / "slow.pt"),
+    version = upload_file(owner, model, demo.save_torchscript(module, directory / "slow.pt"),
                           signature=SIGNATURE, enqueue=False)  # fmt: skip
     assert validation.version_validate(version.pk) == "ready"
     services.alias_set(actor=owner, model=model, name="production", version_number=version.version)
     return version
+
+
+@pytest.fixture
+def slow(owner: Any, tmp_path: Path) -> Any:
+    return slow_model(owner, tmp_path)
 
 
 def stack_with(service_environment: dict[str, str], owner: Any, processes: Processes, name: str,
@@ -133,3 +140,54 @@ def test_a_model_slower_to_load_than_the_timeout_is_answered_503_loading_until_i
     assert max(elapsed for status, elapsed, _ in answers if status == 503) < 2 + 1
     assert sorted(elapsed for status, elapsed, _ in answers if status == 503)[len(loading) // 2] < 0.5
     print(f"{len(loading)} answers 503 loading, then 200 after {time.monotonic() - began:.1f}s")
+
+
+def test_a_worker_killed_mid_batch_beside_a_live_one_answers_its_request_503_and_the_other_serves_on(
+    service_environment, owner, processes, tmp_path
+):
+    slow_model(owner, tmp_path, warm_up_spin=100)  # loads at once: only the batches are slow
+    # Heartbeats a minute apart: the batch the killed worker runs is in none of them, so only the
+    # record of what it took (written as it popped the batch) tells the gateway whose death it was.
+    # Three batches in flight: one on each worker and one that waits in the queue, taken by nobody.
+    stack = stack_with(service_environment, owner, processes, "two-workers", INFERENCE_TIMEOUT_SECONDS="120",
+                       INFERENCE_HEARTBEAT_SECONDS="60", INFERENCE_WORKER_TTL_SECONDS="300",
+                       INFERENCE_MAX_IN_FLIGHT="3")  # fmt: skip
+    doomed = stack.worker("worker-doomed")
+    until(lambda: stack.infer("slow", body(0)).status_code == 200, 90, "the model served", doomed.log)
+    answers: dict[str, tuple[requests.Response, float]] = {}
+
+    def ask(name: str, spins: int) -> threading.Thread:
+        def run() -> None:
+            answers[name] = (stack.infer("slow", body(spins), timeout=150), time.monotonic())
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    # The only worker takes a batch of minutes; a second worker starts meanwhile and serves.
+    running = ask("killed", 50_000_000)
+    time.sleep(1.5)
+    survivor = stack.worker("worker-survivor")
+    until(lambda: stack.infer("slow", body(0)).status_code == 200, 90, "the second worker served", survivor.log)
+    # The survivor takes a batch of seconds; the next waits in the queue behind it.
+    busy = ask("busy", 250_000)
+    time.sleep(1.0)
+    queued = ask("queued", 0)
+    time.sleep(1.0)
+    assert not answers, {name: answer.text for name, (answer, _) in answers.items()}
+    os.killpg(doomed.process.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    running.join(timeout=30)
+    assert "killed" in answers, "the request on the killed worker was not answered within 30 s"
+    answer, at = answers["killed"]
+    assert answer.status_code == 503, answer.text
+    assert "stopped (it died or was shut down)" in answer.json()["error"] and answer.headers["Retry-After"]
+    print(f"the request on the killed worker answered 503 {at - killed:.2f}s after the kill")
+    assert at - killed < 3
+    # Nothing else was refused: the survivor finishes its batch, then takes the one that waited.
+    busy.join(timeout=120)
+    queued.join(timeout=120)
+    served = {name: answers[name][0] for name in ("busy", "queued")}
+    assert all(answer.status_code == 200 for answer in served.values()), {n: a.text for n, a in served.items()}
+    assert served["busy"].json()["parameters"]["worker"] == served["queued"].json()["parameters"]["worker"]
+    assert stack.infer("slow", body(0)).status_code == 200
