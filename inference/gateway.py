@@ -278,7 +278,7 @@ class Gateway:
         identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.reply_key = f"{wire.REPLY_PREFIX}{identity}"
         # Completions and chats: their own requests and event stream (inference.generation.client).
-        self.generation = GenerationClient(identity, self.live_queues, self.live_worker_ids)
+        self.generation = GenerationClient(identity, self.live_queues, self.live_worker_ids, self.loading_check)
         self.redis: aioredis.Redis | None = None
         self.pending: dict[str, asyncio.Future[BatchReply]] = {}
         self.coalescers: dict[int, Coalescer] = {}
@@ -408,10 +408,9 @@ class Gateway:
         )
 
     async def serving_check(self, target: Target, *, sent: str = "", deadline: bool = False) -> None:
-        """Refuse (503) a batch no live worker can serve now: none listens on the target's queue,
-        the worker that took the `sent` batch died, or the version is still loading (with a
-        Retry-After) and no worker holds it: for longer than half the timeout (a request then
-        would likely wait past it), or at the `deadline` of a request that waited for it."""
+        """Refuse (503, with a Retry-After) a batch no live worker can serve now: none listens on
+        the target's queue, the worker that took the `sent` batch died, or the version is still
+        loading (see `loading_check`)."""
         beats = [beat for beat in await self.live_workers() if target.queue in beat.queues]
         if sent and (not beats or sent in self.workers[2]):
             raise HttpError(
@@ -427,6 +426,18 @@ class Gateway:
                 f"(start one: celery -A portal worker -Q {target.queue}).",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        self._loading_refusal(target, beats, deadline)
+
+    async def loading_check(self, target: Target, *, deadline: bool = False) -> None:
+        """Refuse (503 "loading", with a Retry-After) a request for a version that a live worker is
+        loading and none holds (generation requests: see GenerationClient)."""
+        beats = [beat for beat in await self.live_workers() if target.queue in beat.queues]
+        self._loading_refusal(target, beats, deadline)
+
+    def _loading_refusal(self, target: Target, beats: list[wire.Heartbeat], deadline: bool) -> None:
+        """503 while the version loads on a worker of `beats` and none holds it: once the load has
+        lasted half the timeout (a request then would likely wait past it), or at the `deadline`
+        of a request that waited for it."""
         if not any(target.version_id in beat.loading for beat in beats) or any(
             target.version_id in beat.loaded for beat in beats
         ):
