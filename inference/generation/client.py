@@ -247,7 +247,7 @@ class Generation:
         taken_back = await self._take_back()
         # The model still loads (maybe for this very request): 503 "loading", a retry will do.
         await self._loading_check(deadline=True)
-        # Still in the queue: take it back, and nothing ran.
+        # It was still in the queue (taken back now): nothing ran.
         if taken_back:
             raise HttpError(
                 504,

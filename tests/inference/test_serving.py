@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -85,7 +85,7 @@ def test_the_loop_records_the_batches_it_took_before_computing_them_and_forgets_
         # Both popped in one go, recorded before the model ran: a gateway seeing this worker dead now knows.
         assert redis.hget(wire.TAKEN_KEY, loop.identity) == b"b1,b2"
         release.set()
-        replies = [BatchReply.decode(redis.brpop(["maas:reply:test"], timeout=10)[1]) for _ in range(2)]
+        replies = [BatchReply.decode(cast(Any, redis.brpop(["maas:reply:test"], timeout=10))[1]) for _ in range(2)]
         assert sorted(reply.batch_id for reply in replies) == ["b1", "b2"]
     finally:
         release.set()

@@ -212,17 +212,17 @@ def test_a_generation_model_slower_to_load_than_the_timeout_is_answered_503_load
     # timeout), and the generation model's load waits behind it: to the gateway, a load far slower
     # than the timeout, seen in the worker's heartbeat.
     assert stack.infer("slow", body(0)).status_code == 503
-    calls = [
+    calls: list[tuple[str, dict[str, Any]]] = [
         ("/v1/completions", {"model": "gpt", "prompt": "Once", "max_tokens": 2, "stream": True}),
         ("/v1/chat/completions", {"model": "gpt", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
     ]
-    answers = []
+    answers: list[tuple[int, float, bool, requests.Response]] = []
     began = time.monotonic()
     while time.monotonic() - began < 180:
         path, request = calls[len(answers) % 2]
         started = time.monotonic()
         answer = stack.post(path, json=request)
-        answers.append((answer.status_code, time.monotonic() - started, request.get("stream", False), answer))
+        answers.append((answer.status_code, time.monotonic() - started, bool(request.get("stream")), answer))
         if answer.status_code == 200:
             break
         time.sleep(0.2)
