@@ -278,7 +278,7 @@ class Gateway:
         identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.reply_key = f"{wire.REPLY_PREFIX}{identity}"
         # Completions and chats: their own requests and event stream (inference.generation.client).
-        self.generation = GenerationClient(identity, self.live_queues, self.live_worker_ids)
+        self.generation = GenerationClient(identity, self.live_queues, self.live_worker_ids, self.loading_check)
         self.redis: aioredis.Redis | None = None
         self.pending: dict[str, asyncio.Future[BatchReply]] = {}
         self.coalescers: dict[int, Coalescer] = {}
@@ -287,8 +287,8 @@ class Gateway:
         # Lookups under way, by cache key: when an entry expires under load, one query refills it
         # and the other requests wait for that one instead of each taking a database connection.
         self.lookups: dict[Any, asyncio.Future[Any]] = {}
-        # When the heartbeats were read, those of live workers, and those of the dead.
-        self.workers: tuple[float, list[wire.Heartbeat], list[wire.Heartbeat]] = (0.0, [], [])
+        # When the heartbeats were read, those of live workers, and the batches dead workers took.
+        self.workers: tuple[float, list[wire.Heartbeat], set[str]] = (0.0, [], set())
         self.live_ids: set[str] = set()
         self.database_ok_at = 0.0
         # Versions seen loading on a worker, and since when (a short load is waited for).
@@ -411,12 +411,11 @@ class Gateway:
         )
 
     async def serving_check(self, target: Target, *, sent: str = "", deadline: bool = False) -> None:
-        """Refuse (503) a batch no live worker can serve now: none listens on the target's queue,
-        the worker computing the `sent` batch died, or the version is still loading (with a
-        Retry-After) and no worker holds it: for longer than half the timeout (a request then
-        would likely wait past it), or at the `deadline` of a request that waited for it."""
+        """Refuse (503, with a Retry-After) a batch no live worker can serve now: none listens on
+        the target's queue, the worker that took the `sent` batch died, or the version is still
+        loading (see `loading_check`)."""
         beats = [beat for beat in await self.live_workers() if target.queue in beat.queues]
-        if sent and (not beats or any(sent in beat.batches for beat in self.workers[2])):
+        if sent and (not beats or sent in self.workers[2]):
             raise HttpError(
                 503,
                 f"The worker running the request for model {target.model_name!r} v{target.version} stopped (it "
@@ -430,6 +429,18 @@ class Gateway:
                 f"(start one: celery -A portal worker -Q {target.queue}).",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        self._loading_refusal(target, beats, deadline)
+
+    async def loading_check(self, target: Target, *, deadline: bool = False) -> None:
+        """Refuse (503 "loading", with a Retry-After) a request for a version that a live worker is
+        loading and none holds (generation requests: see GenerationClient)."""
+        beats = [beat for beat in await self.live_workers() if target.queue in beat.queues]
+        self._loading_refusal(target, beats, deadline)
+
+    def _loading_refusal(self, target: Target, beats: list[wire.Heartbeat], deadline: bool) -> None:
+        """503 while the version loads on a worker of `beats` and none holds it: once the load has
+        lasted half the timeout (a request then would likely wait past it), or at the `deadline`
+        of a request that waited for it."""
         if not any(target.version_id in beat.loading for beat in beats) or any(
             target.version_id in beat.loaded for beat in beats
         ):
@@ -592,26 +603,38 @@ class Gateway:
             return cached
         client = self._connect()
         try:
-            raw = await client.hgetall(wire.WORKERS_KEY)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(wire.WORKERS_KEY)
+                pipe.hgetall(wire.TAKEN_KEY)
+                raw, taken = await pipe.execute()
             connected = await _worker_connections(client)
         except (redis.RedisError, OSError) as exc:
             raise HttpError(503, f"The prediction broker is unavailable: {exc}") from None
         horizon = time.time() - settings.INFERENCE_WORKER_TTL_SECONDS
         live: list[wire.Heartbeat] = []
-        dead: list[wire.Heartbeat] = []
+        dead_ids: set[str] = set()
         live_ids: set[str] = set()
         for key, value in raw.items():
+            identity = cast(bytes, key).decode()
             try:
                 beat = wire.Heartbeat.decode(cast(bytes, value))
             except wire.WireError as exc:  # a worker of another release, or garbage: not live
                 logger.warning("ignoring worker %r: %s", key, exc)
                 continue
-            identity = cast(bytes, key).decode()
-            alive = beat.beat_at > horizon and (connected is None or identity in connected)
-            (live if alive else dead).append(beat)
-            if alive:
+            if beat.beat_at > horizon and (connected is None or identity in connected):
+                live.append(beat)
                 live_ids.add(identity)
-        self.workers, self.live_ids = (time.monotonic(), live, dead), live_ids
+            else:
+                dead_ids.add(identity)
+        # What a dead worker took last died with it. (A worker that took batches has a heartbeat:
+        # one without, its first beat not yet written, is not taken for dead.)
+        lost = {
+            batch
+            for key, value in taken.items()
+            if cast(bytes, key).decode() in dead_ids
+            for batch in cast(bytes, value).decode().split(wire.TAKEN_SEPARATOR)
+        }
+        self.workers, self.live_ids = (time.monotonic(), live, lost), live_ids
         return live
 
     async def live_worker_ids(self) -> set[str]:

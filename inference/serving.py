@@ -63,9 +63,6 @@ class ServingLoop(threading.Thread):
         self.redis = shared_redis.client(timeout=10)
         self.stopping = threading.Event()
         self.identity = worker_id()
-        # The batches being computed, published by the heartbeat: a gateway that sees them in
-        # the last heartbeat of a worker that died answers their requests 503 at once.
-        self.busy: list[str] = []
 
     def run(self) -> None:
         # A serving loop may be asked for a text model at any time: transformers (which a process
@@ -91,9 +88,8 @@ class ServingLoop(threading.Thread):
                         continue
                     messages = [cast(bytes, item[1])]
                 decoded = _decoded(messages)
-                self.busy = [message.batch_id for message in decoded]
+                self._claim(decoded)
                 unsent = self.handle(decoded)
-                self.busy = []
             except redis.RedisError as exc:
                 logger.warning("serving loop lost Redis (%s); retrying", exc)
                 time.sleep(1)
@@ -102,6 +98,7 @@ class ServingLoop(threading.Thread):
         with contextlib.suppress(redis.RedisError):
             self._exchange(unsent, pop=False)
             self.redis.hdel(wire.WORKERS_KEY, self.identity)
+            self.redis.hdel(wire.TAKEN_KEY, self.identity)
 
     def _exchange(self, replies: list[tuple[BatchRequest, BatchReply]], *, pop: bool = True) -> list[bytes]:
         """Push replies to their askers and pop what waits on our queues, in one round trip."""
@@ -118,6 +115,21 @@ class ServingLoop(threading.Thread):
         popped = results[2 * len(replies) :]
         return [raw for batch in popped if batch for raw in batch]
 
+    def _claim(self, batches: list[BatchRequest]) -> None:
+        """Record that this worker took `batches`, before computing them (one write per pop, not per request).
+
+        A gateway waiting on one of them then knows whose death leaves it unanswered, even when
+        the worker dies before its next heartbeat: it answers 503 at once instead of 504 at the
+        deadline, while batches nobody took stay queued for the live workers.
+        """
+        if not batches:
+            return
+        try:
+            self.redis.hset(wire.TAKEN_KEY, self.identity, wire.TAKEN_SEPARATOR.join(m.batch_id for m in batches))
+        except redis.RedisError as exc:
+            # Computed all the same: the replies may still get through; only a death would go unseen.
+            logger.warning("could not record the batches taken (%s); computing them anyway", exc)
+
     def _beat(self) -> None:
         """Write this worker's heartbeat every INFERENCE_HEARTBEAT_SECONDS until the loop stops."""
         while not self.stopping.is_set():
@@ -132,7 +144,7 @@ class ServingLoop(threading.Thread):
     def _heartbeat(self) -> None:
         cache = model_cache()
         loaded = [model.version_id for model in cache.loaded()]
-        beat = wire.Heartbeat(self.queues, time.time(), loaded, cache.loading(), list(self.busy))
+        beat = wire.Heartbeat(self.queues, time.time(), loaded, cache.loading())
         self.beats.hset(wire.WORKERS_KEY, self.identity, beat.encode())
         telemetry.worker_heartbeat(self.identity, len(loaded))
 

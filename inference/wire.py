@@ -8,6 +8,8 @@ decode() that reads them back or raises WireError:
   on the reply list the request named;
 - Heartbeat: a worker's registration in the WORKERS_KEY hash (its queues, loaded versions).
 
+Beside them, TAKEN_KEY records which batches each worker took last (plain batch ids).
+
 On the wire a message is a msgpack array, its kind first, then its fields in order: no
 field names to pack or hash on the hot path. Tensors travel as [datatype, shape, raw
 little-endian bytes] by name; BYTES tensors (texts) as ["BYTES", shape, [bytes, ...]].
@@ -29,6 +31,11 @@ from core.datatypes import NUMPY_DTYPES, datatype_of_array
 QUEUE_PREFIX = "maas:serve:"
 REPLY_PREFIX = "maas:reply:"
 WORKERS_KEY = "maas:workers"
+# The batches each worker popped last, by worker identity: their ids joined by TAKEN_SEPARATOR,
+# written right after the pop (before they are computed). A gateway whose batch a dead worker
+# took answers its requests 503 at once, whenever the death came (inference.gateway).
+TAKEN_KEY = "maas:taken"
+TAKEN_SEPARATOR = ","
 # A worker's heartbeat connection is named this plus its identity: it closes when the process
 # dies, however it dies, so a gateway sees the death at once in CLIENT LIST.
 WORKER_CLIENT_PREFIX = "maas-worker:"
@@ -252,34 +259,31 @@ class BatchReply:
 @dataclass(slots=True)
 class Heartbeat:
     """A worker's registration as of `beat_at`: the queues it serves, the versions it holds and
-    those it is loading, and the batches it is computing (so a gateway knows whose death
-    leaves its request unanswered)."""
+    those it is loading (the batches it took are in TAKEN_KEY, written as it takes them)."""
 
-    KIND: ClassVar[str] = "beat.2"
+    KIND: ClassVar[str] = "beat.3"
 
     queues: list[str]
     beat_at: float  # epoch seconds
     loaded: list[int]  # model version ids resident in the worker's cache
     loading: list[int] = field(default_factory=list)  # version ids being loaded right now
-    batches: list[str] = field(default_factory=list)  # ids of the batches being computed right now
 
     def encode(self) -> bytes:
-        return _pack([self.KIND, self.queues, self.beat_at, self.loaded, self.loading, self.batches])
+        return _pack([self.KIND, self.queues, self.beat_at, self.loaded, self.loading])
 
     @classmethod
     def decode(cls, raw: bytes) -> Heartbeat:
-        _, queues, beat_at, loaded, loading, batches = _fields(raw, cls.KIND, 5)
+        _, queues, beat_at, loaded, loading = _fields(raw, cls.KIND, 4)
         if not (
             isinstance(queues, list) and isinstance(beat_at, float | int) and isinstance(loaded, list)
-            and isinstance(loading, list) and isinstance(batches, list)
+            and isinstance(loading, list)
         ):  # fmt: skip
-            raise _mistyped(cls.KIND, "queues beat_at loaded loading batches", queues, beat_at, loaded, loading,
-                            batches)  # fmt: skip
-        if not all(isinstance(text, str) for text in [*queues, *batches]):
-            raise WireError("queues and batches must be strings")
+            raise _mistyped(cls.KIND, "queues beat_at loaded loading", queues, beat_at, loaded, loading)
+        if not all(isinstance(text, str) for text in queues):
+            raise WireError("queues must be strings")
         if not all(isinstance(version, int) for version in [*loaded, *loading]):
             raise WireError("loaded and loading versions must be integers")
-        return cls(queues, beat_at, loaded, loading, batches)
+        return cls(queues, beat_at, loaded, loading)
 
 
 __all__ = [

@@ -16,7 +16,10 @@ Nothing waits forever: a request waits for a worker at most INFERENCE_TIMEOUT_SE
 it is taken back from the queue with LREM, or cancelled on the worker that took it meanwhile),
 and a running one whose worker says nothing for GENERATION_STALL_SECONDS ends with an error.
 Admission is checked before anything is queued: no live worker for the queue, or a backlog of
-GENERATION_MAX_QUEUED requests, is a fast 503 with Retry-After.
+GENERATION_MAX_QUEUED requests, is a fast 503 with Retry-After. So is a model that a worker is
+still loading (as its heartbeat says), as the /v2 gateway answers one: once the load has lasted
+half the timeout, a request is refused at once; one that waited for it is refused at its
+deadline (503 "loading", not 504); the load goes on.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -74,6 +77,13 @@ class _State:
     cancelled: dict[str, float] = field(default_factory=dict)
 
 
+class LoadingCheck(Protocol):
+    """Raises HttpError 503 (Retry-After) while a worker loads the target's version: once the load has
+    lasted half the timeout, or at once when `deadline` (a request that waited for it)."""
+
+    def __call__(self, target: Target, *, deadline: bool = False) -> Awaitable[None]: ...
+
+
 class GenerationClient:
     """One gateway process's generation requests and the reader of their events."""
 
@@ -82,12 +92,15 @@ class GenerationClient:
         gateway_id: str,
         live_queues: Callable[[], Awaitable[set[str]]],
         live_workers: Callable[[], Awaitable[set[str]]] | None = None,
+        loading_check: LoadingCheck | None = None,
     ) -> None:
         self.gateway_id = gateway_id
         self.stream = stream_key(gateway_id)
         self.live_queues = live_queues
         # The identities of live workers: a stream whose worker died is ended at once, not after the stall timer.
         self.live_workers = live_workers
+        # Raises 503 "loading" for a version a worker is still loading (Gateway.loading_check).
+        self.loading_check = loading_check
         self._state: _State | None = None
         # Smoothed queue wait (ms) per serving queue, from Accepted events: the Retry-After estimate.
         self.queue_wait_ms: dict[str, float] = {}
@@ -153,6 +166,8 @@ class GenerationClient:
                 "(start one: celery -A portal worker -Q ...).",
                 {"Retry-After": str(RETRY_AFTER_MAX)},
             )
+        if self.loading_check is not None:
+            await self.loading_check(target)
         try:
             backlog = int(await client.llen(request_queue_key(target.queue)))
         except (redis.RedisError, OSError) as exc:
@@ -227,14 +242,13 @@ class Generation:
         except (redis.RedisError, OSError) as exc:
             raise HttpError(503, f"The generation broker is unavailable: {exc}") from None
         self.queued = True
-        try:
-            async with asyncio.timeout(timeout):
-                await self._accepted()
+        if await self._accepted_within(timeout):
             return
-        except TimeoutError:
-            pass
-        # Still in the queue: take it back, and nothing ran.
-        if await self._take_back():
+        taken_back = await self._take_back()
+        # The model still loads (maybe for this very request): 503 "loading", a retry will do.
+        await self._loading_check(deadline=True)
+        # It was still in the queue (taken back now): nothing ran.
+        if taken_back:
             raise HttpError(
                 504,
                 f"No worker took the request for model {self.target.model_name!r} v{self.target.version} within "
@@ -250,6 +264,24 @@ class Generation:
             f"The request for model {self.target.model_name!r} v{self.target.version} waited {timeout:g}s "
             "(INFERENCE_TIMEOUT_SECONDS) before a worker took it; it was cancelled.",
         )
+
+    async def _accepted_within(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the request's Accepted, looking every DEATH_WATCH_SECONDS whether its
+        model is still loading on a worker (then 503 "loading" once the load has lasted half the timeout)."""
+        until = time.monotonic() + timeout
+        while (remaining := until - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(min(DEATH_WATCH_SECONDS, remaining)):
+                    await self._accepted()
+                return True
+            except TimeoutError:
+                pass
+            await self._loading_check()
+        return False
+
+    async def _loading_check(self, *, deadline: bool = False) -> None:
+        if self.client.loading_check is not None:
+            await self.client.loading_check(self.target, deadline=deadline)
 
     async def _accepted(self) -> None:
         """Wait for the request's Accepted (a Refused raises its error)."""
@@ -364,4 +396,4 @@ def _continues(event: Event) -> bool:
     return isinstance(event, Accepted) or (isinstance(event, Output) and event.finish_reason is None)
 
 
-__all__ = ["Generation", "GenerationClient"]
+__all__ = ["Generation", "GenerationClient", "LoadingCheck"]

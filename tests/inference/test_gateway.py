@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
 
-from inference.gateway import Coalescer, HttpError
+from core import redis as shared_redis
+from inference import wire
+from inference.gateway import Coalescer, Gateway, HttpError
 from inference.routes import Target
 from inference.wire import BatchReply, Failure, Outputs, Tensors
 
@@ -53,3 +56,40 @@ def test_a_reply_with_the_wrong_number_of_answers_fails_its_batch_instead_of_han
 
     outcomes = asyncio.run(scenario())
     assert all(isinstance(outcome, HttpError) and outcome.status == 502 for outcome in outcomes), outcomes
+
+
+def test_the_batches_a_worker_took_are_refused_503_once_it_dies_and_the_others_keep_waiting(generation_redis):
+    """What a worker took (TAKEN_KEY, written as it pops) is tied to it: once its heartbeat connection
+    closes (the process died), requests on its batches are answered 503 at the next look, whatever its
+    last heartbeat said; batches a live worker took, or nobody took yet, keep waiting."""
+    gateway = Gateway()
+    workers = {name: shared_redis.named_client(f"{wire.WORKER_CLIENT_PREFIX}{name}") for name in ("live:1", "doomed:2")}
+    for name, client in workers.items():
+        client.hset(wire.WORKERS_KEY, name, wire.Heartbeat(["inference"], time.time(), [7]).encode())
+    workers["live:1"].hset(wire.TAKEN_KEY, "live:1", "b-live")
+    workers["doomed:2"].hset(wire.TAKEN_KEY, "doomed:2", "b-lost,b-lost-too")
+
+    async def refusals() -> dict[str, str]:
+        gateway.workers = (0.0, [], set())  # read the workers again
+        found = {}
+        for batch in ("b-lost", "b-lost-too", "b-live", "b-nobody"):
+            try:
+                await gateway.serving_check(_target(), sent=batch)
+            except HttpError as exc:
+                found[batch] = f"{exc.status} {exc.message} Retry-After: {exc.headers.get('Retry-After')}"
+        return found
+
+    try:
+        assert asyncio.run(refusals()) == {}
+        workers["doomed:2"].close()  # as the kernel does when the process dies
+        deadline = time.monotonic() + 5
+        while not (refused := asyncio.run(refusals())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(refused) == ["b-lost", "b-lost-too"], refused
+        assert refused["b-lost"] == (
+            "503 The worker running the request for model 'iris' v1 stopped (it died or was shut down) before it "
+            "answered. Retry-After: 2"
+        )
+    finally:
+        for client in workers.values():
+            client.close()

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from core import redis as shared_redis
+from inference import wire
+from inference.gateway import Gateway
 from inference.generation.client import Generation, GenerationClient
 from inference.generation.messages import Accepted, Output, Refused, StepEvents, cancel_key, request_queue_key
 from inference.routes import HttpError, Target
@@ -207,3 +209,43 @@ def test_events_of_a_request_nobody_waits_for_are_answered_with_one_cancel():
         return list(await redis.lrange(cancel_key(WORKER), 0, -1))
 
     assert scenario(work) == [b"gone"]
+
+
+def test_a_model_still_loading_on_a_worker_is_answered_503_loading_and_its_request_taken_back():
+    """The worker's heartbeat says it loads the version (the real gateway's check reads it): a request that
+    waited half the timeout for it is refused 503 "loading" and leaves the queue; the next one is refused
+    at once, nothing queued; once the heartbeat says loaded, requests are served."""
+    gateway = Gateway()
+    beats = shared_redis.named_client(f"{wire.WORKER_CLIENT_PREFIX}{WORKER}")
+    version = target().version_id
+
+    def beat(loading: list[int], loaded: list[int]) -> None:
+        beats.hset(wire.WORKERS_KEY, WORKER, wire.Heartbeat([QUEUE], time.time(), loaded, loading).encode())
+        gateway.workers = (0.0, [], set())  # read again at the next check
+
+    async def submit() -> Generation:
+        return await gateway.generation.submit(target(), prompt="x", messages=None, params={})
+
+    async def refused() -> tuple[HttpError, float, int]:
+        started = time.monotonic()
+        with pytest.raises(HttpError) as caught:
+            await submit()
+        queued = int(await shared_redis.async_client().llen(request_queue_key(QUEUE)))
+        return caught.value, time.monotonic() - started, queued
+
+    try:
+        beat(loading=[version], loaded=[])
+        for waited in (True, False):
+            error, elapsed, queued = scenario(refused)
+            assert error.status == 503 and "is loading on a worker" in error.message, error.message
+            assert error.headers["Retry-After"].isdigit() and queued == 0
+            # The first waited half the 2 s timeout (not all of it); the next was refused at once.
+            assert (0.9 < elapsed < 1.9) if waited else elapsed < 0.5, elapsed
+        beat(loading=[], loaded=[version])
+
+        async def served() -> list[Output]:
+            return await collect(await submit())
+
+        assert [output.text for output in scenario(served, FakeWorker(words))] == ["w0 ", "w1 ", "w2 "]
+    finally:
+        beats.close()

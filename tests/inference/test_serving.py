@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from core import redis as shared_redis
-from inference import serving
+from inference import serving, wire
 from inference.cache import ModelUnavailable
 from inference.wire import BatchReply, BatchRequest, Failure
 
@@ -52,3 +54,41 @@ def test_malformed_messages_are_dropped_and_logged_and_the_others_kept(caplog):
         decoded = serving._decoded([b"\x93garbage", good, b"{}"])
     assert [message.batch_id for message in decoded] == ["good"]
     assert caplog.text.count("dropped a malformed prediction message") == 2
+
+
+def test_the_loop_records_the_batches_it_took_before_computing_them_and_forgets_them_when_it_stops(
+    generation_redis, monkeypatch
+):
+    computing, release = threading.Event(), threading.Event()
+
+    class SlowCache:
+        """The model takes its time: the batches are being computed until `release`."""
+
+        def get(self, version_id: int) -> None:
+            computing.set()
+            release.wait(10)
+            raise ModelUnavailable("released")
+
+        def loaded(self) -> list[Any]:
+            return []
+
+        def loading(self) -> list[int]:
+            return []
+
+    monkeypatch.setattr(serving, "model_cache", SlowCache)
+    redis = shared_redis.client()
+    redis.lpush(wire.queue_key("inference"), *(_batch(b, deadline=time.time() + 30).encode() for b in ("b1", "b2")))
+    loop = serving.ServingLoop(["inference"])
+    loop.start()
+    try:
+        assert computing.wait(10)
+        # Both popped in one go, recorded before the model ran: a gateway seeing this worker dead now knows.
+        assert redis.hget(wire.TAKEN_KEY, loop.identity) == b"b1,b2"
+        release.set()
+        replies = [BatchReply.decode(cast(Any, redis.brpop(["maas:reply:test"], timeout=10))[1]) for _ in range(2)]
+        assert sorted(reply.batch_id for reply in replies) == ["b1", "b2"]
+    finally:
+        release.set()
+        loop.stopping.set()
+        loop.join(10)
+    assert redis.hget(wire.TAKEN_KEY, loop.identity) is None and redis.hget(wire.WORKERS_KEY, loop.identity) is None

@@ -95,8 +95,8 @@ def test_batch_reply_round_trips_outputs_and_failures_in_order():
 
 
 def test_heartbeat_round_trips():
-    assert Heartbeat.decode(Heartbeat(["inference", "gpu"], 12.5, [3, 4], [5], ["b1"]).encode()) == Heartbeat(
-        ["inference", "gpu"], 12.5, [3, 4], [5], ["b1"]
+    assert Heartbeat.decode(Heartbeat(["inference", "gpu"], 12.5, [3, 4], [5]).encode()) == Heartbeat(
+        ["inference", "gpu"], 12.5, [3, 4], [5]
     )
 
 
@@ -168,14 +168,13 @@ def test_batch_reply_refuses_malformed_answers(answers, fragment):
 @pytest.mark.parametrize(
     "fields",
     [
-        ["beat.2", "inference", 1.0, [], [], []],
-        ["beat.2", [1], 1.0, [], [], []],
-        ["beat.2", [], 1.0, ["3"], [], []],
-        ["beat.2", [], None, [], [], []],
-        ["beat.2", [], 1.0, [], ["4"], []],
-        ["beat.2", [], 1.0, [], [], [5]],
-        ["beat.2", [], 1.0, [], []],
-        ["beat.1", [], 1.0, []],
+        ["beat.3", "inference", 1.0, [], []],
+        ["beat.3", [1], 1.0, [], []],
+        ["beat.3", [], 1.0, ["3"], []],
+        ["beat.3", [], None, [], []],
+        ["beat.3", [], 1.0, [], ["4"]],
+        ["beat.3", [], 1.0, [], [], []],
+        ["beat.2", [], 1.0, [], [], []],
     ],
 )
 def test_heartbeat_refuses_malformed_fields(fields):
