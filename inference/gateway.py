@@ -95,6 +95,9 @@ RETRY_AFTER_SECONDS = 2
 # How often a request waiting for its batch's reply looks at the workers' heartbeats (the
 # worker died; the model is still loading), and how long a readiness answer is reused.
 WATCH_SECONDS = 0.5
+# How long an answer that would refuse (no live worker on a queue) is reused: a worker that has
+# just started is seen at once by every web process, not after each one's WATCH_SECONDS.
+ABSENT_WATCH_SECONDS = 0.05
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -414,7 +417,7 @@ class Gateway:
         """Refuse (503, with a Retry-After) a batch no live worker can serve now: none listens on
         the target's queue, the worker that took the `sent` batch died, or the version is still
         loading (see `loading_check`)."""
-        beats = [beat for beat in await self.live_workers() if target.queue in beat.queues]
+        beats = [beat for beat in await self.live_workers(target.queue) if target.queue in beat.queues]
         if sent and (not beats or sent in self.workers[2]):
             raise HttpError(
                 503,
@@ -434,7 +437,7 @@ class Gateway:
     async def loading_check(self, target: Target, *, deadline: bool = False) -> None:
         """Refuse (503 "loading", with a Retry-After) a request for a version that a live worker is
         loading and none holds (generation requests: see GenerationClient)."""
-        beats = [beat for beat in await self.live_workers() if target.queue in beat.queues]
+        beats = [beat for beat in await self.live_workers(target.queue) if target.queue in beat.queues]
         self._loading_refusal(target, beats, deadline)
 
     def _loading_refusal(self, target: Target, beats: list[wire.Heartbeat], deadline: bool) -> None:
@@ -587,11 +590,11 @@ class Gateway:
         message = admission.overload_message(target.model_name, target.version, seen, settings.INFERENCE_MAX_QUEUED)
         return HttpError(503, message, {"Retry-After": str(backlog.retry_after())})
 
-    async def live_queues(self) -> set[str]:
-        """Prediction queues with at least one live worker."""
-        return {queue for beat in await self.live_workers() for queue in beat.queues}
+    async def live_queues(self, wanted: str | None = None) -> set[str]:
+        """Prediction queues with at least one live worker (looked at afresh if `wanted` is not among them)."""
+        return {queue for beat in await self.live_workers(wanted) for queue in beat.queues}
 
-    async def live_workers(self) -> list[wire.Heartbeat]:
+    async def live_workers(self, wanted: str | None = None) -> list[wire.Heartbeat]:
         """The heartbeats of live workers (read at most every WATCH_SECONDS).
 
         Live: a heartbeat younger than INFERENCE_WORKER_TTL_SECONDS and, where Redis lists its
@@ -599,7 +602,8 @@ class Gateway:
         process dies, so a death is seen at the next read rather than after the TTL).
         """
         fetched, cached, _ = self.workers
-        if time.monotonic() - fetched <= WATCH_SECONDS:
+        missing = not any(wanted in beat.queues for beat in cached) if wanted else not cached
+        if time.monotonic() - fetched <= (ABSENT_WATCH_SECONDS if missing else WATCH_SECONDS):
             return cached
         client = self._connect()
         try:
@@ -704,7 +708,7 @@ class Gateway:
         if tail == "/ready":
             if target.status != VersionStatus.READY:
                 raise HttpError(400, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready.")
-            if target.queue not in await self.live_queues():
+            if target.queue not in await self.live_queues(target.queue):
                 raise HttpError(400, f"No live worker serves queue {target.queue!r} for model {target.model_name!r}.")
             return 200, b"", {}
         if tail == "/infer":

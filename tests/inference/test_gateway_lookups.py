@@ -77,3 +77,29 @@ def test_one_waiter_cancelled_leaves_the_others_their_answer(monkeypatch):
 
     answers = asyncio.run(scenario())
     assert database.queries == 1 and len(answers) == 3
+
+
+def test_a_refusal_for_want_of_a_worker_looks_again_sooner_than_a_live_answer(monkeypatch):
+    """A worker that has just started is seen by every web process at once (not after WATCH_SECONDS)."""
+
+    class LookedAgain(Exception):
+        """Raised where the gateway reaches for Redis to read the heartbeats afresh."""
+
+    def connect() -> Any:
+        raise LookedAgain
+
+    beat = SimpleNamespace(queues=["inference"])
+
+    async def scenario() -> None:
+        gateway = Gateway()
+        monkeypatch.setattr(gateway, "_connect", connect)
+        read_at = gateway_module.time.monotonic() - 0.1  # older than ABSENT_WATCH_SECONDS, younger than WATCH_SECONDS
+        gateway.workers = (read_at, [], set())
+        with pytest.raises(LookedAgain):  # no worker seen 0.1 s ago: looked at again
+            await gateway.live_workers("inference")
+        gateway.workers = (read_at, [beat], set())  # type: ignore[list-item]
+        assert await gateway.live_workers("inference") == [beat]  # a live one seen 0.1 s ago: reused
+        with pytest.raises(LookedAgain):  # but not for a queue nobody served then
+            await gateway.live_workers("gpu")
+
+    asyncio.run(scenario())

@@ -25,7 +25,7 @@ def target() -> Target:
 
 
 def client(live: set[str] | None = None) -> GenerationClient:
-    async def live_queues() -> set[str]:
+    async def live_queues(wanted: str | None = None) -> set[str]:
         return {QUEUE} if live is None else live
 
     return GenerationClient("test-gateway", live_queues)

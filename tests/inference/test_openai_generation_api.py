@@ -46,7 +46,7 @@ class FakeGateway(Gateway):
     def connection(self) -> Any:
         return shared_redis.async_client()
 
-    async def live_queues(self) -> set[str]:
+    async def live_queues(self, wanted: str | None = None) -> set[str]:
         return {QUEUE}
 
 

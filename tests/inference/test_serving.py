@@ -82,8 +82,12 @@ def test_the_loop_records_the_batches_it_took_before_computing_them_and_forgets_
     loop.start()
     try:
         assert computing.wait(10)
-        # Both popped in one go, recorded before the model ran: a gateway seeing this worker dead now knows.
-        assert redis.hget(wire.TAKEN_KEY, loop.identity) == b"b1,b2"
+        # Both popped in one go, recorded (by the loop's claim thread) while the model runs: a gateway
+        # seeing this worker dead now knows.
+        deadline = time.monotonic() + 5
+        while redis.hget(wire.TAKEN_KEY, loop.identity) != b"b1,b2":
+            assert time.monotonic() < deadline, redis.hget(wire.TAKEN_KEY, loop.identity)
+            time.sleep(0.01)
         release.set()
         replies = [BatchReply.decode(cast(Any, redis.brpop(["maas:reply:test"], timeout=10))[1]) for _ in range(2)]
         assert sorted(reply.batch_id for reply in replies) == ["b1", "b2"]
