@@ -432,7 +432,7 @@ class Gateway:
                 f"(start one: celery -A portal worker -Q {target.queue}).",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        self._loading_refusal(target, beats, deadline)
+        self._loading_refusal(target, beats, deadline, waiting=bool(sent))
 
     async def loading_check(self, target: Target, *, deadline: bool = False) -> None:
         """Refuse (503 "loading", with a Retry-After) a request for a version that a live worker is
@@ -440,10 +440,13 @@ class Gateway:
         beats = [beat for beat in await self.live_workers(target.queue) if target.queue in beat.queues]
         self._loading_refusal(target, beats, deadline)
 
-    def _loading_refusal(self, target: Target, beats: list[wire.Heartbeat], deadline: bool) -> None:
-        """503 while the version loads on a worker of `beats` and none holds it: once the load has
-        lasted half the timeout (a request then would likely wait past it), or at the `deadline`
-        of a request that waited for it."""
+    def _loading_refusal(
+        self, target: Target, beats: list[wire.Heartbeat], deadline: bool, *, waiting: bool = False
+    ) -> None:
+        """503 while the version loads on a worker of `beats` and none holds it: for a request
+        arriving once the load has lasted half the timeout (it would likely wait past it), or at
+        the `deadline` of a request that waited for it. A request already `waiting` keeps waiting:
+        the load may end before its deadline."""
         if not any(target.version_id in beat.loading for beat in beats) or any(
             target.version_id in beat.loaded for beat in beats
         ):
@@ -452,7 +455,7 @@ class Gateway:
         # A short load is waited for; once it has lasted half the timeout, requests are refused
         # at once, so none runs into the timeout while the load goes on.
         since = self.loading_since.setdefault(target.version_id, time.monotonic())
-        if deadline or time.monotonic() - since >= settings.INFERENCE_TIMEOUT_SECONDS / 2:
+        if deadline or (not waiting and time.monotonic() - since >= settings.INFERENCE_TIMEOUT_SECONDS / 2):
             raise HttpError(
                 503,
                 f"Model {target.model_name!r} v{target.version} is loading on a worker; retry shortly.",

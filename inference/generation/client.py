@@ -266,18 +266,14 @@ class Generation:
         )
 
     async def _accepted_within(self, timeout: float) -> bool:
-        """Wait up to `timeout` for the request's Accepted, looking every DEATH_WATCH_SECONDS whether its
-        model is still loading on a worker (then 503 "loading" once the load has lasted half the timeout)."""
-        until = time.monotonic() + timeout
-        while (remaining := until - time.monotonic()) > 0:
-            try:
-                async with asyncio.timeout(min(DEATH_WATCH_SECONDS, remaining)):
-                    await self._accepted()
-                return True
-            except TimeoutError:
-                pass
-            await self._loading_check()
-        return False
+        """Wait up to `timeout` for the request's Accepted. A model still loading is waited for (the
+        load may end in time); at the deadline the caller answers 503 "loading" if it still loads."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._accepted()
+            return True
+        except TimeoutError:
+            return False
 
     async def _loading_check(self, *, deadline: bool = False) -> None:
         if self.client.loading_check is not None:
