@@ -417,7 +417,7 @@ class Gateway:
         """Refuse (503, with a Retry-After) a batch no live worker can serve now: none listens on
         the target's queue, the worker that took the `sent` batch died, or the version is still
         loading (see `loading_check`)."""
-        beats = [beat for beat in await self.live_workers(target.queue) if target.queue in beat.queues]
+        beats = await self._serving(target)
         if sent and (not beats or sent in self.workers[2]):
             raise HttpError(
                 503,
@@ -434,10 +434,14 @@ class Gateway:
             )
         self._loading_refusal(target, beats, deadline, waiting=bool(sent))
 
+    async def _serving(self, target: Target) -> list[wire.Heartbeat]:
+        """The live workers that listen on the target's queue."""
+        return [beat for beat in await self.live_workers(target.queue) if target.queue in beat.queues]
+
     async def loading_check(self, target: Target, *, deadline: bool = False) -> None:
         """Refuse (503 "loading", with a Retry-After) a request for a version that a live worker is
         loading and none holds (generation requests: see GenerationClient)."""
-        beats = [beat for beat in await self.live_workers(target.queue) if target.queue in beat.queues]
+        beats = await self._serving(target)
         self._loading_refusal(target, beats, deadline)
 
     def _loading_refusal(
