@@ -448,9 +448,9 @@ class Gateway:
         self, target: Target, beats: list[wire.Heartbeat], deadline: bool, *, waiting: bool = False
     ) -> None:
         """503 while the version loads on a worker of `beats` and none holds it: for a request
-        arriving once the load has lasted half the timeout (it would likely wait past it), or at
-        the `deadline` of a request that waited for it. A request already `waiting` keeps waiting:
-        the load may end before its deadline."""
+        arriving once the load has lasted half the timeout (it would likely wait past it) or
+        outlasted a request's whole wait, or at the `deadline` of a request that waited for it. A
+        request already `waiting` keeps waiting: the load may end before its deadline."""
         if not any(target.version_id in beat.loading for beat in beats) or any(
             target.version_id in beat.loaded for beat in beats
         ):
@@ -458,8 +458,13 @@ class Gateway:
             return
         # A short load is waited for; once it has lasted half the timeout, requests are refused
         # at once, so none runs into the timeout while the load goes on.
-        since = self.loading_since.setdefault(target.version_id, time.monotonic())
-        if deadline or (not waiting and time.monotonic() - since >= settings.INFERENCE_TIMEOUT_SECONDS / 2):
+        now, half = time.monotonic(), settings.INFERENCE_TIMEOUT_SECONDS / 2
+        since = self.loading_since.setdefault(target.version_id, now)
+        if deadline:
+            # The load outlasted a request's whole wait (however late this process first saw
+            # it): the requests after it are refused at once, not each made to wait its timeout.
+            self.loading_since[target.version_id] = min(since, now - half)
+        if deadline or (not waiting and now - since >= half):
             raise HttpError(
                 503,
                 f"Model {target.model_name!r} v{target.version} is loading on a worker; retry shortly.",

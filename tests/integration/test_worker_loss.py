@@ -139,8 +139,8 @@ def test_a_model_slower_to_load_than_the_timeout_is_answered_503_loading_until_i
     # Never a 504: a request that waited the 2 s timeout for the load is told it loads, those
     # after it are told at once; the load went on meanwhile.
     assert set(statuses) == {503, 200}
-    assert max(elapsed for status, elapsed, _ in answers if status == 503) < 2 + 1
-    assert sorted(elapsed for status, elapsed, _ in answers if status == 503)[len(loading) // 2] < 0.5
+    waits = [elapsed for status, elapsed, _ in answers if status == 503]
+    assert max(waits) < 2 + 1 and all(elapsed < 0.5 for elapsed in waits[1:]), waits
     print(f"{len(loading)} answers 503 loading, then 200 after {time.monotonic() - began:.1f}s")
 
 
@@ -239,6 +239,6 @@ def test_a_generation_model_slower_to_load_than_the_timeout_is_answered_503_load
     # Never a 504: the request that waited for the load was told at its deadline at the latest, those
     # after it at once; the load went on meanwhile, and the request after it was served.
     assert set(statuses) == {503, 200}
-    assert max(elapsed for status, elapsed, _, _ in answers if status == 503) < 2 + 1
-    assert sorted(elapsed for status, elapsed, _, _ in answers if status == 503)[len(loading) // 2] < 0.5
+    waits = [elapsed for status, elapsed, _, _ in answers if status == 503]
+    assert max(waits) < 2 + 1 and all(elapsed < 0.5 for elapsed in waits[1:]), waits
     print(f"{len(loading)} /v1 answers 503 loading, then 200 after {time.monotonic() - began:.1f}s")
