@@ -33,7 +33,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -98,6 +98,8 @@ WATCH_SECONDS = 0.5
 # How long an answer that would refuse (no live worker on a queue) is reused: a worker that has
 # just started is seen at once by every web process, not after each one's WATCH_SECONDS.
 ABSENT_WATCH_SECONDS = 0.05
+# When a request meets a version still loading: as it arrives, while it waits, at its deadline.
+LoadingMoment = Literal["arrival", "waiting", "deadline"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -432,7 +434,7 @@ class Gateway:
                 f"(start one: celery -A portal worker -Q {target.queue}).",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        self._loading_refusal(target, beats, deadline, waiting=bool(sent))
+        self._loading_refusal(target, beats, "deadline" if deadline else "waiting" if sent else "arrival")
 
     async def _serving(self, target: Target) -> list[wire.Heartbeat]:
         """The live workers that listen on the target's queue."""
@@ -442,15 +444,13 @@ class Gateway:
         """Refuse (503 "loading", with a Retry-After) a request for a version that a live worker is
         loading and none holds (generation requests: see GenerationClient)."""
         beats = await self._serving(target)
-        self._loading_refusal(target, beats, deadline)
+        self._loading_refusal(target, beats, "deadline" if deadline else "arrival")
 
-    def _loading_refusal(
-        self, target: Target, beats: list[wire.Heartbeat], deadline: bool, *, waiting: bool = False
-    ) -> None:
-        """503 while the version loads on a worker of `beats` and none holds it: for a request
-        arriving once the load has lasted half the timeout (it would likely wait past it) or
-        outlasted a request's whole wait, or at the `deadline` of a request that waited for it. A
-        request already `waiting` keeps waiting: the load may end before its deadline."""
+    def _loading_refusal(self, target: Target, beats: list[wire.Heartbeat], moment: LoadingMoment) -> None:
+        """503 while the version loads on a worker of `beats` and none holds it: at the "arrival" of
+        a request once the load has lasted half the timeout (it would likely wait past it) or
+        outlasted a request's whole wait, or at the "deadline" of a request that waited for it. A
+        request still "waiting" keeps waiting: the load may end before its deadline."""
         if not any(target.version_id in beat.loading for beat in beats) or any(
             target.version_id in beat.loaded for beat in beats
         ):
@@ -460,11 +460,11 @@ class Gateway:
         # at once, so none runs into the timeout while the load goes on.
         now, half = time.monotonic(), settings.INFERENCE_TIMEOUT_SECONDS / 2
         since = self.loading_since.setdefault(target.version_id, now)
-        if deadline:
+        if moment == "deadline":
             # The load outlasted a request's whole wait (however late this process first saw
             # it): the requests after it are refused at once, not each made to wait its timeout.
             self.loading_since[target.version_id] = min(since, now - half)
-        if deadline or (not waiting and now - since >= half):
+        if moment == "deadline" or (moment == "arrival" and now - since >= half):
             raise HttpError(
                 503,
                 f"Model {target.model_name!r} v{target.version} is loading on a worker; retry shortly.",
