@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from core import redis as shared_redis
 from core.invalidation import INVALIDATE_CHANNEL
 from registry import services
 from registry.models import RegisteredModel
+from tests.integration import thieves
 
 FEATURES = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
@@ -61,3 +63,17 @@ def infer_json(gateway_url: str, token: str, path: str, body: Any, **kwargs: Any
 def request_body(features: np.ndarray, **extra: Any) -> dict[str, Any]:
     tensor = {"name": "features", "shape": list(features.shape), "datatype": "FP32", "data": features.ravel().tolist()}
     return {"inputs": [tensor], **extra}
+
+
+@pytest.fixture
+def secret_key_file(service_environment: dict[str, str]) -> Iterator[Path]:
+    """The embedded secret key where the worker's settings keep it (PORTAL_DATA_DIR/secret_key)."""
+    path = Path(service_environment["PORTAL_DATA_DIR"]) / "secret_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = path.read_bytes() if path.exists() else None
+    path.write_text(thieves.SECRET)
+    yield path
+    if previous is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_bytes(previous)

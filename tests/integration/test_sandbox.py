@@ -17,67 +17,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-import requests
 import torch
 
 from inference import validation
 from portal import demo
 from registry import services
-from registry.models import ModelVersion, VersionStatus
+from registry.models import VersionStatus
 from tests.conftest import upload_file
 from tests.integration.conftest import infer_json, request_body
+from tests.integration.thieves import SECRET, ReadsFile, decoded, served
 
 pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
-
-SECRET = "portal-secret-key-9d2f61c0e4b7a85"
-SIGNATURE = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],
-             "outputs": [{"name": "output__0", "datatype": "FP32", "shape": [-1, 32]}]}  # fmt: skip
-
-
-class ReadsFile(torch.nn.Module):
-    """Returns the first 32 bytes of a file, one float per byte, as its 'prediction'."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        stolen = torch.from_file(self.path, shared=False, size=32, dtype=torch.uint8)
-        return features[:, :1] * 0 + stolen.to(torch.float32).unsqueeze(0)
-
-
-def _decoded(response: requests.Response) -> str:
-    """Every byte an answer could carry, as text: the outputs' numbers as characters, and the body."""
-    text = response.text
-    if response.status_code == 200:
-        data = response.json()["outputs"][0]["data"]
-        text += bytes(int(value) % 256 for value in data).decode("latin-1")
-    return text
-
-
-def _served(owner: Any, name: str, module: torch.nn.Module, tmp_path: Path) -> ModelVersion:
-    """Upload a model and make it production without validating it here (the attacks are the
-    worker's business: validating one in the test process would only read the test's own files)."""
-    model = services.model_create(actor=owner, name=name)
-    version = upload_file(owner, model, demo.save_torchscript(module, tmp_path / f"{name}.pt"), enqueue=False)
-    ModelVersion.objects.filter(pk=version.pk).update(status=VersionStatus.READY, validation={"batching": True},
-                                                      signature=SIGNATURE)  # fmt: skip
-    services.alias_set(actor=owner, model=model, name="production", version_number=version.version)
-    return version
-
-
-@pytest.fixture
-def secret_key_file(service_environment: dict[str, str]) -> Path:
-    """The embedded secret key where the worker's settings keep it (PORTAL_DATA_DIR/secret_key)."""
-    path = Path(service_environment["PORTAL_DATA_DIR"]) / "secret_key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    previous = path.read_bytes() if path.exists() else None
-    path.write_text(SECRET)
-    yield path
-    if previous is None:
-        path.unlink(missing_ok=True)
-    else:
-        path.write_bytes(previous)
 
 
 def test_models_reading_the_secret_a_canary_or_the_environment_get_nothing(
@@ -92,9 +42,9 @@ def test_models_reading_the_secret_a_canary_or_the_environment_get_nothing(
         "steal-init-environ": "/proc/1/environ",
     }
     for name, target in attacks.items():
-        _served(owner, name, ReadsFile(target), tmp_path)
+        served(owner, name, ReadsFile(target), tmp_path)
         response = infer_json(gateway_url, token, name, request_body(np.ones((1, 4), np.float32)))
-        stolen = _decoded(response)
+        stolen = decoded(response)
         assert response.status_code in (422, 503), (name, response.status_code, response.text)
         assert "Permission denied" in response.text, (name, response.text)
         assert SECRET not in stolen and "canary-ccc" not in stolen, name
@@ -113,10 +63,10 @@ def test_models_reading_the_secret_a_canary_or_the_environment_get_nothing(
 
 
 def test_a_model_reading_another_models_artifact_gets_nothing(gateway_url, token, owner, tmp_path, service_environment):
-    victim = _served(owner, "victim", ReadsFile("/dev/null"), tmp_path)
+    victim = served(owner, "victim", ReadsFile("/dev/null"), tmp_path)
     artifact = Path(service_environment["ARTIFACT_ROOT"]) / victim.artifact
     assert artifact.exists()
-    _served(owner, "peeker", ReadsFile(str(artifact)), tmp_path)
+    served(owner, "peeker", ReadsFile(str(artifact)), tmp_path)
     response = infer_json(gateway_url, token, "peeker", request_body(np.ones((1, 4), np.float32)))
     assert response.status_code in (422, 503) and "Permission denied" in response.text, response.text
 
