@@ -1,8 +1,10 @@
-"""Issue 12, point 1, for tracked runs: a batch job and an evaluation of a model that reads the
-portal's secret run in the same sandbox as predictions (real worker, real broker, real HTTP).
+"""Issue 12, for tracked runs (real worker, real broker, real HTTP): a batch job and an
+evaluation of a model that reads the portal's secret run in the same sandbox as predictions
+(point 1), and a job whose model runs out of memory is retried, then failed saying so (point 3).
 
-Both fail with the refused read ("Permission denied"), their records and results hold nothing
-of the secret, and the worker goes on running honest work. Runs on both backends and on the
+The thief's runs fail with the refused read ("Permission denied"), their records hold nothing
+of the secret; the greedy model's job fails after its attempts naming the memory, and the
+worker goes on. Runs on both backends and on the
 RabbitMQ pass (the runs are Celery tasks on the configured broker).
 """
 
@@ -18,7 +20,7 @@ import pytest
 import requests
 
 from monitoring import services as monitoring_services
-from tests.integration.thieves import SECRET, ReadsFile, served
+from tests.integration.thieves import SECRET, Greedy, ReadsFile, served
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -63,3 +65,24 @@ def test_a_batch_job_and_an_evaluation_of_a_model_reading_the_secret_fail_in_the
     assert run["status"] == "failed" and "Permission denied" in run["error"], run
     assert SECRET not in json.dumps(run), run
     assert SECRET not in worker.output()
+
+
+def test_a_job_whose_model_runs_out_of_memory_in_its_host_is_retried_then_failed_saying_so(
+    gateway_url, token, owner, worker, tmp_path
+):
+    served(owner, "greedy", Greedy(), tmp_path)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def job(value: float) -> dict[str, Any]:
+        inputs = {"file": ("x.npz", _npz(features=np.full((3, 4), value, np.float32)))}
+        submitted = requests.post(f"{gateway_url}/api/v1/jobs/", headers=headers, files=inputs,
+                                  data={"model": "greedy"}, timeout=30)  # fmt: skip
+        assert submitted.status_code == 201, submitted.text
+        return _settled(gateway_url, headers, f"/api/v1/jobs/{submitted.json()['id']}/")
+
+    failed = job(1000.0)
+    assert failed["status"] == "failed" and failed["attempts"] == 3, failed
+    assert "ran out of memory" in failed["error"] and "3 of 3 attempts" in failed["error"], failed
+    # The same model with inputs that fit: the worker and its model host are fine.
+    fine = job(1.0)
+    assert fine["status"] == "succeeded" and fine["rows_done"] == 3, fine

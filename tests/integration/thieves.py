@@ -48,3 +48,13 @@ def served(owner: Any, name: str, module: torch.nn.Module, tmp_path: Path) -> Mo
                                                       signature=SIGNATURE)  # fmt: skip
     services.alias_set(actor=owner, model=model, name="production", version_number=version.version)
     return version
+
+
+class Greedy(torch.nn.Module):
+    """Asks for some 40 TB when a feature is above 100 (an allocation the allocator refuses at
+    once, as a model too big for the machine would): nothing is really used."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        size = 10_000_000_000_000 if bool(features.max() > 100) else 1
+        hoard = torch.empty(size, dtype=torch.float32)
+        return features[:, :1] * 0 + hoard[:1] * 0 + features.sum(dim=1, keepdim=True).repeat(1, 32)
