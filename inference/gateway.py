@@ -33,6 +33,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs
 
@@ -276,6 +277,16 @@ class Coalescer:
             self.flush()
 
 
+@dataclass(frozen=True)
+class WorkerView:
+    """One read of the workers' heartbeats and of what they took, reused for WATCH_SECONDS."""
+
+    fetched: float = 0.0  # time.monotonic() of the read; 0: read at the next look
+    live: list[wire.Heartbeat] = field(default_factory=list)
+    live_ids: set[str] = field(default_factory=set)
+    lost: set[str] = field(default_factory=set)  # ids of the batches that workers now dead had taken
+
+
 class Gateway:
     """One per process: the Redis connections, caches and coalescers of this process."""
 
@@ -293,8 +304,7 @@ class Gateway:
         # and the other requests wait for that one instead of each taking a database connection.
         self.lookups: dict[Any, asyncio.Future[Any]] = {}
         # When the heartbeats were read, those of live workers, and the batches dead workers took.
-        self.workers: tuple[float, list[wire.Heartbeat], set[str]] = (0.0, [], set())
-        self.live_ids: set[str] = set()
+        self.workers = WorkerView()
         self.database_ok_at = 0.0
         # Versions seen loading on a worker, and since when (a short load is waited for).
         self.loading_since: dict[int, float] = {}
@@ -420,7 +430,7 @@ class Gateway:
         the target's queue, the worker that took the `sent` batch died, or the version is still
         loading (see `loading_check`)."""
         beats = await self._serving(target)
-        if sent and (not beats or sent in self.workers[2]):
+        if sent and (not beats or sent in self.workers.lost):
             raise HttpError(
                 503,
                 f"The worker running the request for model {target.model_name!r} v{target.version} stopped (it "
@@ -613,9 +623,9 @@ class Gateway:
         clients, the worker's heartbeat connection still open (closed by the kernel when the
         process dies, so a death is seen at the next read rather than after the TTL).
         """
-        fetched, cached, _ = self.workers
+        cached = self.workers.live
         missing = not any(wanted in beat.queues for beat in cached) if wanted else not cached
-        if time.monotonic() - fetched <= (ABSENT_WATCH_SECONDS if missing else WATCH_SECONDS):
+        if time.monotonic() - self.workers.fetched <= (ABSENT_WATCH_SECONDS if missing else WATCH_SECONDS):
             return cached
         client = self._connect()
         try:
@@ -650,13 +660,13 @@ class Gateway:
             if cast(bytes, key).decode() in dead_ids
             for batch in cast(bytes, value).decode().split(wire.TAKEN_SEPARATOR)
         }
-        self.workers, self.live_ids = (time.monotonic(), live, lost), live_ids
+        self.workers = WorkerView(time.monotonic(), live, live_ids, lost)
         return live
 
     async def live_worker_ids(self) -> set[str]:
         """The identities of live workers (as their heartbeats and generation events name them)."""
         await self.live_workers()
-        return self.live_ids
+        return self.workers.live_ids
 
     async def database_check(self) -> None:
         """503 unless the database answers within a second (a success is reused for WATCH_SECONDS)."""
@@ -887,6 +897,7 @@ __all__ = [
     "Gateway",
     "HttpError",
     "Target",
+    "WorkerView",
     "gateway",
     "metadata_of",
     "read_body",

@@ -10,7 +10,7 @@ import numpy as np
 
 from core import redis as shared_redis
 from inference import wire
-from inference.gateway import Coalescer, Gateway, HttpError
+from inference.gateway import Coalescer, Gateway, HttpError, WorkerView
 from inference.routes import Target
 from inference.wire import BatchReply, Failure, Outputs, Tensors
 
@@ -70,7 +70,7 @@ def test_the_batches_a_worker_took_are_refused_503_once_it_dies_and_the_others_k
     workers["doomed:2"].hset(wire.TAKEN_KEY, "doomed:2", "b-lost,b-lost-too")
 
     async def refusals() -> dict[str, str]:
-        gateway.workers = (0.0, [], set())  # read the workers again
+        gateway.workers = WorkerView()  # read the workers again
         found = {}
         for batch in ("b-lost", "b-lost-too", "b-live", "b-nobody"):
             try:

@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import NotFound
 from inference import gateway as gateway_module
-from inference.gateway import Gateway, HttpError
+from inference.gateway import Gateway, HttpError, WorkerView
 from tests.inference.test_coalescer import target
 
 CALLER = SimpleNamespace(pk=7, is_authenticated=True)
@@ -94,10 +94,10 @@ def test_a_refusal_for_want_of_a_worker_looks_again_sooner_than_a_live_answer(mo
         gateway = Gateway()
         monkeypatch.setattr(gateway, "_connect", connect)
         read_at = gateway_module.time.monotonic() - 0.1  # older than ABSENT_WATCH_SECONDS, younger than WATCH_SECONDS
-        gateway.workers = (read_at, [], set())
+        gateway.workers = WorkerView(read_at)
         with pytest.raises(LookedAgain):  # no worker seen 0.1 s ago: looked at again
             await gateway.live_workers("inference")
-        gateway.workers = (read_at, [beat], set())  # type: ignore[list-item]
+        gateway.workers = WorkerView(read_at, [beat])  # type: ignore[list-item]
         assert await gateway.live_workers("inference") == [beat]  # a live one seen 0.1 s ago: reused
         with pytest.raises(LookedAgain):  # but not for a queue nobody served then
             await gateway.live_workers("gpu")

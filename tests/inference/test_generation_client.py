@@ -11,7 +11,7 @@ import pytest
 
 from core import redis as shared_redis
 from inference import wire
-from inference.gateway import Gateway
+from inference.gateway import Gateway, WorkerView
 from inference.generation.client import Generation, GenerationClient
 from inference.generation.messages import Accepted, Output, Refused, StepEvents, cancel_key, request_queue_key
 from inference.routes import HttpError, Target
@@ -221,7 +221,7 @@ def test_a_model_still_loading_on_a_worker_is_answered_503_loading_and_its_reque
 
     def beat(loading: list[int], loaded: list[int]) -> None:
         beats.hset(wire.WORKERS_KEY, WORKER, wire.Heartbeat([QUEUE], time.time(), loaded, loading).encode())
-        gateway.workers = (0.0, [], set())  # read again at the next check
+        gateway.workers = WorkerView()  # read again at the next check
 
     async def submit() -> Generation:
         return await gateway.generation.submit(target(), prompt="x", messages=None, params={})
