@@ -12,12 +12,16 @@ So the ASGI entry point (portal.asgi) serves Django through `BoundedASGIHandler`
 
 - at most WEB_MAX_CONCURRENT_REQUESTS requests run their views at once per process; others
   wait their turn, at most WEB_QUEUE_SECONDS. A request is answered 503 with Retry-After at
-  once when WEB_MAX_WAITING_REQUESTS already wait, or when the wait it can expect (those
-  ahead of it times the recent view time, over the running limit) is longer than
-  WEB_QUEUE_SECONDS. When a request arrived is recorded (inference.admission.arrived), so
-  that a prediction's deadline covers this wait too. Reading a request's body (an upload
-  streaming in) and sending the response (a download streaming out) take no turn: only the
-  view, which is where a thread holds a connection.
+  once, from its request line (its body unread), when WEB_MAX_WAITING_REQUESTS already wait,
+  or when the wait it can expect (those ahead of it times the recent view time, over the
+  running limit) is longer than half of WEB_QUEUE_SECONDS. The margin is there because view
+  times vary and a request refused after waiting is the worst answer of all: with the whole
+  of WEB_QUEUE_SECONDS as the bound, the overload benchmark's refusals had a p99 of 3.3 s
+  (refused at the end of the 3 s wait), with half of it 0.37 s. When a request arrived is
+  recorded (inference.admission.arrived), so that a prediction's deadline covers this wait
+  too. Reading a request's body (an upload streaming in) and sending the response (a
+  download streaming out) take no turn: only the view, which is where a thread holds a
+  connection.
 - when its view returns, a request's connections are closed, in its own thread: the thread
   ends with the request, so a persistent connection could never be reused, only leaked.
 
@@ -32,6 +36,7 @@ the connect per request; it needs the psycopg 3 driver, which this project does 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -43,6 +48,9 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
 from inference import admission
+
+# Seconds a refused caller is told to wait.
+RETRY_AFTER = "1"
 
 
 def _close_connections() -> None:
@@ -75,15 +83,29 @@ class BoundedASGIHandler(ASGIHandler):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         admission.arrived.set(time.time())  # a prediction's deadline starts now (seen by the view's thread)
+        if scope["type"] == "http" and self._full():
+            # Refused from the request line alone: under overload, reading a large body (and the
+            # event-loop turns it takes while the views' threads hold the GIL) is most of a
+            # refusal's time. The unread body is discarded by the server.
+            await _refusal_send(send, self._full_message())
+            return
         await super().__call__(scope, receive, send)
+
+    def _full(self) -> bool:
+        """No turn is free and a new request could not surely get one within WEB_QUEUE_SECONDS."""
+        turns = self._semaphore()
+        return turns.locked() and (self.waiting >= self.waiting_limit or self.expected_wait() > self.seconds / 2)
+
+    def _full_message(self) -> str:
+        return (f"{self.limit} requests are running and {self.waiting} waiting in this server "
+                f"(WEB_MAX_CONCURRENT_REQUESTS, WEB_MAX_WAITING_REQUESTS, WEB_QUEUE_SECONDS "
+                f"{self.seconds:g}): retry shortly.")  # fmt: skip
 
     async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
         turns = self._semaphore()
         if turns.locked():
-            if self.waiting >= self.waiting_limit or self.expected_wait() > self.seconds:
-                return _refusal(f"{self.limit} requests are running and {self.waiting} waiting in this server "
-                                f"(WEB_MAX_CONCURRENT_REQUESTS, WEB_MAX_WAITING_REQUESTS, WEB_QUEUE_SECONDS "
-                                f"{self.seconds:g}): retry shortly.")  # fmt: skip
+            if self._full():  # full since the request line came in (its body was being read)
+                return _refusal(self._full_message())
             self.waiting += 1
             try:
                 await asyncio.wait_for(turns.acquire(), self.seconds)
@@ -108,10 +130,19 @@ class BoundedASGIHandler(ASGIHandler):
 
 def _refusal(message: str) -> JsonResponse:
     response = JsonResponse({"error": message, "code": "overloaded"}, status=503)
-    response["Retry-After"] = "1"
+    response["Retry-After"] = RETRY_AFTER
     # Answered before Django's middleware (which would add it): a length, not a chunked body.
     response["Content-Length"] = str(len(response.content))
     return response
+
+
+async def _refusal_send(send: Any, message: str) -> None:
+    """The same 503 as `_refusal`, sent straight over ASGI (no request object exists yet)."""
+    body = json.dumps({"error": message, "code": "overloaded"}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"retry-after", RETRY_AFTER.encode()), (b"x-content-type-options", b"nosniff")]  # fmt: skip
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def bounded_asgi_application(**kwargs: Any) -> BoundedASGIHandler:

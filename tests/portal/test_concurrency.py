@@ -62,3 +62,41 @@ def test_a_request_that_would_wait_longer_than_the_queue_allows_is_refused_at_on
         return refused
 
     assert asyncio.run(scenario()).status_code == 503
+
+
+def test_a_full_server_refuses_from_the_request_line_without_reading_the_body(view):
+    """The refusal goes out before the body is asked for (under overload, reading it was most of
+    a refusal's time); a request arriving with room to wait still has its body read."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], int]:
+        handler = BoundedASGIHandler(limit=1, waiting=0, seconds=30)
+        request = RequestFactory().get("/")
+        running = asyncio.create_task(handler.run_get_response(request))
+        await asyncio.sleep(0)
+        reads = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal reads
+            reads += 1
+            return {"type": "http.request", "body": b"{}" * 100_000, "more_body": False}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/api/v1/models/m/predict/", "headers": [],
+                 "query_string": b"", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000)}  # fmt: skip
+        await asyncio.wait_for(handler(scope, receive, send), 5)
+        view.set()
+        await running
+        return sent, reads
+
+    sent, reads = asyncio.run(scenario())
+    assert reads == 0
+    start, body = sent
+    headers = dict(start["headers"])
+    assert start["status"] == 503 and headers[b"retry-after"] == b"1"
+    assert headers[b"content-type"] == b"application/json"
+    assert int(headers[b"content-length"]) == len(body["body"])
+    assert "WEB_MAX_CONCURRENT_REQUESTS" in json.loads(body["body"])["error"]
