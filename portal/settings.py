@@ -125,8 +125,8 @@ else:
     )
 # Under ASGI (portal.asgi) a web process runs at most this many Django views at once, each in a
 # thread holding at most one database connection (closed when the view returns); others wait
-# their turn up to WEB_QUEUE_SECONDS. A request that would wait longer (by the recent view
-# times), or finds WEB_MAX_WAITING_REQUESTS waiting, gets 503 with Retry-After at once.
+# their turn up to WEB_QUEUE_SECONDS. A request expected to wait over half of it (by the recent
+# view times), or that finds WEB_MAX_WAITING_REQUESTS waiting, gets 503 with Retry-After at once.
 # See portal/concurrency.py for the connections a process can hold.
 WEB_MAX_CONCURRENT_REQUESTS = env_int("WEB_MAX_CONCURRENT_REQUESTS", 8, minimum=1)
 WEB_MAX_WAITING_REQUESTS = env_int("WEB_MAX_WAITING_REQUESTS", 128, minimum=0)
