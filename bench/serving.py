@@ -307,6 +307,9 @@ class Bench(BenchReport):
         argv, env = wrk_command(port, model, body, token, 32, FAULT_LOAD_SECONDS, timeout=wrk_timeout)
         load = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         seen: dict[str, Any] = {}
+        # The serving identities that answered before the kill: the killed process's model host
+        # (the identity a reply names) dies with it, so a new identity is the replacement.
+        served_before: set[str] = set()
         stop = threading.Event()
 
         def probe() -> None:
@@ -322,9 +325,11 @@ class Bench(BenchReport):
                 if status != 200:
                     seen.setdefault("error", f"HTTP {status} after {time.monotonic() - started:.1f} s: "
                                              f"{content[:200].decode(errors='replace')}")  # fmt: skip
-                elif "killed" in seen and "recovered" not in seen:
+                else:
                     answered_by = output_of(headers, content)[1].get("worker", "")
-                    if not answered_by.endswith(f":{victim}"):
+                    if "killed" not in seen:
+                        served_before.add(answered_by)
+                    elif "recovered" not in seen and answered_by not in served_before:
                         seen["recovered"] = time.monotonic() - seen["killed"]
 
         prober = threading.Thread(target=probe, daemon=True)
