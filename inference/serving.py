@@ -113,12 +113,10 @@ class ServingLoop(threading.Thread):
         self.identity = worker_id()
 
     def run(self) -> None:
-        # A serving loop may be asked for a text model at any time: transformers (seconds of
-        # import, which a process no longer pays at startup) is imported at once, beside the
-        # serving rather than before it. A process replacing a dead one thus serves tensor
-        # models (and says it is live) that much sooner; a text request arriving meanwhile
-        # waits on Python's import lock for what is left of the import.
-        threading.Thread(target=_text_libraries_import, name="maas-text-import", daemon=True).start()
+        # A serving loop may be asked for a text model at any time: transformers (which a process
+        # no longer imports at startup, seconds of it) is imported before it serves, not within
+        # the first text request's deadline.
+        hf_libraries()
         logger.info("serving predictions from %s as %s", ", ".join(self.queues), self.identity)
         # The heartbeat has a thread of its own: a worker busy loading a model or computing a
         # long batch is alive (and says what it loads), and one that died is seen within
@@ -316,13 +314,6 @@ class ServingLoop(threading.Thread):
         except Exception as exc:
             return _failure(model, exc)
         return Outputs({name: array for name, _, array in outputs})
-
-
-def _text_libraries_import() -> None:
-    try:
-        hf_libraries()
-    except Exception:  # a text model's load will say so again, in its own error
-        logger.exception("importing transformers failed")
 
 
 def _failure(model: LoadedModel, exc: Exception) -> Failure:
