@@ -117,8 +117,11 @@ def test_ready_drops_within_two_seconds_of_the_last_worker_dying_and_a_waiting_r
 
 
 def test_a_model_slower_to_load_than_the_timeout_is_answered_503_loading_until_it_serves(
-    service_environment, owner, processes, slow
+    service_environment, owner, processes, tmp_path
 ):
+    # A load of about 5 s here, well past the 2 s timeout (the `slow` fixture's, about 2.8 s,
+    # ended within a first request's 2 s on a CI run).
+    slow_model(owner, tmp_path, warm_up_spin=2 * WARM_UP_SPIN)
     stack = stack_with(service_environment, owner, processes, "slow-load", INFERENCE_TIMEOUT_SECONDS="2")
     worker = stack.worker("worker")
     until(lambda: requests.get(f"{stack.base}/v2/health/ready", timeout=5).status_code == 200, 30, "ready")
