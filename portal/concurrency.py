@@ -36,7 +36,6 @@ the connect per request; it needs the psycopg 3 driver, which this project does 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -131,18 +130,19 @@ class BoundedASGIHandler(ASGIHandler):
 def _refusal(message: str) -> JsonResponse:
     response = JsonResponse({"error": message, "code": "overloaded"}, status=503)
     response["Retry-After"] = RETRY_AFTER
-    # Answered before Django's middleware (which would add it): a length, not a chunked body.
+    # Answered before Django's middleware (which would add these): a length, not a chunked
+    # body, and no content sniffing.
     response["Content-Length"] = str(len(response.content))
+    response["X-Content-Type-Options"] = "nosniff"
     return response
 
 
 async def _refusal_send(send: Any, message: str) -> None:
-    """The same 503 as `_refusal`, sent straight over ASGI (no request object exists yet)."""
-    body = json.dumps({"error": message, "code": "overloaded"}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"retry-after", RETRY_AFTER.encode()), (b"x-content-type-options", b"nosniff")]  # fmt: skip
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    """`_refusal`'s 503, sent straight over ASGI (no request object exists yet)."""
+    response = _refusal(message)
+    headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": response.content})
 
 
 def bounded_asgi_application(**kwargs: Any) -> BoundedASGIHandler:
