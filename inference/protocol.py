@@ -37,6 +37,9 @@ _JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKET_STEP = np.zeros(256, dtype=np.int8)
 _BRACKET_STEP[[ord("["), ord("{")]] = 1
 _BRACKET_STEP[[ord("]"), ord("}")]] = -1
+# bytes.translate() deletes these: what is left of a body is its brackets (or its opening ones), in one C pass.
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
+_NOT_OPENING = bytes(byte for byte in range(256) if byte not in b"[{")
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def _load_json(raw: bytes, max_depth: int) -> dict[str, Any]:
         except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
             raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     # The depth cannot exceed the number of opening brackets: count (cheap) before scanning.
-    if raw.count(b"[") + raw.count(b"{") > max_depth and _json_depth(raw) > max_depth:
+    if len(raw.translate(None, _NOT_OPENING)) > max_depth and _json_depth(raw) > max_depth:
         raise InvalidInput(f"request JSON is nested deeper than {max_depth} levels.")
     if not isinstance(value, dict):
         raise InvalidInput("request JSON must be an object with an 'inputs' list.")
@@ -145,12 +148,12 @@ def _load_json(raw: bytes, max_depth: int) -> dict[str, Any]:
 
 
 def _json_depth(raw: bytes) -> int:
-    """Deepest nesting of arrays and objects in valid JSON, without walking the parsed value."""
-    if raw.count(b"[") + raw.count(b"{") == 0:
-        return 0
-    stripped = _JSON_STRING_RE.sub(b'""', raw)
-    steps = _BRACKET_STEP[np.frombuffer(stripped, dtype=np.uint8)]
-    steps = steps[steps != 0]
+    """Deepest nesting of arrays and objects in valid JSON, without walking the parsed value.
+
+    Strings are blanked, then everything but brackets is deleted (a tensor's numbers are most
+    of a body: 0.15 ms for 240 kB, where stepping through every byte took 0.8 ms)."""
+    brackets = _JSON_STRING_RE.sub(b'""', raw).translate(None, _NOT_BRACKETS)
+    steps = _BRACKET_STEP[np.frombuffer(brackets, dtype=np.uint8)]
     return int(np.cumsum(steps, dtype=np.int64).max()) if steps.size else 0
 
 
