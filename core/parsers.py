@@ -6,35 +6,15 @@ import json
 from collections.abc import Mapping
 from typing import IO, Any
 
+import orjson
 from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from core.errors import PayloadTooLarge
+from core.jsondepth import nested_deeper_than
 
 MAX_JSON_DEPTH = 32
-
-
-def json_depth(raw: bytes) -> int:
-    """Deepest nesting of arrays and objects, ignoring brackets inside strings."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
 
 
 class LimitedJSONParser(JSONParser):
@@ -51,10 +31,17 @@ class LimitedJSONParser(JSONParser):
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:
             raise PayloadTooLarge(f"The JSON body is larger than the limit of {limit} bytes.")
-        # Only bodies with many brackets can be deep; the scan is skipped for the rest.
-        if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and json_depth(raw) > MAX_JSON_DEPTH:
+        if nested_deeper_than(raw, MAX_JSON_DEPTH):
             raise ParseError(f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels.")
+        encoding = (parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET
+        if encoding.lower().replace("-", "") == "utf8":
+            try:
+                # Several times faster on a body of numbers (a tensor); what orjson refuses (NaN,
+                # integers past 64 bits, invalid JSON) goes to the standard parser below.
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass
         try:
-            return json.loads(raw.decode((parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET))
+            return json.loads(raw.decode(encoding))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParseError(f"The body is not valid JSON: {exc}") from None

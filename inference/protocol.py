@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import orjson
 
 from core.datatypes import DATATYPES, NUMPY_DTYPES
 from core.errors import InvalidInput, PayloadTooLarge
+from core.jsondepth import nested_deeper_than
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"
@@ -32,14 +32,6 @@ BINARY_CONTENT_TYPE = "application/octet-stream"
 
 _LITTLE_ENDIAN: dict[str, np.dtype] = {name: dtype.newbyteorder("<") for name, dtype in NUMPY_DTYPES.items()}
 _BYTES_LENGTH = struct.Struct("<I")
-# JSON strings may hold brackets; they are blanked out before nesting depth is measured.
-_JSON_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_BRACKET_STEP = np.zeros(256, dtype=np.int8)
-_BRACKET_STEP[[ord("["), ord("{")]] = 1
-_BRACKET_STEP[[ord("]"), ord("}")]] = -1
-# bytes.translate() deletes these: what is left of a body is its brackets (or its opening ones), in one C pass.
-_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
-_NOT_OPENING = bytes(byte for byte in range(256) if byte not in b"[{")
 
 
 @dataclass(frozen=True)
@@ -115,6 +107,15 @@ def decode_request(
     )
 
 
+def decode_json_inputs(inputs: Any, signature: dict[str, Any], *, max_elements: int) -> dict[str, np.ndarray]:
+    """Inputs already parsed from JSON (a list of {name, datatype, shape, data}) as arrays by name,
+    checked as decode_request checks a body's (the friendly endpoint's, without a second encoding)."""
+    headers = _input_headers(inputs)
+    _check_inputs(headers, signature, max_elements)
+    arrays = _decode_inputs(headers, b"", 0, False)
+    return {spec["name"]: arrays[spec["name"]] for spec in signature["inputs"]}
+
+
 def _json_end(body: bytes, header_length: int | None) -> int:
     """Where the JSON part of the body stops."""
     if header_length is None:
@@ -139,22 +140,11 @@ def _load_json(raw: bytes, max_depth: int) -> dict[str, Any]:
             raise InvalidInput(f"request JSON is nested deeper than {max_depth} levels.") from None
         except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
             raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    # The depth cannot exceed the number of opening brackets: count (cheap) before scanning.
-    if len(raw.translate(None, _NOT_OPENING)) > max_depth and _json_depth(raw) > max_depth:
+    if nested_deeper_than(raw, max_depth):
         raise InvalidInput(f"request JSON is nested deeper than {max_depth} levels.")
     if not isinstance(value, dict):
         raise InvalidInput("request JSON must be an object with an 'inputs' list.")
     return value
-
-
-def _json_depth(raw: bytes) -> int:
-    """Deepest nesting of arrays and objects in valid JSON, without walking the parsed value.
-
-    Strings are blanked, then everything but brackets is deleted (a tensor's numbers are most
-    of a body: 0.15 ms for 240 kB, where stepping through every byte took 0.8 ms)."""
-    brackets = _JSON_STRING_RE.sub(b'""', raw).translate(None, _NOT_BRACKETS)
-    steps = _BRACKET_STEP[np.frombuffer(brackets, dtype=np.uint8)]
-    return int(np.cumsum(steps, dtype=np.int64).max()) if steps.size else 0
 
 
 def _request_meta(raw: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

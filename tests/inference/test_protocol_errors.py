@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from core.errors import InvalidInput, PayloadTooLarge
-from inference import protocol
 from inference.protocol import (
     HEADER_LENGTH_HEADER,
 )
@@ -157,23 +156,6 @@ def test_json_nested_deeper_than_the_limit():
 def test_brackets_inside_strings_do_not_count_as_nesting():
     body = json_body(tensor("x", "FP32", [2, 3], [0] * 6), id='[[[[[[["\\"[[[[')
     assert decode(body, max_json_depth=4).id == '[[[[[[["\\"[[[['
-
-
-def test_json_depth_matches_a_walk_of_the_parsed_value():
-    def walked(value: object) -> int:
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
-        return 0 if children is None else 1 + max((walked(child) for child in children), default=0)
-
-    values = [
-        {},
-        [],
-        {"a": "]]]}}}"},
-        [[["\\"], {"k": ['"[', {"x": [[]]}]}]],
-        {"inputs": [{"name": "x", "data": [[[0.5] * 4] * 3] * 2}], "id": '\\"[[{{'},
-    ]
-    for value in values:
-        raw = json.dumps(value).encode()
-        assert protocol._json_depth(raw) == walked(value), raw
 
 
 def test_pathologically_deep_json_is_refused_without_recursion_error():
