@@ -9,7 +9,6 @@ the same per-process backlog of the version, the same 400 past max_batch_size.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -102,9 +101,7 @@ def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndar
     if unknown:
         raise InvalidInput(f"Unknown input(s) {', '.join(map(repr, unknown))}; the model takes "
                            f"{', '.join(repr(s['name']) for s in version.inputs)}.", field="inputs")  # fmt: skip
-    body = json.dumps({"inputs": tensors}, allow_nan=True).encode()
-    request = protocol.decode_request(body, None, version.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS)
-    return request.inputs
+    return protocol.decode_json_inputs(tensors, version.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS)
 
 
 def text_predict(
