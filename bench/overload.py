@@ -6,7 +6,7 @@ whether or not the earlier ones were answered, each on an idle keep-alive connec
 new one) for `seconds`, and records per request its status, latency and `Retry-After`; a
 sampler thread meanwhile counts the
 connections PostgreSQL holds to the run's database (pg_stat_activity). Standard library
-plus psycopg2 (the portal's driver); nothing here starts or stops a server.
+plus psycopg (the portal's driver); nothing here starts or stops a server.
 """
 
 from __future__ import annotations
@@ -215,17 +215,16 @@ def _connections_sampled(database: str | None, samples: list[int], every: float 
     if database is None:
         yield
         return
-    import psycopg2
+    import psycopg
 
-    connection = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    connection.autocommit = True
+    connection = psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(every):
             try:
                 samples.append(_count_connections(connection, database))
-            except psycopg2.Error:
+            except psycopg.Error:
                 samples.append(-1)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -23,14 +23,16 @@ So the ASGI entry point (portal.asgi) serves Django through `BoundedASGIHandler`
   download streaming out) take no turn: only the view, which is where a thread holds a
   connection.
 - when its view returns, a request's connections are closed, in its own thread: the thread
-  ends with the request, so a persistent connection could never be reused, only leaked.
+  ends with the request. On PostgreSQL (DATABASE_POOL, the default) closing gives the
+  connection back to the process's psycopg 3 pool, for the next request's thread to borrow;
+  without the pool it ends the connection (a persistent one could never be reused, only leaked).
 
 The /v2 gateway and /v1 do not pass here: their database lookups (cache misses) run in the
-event loop's default thread pool, min(32, cores + 4) long-lived threads whose connections
-persist; the serving-metrics flusher (monitoring.metrics.recording) is one more thread. A web
-process therefore holds at most WEB_MAX_CONCURRENT_REQUESTS + min(32, cores + 4) + 1
-connections, whatever the load. (psycopg 3's pool, DATABASES OPTIONS "pool", would also save
-the connect per request; it needs the psycopg 3 driver, which this project does not ship.)
+event loop's default thread pool, min(32, cores + 4) long-lived threads; the serving-metrics
+flusher (monitoring.metrics.recording) is one more thread. They borrow from the same pool,
+whose size (DATABASE_POOL_SIZE) defaults to all of these together. A web process therefore
+holds at most WEB_MAX_CONCURRENT_REQUESTS + min(32, cores + 4) + 1 connections, whatever the
+load, pooled or not.
 """
 
 from __future__ import annotations

@@ -131,6 +131,22 @@ else:
 WEB_MAX_CONCURRENT_REQUESTS = env_int("WEB_MAX_CONCURRENT_REQUESTS", 8, minimum=1)
 WEB_MAX_WAITING_REQUESTS = env_int("WEB_MAX_WAITING_REQUESTS", 128, minimum=0)
 WEB_QUEUE_SECONDS = env_float("WEB_QUEUE_SECONDS", 3.0, minimum=0.1)
+if not EMBEDDED and env_bool("DATABASE_POOL", True):
+    # psycopg 3's pool: a process's threads (views, the gateway's lookups, the metrics flusher)
+    # borrow connections and give them back, instead of connecting per request. Its size is
+    # what those threads can use at once (so no thread waits for another's), checked on loan
+    # (a database restart is survived); a connection not had within DATABASE_POOL_TIMEOUT (the
+    # database is down) is a 503. Persistent connections (CONN_MAX_AGE) do not combine with
+    # it: DATABASE_POOL=false for those, or behind PgBouncer. See portal/concurrency.py.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": 0,
+        "max_size": env_int(
+            "DATABASE_POOL_SIZE", WEB_MAX_CONCURRENT_REQUESTS + min(32, (os.cpu_count() or 1) + 4) + 1, minimum=1
+        ),
+        "timeout": env_float("DATABASE_POOL_TIMEOUT", 2.0, minimum=0.1),
+        "max_idle": 60,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Artifact storage -----------------------------------------------------------------
