@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -57,3 +59,8 @@ def datatype_of_array(array: np.ndarray) -> str:
 
 def is_floating(datatype: str) -> bool:
     return datatype in {"FP16", "FP32", "FP64"}
+
+
+def example_array(tensor: dict[str, Any]) -> np.ndarray:
+    """One tensor of a version's stored example ({name, datatype, shape, data}) as an array of its shape."""
+    return np.asarray(tensor["data"], dtype=NUMPY_DTYPES[tensor["datatype"]]).reshape(tensor["shape"])

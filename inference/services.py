@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from django.conf import settings
 
-from core.datatypes import NUMPY_DTYPES, TORCH_DTYPES, datatype_of_array, datatype_of_tensor, is_floating
+from core.datatypes import TORCH_DTYPES, datatype_of_array, datatype_of_tensor, example_array, is_floating
 from inference.generation import Engine, GenerationRequest, SamplingParams
 from inference.runtimes import ModelLoadError, ModelRuntime, TextRuntime, runtime_for
 from registry.artifacts import artifact_onnx_path, artifact_unpacked, artifact_zip_check
@@ -90,8 +89,7 @@ def _example_tensors(example: list[dict[str, Any]], order: list[str], repeat: in
     by_name = {tensor["name"]: tensor for tensor in example}
     tensors = []
     for name in order:
-        array = np.asarray(by_name[name]["data"], dtype=NUMPY_DTYPES[by_name[name]["datatype"]])
-        tensor = torch.from_numpy(array)
+        tensor = torch.from_numpy(example_array(by_name[name]))
         tensors.append(torch.cat([tensor] * repeat) if repeat > 1 and tensor.dim() else tensor)
     return tensors
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.datatypes import NUMPY_DTYPES
+from core.datatypes import example_array
 from inference import wire
 from inference.conversions.recipes import FP16, ConversionFailed, percentiles
 from inference.services import exception_summary, model_load, model_probe, random_tensor
@@ -61,12 +61,7 @@ def _example_arrays(signature: dict[str, Any], example: list[dict[str, Any]] | N
     """The validation example as arrays, else seeded random inputs built from the signature."""
     if example:
         by_name = {tensor["name"]: tensor for tensor in example}
-        return {
-            spec["name"]: np.asarray(by_name[spec["name"]]["data"], dtype=NUMPY_DTYPES[spec["datatype"]]).reshape(
-                by_name[spec["name"]]["shape"]
-            )
-            for spec in signature["inputs"]
-        }
+        return {spec["name"]: example_array(by_name[spec["name"]]) for spec in signature["inputs"]}
     torch.manual_seed(0)
     return {spec["name"]: random_tensor(spec, 1, 8).numpy() for spec in signature["inputs"]}
 

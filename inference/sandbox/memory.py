@@ -90,18 +90,23 @@ class DeathWatch:
 
     def cause(self, process: subprocess.Popen[bytes]) -> str:
         """Why the host ended, in words; raises nothing. Waits briefly for its exit status."""
+        return self.verdict(process)[0]
+
+    def verdict(self, process: subprocess.Popen[bytes]) -> tuple[str, bool]:
+        """Why the host ended, in words, and whether the out-of-memory killer did it (the
+        cgroup's counter read once, so the two always agree)."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=EXIT_WAIT_SECONDS)
         status = process.returncode
         if status is None:
-            return "the model host stopped answering"
+            return "the model host stopped answering", False
         if status == -signal.SIGKILL and self.out_of_memory_kill():
-            return "the kernel's out-of-memory killer stopped the model host (signal 9)"
+            return "the kernel's out-of-memory killer stopped the model host (signal 9)", True
         if status < 0:
             with contextlib.suppress(ValueError):
-                return f"the model host was killed by signal {-status} ({signal.Signals(-status).name})"
-            return f"the model host was killed by signal {-status}"
-        return f"the model host exited with status {status}"
+                return f"the model host was killed by signal {-status} ({signal.Signals(-status).name})", False
+            return f"the model host was killed by signal {-status}", False
+        return f"the model host exited with status {status}", False
 
     def out_of_memory_kill(self) -> bool:
         now = oom_kills(self.cgroup)

@@ -143,8 +143,8 @@ class Host:
 
     def death(self) -> SandboxError | HostOutOfMemory:
         """The error for a host that died: out of memory when the kernel's killer did it."""
-        cause = self.watch.cause(self.process)
-        if self.watch.out_of_memory_kill():
+        cause, out_of_memory = self.watch.verdict(self.process)
+        if out_of_memory:
             return HostOutOfMemory(f"out of memory: {cause}")
         return SandboxError(f"the model host died while running the model: {cause}")
 
