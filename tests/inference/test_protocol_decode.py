@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 
 import numpy as np
 import pytest
 
+from core.errors import InvalidInput
 from inference.protocol import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH_HEADER,
     JSON_CONTENT_TYPE,
+    decode_json_inputs,
     encode_response,
 )
 from tests.inference.protocol_cases import (
@@ -28,6 +31,26 @@ from tests.inference.protocol_cases import (
 )
 
 # --- JSON data ----------------------------------------------------------------------------------
+
+
+def test_parsed_inputs_decode_as_the_same_inputs_in_a_body_do():
+    sig = signature(("a", "FP32", [-1, 2]), ("b", "INT64", [-1]))
+    inputs = [tensor("b", "INT64", [2], [7, 8]), tensor("a", "FP32", [2, 2], [[1.5, float("nan")], [3, 4]])]
+    parsed = decode_json_inputs(inputs, sig, max_elements=100)
+    body = decode(json_body(*inputs), sig).inputs
+    assert list(parsed) == list(body) == ["a", "b"]
+    for name in parsed:
+        assert parsed[name].dtype == body[name].dtype
+        np.testing.assert_array_equal(parsed[name], body[name])
+    for wrong, message in [
+        ([tensor("a", "FP32", [2, 3], [[0] * 3] * 2), inputs[0]], "has shape [2, 3], the model takes [-1, 2]"),
+        ([inputs[1]], "input 'b' is missing"),
+        ([tensor("a", "FP32", [2, 2], [[1, "x"], [3, 4]]), inputs[0]], "FP32 data must be numbers"),
+    ]:
+        with pytest.raises(InvalidInput, match=re.escape(message)):
+            decode_json_inputs(wrong, sig, max_elements=100)
+        with pytest.raises(InvalidInput, match=re.escape(message)):
+            decode(json_body(*wrong), sig)
 
 
 @pytest.mark.parametrize("datatype", list(NUMERIC_VALUES))
