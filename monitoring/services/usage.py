@@ -61,28 +61,50 @@ def _sums(row: Mapping[str, Any]) -> dict[str, int]:
 
 
 def usage_summary(user: Any, window: str, *, model: str | None = None, token: int | None = None) -> dict[str, Any]:
-    """Tokens used over a window: totals, per model version and per caller (user and API token)."""
-    rows = usage_rows(user, window, model=model, token=token)
-    by_version = [
-        {"model": row["version__model__name"], "version": row["version__version"], **_sums(row)}
-        for row in rows.values("version__model__name", "version__version")
+    """Tokens used over a window: totals, per model version and per caller (user and API token).
+
+    One query, summed here three ways: the parts always agree, even while a process is flushing
+    its usage (three queries could each see a different moment of the table).
+    """
+    groups = list(
+        usage_rows(user, window, model=model, token=token)
+        .values("version__model__name", "version__version", "user__username", "token_id", "token__name",
+                "token__prefix")
         .annotate(**SUMS)
-        .order_by("version__model__name", "version__version")
-    ]
-    by_caller = [
-        {"user": row["user__username"], "token_id": row["token_id"], "token": _token_label(row), **_sums(row)}
-        for row in rows.values("user__username", "token_id", "token__name", "token__prefix")
-        .annotate(**SUMS)
-        .order_by("user__username", "token_id")
-    ]
+    )  # fmt: skip
+    versions: dict[tuple[str, int], dict[str, int]] = {}
+    callers: dict[tuple[str, int | None], tuple[Mapping[str, Any], dict[str, int]]] = {}
+    totals = _zero()
+    for row in groups:
+        sums = _sums(row)
+        _add(versions.setdefault((row["version__model__name"], row["version__version"]), _zero()), sums)
+        _add(callers.setdefault((row["user__username"], row["token_id"]), (row, _zero()))[1], sums)
+        _add(totals, sums)
     span, _ = WINDOWS[window]
     return {
         "window": window,
         "since": (timezone.now() - span).isoformat(),
-        "totals": _sums(rows.aggregate(**SUMS)),
-        "by_version": by_version,
-        "by_caller": by_caller,
+        "totals": totals,
+        "by_version": [{"model": name, "version": number, **sums} for (name, number), sums in sorted(versions.items())],
+        "by_caller": [
+            {"user": row["user__username"], "token_id": row["token_id"], "token": _token_label(row), **sums}
+            for _, (row, sums) in sorted(callers.items(), key=lambda item: (item[0][0], _nulls_first(item[0][1])))
+        ],
     }
+
+
+def _zero() -> dict[str, int]:
+    return {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+def _add(into: dict[str, int], sums: Mapping[str, int]) -> None:
+    for key, value in sums.items():
+        into[key] += value
+
+
+def _nulls_first(token_id: int | None) -> tuple[bool, int]:
+    """Sort key of a caller's token id: the browser session (no token) first, then tokens by id."""
+    return (token_id is not None, token_id or 0)
 
 
 def usage_series(window: str, versions: QuerySet[ModelVersion]) -> dict[str, Any]:
