@@ -96,6 +96,14 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------
+# Under ASGI (portal.asgi) a web process runs at most this many Django views at once, each in a
+# thread holding at most one database connection (closed when the view returns); others wait
+# their turn up to WEB_QUEUE_SECONDS. A request expected to wait over half of it (by the recent
+# view times), or that finds WEB_MAX_WAITING_REQUESTS waiting, gets 503 with Retry-After at once.
+# See portal/concurrency.py for the connections a process can hold.
+WEB_MAX_CONCURRENT_REQUESTS = env_int("WEB_MAX_CONCURRENT_REQUESTS", 8, minimum=1)
+WEB_MAX_WAITING_REQUESTS = env_int("WEB_MAX_WAITING_REQUESTS", 128, minimum=0)
+WEB_QUEUE_SECONDS = env_float("WEB_QUEUE_SECONDS", 3.0, minimum=0.1)
 DATABASES: dict[str, Any]
 if EMBEDDED:
     DATABASES = {
@@ -110,43 +118,33 @@ if EMBEDDED:
         }
     }
 else:
+    # psycopg 3's pool: a process's threads (views, the gateway's lookups, the metrics flusher)
+    # borrow connections and give them back, instead of connecting per request. Its size is
+    # what those threads can use at once (so no thread waits for another's); a connection not
+    # had within DATABASE_POOL_TIMEOUT (the database is down) is a 503. Persistent connections
+    # (CONN_MAX_AGE) do not combine with it: DATABASE_POOL=false for those, or behind PgBouncer.
+    # See portal/concurrency.py.
+    pooled = env_bool("DATABASE_POOL", True)
     DATABASES = {
         "default": dj_database_url.parse(
             env_str("DATABASE_URL"),
-            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
-            # A persistent connection is checked before its first use in a request (and in each
-            # gateway lookup), so one broken by a database restart is replaced, not reused.
+            conn_max_age=0 if pooled else env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+            # A connection is checked before its first use in a request (and in each gateway
+            # lookup; pooled, on each loan), so one broken by a database restart is replaced.
             conn_health_checks=True,
         )
     }
+    options = DATABASES["default"].setdefault("OPTIONS", {})
     # An unreachable server fails a connection attempt in seconds (503), not after the OS's minutes.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-        "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=1)
-    )
-# Under ASGI (portal.asgi) a web process runs at most this many Django views at once, each in a
-# thread holding at most one database connection (closed when the view returns); others wait
-# their turn up to WEB_QUEUE_SECONDS. A request expected to wait over half of it (by the recent
-# view times), or that finds WEB_MAX_WAITING_REQUESTS waiting, gets 503 with Retry-After at once.
-# See portal/concurrency.py for the connections a process can hold.
-WEB_MAX_CONCURRENT_REQUESTS = env_int("WEB_MAX_CONCURRENT_REQUESTS", 8, minimum=1)
-WEB_MAX_WAITING_REQUESTS = env_int("WEB_MAX_WAITING_REQUESTS", 128, minimum=0)
-WEB_QUEUE_SECONDS = env_float("WEB_QUEUE_SECONDS", 3.0, minimum=0.1)
-if not EMBEDDED and env_bool("DATABASE_POOL", True):
-    # psycopg 3's pool: a process's threads (views, the gateway's lookups, the metrics flusher)
-    # borrow connections and give them back, instead of connecting per request. Its size is
-    # what those threads can use at once (so no thread waits for another's), checked on loan
-    # (a database restart is survived); a connection not had within DATABASE_POOL_TIMEOUT (the
-    # database is down) is a 503. Persistent connections (CONN_MAX_AGE) do not combine with
-    # it: DATABASE_POOL=false for those, or behind PgBouncer. See portal/concurrency.py.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"]["OPTIONS"]["pool"] = {
-        "min_size": 0,
-        "max_size": env_int(
-            "DATABASE_POOL_SIZE", WEB_MAX_CONCURRENT_REQUESTS + min(32, (os.cpu_count() or 1) + 4) + 1, minimum=1
-        ),
-        "timeout": env_float("DATABASE_POOL_TIMEOUT", 2.0, minimum=0.1),
-        "max_idle": 60,
-    }
+    options.setdefault("connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=1))
+    if pooled:
+        threads = WEB_MAX_CONCURRENT_REQUESTS + min(32, (os.cpu_count() or 1) + 4) + 1
+        options["pool"] = {
+            "min_size": 0,
+            "max_size": env_int("DATABASE_POOL_SIZE", threads, minimum=1),
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 2.0, minimum=0.1),
+            "max_idle": 60,
+        }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Artifact storage -----------------------------------------------------------------
