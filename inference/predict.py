@@ -101,7 +101,10 @@ def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndar
     if unknown:
         raise InvalidInput(f"Unknown input(s) {', '.join(map(repr, unknown))}; the model takes "
                            f"{', '.join(repr(s['name']) for s in version.inputs)}.", field="inputs")  # fmt: skip
-    return protocol.decode_json_inputs(tensors, version.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS)
+    # Already parsed: decoded and checked as /v2 and gRPC inputs are, without a second encoding.
+    return protocol.tensors_decode(
+        tensors, [None] * len(tensors), version.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS
+    )
 
 
 def text_predict(

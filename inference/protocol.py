@@ -107,15 +107,6 @@ def decode_request(
     )
 
 
-def decode_json_inputs(inputs: Any, signature: dict[str, Any], *, max_elements: int) -> dict[str, np.ndarray]:
-    """Inputs already parsed from JSON (a list of {name, datatype, shape, data}) as arrays by name,
-    checked as decode_request checks a body's (the friendly endpoint's, without a second encoding)."""
-    headers = _input_headers(inputs)
-    _check_inputs(headers, signature, max_elements)
-    arrays = _decode_inputs(headers, b"", 0, False)
-    return {spec["name"]: arrays[spec["name"]] for spec in signature["inputs"]}
-
-
 def _json_end(body: bytes, header_length: int | None) -> int:
     """Where the JSON part of the body stops."""
     if header_length is None:

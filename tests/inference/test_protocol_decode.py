@@ -15,8 +15,8 @@ from inference.protocol import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH_HEADER,
     JSON_CONTENT_TYPE,
-    decode_json_inputs,
     encode_response,
+    tensors_decode,
 )
 from tests.inference.protocol_cases import (
     NUMERIC_VALUES,
@@ -36,7 +36,7 @@ from tests.inference.protocol_cases import (
 def test_parsed_inputs_decode_as_the_same_inputs_in_a_body_do():
     sig = signature(("a", "FP32", [-1, 2]), ("b", "INT64", [-1]))
     inputs = [tensor("b", "INT64", [2], [7, 8]), tensor("a", "FP32", [2, 2], [[1.5, float("nan")], [3, 4]])]
-    parsed = decode_json_inputs(inputs, sig, max_elements=100)
+    parsed = tensors_decode(inputs, [None, None], sig, max_elements=100)
     body = decode(json_body(*inputs), sig).inputs
     assert list(parsed) == list(body) == ["a", "b"]
     for name in parsed:
@@ -48,7 +48,7 @@ def test_parsed_inputs_decode_as_the_same_inputs_in_a_body_do():
         ([tensor("a", "FP32", [2, 2], [[1, "x"], [3, 4]]), inputs[0]], "FP32 data must be numbers"),
     ]:
         with pytest.raises(InvalidInput, match=re.escape(message)):
-            decode_json_inputs(wrong, sig, max_elements=100)
+            tensors_decode(wrong, [None] * len(wrong), sig, max_elements=100)
         with pytest.raises(InvalidInput, match=re.escape(message)):
             decode(json_body(*wrong), sig)
 
