@@ -208,12 +208,23 @@ def test_the_playground_streams_the_answer_as_it_is_generated_and_the_model_page
     assert series(text, "maas_generation_running_sequences", labels)
 
 
-def test_stop_ends_the_stream_a_refused_prompt_is_shown_and_the_engine_keeps_serving(portal_page, chat_version):
+def test_stop_ends_the_stream_a_refused_prompt_is_shown_and_the_engine_keeps_serving(
+    portal_page, chat_version, owner, gateway_url
+):
+    prompt = "Write a very long story."
+    # Greedy, so that the answer cannot end early: sampled, the random model sometimes drew its
+    # end-of-text token before Stop was clicked, and the answer was `done`. This one runs 400 tokens.
+    secret = token_services.token_create(user=owner, name="greedy-check")[1]
+    body = {"model": f"chatty:{chat_version.version}", "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0, "max_tokens": 400}  # fmt: skip
+    whole = requests.post(f"{gateway_url}/v1/chat/completions", json=body, timeout=120,
+                          headers={"Authorization": f"Bearer {secret}"})  # fmt: skip
+    assert whole.status_code == 200 and whole.json()["choices"][0]["finish_reason"] == "length", whole.text
     page = portal_page
     login(page, "olivia", "owner-pass-123")
     page.goto(f"/models/chatty/versions/{chat_version.version}/")
     page.evaluate(STOP_AFTER_THREE_CHUNKS)
-    send(page, "Write a very long story.", temperature="1", max_tokens="400")
+    send(page, prompt, temperature="0", max_tokens="400")
     answer = page.locator(".chat-message.chat-assistant").last
     expect(answer).to_have_attribute("data-state", "stopped", timeout=60_000)
     expect(page.locator("#chat-send")).to_be_enabled()
