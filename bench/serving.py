@@ -31,8 +31,9 @@ Overload (after each backend's loads; `--skip-overload` leaves it out, `--overlo
 nothing else on the portal): on the last model of the run (cnn by default: the slow one), the
 capacity of a path is measured (3 s, 32 closed-loop clients), then requests arrive at twice
 that rate for `--overload-seconds` (open loop), first on /v2 (JSON), then on the friendly
-/api/v1/models/{name}/predict/ endpoint (Django). Reported per load: the fraction answered 503
-and their latency (target: within 100 ms, each with a Retry-After), the admitted requests'
+/api/v1/models/{name}/predict/ endpoint (with a token, so answered in the gateway's event
+loop: inference.api.predict_asgi). Reported per load: the fraction answered 503 and their
+latency (target: within 100 ms, each with a Retry-After), the admitted requests'
 latency against INFERENCE_TIMEOUT_SECONDS, the 500s (target: none) and, on PostgreSQL, the
 connections the database held to the run's database (sampled every 100 ms; bounded per web
 process by WEB_MAX_CONCURRENT_REQUESTS plus its gateway threads, see portal/concurrency.py).

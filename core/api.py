@@ -62,6 +62,33 @@ def _flatten(detail: Any, prefix: str = "") -> list[str]:
     return [f"{prefix}: {detail}" if prefix else str(detail)]
 
 
+def request_too_large() -> PayloadTooLarge:
+    """The refusal of a request body over DATA_UPLOAD_MAX_MEMORY_SIZE (Django's RequestDataTooBig)."""
+    return PayloadTooLarge(
+        f"The request body is larger than the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
+        "(DATA_UPLOAD_MAX_MEMORY_SIZE)."
+    )
+
+
+def portal_error_body(exc: PortalError) -> dict[str, Any]:
+    """A PortalError as the API's error body: its message, code, field and figures."""
+    body: dict[str, Any] = {"error": exc.message, "code": exc.code}
+    if exc.field:
+        body["fields"] = {exc.field: [exc.message]}
+    figures = getattr(exc, "figures", None)
+    if figures:
+        body["figures"] = figures  # e.g. what the promotion gate compared
+    return body
+
+
+def api_exception_body(exc: exceptions.APIException) -> dict[str, Any]:
+    """A DRF exception (a serializer's ValidationError, a parser's ParseError, ...) as the API's error body."""
+    if isinstance(exc, exceptions.ValidationError):
+        return {"error": "; ".join(_flatten(exc.detail)), "code": "invalid", "fields": exc.detail}
+    codes = exc.get_codes()
+    return {"error": str(exc.detail), "code": codes if isinstance(codes, str) else "error"}
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Every API error as `{"error": message, "code": ..., "fields": {...}}`.
 
@@ -69,21 +96,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     for programs that want it.
     """
     if isinstance(exc, RequestDataTooBig):
-        exc = PayloadTooLarge(
-            f"The request body is larger than the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
-            "(DATA_UPLOAD_MAX_MEMORY_SIZE)."
-        )
+        exc = request_too_large()
     if isinstance(exc, OperationalError | InterfaceError):
         # The database is down or restarting: the client may retry; nothing was changed.
         exc = DATABASE_UNAVAILABLE
     if isinstance(exc, PortalError):
-        body: dict[str, Any] = {"error": exc.message, "code": exc.code}
-        if exc.field:
-            body["fields"] = {exc.field: [exc.message]}
-        figures = getattr(exc, "figures", None)
-        if figures:
-            body["figures"] = figures  # e.g. what the promotion gate compared
-        return Response(body, status=exc.status_code, headers=getattr(exc, "headers", None))
+        return Response(portal_error_body(exc), status=exc.status_code, headers=getattr(exc, "headers", None))
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, DjangoPermissionDenied):
@@ -91,12 +109,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
-    if isinstance(exc, exceptions.ValidationError):
-        body = {"error": "; ".join(_flatten(exc.detail)), "code": "invalid", "fields": exc.detail}
-        response.status_code = status.HTTP_400_BAD_REQUEST
-    elif isinstance(exc, exceptions.APIException):
-        codes = exc.get_codes()
-        body = {"error": str(exc.detail), "code": codes if isinstance(codes, str) else "error"}
+    if isinstance(exc, exceptions.APIException):
+        body = api_exception_body(exc)
+        if isinstance(exc, exceptions.ValidationError):
+            response.status_code = status.HTTP_400_BAD_REQUEST
     else:  # pragma: no cover - DRF only returns responses for APIException
         body = {"error": str(exc), "code": "error"}
     response.data = body

@@ -31,17 +31,23 @@ class LimitedJSONParser(JSONParser):
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:
             raise PayloadTooLarge(f"The JSON body is larger than the limit of {limit} bytes.")
-        if nested_deeper_than(raw, MAX_JSON_DEPTH):
-            raise ParseError(f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels.")
-        encoding = (parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET
-        if encoding.lower().replace("-", "") == "utf8":
-            try:
-                # Several times faster on a body of numbers (a tensor); what orjson refuses (NaN,
-                # integers past 64 bits, invalid JSON) goes to the standard parser below.
-                return orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                pass
+        return json_body_loads(raw, (parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET)
+
+
+def json_body_loads(raw: bytes, encoding: str = "utf-8") -> Any:
+    """A JSON request body read under its size limit, parsed: a ParseError (400) past MAX_JSON_DEPTH
+    levels or when it is not JSON. Shared by the parser and the friendly predict endpoint's
+    event-loop path (inference.api.predict_asgi), so both answer alike."""
+    if nested_deeper_than(raw, MAX_JSON_DEPTH):
+        raise ParseError(f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels.")
+    if encoding.lower().replace("-", "") == "utf8":
         try:
-            return json.loads(raw.decode(encoding))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ParseError(f"The body is not valid JSON: {exc}") from None
+            # Several times faster on a body of numbers (a tensor); what orjson refuses (NaN,
+            # integers past 64 bits, invalid JSON) goes to the standard parser below.
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(raw.decode(encoding))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ParseError(f"The body is not valid JSON: {exc}") from None

@@ -15,6 +15,11 @@ _ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _current: ContextVar[str] = ContextVar("request_id", default="")
 
 
+def acceptable_request_id(offered: str) -> bool:
+    """Whether a caller's X-Request-ID is kept (short and plain) rather than replaced."""
+    return bool(_ACCEPTABLE.match(offered))
+
+
 def current_request_id() -> str:
     """The id of the request being handled in this context ("" outside a request)."""
     return _current.get()
@@ -28,7 +33,7 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         offered = request.headers.get(HEADER, "")
-        request_id = offered if _ACCEPTABLE.match(offered) else uuid.uuid4().hex
+        request_id = offered if acceptable_request_id(offered) else uuid.uuid4().hex
         token = _current.set(request_id)
         try:
             response = self.get_response(request)

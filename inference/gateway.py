@@ -50,7 +50,7 @@ from accounts import token_throttle
 from accounts.services import token_authenticate
 from core import hygiene
 from core import redis as shared_redis
-from core.errors import PortalError
+from core.errors import Overloaded, PortalError
 from core.invalidation import INVALIDATE_CHANNEL
 from inference import admission, guard, protocol, telemetry, text, wire
 from inference.generation.client import GenerationClient
@@ -165,6 +165,7 @@ def target_resolve(user: Any, name: str, version: str | None) -> Target:
         ready_versions=tuple(ready), model_id=model.pk, actions=access.role_actions(user, model), task=found.task,
         max_tokens_default=default if generative else 0, max_tokens_limit=limit if generative else 0,
         context_length=context, chat_template=generative and bool(found.validation.get("chat_template")),
+        labels=tuple(found.labels or ()),
     )  # fmt: skip
 
 
@@ -536,7 +537,7 @@ class Gateway:
             if not user.is_authenticated:
                 # Without a token, whatever is not public answers alike: nothing leaks.
                 raise HttpError(401, AUTH_REQUIRED) from None
-            raise HttpError(exc.status_code, exc.message) from None
+            raise HttpError(exc.status_code, exc.message, code=exc.code) from None
 
     def _lookup_done(self, key: Any, future: asyncio.Future[Any]) -> None:
         self.lookups.pop(key, None)
@@ -605,12 +606,14 @@ class Gateway:
         timeout = settings.INFERENCE_TIMEOUT_SECONDS
         message = admission.late_message(target.model_name, target.version, len(coalescer.waiting), expected, timeout)
         # By then the queue ahead has moved on far enough for a request to make its deadline.
-        return HttpError(503, message, {"Retry-After": str(admission.retry_after(expected - remaining))})
+        return HttpError(
+            503, message, {"Retry-After": str(admission.retry_after(expected - remaining))}, code=Overloaded.code
+        )
 
     @staticmethod
     def _overloaded(target: Target, backlog: admission.Backlog, seen: int) -> HttpError:
         message = admission.overload_message(target.model_name, target.version, seen, settings.INFERENCE_MAX_QUEUED)
-        return HttpError(503, message, {"Retry-After": str(backlog.retry_after())})
+        return HttpError(503, message, {"Retry-After": str(backlog.retry_after())}, code=Overloaded.code)
 
     async def live_queues(self, wanted: str | None = None) -> set[str]:
         """Prediction queues with at least one live worker (looked at afresh if `wanted` is not among them)."""

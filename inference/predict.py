@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -79,12 +80,13 @@ def tokens_charge(user: Any, tokens: int) -> None:
             logger.warning("could not charge %d tokens to token %s: %s", tokens, grant.token_id, exc.message)
 
 
-def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndarray]:
+def friendly_to_tensors(signature: dict[str, Any], inputs: Any) -> dict[str, np.ndarray]:
     """`{"<input>": nested list}` checked against the signature (a single example gets its batch dim)."""
     if not isinstance(inputs, dict):
         raise InvalidInput('inputs must be an object: {"<input name>": nested list of values}.', field="inputs")
+    specs = signature.get("inputs", [])
     tensors = []
-    for spec in version.inputs:
+    for spec in specs:
         if spec["name"] not in inputs:
             raise InvalidInput(f"Missing input {spec['name']!r}.", field="inputs")
         data = inputs[spec["name"]]
@@ -97,14 +99,41 @@ def friendly_to_tensors(version: ModelVersion, inputs: Any) -> dict[str, np.ndar
         if spec["shape"] and spec["shape"][0] == -1 and len(shape) == len(spec["shape"]) - 1:
             data, shape = [data], [1, *shape]
         tensors.append({"name": spec["name"], "datatype": spec["datatype"], "shape": shape, "data": data})
-    unknown = sorted(set(inputs) - {spec["name"] for spec in version.inputs})
+    unknown = sorted(set(inputs) - {spec["name"] for spec in specs})
     if unknown:
         raise InvalidInput(f"Unknown input(s) {', '.join(map(repr, unknown))}; the model takes "
-                           f"{', '.join(repr(s['name']) for s in version.inputs)}.", field="inputs")  # fmt: skip
+                           f"{', '.join(repr(s['name']) for s in specs)}.", field="inputs")  # fmt: skip
     # Already parsed: decoded and checked as /v2 and gRPC inputs are, without a second encoding.
     return protocol.tensors_decode(
-        tensors, [None] * len(tensors), version.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS
+        tensors, [None] * len(tensors), signature, max_elements=settings.INFERENCE_MAX_ELEMENTS
     )
+
+
+def rows_check(signature: dict[str, Any], tensors: dict[str, np.ndarray], max_batch_size: int, model: str,
+               version: int) -> None:  # fmt: skip
+    """Refuse (400, on `inputs`) a tensor request with more rows than the version's max_batch_size."""
+    refusal = admission.rows_refusal(signature, tensors, max_batch_size, model, version)
+    if refusal is not None:
+        raise InvalidInput(refusal, field="inputs")
+
+
+def tensor_answer(
+    model: str, version: int, signature: dict[str, Any], labels: list[str] | tuple[str, ...],
+    outputs: dict[str, np.ndarray], timing: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """A tensor model's friendly answer: outputs as nested lists, the timing of the hop, the labels."""
+    body = {"model": model, "version": version,
+            "outputs": {name: array.tolist() for name, array in outputs.items()}, "timing": timing}  # fmt: skip
+    found = labels_for(labels, signature.get("outputs", []), outputs)
+    if found is not None:
+        body["labels"] = found
+    return body
+
+
+def hop_timing(total_seconds: float, reply: BatchReply) -> dict[str, Any]:
+    """The `timing` of a friendly answer: the whole hop to a worker, its queue wait and compute, the worker."""
+    return {"total_ms": round(total_seconds * 1000, 3), "queue_ms": round(reply.queue_ms, 3),
+            "compute_ms": round(reply.compute_ms, 3), "worker": reply.worker}  # fmt: skip
 
 
 def text_predict(
@@ -116,11 +145,36 @@ def text_predict(
     `user` (the caller) is charged the tokens read: metered, and against its token's limit.
     """
     text.not_generative(version.task, version.model.name, version.version)
+    request = text_request(version.task, inputs, parameters)
+    outputs, timing = predict(version, request.tensors(), addressed, request.parameters, user=user)
+    return text_answer(version.task, request, outputs, timing, version.labels)
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """A text model's friendly request, checked: its texts, whether one string was sent, its parameters."""
+
+    texts: list[str]
+    single: bool
+    parameters: dict[str, Any]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {TEXT_INPUT: text.texts_tensor(self.texts)}
+
+
+def text_request(task: str, inputs: Any, parameters: Any) -> TextRequest:
+    """Check a text model's friendly `inputs` (a text or a list of texts) and `parameters` against its task."""
     texts, single = text.friendly_texts(inputs)
-    checked = text.parameters_check(version.task, parameters)
-    outputs, timing = predict(version, {TEXT_INPUT: text.texts_tensor(texts)}, addressed, checked, user=user)
-    answers = text.friendly_answer(version.task, texts, outputs, checked, version.labels)
-    return {"outputs": answers[0] if single else answers, "timing": timing,
+    return TextRequest(texts, single, text.parameters_check(task, parameters))
+
+
+def text_answer(
+    task: str, request: TextRequest, outputs: dict[str, np.ndarray], timing: dict[str, Any],
+    labels: list[str] | tuple[str, ...],
+) -> dict[str, Any]:  # fmt: skip
+    """A text model's friendly answer: its task's shape (one answer for one string), the timing, the tokens read."""
+    answers = text.friendly_answer(task, request.texts, outputs, request.parameters, labels)
+    return {"outputs": answers[0] if request.single else answers, "timing": timing,
             "usage": {"tokens": text.usage_tokens(outputs)}}  # fmt: skip
 
 
@@ -139,7 +193,7 @@ def predict(
     Its deadline, INFERENCE_TIMEOUT_SECONDS, runs from when it reached the server (inference.admission).
     """
     sample = telemetry.Sample(version.pk, version.model.name, version.version, addressed, source="native")
-    sample.payload = sum(_size(array) for array in tensors.values())
+    sample.payload = payload_bytes(tensors)
     if user is not None:
         sample.caller(user)
     try:
@@ -152,6 +206,11 @@ def predict(
         raise
     sample.done(200)
     return outputs, timing
+
+
+def payload_bytes(tensors: dict[str, np.ndarray]) -> int:
+    """Bytes of a request's tensors, as serving metrics count a payload."""
+    return sum(_size(array) for array in tensors.values())
 
 
 def _size(array: np.ndarray) -> int:
@@ -167,11 +226,7 @@ def _exchange(
             f"Model {version.model.name!r} v{version.version} is {version.status}, not ready to serve."
         )
     if not version.task:
-        refusal = admission.rows_refusal(
-            version.signature, tensors, version.max_batch_size, version.model.name, version.version
-        )
-        if refusal is not None:
-            raise InvalidInput(refusal, field="inputs")
+        rows_check(version.signature, tensors, version.max_batch_size, version.model.name, version.version)
     backlog = admission.backlog_of(version.pk)
     admitted, seen = backlog.admit()
     if not admitted:
@@ -218,16 +273,16 @@ def _exchange_admitted(
     sample.timing = {"qt": reply.queue_ms, "ct": reply.compute_ms, "bs": reply.batch_rows}
     if isinstance(answer, Failure):
         raise STATUS_ERRORS.get(answer.status, Unprocessable)(answer.message)
-    timing = {"total_ms": round((time.perf_counter() - started) * 1000, 3), "queue_ms": round(reply.queue_ms, 3),
-              "compute_ms": round(reply.compute_ms, 3), "worker": reply.worker}  # fmt: skip
-    return answer.tensors, timing
+    return answer.tensors, hop_timing(time.perf_counter() - started, reply)
 
 
-def labels_for(version: ModelVersion, outputs: dict[str, np.ndarray]) -> list[str] | None:
+def labels_for(
+    labels: list[str] | tuple[str, ...], output_specs: list[dict[str, Any]], outputs: dict[str, np.ndarray]
+) -> list[str] | None:
     """Class names of the first output's argmax, when the version has labels and a 2-D first output."""
-    if not version.labels or not version.outputs:
+    if not labels or not output_specs:
         return None
-    first = outputs.get(version.outputs[0]["name"])
-    if first is None or first.ndim != 2 or first.shape[1] != len(version.labels):
+    first = outputs.get(output_specs[0]["name"])
+    if first is None or first.ndim != 2 or first.shape[1] != len(labels):
         return None
-    return [version.labels[int(i)] for i in first.argmax(axis=1)]
+    return [labels[int(i)] for i in first.argmax(axis=1)]

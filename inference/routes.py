@@ -30,13 +30,16 @@ class Target:
     max_tokens_limit: int = 0
     context_length: int = 0
     chat_template: bool = False
+    labels: tuple[str, ...] = ()  # class names of a classifier's first output (registry ModelVersion.labels)
 
 
 class HttpError(Exception):
-    """A request answered with `status` and `message` (and `headers`, e.g. Retry-After)."""
+    """A request answered with `status` and `message` (and `headers`, e.g. Retry-After); `code`
+    names it where the REST API's codes (core.errors) would say more than the status does."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, code: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.code = code

@@ -168,15 +168,8 @@ class PredictView(APIView):
                 version, data["inputs"], data.get("parameters"), addressed=addressed, user=request.user
             )
             return Response({"model": version.model.name, "version": version.version, **answer})
-        tensors = predict.friendly_to_tensors(version, data["inputs"])
+        tensors = predict.friendly_to_tensors(version.signature, data["inputs"])
         outputs, timing = predict.predict(version, tensors, addressed=addressed, user=request.user)
-        body = {
-            "model": version.model.name,
-            "version": version.version,
-            "outputs": {name: array.tolist() for name, array in outputs.items()},
-            "timing": timing,
-        }
-        labels = predict.labels_for(version, outputs)
-        if labels is not None:
-            body["labels"] = labels
-        return Response(body)
+        return Response(predict.tensor_answer(
+            version.model.name, version.version, version.signature, version.labels, outputs, timing
+        ))  # fmt: skip

@@ -12,6 +12,9 @@ import pytest
 import requests
 import torch
 import tritonclient.http as triton
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
 
 from accounts import services as token_services
 from core import redis as shared_redis
@@ -46,6 +49,20 @@ def client(gateway_url: str, token: str) -> triton.InferenceServerClient:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def session_headers(user: Any) -> dict[str, str]:
+    """A signed-in browser's cookies and CSRF header, made here (the server's password hashers
+    differ from the tests' fast one, so a sign-in form would refuse the test password). A server
+    accepts them when it signs sessions with this process's SECRET_KEY."""
+    store = SessionStore()
+    store[SESSION_KEY] = str(user.pk)
+    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.save()
+    csrf = "c" * 32
+    cookie = f"{settings.SESSION_COOKIE_NAME}={store.session_key}; {settings.CSRF_COOKIE_NAME}={csrf}"
+    return {"Cookie": cookie, "X-CSRFToken": csrf}
 
 
 def expected(model_files: dict[str, Path], features: np.ndarray) -> np.ndarray:

@@ -17,8 +17,6 @@ import pytest
 import requests
 import torch
 from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-from django.contrib.sessions.backends.db import SessionStore
 from django.core.files import File
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -28,7 +26,7 @@ from inference import validation
 from portal import text_models
 from registry import services
 from registry.models import ModelVersion, RegisteredModel, VersionStatus
-from tests.integration.conftest import auth
+from tests.integration.conftest import auth, session_headers
 from tests.worker import Processes, start_gateway, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
@@ -290,19 +288,6 @@ def test_every_bad_request_is_a_named_openai_error(gateway_url, owner, gpt, tmp_
         spent += answer.json()["usage"]["total_tokens"]
     assert answer.status_code == 429 and spent >= 60 and answer.headers["Retry-After"].isdigit()
     assert answer.json()["error"]["type"] == "tokens"
-
-
-def session_headers(user: Any) -> dict[str, str]:
-    """A signed-in browser's cookies and CSRF header, made here (the server's password hashers
-    differ from the tests' fast one, so a sign-in form would refuse the test password)."""
-    store = SessionStore()
-    store[SESSION_KEY] = str(user.pk)
-    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    store.save()
-    csrf = "c" * 32
-    cookie = f"{settings.SESSION_COOKIE_NAME}={store.session_key}; {settings.CSRF_COOKIE_NAME}={csrf}"
-    return {"Cookie": cookie, "X-CSRFToken": csrf}
 
 
 def test_the_playground_streams_through_django_unbuffered_and_a_disconnect_cancels(

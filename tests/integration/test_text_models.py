@@ -21,6 +21,7 @@ from portal import text_models
 from registry import services
 from registry.models import ModelVersion, VersionStatus
 from tests.integration.conftest import auth, infer_json
+from tests.integration.friendly import DJANGO_ONLY_HEADER, ask, assert_alike, both
 
 pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
 
@@ -143,6 +144,26 @@ def test_classifiers_answer_the_friendly_endpoint_in_their_natural_shape(live_se
     ]:
         refused = session.post(f"{base}/{path}/predict/", json=payload, timeout=30)
         assert refused.status_code == 400 and fragment in refused.json()["error"], (fragment, refused.text)
+
+
+def test_text_models_answer_alike_from_the_event_loop_and_the_view(gateway_url, live_server, token, owner, archives):
+    """A token's friendly text prediction is answered in the gateway's event loop, as the view answers it."""
+    serve(owner, "sentiment", archives["text-classification"], "text-classification")
+    cases = [
+        ("sentiment/predict/", {"inputs": "I love this product"}),
+        ("sentiment/predict/", {"inputs": ["good", "bad"], "parameters": {"top_k": 2}}),
+        ("sentiment/predict/", {"inputs": ["ok", ""]}),
+        ("sentiment/predict/", {"inputs": {"text": "ok"}}),
+        ("sentiment/predict/", {"inputs": "x", "parameters": {"normalize": True}}),
+        ("sentiment/predict/", {"inputs": "word " * 100, "parameters": {"truncate": False}}),
+    ]
+    for path, body in cases:
+        fast, view = both(gateway_url, live_server, path, body, auth(token))
+        assert DJANGO_ONLY_HEADER not in fast.headers, (body, fast.headers)
+        assert_alike(fast, view)
+    assert fast.status_code == 400
+    answered = ask(gateway_url, "sentiment/predict/", {"inputs": "fine"}, auth(token)).json()
+    assert answered["usage"]["tokens"] > 0 and answered["timing"]["compute_ms"] > 0
 
 
 def test_minilm_embeddings_through_the_official_openai_client(gateway_url, token, owner, archives):
