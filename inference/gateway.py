@@ -202,6 +202,9 @@ class Coalescer:
         self.in_flight = 0
         self.timer: asyncio.TimerHandle | None = None
         self.batch_seconds = 0.0  # smoothed time from sending a batch to its reply
+        # The first reply is not timed: it may have waited for the worker to load the model, and a
+        # load of seconds taken as the time of a batch would refuse the next requests as late.
+        self.replied = False
 
     def expected_wait(self) -> float:
         """Seconds a request joining the queue now can expect to wait (0 while nothing waits)."""
@@ -263,7 +266,9 @@ class Coalescer:
             reply = await self.gateway.exchange(
                 self.target, [item[0] for item in batch], [item[1] for item in batch], min(item[3] for item in batch)
             )
-            self.batch_seconds = admission.smoothed(self.batch_seconds, time.monotonic() - sent)
+            if self.replied:
+                self.batch_seconds = admission.smoothed(self.batch_seconds, time.monotonic() - sent)
+            self.replied = True
             if len(reply.answers) != len(batch):
                 raise HttpError(502, f"A worker answered {len(reply.answers)} requests of a batch of {len(batch)}.")
             for item, answer in zip(batch, reply.answers, strict=True):
@@ -309,6 +314,9 @@ class Gateway:
         self.database_ok_at = 0.0
         # Versions seen loading on a worker, and since when (a short load is waited for).
         self.loading_since: dict[int, float] = {}
+        # When a worker last answered a version (epoch seconds): it holds the version from then on,
+        # even while the heartbeats read before its answer still say it is loading.
+        self.answered_at: dict[int, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -412,6 +420,7 @@ class Gateway:
                     break
                 done, _ = await asyncio.wait({future}, timeout=min(WATCH_SECONDS, remaining))
                 if done:
+                    self.answered_at[target.version_id] = time.time()
                     return future.result()
                 await self.serving_check(target, sent=batch_id)
             # Out of time while the version still loads: 503 loading (retry), not a 504.
@@ -462,8 +471,12 @@ class Gateway:
         a request once the load has lasted half the timeout (it would likely wait past it) or
         outlasted a request's whole wait, or at the "deadline" of a request that waited for it. A
         request still "waiting" keeps waiting: the load may end before its deadline."""
-        if not any(target.version_id in beat.loading for beat in beats) or any(
-            target.version_id in beat.loaded for beat in beats
+        loading = [beat.beat_at for beat in beats if target.version_id in beat.loading]
+        if (
+            not loading
+            or any(target.version_id in beat.loaded for beat in beats)
+            # A worker answered it after the heartbeat that said it was loading: the load is over.
+            or self.answered_at.get(target.version_id, 0.0) > max(loading)
         ):
             self.loading_since.pop(target.version_id, None)
             return

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 
 from core import redis as shared_redis
 from inference import wire
@@ -93,3 +94,40 @@ def test_the_batches_a_worker_took_are_refused_503_once_it_dies_and_the_others_k
     finally:
         for client in workers.values():
             client.close()
+
+
+def test_a_version_answered_after_the_heartbeat_that_said_loading_is_not_refused_loading(settings):
+    """The heartbeats are read every WATCH_SECONDS and sent every few seconds: right after a load
+    ends, the last one still says "loading". A worker's answer since then tells the load is over."""
+    settings.INFERENCE_TIMEOUT_SECONDS = 2
+    gateway = Gateway()
+    target = _target()
+    beat = wire.Heartbeat(["inference"], time.time() - 1, [], loading=[7])
+    gateway.loading_since[7] = time.monotonic() - 5  # loading for longer than half the timeout
+    with pytest.raises(HttpError) as refused:
+        gateway._loading_refusal(target, [beat], "arrival")
+    assert refused.value.status == 503 and "is loading on a worker" in refused.value.message
+
+    gateway.answered_at[7] = time.time()  # a worker answered the version after that heartbeat
+    gateway._loading_refusal(target, [beat], "arrival")
+    assert 7 not in gateway.loading_since
+    # An answer older than the heartbeat says nothing about this load.
+    gateway.answered_at[7] = beat.beat_at - 1
+    gateway.loading_since[7] = time.monotonic() - 5
+    with pytest.raises(HttpError):
+        gateway._loading_refusal(target, [beat], "arrival")
+
+
+def test_the_first_reply_which_may_have_waited_for_the_model_to_load_is_not_timed():
+    async def scenario() -> list[float]:
+        workers = Workers()
+        workers.release.set()
+        coalescer = Coalescer(workers, _target())
+        seen = []
+        for value in range(3):
+            await asyncio.wait_for(coalescer.submit(_request(value)), 5)
+            seen.append(coalescer.batch_seconds)
+        return seen
+
+    first, second, third = asyncio.run(scenario())
+    assert first == 0.0 and second > 0 and third > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,17 @@ def infer_json(gateway_url: str, token: str, path: str, body: Any, **kwargs: Any
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     headers = auth(token) | kwargs.pop("headers", {})
     return requests.post(f"{gateway_url}/v2/models/{path}/infer", data=data, headers=headers, timeout=30, **kwargs)
+
+
+def infer_json_when_loaded(gateway_url: str, token: str, path: str, body: Any) -> requests.Response:
+    """`infer_json`, retried while the gateway answers 503 "loading": a model's first load (a
+    torch.export one, on a busy machine) can outlast the test gateway's prediction timeout."""
+    deadline = time.monotonic() + 90
+    while True:
+        response = infer_json(gateway_url, token, path, body)
+        if response.status_code != 503 or "is loading" not in response.text or time.monotonic() > deadline:
+            return response
+        time.sleep(0.5)
 
 
 def request_body(features: np.ndarray, **extra: Any) -> dict[str, Any]:

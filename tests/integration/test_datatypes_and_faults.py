@@ -17,7 +17,7 @@ from inference import validation
 from portal import demo
 from registry import services
 from tests.conftest import upload_file
-from tests.integration.conftest import auth, infer_json
+from tests.integration.conftest import auth, infer_json, infer_json_when_loaded
 from tests.worker import free_port, start_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.data_plane, pytest.mark.django_db(transaction=True)]
@@ -90,6 +90,10 @@ def test_int64_token_ids_of_different_lengths_are_served_together(gateway_url, t
         assert response.status_code == 200, response.text
         return np.array(response.json()["outputs"][0]["data"], dtype=np.float32)
 
+    # Loaded first (its load may outlast the prediction timeout): then the lengths are served together.
+    warm = {"inputs": [{"name": "tokens", "shape": [1, 2], "datatype": "INT64", "data": [1, 2]}]}
+    loaded = infer_json_when_loaded(gateway_url, token, "sentiment", warm)
+    assert loaded.status_code == 200, loaded.text
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(one, sequences))
     with torch.inference_mode():
