@@ -842,21 +842,29 @@ async def respond(send: Send, status: int, body: bytes, headers: dict[str, str])
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(headers: dict[bytes, bytes], receive: Receive) -> bytes:
-    """A request's body, refused 413 past INFERENCE_MAX_BODY_BYTES (declared or received)."""
-    limit = settings.INFERENCE_MAX_BODY_BYTES
+async def read_body(
+    headers: dict[bytes, bytes], receive: Receive, limit: int | None = None,
+    too_large: Callable[[], Exception] | None = None,
+) -> bytes:  # fmt: skip
+    """A request's body, refused past `limit` bytes (declared or received): `too_large()`, by
+    default a 413 naming INFERENCE_MAX_BODY_BYTES, the default limit."""
+    limit = settings.INFERENCE_MAX_BODY_BYTES if limit is None else limit
+
+    def refusal() -> Exception:
+        if too_large is not None:
+            return too_large()
+        return HttpError(413, f"The request body is larger than the limit of {limit} bytes (INFERENCE_MAX_BODY_BYTES).")
+
     declared = headers.get(b"content-length", b"")
     if declared.isdigit() and int(declared) > limit:
-        raise HttpError(413, f"The request body is larger than the limit of {limit} bytes (INFERENCE_MAX_BODY_BYTES).")
+        raise refusal()
     chunks, size = [], 0
     while True:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise HttpError(
-                413, f"The request body is larger than the limit of {limit} bytes (INFERENCE_MAX_BODY_BYTES)."
-            )
+            raise refusal()
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)

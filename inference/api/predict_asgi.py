@@ -41,7 +41,7 @@ from core.request_id import HEADER as REQUEST_ID_HEADER
 from core.request_id import acceptable_request_id
 from inference import admission, guard, predict, telemetry, text
 from inference.api.predict import PredictRequestSerializer
-from inference.gateway import NO_PARAMETERS, Gateway, HttpError, Receive, Scope, Send, respond
+from inference.gateway import NO_PARAMETERS, Gateway, HttpError, Receive, Scope, Send, read_body, respond
 from inference.routes import Target
 from registry import selectors
 from registry.access import Action
@@ -182,7 +182,8 @@ class PredictASGI:
             self.gateway.overload_check(target)
             await guard.rate_limit(client, user)
             await guard.tokens_check(client, user)
-            raw = await request_body(headers, receive)
+            # Refused past DATA_UPLOAD_MAX_MEMORY_SIZE, as Django refuses a body.
+            raw = await read_body(headers, receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE, request_too_large)
             # In the loop: run in a thread, the decode held the GIL while the loop waited for it
             # on every system call (a convoy), and the refusals' p99 went from 0.4 s to 1.7 s.
             request = request_decode(raw, target)
@@ -210,24 +211,6 @@ class PredictASGI:
             raise
         sample.done(200)
         return document
-
-
-async def request_body(headers: dict[bytes, bytes], receive: Receive) -> bytes:
-    """The body, refused 413 past DATA_UPLOAD_MAX_MEMORY_SIZE (declared or received) as Django refuses it."""
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    declared = headers.get(b"content-length", b"")
-    if declared.isdigit() and int(declared) > limit:
-        raise request_too_large()
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise request_too_large()
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -275,5 +258,5 @@ def error_answer(exc: HttpError | PortalError | APIException) -> tuple[int, dict
 
 
 __all__ = [
-    "PATH", "Decoded", "PredictASGI", "address_of", "error_answer", "request_body", "request_decode", "worker_error",
+    "PATH", "Decoded", "PredictASGI", "address_of", "error_answer", "request_decode", "worker_error",
 ]  # fmt: skip
