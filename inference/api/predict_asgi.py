@@ -55,7 +55,7 @@ JSON = "application/json"
 CODES = {401: "authentication_failed", 429: "rate_limited"}
 
 
-def address_of(scope: Scope) -> tuple[str, str | None] | None:
+def address_of(scope: Scope, headers: dict[bytes, bytes]) -> tuple[str, str | None] | None:
     """(model name, version number or alias) of a request this path answers, None for one it leaves to Django.
 
     Taken: a POST to the endpoint with `Authorization: Bearer <token>`, a JSON body (UTF-8),
@@ -66,7 +66,6 @@ def address_of(scope: Scope) -> tuple[str, str | None] | None:
     match = PATH.match(scope["path"])
     if match is None:
         return None
-    headers = dict(scope.get("headers") or [])
     keyword, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     if keyword.lower() != "bearer" or not token.strip() or not _json_body(headers.get(b"content-type")):
         return None
@@ -124,12 +123,12 @@ class PredictASGI:
         self.django = django
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        address = address_of(scope)
+        headers = dict(scope.get("headers") or [])
+        address = address_of(scope, headers)
         if address is None:
             await self.django(scope, receive, send)
             return
         admission.arrived.set(time.time())  # the request's deadline starts now
-        headers = dict(scope.get("headers") or [])
         offered = headers.get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
         response_headers = {
             "Content-Type": JSON,
