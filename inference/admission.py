@@ -14,6 +14,11 @@ on /v2 a request is also refused when the wait it can expect in the coalescer (t
 ahead of it, at the recent time per batch) is longer than its deadline; it would only end
 in a 504.
 
+A request takes its place before its body is read, where the address says which version it is
+for (/v2, gRPC, the friendly endpoint): the requests being read and decoded count in the
+backlog. Counted only once they reached the coalescer, a burst was all admitted, read and
+decoded, and most of it refused afterwards: slow 503s, after the work they were meant to save.
+
 A request's deadline (INFERENCE_TIMEOUT_SECONDS) starts when it reaches the server (`arrived`,
 set by the ASGI apps; the friendly endpoint's by portal.concurrency): its authorisation, the
 wait for a turn and the wait in the queues all count.
@@ -40,6 +45,9 @@ RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1, 30
 # When the request being handled reached this server (epoch seconds): its deadline starts there.
 # Set by the ASGI apps (inference.gateway, inference.openai) as a request comes in.
 arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("maas_request_arrived", default=None)
+# The model version (its id) whose place the request being handled holds, taken before its
+# body was read (Gateway.place): the request's submit does not take a second one.
+held: contextvars.ContextVar[int | None] = contextvars.ContextVar("maas_request_place", default=None)
 # Weight of the latest answer in the smoothed latency that Retry-After reports.
 SMOOTHING = 0.2
 
@@ -153,6 +161,6 @@ def backlog_of(version_id: int) -> Backlog:
 
 
 __all__ = [
-    "Backlog", "arrived", "backlog_of", "batches", "deadline", "expected_wait", "late_message", "overload_message",
-    "retry_after", "rows_refusal", "smoothed",
+    "Backlog", "arrived", "backlog_of", "batches", "deadline", "expected_wait", "held", "late_message",
+    "overload_message", "retry_after", "rows_refusal", "smoothed",
 ]  # fmt: skip

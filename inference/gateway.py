@@ -24,6 +24,7 @@ coalescers and telemetry in the same way; only its shapes differ.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs
@@ -319,6 +320,7 @@ class Gateway:
         self.answered_at: dict[int, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._decoding: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     # -- plumbing ------------------------------------------------------------------------
     def connection(self) -> aioredis.Redis:
@@ -583,31 +585,63 @@ class Gateway:
             )
             if refusal is not None:
                 raise HttpError(400, refusal)
+        if admission.held.get() == target.version_id:
+            answer, reply = await self._coalesced(target, tensors, parameters)
+        else:
+            with self.place(target):
+                answer, reply = await self._coalesced(target, tensors, parameters)
+        if isinstance(answer, Failure):
+            raise HttpError(answer.status, answer.message)
+        return answer, reply
+
+    async def _coalesced(
+        self, target: Target, tensors: wire.Tensors, parameters: dict[str, Any]
+    ) -> tuple[Outputs | Failure, BatchReply]:
+        coalescer = self.coalescers.get(target.version_id)
+        if coalescer is None or coalescer.target != target:
+            coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
+        self.late_check(target)
+        return await coalescer.submit(tensors, parameters, admission.deadline())
+
+    @contextlib.contextmanager
+    def place(self, target: Target) -> Iterator[None]:
+        """Hold one of the version's INFERENCE_MAX_QUEUED places in this process until the block ends.
+
+        Taken before a request's body is read (so the requests being read and decoded count),
+        and refused at once (503, Retry-After) when none is free or when the wait ahead in the
+        coalescer would outlast the request's deadline. submit() inside the block uses it.
+        """
         backlog = admission.backlog_of(target.version_id)
         admitted, seen = backlog.admit()
         if not admitted:
             raise self._overloaded(target, backlog, seen)
         started = time.monotonic()
+        held = admission.held.set(target.version_id)
         try:
-            coalescer = self.coalescers.get(target.version_id)
-            if coalescer is None or coalescer.target != target:
-                coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
-            deadline, expected = admission.deadline(), coalescer.expected_wait()
-            remaining = deadline - time.time()
-            if expected > remaining:
-                raise self._late(target, coalescer, expected, remaining)
-            answer, reply = await coalescer.submit(tensors, parameters, deadline)
+            self.late_check(target)
+            yield
         finally:
+            admission.held.reset(held)
             backlog.release(started)
-        if isinstance(answer, Failure):
-            raise HttpError(answer.status, answer.message)
-        return answer, reply
 
-    def overload_check(self, target: Target) -> None:
-        """Refuse (503) a request that submit() would refuse now, before its body is read and decoded."""
-        backlog = admission.backlog_of(target.version_id)
-        if backlog.count >= settings.INFERENCE_MAX_QUEUED:
-            raise self._overloaded(target, backlog, backlog.count)
+    @contextlib.asynccontextmanager
+    async def decode_turn(self) -> AsyncIterator[None]:
+        """A turn of the event loop of its own for one body's decode (the costly step of a request).
+
+        Bodies that finish arriving together were decoded back to back in one turn of the loop
+        (the CNN's JSON: 1-3 ms each), and a request arriving meanwhile waited for all of them
+        before it could even be refused. One decode at a time, each followed by a yield, lets
+        the loop read new requests between two decodes.
+        """
+        loop = asyncio.get_running_loop()
+        if self._decoding is None or self._decoding[0] is not loop:
+            self._decoding = (loop, asyncio.Lock())
+        async with self._decoding[1]:
+            yield
+            await asyncio.sleep(0)
+
+    def late_check(self, target: Target) -> None:
+        """Refuse (503) a request whose expected wait in the version's coalescer outlasts its deadline."""
         coalescer = self.coalescers.get(target.version_id)
         if coalescer is not None and coalescer.waiting:
             expected, remaining = coalescer.expected_wait(), admission.deadline() - time.time()
@@ -759,15 +793,21 @@ class Gateway:
         self, user: Any, target: Target, path_version: str | None, source: str,
         run: Callable[[telemetry.Sample], Awaitable[T]],
     ) -> T:  # fmt: skip
-        """Run one authorised prediction (`run`) under the caller's rate and token limits, timed
-        and counted as `source` (v2: REST, grpc) whatever its outcome."""
+        """Run one authorised tensor prediction (`run`) under the caller's rate and token limits,
+        timed and counted as `source` (v2: REST, grpc) whatever its outcome.
+
+        A version that cannot serve it, or has no place left in this process, refuses it first:
+        before the caller's limits are charged and before `run` reads and decodes its body.
+        """
         sample = telemetry.Sample(target.version_id, target.model_name, target.version, path_version, source)
         sample.caller(user)
         client = self._connect()
         try:
-            await guard.rate_limit(client, user)
-            await guard.tokens_check(client, user)
-            response = await run(sample)
+            self.servable_check(target)
+            with self.place(target):
+                await guard.rate_limit(client, user)
+                await guard.tokens_check(client, user)
+                response = await run(sample)
             await guard.tokens_charge(client, user, sample.tokens)
         except Exception as exc:
             sample.failed(exc)
@@ -777,26 +817,25 @@ class Gateway:
 
     def servable_check(self, target: Target) -> None:
         """Refuse a tensor request at once, before its tensors are decoded: a version that is
-        not ready (503), a text-generation model (400, it answers on /v1), a full backlog (503)."""
+        not ready (503), a text-generation model (400, it answers on /v1)."""
         if target.status != VersionStatus.READY:
             raise HttpError(
                 503, f"Model {target.model_name!r} v{target.version} is {target.status}, not ready to serve."
             )
         text.not_generative(target.task, target.model_name, target.version)
-        self.overload_check(target)
 
     async def infer(
         self, target: Target, headers: dict[bytes, bytes], receive: Receive, sample: telemetry.Sample | None = None
     ) -> tuple[int, bytes, dict[str, str]]:
-        self.servable_check(target)
         body = await read_body(headers, receive)
         if sample is not None:
             sample.payload = len(body)
         header_length = headers.get(protocol.HEADER_LENGTH_HEADER.lower().encode())
-        request = protocol.decode_request(
-            body, int(header_length) if header_length and header_length.isdigit() else None,
-            target.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS,
-        )  # fmt: skip
+        async with self.decode_turn():
+            request = protocol.decode_request(
+                body, int(header_length) if header_length and header_length.isdigit() else None,
+                target.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS,
+            )  # fmt: skip
         requested = None if request.requested_outputs is None else [name for name, _ in request.requested_outputs]
         selected, parameters = await self.tensors_infer(target, request.inputs, request.parameters, requested, sample)
         names = [name for name, _, _ in selected]
@@ -847,7 +886,11 @@ async def read_body(
     too_large: Callable[[], Exception] | None = None,
 ) -> bytes:  # fmt: skip
     """A request's body, refused past `limit` bytes (declared or received): `too_large()`, by
-    default a 413 naming INFERENCE_MAX_BODY_BYTES, the default limit."""
+    default a 413 naming INFERENCE_MAX_BODY_BYTES, the default limit.
+
+    The body must have arrived by the request's deadline (a 408 then): a request being read
+    holds its model's place (Gateway.place), and a client sending slowly must not keep it.
+    """
     limit = settings.INFERENCE_MAX_BODY_BYTES if limit is None else limit
 
     def refusal() -> Exception:
@@ -859,15 +902,22 @@ async def read_body(
     if declared.isdigit() and int(declared) > limit:
         raise refusal()
     chunks, size = [], 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise refusal()
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(admission.deadline() - time.time()):
+            while True:
+                message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise refusal()
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise HttpError(408, (
+            f"The request body was not received within the request's deadline of "
+            f"{settings.INFERENCE_TIMEOUT_SECONDS:g}s (INFERENCE_TIMEOUT_SECONDS): {size} of it arrived."
+        )) from None  # fmt: skip
 
 
 def request_checked(scope: Scope, headers: dict[bytes, bytes]) -> re.Match[str] | None:

@@ -178,21 +178,22 @@ class PredictASGI:
         sample.caller(user)
         client = self.gateway.connection()
         try:
-            self.gateway.overload_check(target)
-            await guard.rate_limit(client, user)
-            await guard.tokens_check(client, user)
-            # Refused past DATA_UPLOAD_MAX_MEMORY_SIZE, as Django refuses a body.
-            raw = await read_body(headers, receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE, request_too_large)
-            # In the loop: run in a thread, the decode held the GIL while the loop waited for it
-            # on every system call (a convoy), and the refusals' p99 went from 0.4 s to 1.7 s.
-            request = request_decode(raw, target)
-            tensors, parameters = request.tensors, request.parameters
-            sample.payload = predict.payload_bytes(tensors)
-            started = time.perf_counter()
-            try:
-                answer, reply = await self.gateway.submit(target, tensors, parameters)
-            except HttpError as exc:
-                raise worker_error(exc) from None
+            with self.gateway.place(target):
+                await guard.rate_limit(client, user)
+                await guard.tokens_check(client, user)
+                # Refused past DATA_UPLOAD_MAX_MEMORY_SIZE, as Django refuses a body.
+                raw = await read_body(headers, receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE, request_too_large)
+                # In the loop: run in a thread, the decode held the GIL while the loop waited for it
+                # on every system call (a convoy), and the refusals' p99 went from 0.4 s to 1.7 s.
+                async with self.gateway.decode_turn():
+                    request = request_decode(raw, target)
+                tensors, parameters = request.tensors, request.parameters
+                sample.payload = predict.payload_bytes(tensors)
+                started = time.perf_counter()
+                try:
+                    answer, reply = await self.gateway.submit(target, tensors, parameters)
+                except HttpError as exc:
+                    raise worker_error(exc) from None
             timing = predict.hop_timing(time.perf_counter() - started, reply)
             sample.timing = {"qt": reply.queue_ms, "ct": reply.compute_ms, "bs": reply.batch_rows}
             outputs = answer.tensors

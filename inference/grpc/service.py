@@ -110,7 +110,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def _predict(
         self, target: Target, request: pb.ModelInferRequest, sample: telemetry.Sample
     ) -> pb.ModelInferResponse:
-        self.gateway.servable_check(target)
         sample.payload = request.ByteSize()
         inputs = codec.inputs_of(request, target.signature, settings.INFERENCE_MAX_ELEMENTS)
         requested = codec.outputs_of(request, target.signature)

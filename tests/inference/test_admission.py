@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from inference import admission
-from inference.gateway import Gateway, HttpError
+from inference.gateway import Gateway, HttpError, read_body
 from tests.inference.test_coalescer import FakeWorkers, coalescer, rows, settle, target
 
 BATCHING = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]}
@@ -160,3 +160,54 @@ def test_the_gateway_refuses_400_a_request_over_max_batch_size():
     with pytest.raises(HttpError) as refused:
         asyncio.run(gateway_with(FakeWorkers(auto=True)).submit(served, rows(0, count=3)))
     assert refused.value.status == 400 and "at most 2" in refused.value.message
+
+
+def test_a_place_is_held_from_before_the_body_and_the_submit_inside_uses_it(settings):
+    settings.INFERENCE_MAX_QUEUED = 1
+    served = replace(target(), version_id=9004, signature=BATCHING)
+
+    async def scenario() -> HttpError:
+        gateway = gateway_with(FakeWorkers(auto=True))
+        backlog = admission.backlog_of(9004)
+        with gateway.place(served):
+            # The request being read holds the only place: a second is refused before its body.
+            assert backlog.count == 1
+            with pytest.raises(HttpError) as refused, gateway.place(served):
+                pass  # pragma: no cover - refused on entry
+            assert backlog.count == 1
+            # Its own submit does not ask for a second place (it would be refused: the limit is 1).
+            answer, _ = await gateway.submit(served, rows(0))
+            assert answer.tensors
+        assert backlog.count == 0 and admission.held.get() is None
+        # Outside a block, submit takes (and gives back) a place of its own.
+        await gateway.submit(served, rows(1))
+        assert backlog.count == 0
+        return refused.value
+
+    refused = asyncio.run(scenario())
+    assert refused.status == 503 and "INFERENCE_MAX_QUEUED" in refused.message
+    assert refused.headers["Retry-After"].isdigit()
+
+
+def test_a_body_that_has_not_arrived_by_the_deadline_is_refused_408(settings):
+    settings.INFERENCE_TIMEOUT_SECONDS = 0.2
+    first_part = {"type": "http.request", "body": b'{"inputs": ', "more_body": True}
+
+    async def scenario() -> tuple[HttpError, float]:
+        parts = [first_part]
+
+        async def receive() -> dict[str, Any]:
+            if parts:
+                return parts.pop()
+            await asyncio.Event().wait()  # the rest never comes
+            raise AssertionError("unreachable")
+
+        admission.arrived.set(time.time())
+        started = time.monotonic()
+        with pytest.raises(HttpError) as refused:
+            await read_body({b"content-length": b"1000"}, receive)
+        return refused.value, time.monotonic() - started
+
+    refused, seconds = asyncio.run(scenario())
+    assert refused.status == 408 and "INFERENCE_TIMEOUT_SECONDS" in refused.message and "11 of it" in refused.message
+    assert 0.15 < seconds < 2

@@ -131,3 +131,27 @@ def test_the_first_reply_which_may_have_waited_for_the_model_to_load_is_not_time
 
     first, second, third = asyncio.run(scenario())
     assert first == 0.0 and second > 0 and third > 0
+
+
+def test_bodies_ready_together_are_decoded_in_turns_of_the_loop_of_their_own():
+    """A request arriving while two bodies wait to be decoded is read between the two decodes."""
+
+    gateway = Gateway()
+
+    async def scenario() -> list[str]:
+        order: list[str] = []
+
+        async def decode(name: str) -> None:
+            async with gateway.decode_turn():
+                order.append(name)
+
+        first, second = asyncio.create_task(decode("first")), asyncio.create_task(decode("second"))
+        await asyncio.sleep(0)  # both start in this turn: the first decodes, the second waits
+        asyncio.get_running_loop().call_soon(order.append, "arrival")  # new I/O, read in the next turn
+        await asyncio.gather(first, second)
+        # Without turns: first, second, arrival (back to back in one turn, the arrival after both).
+        return order
+
+    assert asyncio.run(scenario()) == ["first", "arrival", "second"]
+    # Another event loop (a test client runs one per request) gets a lock of its own.
+    assert asyncio.run(scenario()) == ["first", "arrival", "second"]

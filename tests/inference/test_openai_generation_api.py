@@ -282,11 +282,9 @@ def test_bad_generation_requests_are_openai_errors_naming_the_problem(path, body
 
 
 def test_v2_infer_refuses_a_generative_model_and_points_to_v1():
-    async def main() -> None:
-        await FakeGateway(generative_target()).infer(generative_target(), {}, None)  # type: ignore[arg-type]
-
+    # Checked by Gateway.prediction before a place is taken and the body is read.
     with pytest.raises(InvalidInput, match="does not serve text-generation models; use POST /v1/completions"):
-        asyncio.run(main())
+        FakeGateway(generative_target()).servable_check(generative_target())
 
 
 def test_a_get_on_a_generation_path_is_a_405():

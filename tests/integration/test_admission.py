@@ -6,6 +6,8 @@ with small limits in their environment; the session's worker process serves them
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 import uuid
@@ -163,6 +165,44 @@ def test_the_deadline_covers_the_wait_in_the_gateways_queue(
     assert max(seconds for _, seconds, _, _ in answers) < 2 + 2.0, answers
     late = [text for status, _, _, text in answers if status == 504]
     assert any("was not sent" in text for text in late), late
+
+
+def _partial_request(url: str, path: str, token: str, body: bytes) -> socket.socket:
+    """A POST whose headers and first half of its body are sent; the rest is never sent."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=15)
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    sock.sendall(head.encode() + body[: len(body) // 2])
+    return sock
+
+
+@pytest.mark.parametrize("endpoint", ["/v2/models/iris/infer", "/api/v1/models/iris/predict/"])
+def test_a_request_still_being_read_holds_its_place_until_its_deadline(
+    endpoint, served, token, processes, service_environment, shared_data_dir
+):
+    url = private_gateway(processes, service_environment, shared_data_dir / "gateway-reading.log",
+                          INFERENCE_MAX_QUEUED="1", INFERENCE_TIMEOUT_SECONDS="3")  # fmt: skip
+    body = ONE_ROW if endpoint.startswith("/v2") else {"inputs": {"features": FEATURES[0].tolist()}}
+    warm = requests.post(url + endpoint, json=body, headers=auth(token), timeout=30)
+    assert warm.status_code == 200, warm.text
+
+    slow_client = _partial_request(url, endpoint, token, json.dumps(body).encode())
+    try:
+        time.sleep(0.3)  # the server has its headers and half its body: it holds the only place
+        started = time.monotonic()
+        refused = requests.post(url + endpoint, json=body, headers=auth(token), timeout=30)
+        # Refused before its body is read, naming the limit, not queued behind the slow one.
+        assert refused.status_code == 503 and "INFERENCE_MAX_QUEUED" in refused.text, refused.text
+        assert refused.headers["Retry-After"].isdigit() and time.monotonic() - started < 1.0
+        # The slow client is answered 408 at its deadline (3 s after its headers), and lets go of the place.
+        answer = slow_client.recv(65536).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "INFERENCE_TIMEOUT_SECONDS" in answer, answer
+    finally:
+        slow_client.close()
+    after = requests.post(url + endpoint, json=body, headers=auth(token), timeout=30)
+    assert after.status_code == 200, after.text
 
 
 def test_a_request_with_more_rows_than_max_batch_size_is_refused_400(served, token, gateway_url):
