@@ -17,6 +17,7 @@ from typing import Any, cast
 from django.core.asgi import get_asgi_application
 
 from core.bodies import BodyLimit
+from core.startup import startup_objects_frozen
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -72,7 +73,9 @@ def _build() -> ASGIApp:
 
     limit = settings.MODEL_UPLOAD_MAX_BYTES + FORM_OVERHEAD_BYTES
     guarded = BodyLimit(cast(ASGIApp, django_app), limit, too_large_message(settings.MODEL_UPLOAD_MAX_BYTES))
-    return PredictionRouter(gateway, guarded, OpenAIApi(gateway), PredictASGI(gateway, guarded))
+    application = PredictionRouter(gateway, guarded, OpenAIApi(gateway), PredictASGI(gateway, guarded))
+    startup_objects_frozen()
+    return application
 
 
 application = _build()

@@ -14,6 +14,7 @@ import signal
 import grpc
 from django.conf import settings
 
+from core.startup import startup_objects_frozen
 from inference.gateway import gateway
 from inference.grpc import predict_v2_pb2_grpc as pb_grpc
 from inference.grpc.service import InferenceService
@@ -39,6 +40,7 @@ async def serve(bind: str) -> None:
         raise RuntimeError(f"cannot bind the gRPC server to {bind!r} (GRPC_BIND): {exc}") from None
     await server.start()
     logger.info("gRPC (Open Inference Protocol v2) serving on %s", bind)
+    startup_objects_frozen()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
