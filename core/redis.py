@@ -21,6 +21,11 @@ DEFAULT_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 1.0
 # A connection idle this long is checked with a PING before its next command.
 HEALTH_CHECK_SECONDS = 30
+# An event loop's client holds at most this many connections; a command past them waits (up to
+# DEFAULT_TIMEOUT) for one to come back. redis-py's default pool raised "Too many connections"
+# instead: under an overload, the requests whose cached token had just expired all asked the
+# bad-token throttle at once, and more than 100 of them found no connection.
+ASYNC_MAX_CONNECTIONS = 100
 
 _Key = tuple[str, float | None]
 # Set in a model host (inference.sandbox), which may not open sockets: its connections are
@@ -79,10 +84,11 @@ def async_client(timeout: float | None = DEFAULT_TIMEOUT) -> aioredis.Redis:
     key = (redis_url(), timeout)
     found = clients.get(key)
     if found is None:
-        found = clients[key] = aioredis.Redis.from_url(
-            key[0], socket_timeout=timeout, socket_connect_timeout=CONNECT_TIMEOUT,
-            health_check_interval=HEALTH_CHECK_SECONDS,
+        pool = aioredis.BlockingConnectionPool.from_url(
+            key[0], max_connections=ASYNC_MAX_CONNECTIONS, timeout=DEFAULT_TIMEOUT, socket_timeout=timeout,
+            socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=HEALTH_CHECK_SECONDS,
         )  # fmt: skip
+        found = clients[key] = aioredis.Redis.from_pool(pool)
     return found
 
 

@@ -53,3 +53,19 @@ def test_a_client_reaches_the_configured_redis(redis_url):
     client = shared_redis.client()
     client.set("core:probe", b"1")
     assert client.get("core:probe") == b"1"
+
+
+def test_a_burst_past_the_async_pool_waits_for_connections_instead_of_failing(redis_url):
+    burst = 3 * shared_redis.ASYNC_MAX_CONNECTIONS
+
+    async def scenario() -> tuple[list[int], int]:
+        client = shared_redis.async_client()
+        # Each command takes a connection of its own while the others are still running.
+        answers = await asyncio.gather(*(client.incr("core:burst") for _ in range(burst)))
+        opened = len(client.connection_pool._available_connections) + len(client.connection_pool._in_use_connections)
+        await client.aclose()
+        return answers, opened
+
+    answers, opened = asyncio.run(scenario())
+    assert sorted(answers) == list(range(1, burst + 1))
+    assert opened <= shared_redis.ASYNC_MAX_CONNECTIONS
