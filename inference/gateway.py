@@ -8,9 +8,9 @@ the workers. While at most INFERENCE_MAX_IN_FLIGHT batches of a version are in f
 new requests wait for the next batch; nothing waits on a timer unless the version asks
 for a batching delay.
 
-Admission (inference.admission): past INFERENCE_MAX_QUEUED requests of a version waiting or
-running in this process, or when the coalescer's expected wait would outlast its deadline, a
-new request is refused at once (503, Retry-After). A request's deadline
+Admission (inference.admission): past INFERENCE_MAX_QUEUED requests of a version being read,
+waiting or running in this process, or when the coalescer's expected wait would outlast its
+deadline, a new request is refused at once (503, Retry-After), before its body is read. A request's deadline
 (INFERENCE_TIMEOUT_SECONDS) starts when it reaches the gateway and covers its whole wait: a
 request still waiting at its deadline is answered 504 without being sent, a batch carries the
 earliest deadline of its requests, and a worker drops a batch popped past it.
