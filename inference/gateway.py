@@ -188,6 +188,8 @@ def _authenticate(raw: str) -> Any:
 
 # What a request's future resolves to: its own answer and the reply of the batch it rode in.
 Answered = tuple[Outputs | Failure, BatchReply]
+# Bodies from this size on are decoded in a turn of the event loop of their own (Gateway.decode_turn).
+DECODE_TURN_BYTES = 64 * 1024
 # A request waiting in a coalescer: its tensors, its parameters (top_k, ...), its future and
 # its deadline (epoch seconds).
 Waiting = tuple[wire.Tensors, dict[str, Any], asyncio.Future[Answered], float]
@@ -625,14 +627,18 @@ class Gateway:
             backlog.release(started)
 
     @contextlib.asynccontextmanager
-    async def decode_turn(self) -> AsyncIterator[None]:
-        """A turn of the event loop of its own for one body's decode (the costly step of a request).
+    async def decode_turn(self, size: int) -> AsyncIterator[None]:
+        """A turn of the event loop of its own for the decode of a body of `size` bytes, when large.
 
         Bodies that finish arriving together were decoded back to back in one turn of the loop
-        (the CNN's JSON: 1-3 ms each), and a request arriving meanwhile waited for all of them
-        before it could even be refused. One decode at a time, each followed by a yield, lets
-        the loop read new requests between two decodes.
+        (the CNN's 240 kB JSON: 1-3 ms each), and a request arriving meanwhile waited for all of
+        them before it could even be refused. One large decode at a time, each followed by a
+        yield, lets the loop read new requests between two. A body under DECODE_TURN_BYTES
+        decodes in microseconds: a turn would cost it more than it spares the others.
         """
+        if size < DECODE_TURN_BYTES:
+            yield
+            return
         loop = asyncio.get_running_loop()
         if self._decoding is None or self._decoding[0] is not loop:
             self._decoding = (loop, asyncio.Lock())
@@ -831,7 +837,7 @@ class Gateway:
         if sample is not None:
             sample.payload = len(body)
         header_length = headers.get(protocol.HEADER_LENGTH_HEADER.lower().encode())
-        async with self.decode_turn():
+        async with self.decode_turn(len(body)):
             request = protocol.decode_request(
                 body, int(header_length) if header_length and header_length.isdigit() else None,
                 target.signature, max_elements=settings.INFERENCE_MAX_ELEMENTS,

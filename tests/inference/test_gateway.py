@@ -11,7 +11,7 @@ import pytest
 
 from core import redis as shared_redis
 from inference import wire
-from inference.gateway import Coalescer, Gateway, HttpError, WorkerView
+from inference.gateway import DECODE_TURN_BYTES, Coalescer, Gateway, HttpError, WorkerView
 from inference.routes import Target
 from inference.wire import BatchReply, Failure, Outputs, Tensors
 
@@ -141,8 +141,8 @@ def test_bodies_ready_together_are_decoded_in_turns_of_the_loop_of_their_own():
     async def scenario() -> list[str]:
         order: list[str] = []
 
-        async def decode(name: str) -> None:
-            async with gateway.decode_turn():
+        async def decode(name: str, size: int = DECODE_TURN_BYTES) -> None:
+            async with gateway.decode_turn(size):
                 order.append(name)
 
         first, second = asyncio.create_task(decode("first")), asyncio.create_task(decode("second"))
@@ -153,5 +153,21 @@ def test_bodies_ready_together_are_decoded_in_turns_of_the_loop_of_their_own():
         return order
 
     assert asyncio.run(scenario()) == ["first", "arrival", "second"]
+
+    async def small_ones() -> list[str]:
+        order: list[str] = []
+
+        async def decode(name: str) -> None:
+            async with gateway.decode_turn(DECODE_TURN_BYTES - 1):
+                order.append(name)
+
+        tasks = [asyncio.create_task(decode("first")), asyncio.create_task(decode("second"))]
+        await asyncio.sleep(0)
+        asyncio.get_running_loop().call_soon(order.append, "arrival")
+        await asyncio.gather(*tasks)
+        return order
+
+    # Small bodies take no turn: they decode in microseconds, back to back.
+    assert asyncio.run(small_ones()) == ["first", "second", "arrival"]
     # Another event loop (a test client runs one per request) gets a lock of its own.
     assert asyncio.run(scenario()) == ["first", "arrival", "second"]
