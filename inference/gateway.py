@@ -10,10 +10,10 @@ for a batching delay.
 
 Admission (inference.admission): past INFERENCE_MAX_QUEUED requests of a version being read,
 waiting or running in this process, or when the coalescer's expected wait would outlast its
-deadline, a new request is refused at once (503, Retry-After), before its body is read. A request's deadline
-(INFERENCE_TIMEOUT_SECONDS) starts when it reaches the gateway and covers its whole wait: a
-request still waiting at its deadline is answered 504 without being sent, a batch carries the
-earliest deadline of its requests, and a worker drops a batch popped past it.
+deadline, a new request is refused at once (503, Retry-After), before its body is read. A
+request's deadline (INFERENCE_TIMEOUT_SECONDS) starts when it reaches the gateway and covers
+its whole wait: a request still waiting at its deadline is answered 504 without being sent, a
+batch carries the earliest deadline of its requests, and a worker drops a batch popped past it.
 
 A text (Hugging Face) version takes BYTES texts: they and the request's text parameters are
 checked by inference.text, and the parameters ride beside the request to the worker. The
@@ -588,9 +588,11 @@ class Gateway:
             if refusal is not None:
                 raise HttpError(400, refusal)
         if admission.held.get() == target.version_id:
+            # Its place was taken before its body: the queue may have grown while it was read and decoded.
+            self.late_check(target)
             answer, reply = await self._coalesced(target, tensors, parameters)
         else:
-            with self.place(target):
+            with self.place(target):  # checks the wait ahead as it takes the place
                 answer, reply = await self._coalesced(target, tensors, parameters)
         if isinstance(answer, Failure):
             raise HttpError(answer.status, answer.message)
@@ -602,7 +604,6 @@ class Gateway:
         coalescer = self.coalescers.get(target.version_id)
         if coalescer is None or coalescer.target != target:
             coalescer = self.coalescers[target.version_id] = Coalescer(self, target)
-        self.late_check(target)
         return await coalescer.submit(tensors, parameters, admission.deadline())
 
     @contextlib.contextmanager
