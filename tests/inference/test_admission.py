@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import replace
 from typing import Any
@@ -130,7 +131,10 @@ def test_the_gateway_refuses_past_the_backlog_at_once_with_retry_after(settings)
     assert refused.headers["Retry-After"].isdigit()
 
 
-def test_the_gateway_refuses_a_request_the_queue_would_make_late(settings):
+@pytest.mark.parametrize("held", [False, True], ids=["own-place", "place-held-while-its-body-was-read"])
+def test_the_gateway_refuses_a_request_the_queue_would_make_late(settings, held):
+    """Late is checked as submit takes its own place, and again for a place taken before the body:
+    the queue may have grown while that body was read."""
     settings.INFERENCE_MAX_QUEUED = 100
     settings.INFERENCE_MAX_IN_FLIGHT = 1
     settings.INFERENCE_TIMEOUT_SECONDS = 2.0
@@ -139,12 +143,14 @@ def test_the_gateway_refuses_a_request_the_queue_would_make_late(settings):
     async def scenario() -> HttpError:
         workers = FakeWorkers()
         gateway = gateway_with(workers)
-        admitted = [asyncio.create_task(gateway.submit(served, rows(i))) for i in range(3)]
-        await settle()
-        # Batches of one row that take a second each: a fourth request would wait ~4 s.
-        gateway.coalescers[9002].batch_seconds = 1.0
-        with pytest.raises(HttpError) as refused:
-            await gateway.submit(served, rows(9))
+        # Held: the place is taken while the queue is empty, as a request's headers arrive.
+        with gateway.place(served) if held else contextlib.nullcontext():
+            admitted = [asyncio.create_task(gateway.submit(served, rows(i))) for i in range(3)]
+            await settle()
+            # Batches of one row that take a second each: a fourth request would wait ~4 s.
+            gateway.coalescers[9002].batch_seconds = 1.0
+            with pytest.raises(HttpError) as refused:
+                await asyncio.wait_for(gateway.submit(served, rows(9)), 5)
         for _ in range(3):
             workers.release()
             await settle()
@@ -211,29 +217,3 @@ def test_a_body_that_has_not_arrived_by_the_deadline_is_refused_408(settings):
     refused, seconds = asyncio.run(scenario())
     assert refused.status == 408 and "INFERENCE_TIMEOUT_SECONDS" in refused.message and "11 of it" in refused.message
     assert 0.15 < seconds < 2
-
-
-def test_a_request_whose_queue_grew_while_its_body_was_read_is_refused_as_late(settings):
-    settings.INFERENCE_MAX_QUEUED = 100
-    settings.INFERENCE_MAX_IN_FLIGHT = 1
-    settings.INFERENCE_TIMEOUT_SECONDS = 2.0
-    served = replace(target(max_batch_size=1), version_id=9005, signature=BATCHING)
-
-    async def scenario() -> HttpError:
-        workers = FakeWorkers()
-        gateway = gateway_with(workers)
-        with gateway.place(served):  # an empty queue: the place is given
-            # While its body is read, three others arrive, in batches of one row that take a second each.
-            others = [asyncio.create_task(gateway.submit(served, rows(i))) for i in range(3)]
-            await settle()
-            gateway.coalescers[9005].batch_seconds = 1.0
-            with pytest.raises(HttpError) as refused:
-                await asyncio.wait_for(gateway.submit(served, rows(9)), 5)
-        for _ in range(3):
-            workers.release()
-            await settle()
-        await asyncio.gather(*others)
-        return refused.value
-
-    refused = asyncio.run(scenario())
-    assert refused.status == 503 and "past its deadline" in refused.message and refused.headers["Retry-After"]
